@@ -1,0 +1,763 @@
+#include "core/attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <new>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/onednn_ops.h"
+#include "oneapi/dnnl/dnnl.hpp"
+
+namespace attention {
+namespace {
+
+using internal::Gemm;
+using internal::GemmShape;
+using internal::Mat;
+
+// Query rows per unit of work. A unit's score tile is kRowTile x S floats, so
+// memory for scores is O(threads x kRowTile x S), never O(B x H x L x S)
+// (unless the caller asks for per-head weights, which are that size).
+constexpr int64_t kRowTile = 64;
+// With causal masking a tile computes only the keys up to its last row,
+// rounded up to this many columns (bounds the number of distinct shapes).
+constexpr int64_t kCausalColumnStep = 64;
+// Below this many flops a unit of work, extra threads cost more than they give.
+constexpr double kMinFlopsPerThread = 4e6;
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Element strides of a [B, H, rows, dim] view with the last dim contiguous.
+struct HeadLayout {
+  int64_t batch = 0;
+  int64_t head = 0;
+  int64_t row = 0;
+};
+
+// A mask broadcast to [B, H, L, S] by element strides (0 = broadcast).
+struct MaskLayout {
+  const TensorView* view = nullptr;
+  int64_t batch = 0;
+  int64_t head = 0;
+  int64_t row = 0;
+  int64_t col = 0;
+};
+
+struct Plan {
+  AttentionPlanInfo info;
+  int rank = 3;
+  int64_t B = 1, L = 0, S = 0, H = 0, Hkv = 0, D = 0, Dv = 0;
+  int64_t Eq = 0, Ek = 0, Ev = 0;
+  float scale = 1.0f;
+  bool has_projection = false;
+  ProjectionShape proj;
+  std::optional<MaskLayout> attn_mask;
+  std::optional<MaskLayout> key_padding_mask;
+  int threads = 1;
+};
+
+absl::Status Invalid(absl::string_view name, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(name, ": ", what));
+}
+
+absl::Status CheckFloatTensor(const TensorView& v, absl::string_view name) {
+  if (!IsFloat(v.dtype)) {
+    return Invalid(name, absl::StrCat("dtype ", DTypeName(v.dtype),
+                                      " is not supported; use FLOAT32, FLOAT16 or BFLOAT16"));
+  }
+  return CheckedElements(v, name).status();
+}
+
+absl::Status CheckMatrix(const std::optional<TensorView>& v, absl::string_view name,
+                         std::vector<int64_t> want) {
+  if (!v) return absl::OkStatus();
+  if (absl::Status s = CheckFloatTensor(*v, name); !s.ok()) return s;
+  if (v->shape != want) {
+    return Invalid(name, absl::StrCat("shape ", ShapeString(v->shape), " should be ",
+                                      ShapeString(want)));
+  }
+  return absl::OkStatus();
+}
+
+// Sizes of the mask `v` for [B, H, L, S]; see AttentionArgs::attn_mask.
+absl::StatusOr<MaskLayout> AttnMaskLayout(const TensorView& v, const Plan& p) {
+  constexpr absl::string_view kName = "options.attn_mask";
+  if (absl::Status s = CheckedElements(v, kName).status(); !s.ok()) return s;
+  const std::vector<int64_t>& d = v.shape;
+  const int64_t L = p.L, S = p.S, H = p.H, B = p.B;
+  MaskLayout m{&v};
+  if (d.size() == 2 && d[0] == L && d[1] == S) {
+    m.row = S;
+    m.col = 1;
+    return m;
+  }
+  if (d.size() == 3 && d[0] == B * H && d[1] == L && d[2] == S) {
+    m.batch = H * L * S;
+    m.head = L * S;
+    m.row = S;
+    m.col = 1;
+    return m;
+  }
+  const int64_t full[4] = {B, H, L, S};
+  if (d.size() == 4) {
+    bool ok = true;
+    for (int i = 0; i < 4; ++i) ok = ok && (d[i] == 1 || d[i] == full[i]);
+    if (ok) {
+      int64_t strides[4];
+      int64_t stride = 1;
+      for (int i = 3; i >= 0; --i) {
+        strides[i] = d[i] == 1 ? 0 : stride;
+        stride *= d[i];
+      }
+      m.batch = strides[0];
+      m.head = strides[1];
+      m.row = strides[2];
+      m.col = strides[3];
+      return m;
+    }
+  }
+  return Invalid(kName, absl::StrCat("shape ", ShapeString(d), " must be [L, S] = ",
+                                     ShapeString({L, S}), ", [B*H, L, S] = ",
+                                     ShapeString({B * H, L, S}),
+                                     " or rank 4 broadcastable to [B, H, L, S] = ",
+                                     ShapeString({B, H, L, S})));
+}
+
+absl::StatusOr<MaskLayout> KeyPaddingLayout(const TensorView& v, const Plan& p) {
+  constexpr absl::string_view kName = "options.key_padding_mask";
+  if (absl::Status s = CheckedElements(v, kName).status(); !s.ok()) return s;
+  const std::vector<int64_t> want =
+      p.rank == 2 ? std::vector<int64_t>{p.S} : std::vector<int64_t>{p.B, p.S};
+  if (v.shape != want) {
+    return Invalid(kName, absl::StrCat("shape ", ShapeString(v.shape), " should be ",
+                                       p.rank == 2 ? "[S] = " : "[B, S] = ",
+                                       ShapeString(want)));
+  }
+  MaskLayout m{&v};
+  m.batch = p.S;
+  m.col = 1;
+  return m;
+}
+
+// Shapes and heads of a rank-4 call: [B, H, L, D] x [B, Hkv, S, D] x [B, Hkv, S, Dv].
+absl::Status PlanRank4(const AttentionArgs& a, const TensorView& k, const TensorView& v,
+                       Plan& p) {
+  const std::vector<int64_t>& q = a.query.shape;
+  if (a.projection != nullptr) {
+    return Invalid("options.projection",
+                   "rank-4 inputs [B, H, L, D] are already split into heads; "
+                   "projection weights need [B, L, E] inputs");
+  }
+  p.B = q[0], p.H = q[1], p.L = q[2], p.D = q[3];
+  if (k.shape[0] != p.B) {
+    return Invalid("key", absl::StrCat("shape ", ShapeString(k.shape),
+                                       " does not match query batch ", p.B));
+  }
+  if (k.shape[3] != p.D) {
+    return Invalid("key", absl::StrCat("head dim ", k.shape[3], " (shape ",
+                                       ShapeString(k.shape), ") does not match query head dim ",
+                                       p.D));
+  }
+  p.Hkv = k.shape[1], p.S = k.shape[2];
+  if (v.shape[0] != p.B || v.shape[1] != p.Hkv || v.shape[2] != p.S) {
+    return Invalid("value", absl::StrCat("shape ", ShapeString(v.shape), " should be [",
+                                         p.B, ",", p.Hkv, ",", p.S, ",Dv] to match key ",
+                                         ShapeString(k.shape)));
+  }
+  p.Dv = v.shape[3];
+  if (a.num_heads != 0 && a.num_heads != p.H) {
+    return Invalid("options.num_heads", absl::StrCat(a.num_heads, " does not match the ", p.H,
+                                                     " heads of query ", ShapeString(q)));
+  }
+  if (a.num_kv_heads != 0 && a.num_kv_heads != p.Hkv) {
+    return Invalid("options.num_kv_heads",
+                   absl::StrCat(a.num_kv_heads, " does not match the ", p.Hkv,
+                                " heads of key ", ShapeString(k.shape)));
+  }
+  if (p.H % p.Hkv != 0) {
+    return Invalid("key", absl::StrCat("its ", p.Hkv, " heads do not divide the query's ",
+                                       p.H, " heads"));
+  }
+  return absl::OkStatus();
+}
+
+// Shapes and heads of a rank-2/3 call: [B, L, Eq] x [B, S, Ek] x [B, S, Ev].
+absl::Status PlanEmbedded(const AttentionArgs& a, const TensorView& k, const TensorView& v,
+                          Plan& p) {
+  const std::vector<int64_t>& q = a.query.shape;
+  const bool batched = p.rank == 3;
+  p.B = batched ? q[0] : 1;
+  p.L = q[q.size() - 2];
+  p.Eq = q.back();
+  if (batched && k.shape[0] != p.B) {
+    return Invalid("key", absl::StrCat("shape ", ShapeString(k.shape),
+                                       " does not match query batch ", p.B));
+  }
+  if (batched && v.shape[0] != p.B) {
+    return Invalid("value", absl::StrCat("shape ", ShapeString(v.shape),
+                                         " does not match query batch ", p.B));
+  }
+  p.S = k.shape[k.shape.size() - 2];
+  p.Ek = k.shape.back();
+  if (v.shape[v.shape.size() - 2] != p.S) {
+    return Invalid("value", absl::StrCat("length ", v.shape[v.shape.size() - 2], " (shape ",
+                                         ShapeString(v.shape),
+                                         ") does not match key length ", p.S));
+  }
+  p.Ev = v.shape.back();
+  if (a.num_heads <= 0) {
+    return Invalid("options.num_heads", absl::StrCat("must be positive (got ", a.num_heads, ")"));
+  }
+  p.H = a.num_heads;
+  const char* qname = a.self_attention ? "input" : "query";
+  if (a.projection != nullptr) {
+    absl::StatusOr<ProjectionShape> ps = ValidateProjection(*a.projection, "projection.");
+    if (!ps.ok()) return ps.status();
+    p.has_projection = true;
+    p.proj = *ps;
+    const int64_t E = ps->embed_dim;
+    if (p.Eq != E) {
+      return Invalid(qname, absl::StrCat("last dim ", p.Eq, " (shape ", ShapeString(q),
+                                         ") does not match the projection's embed_dim ", E));
+    }
+    if (p.Ek != ps->kdim) {
+      return Invalid("key", absl::StrCat("last dim ", p.Ek, " (shape ", ShapeString(k.shape),
+                                         ") does not match the projection's kdim ", ps->kdim));
+    }
+    if (p.Ev != ps->vdim) {
+      return Invalid("value", absl::StrCat("last dim ", p.Ev, " (shape ", ShapeString(v.shape),
+                                           ") does not match the projection's vdim ", ps->vdim));
+    }
+    if (E % p.H != 0) {
+      return Invalid("options.num_heads",
+                     absl::StrCat(p.H, " does not divide the model's embed_dim ", E));
+    }
+    if (a.num_kv_heads != 0 && a.num_kv_heads != p.H) {
+      return Invalid("options.num_kv_heads",
+                     "grouped-query heads are for inputs without projection weights "
+                     "(nn.MultiheadAttention has num_heads key/value heads)");
+    }
+    p.Hkv = p.H;
+    p.D = p.Dv = E / p.H;
+    return absl::OkStatus();
+  }
+  if (p.Eq % p.H != 0) {
+    return Invalid("options.num_heads", absl::StrCat(p.H, " does not divide the ", qname,
+                                                     " dim ", p.Eq));
+  }
+  p.D = p.Eq / p.H;
+  p.Hkv = a.num_kv_heads == 0 ? p.H : a.num_kv_heads;
+  if (p.Hkv < 0 || p.H % p.Hkv != 0) {
+    return Invalid("options.num_kv_heads",
+                   absl::StrCat(a.num_kv_heads, " must divide num_heads ", p.H));
+  }
+  if (p.Ek != p.Hkv * p.D) {
+    return Invalid("key", absl::StrCat("last dim ", p.Ek, " (shape ", ShapeString(k.shape),
+                                       ") should be num_kv_heads x head_dim = ", p.Hkv, " x ",
+                                       p.D));
+  }
+  if (p.Ev % p.Hkv != 0) {
+    return Invalid("value", absl::StrCat("last dim ", p.Ev, " is not a multiple of ",
+                                         "num_kv_heads ", p.Hkv));
+  }
+  p.Dv = p.Ev / p.Hkv;
+  return absl::OkStatus();
+}
+
+double MiB(double bytes) { return std::ceil(bytes / (1 << 20)); }
+
+absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
+  Plan p;
+  const char* qname = a.self_attention ? "input" : "query";
+  if (absl::Status s = CheckFloatTensor(a.query, qname); !s.ok()) return s;
+  p.rank = static_cast<int>(a.query.shape.size());
+  if (p.rank < 2 || p.rank > 4) {
+    return Invalid(qname, absl::StrCat("shape ", ShapeString(a.query.shape),
+                                       " is not supported; expected [B, L, E], [L, E] "
+                                       "or [B, H, L, D]"));
+  }
+  if (a.self_attention && (a.key || a.value)) {
+    return Invalid("key", "self-attention takes one input (query = key = value)");
+  }
+  const TensorView& k = a.self_attention ? a.query : (a.key ? *a.key : a.query);
+  const TensorView& v = a.self_attention ? a.query : (a.value ? *a.value : a.query);
+  if (!a.self_attention) {
+    if (!a.key) return Invalid("key", "missing");
+    if (!a.value) return Invalid("value", "missing");
+    for (const auto& [t, name] : {std::pair{&k, "key"}, std::pair{&v, "value"}}) {
+      if (absl::Status s = CheckFloatTensor(*t, name); !s.ok()) return s;
+      if (t->shape.size() != a.query.shape.size()) {
+        return Invalid(name, absl::StrCat("rank ", t->shape.size(), " (shape ",
+                                          ShapeString(t->shape), ") does not match query rank ",
+                                          p.rank));
+      }
+    }
+  }
+  absl::Status shaped = p.rank == 4 ? PlanRank4(a, k, v, p) : PlanEmbedded(a, k, v, p);
+  if (!shaped.ok()) return shaped;
+
+  if (a.scale && !std::isfinite(*a.scale)) {
+    return Invalid("options.scale", absl::StrCat(*a.scale, " is not finite"));
+  }
+  p.scale = a.scale ? *a.scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.D)));
+  if (a.attn_mask) {
+    absl::StatusOr<MaskLayout> m = AttnMaskLayout(*a.attn_mask, p);
+    if (!m.ok()) return m.status();
+    p.attn_mask = *m;
+  }
+  if (a.key_padding_mask) {
+    absl::StatusOr<MaskLayout> m = KeyPaddingLayout(*a.key_padding_mask, p);
+    if (!m.ok()) return m.status();
+    p.key_padding_mask = *m;
+  }
+
+  // Result shapes (unbatched calls drop B).
+  std::vector<int64_t>& out = p.info.output_shape;
+  if (p.rank == 4) {
+    out = {p.B, p.H, p.L, p.Dv};
+  } else {
+    if (p.rank == 3) out.push_back(p.B);
+    out.push_back(p.L);
+    out.push_back(p.has_projection ? p.proj.embed_dim : p.H * p.Dv);
+  }
+  if (a.weights != WeightsMode::kNone) {
+    std::vector<int64_t>& w = p.info.weights_shape;
+    if (p.rank != 2) w.push_back(p.B);
+    if (a.weights == WeightsMode::kPerHead) w.push_back(p.H);
+    w.push_back(p.L);
+    w.push_back(p.S);
+  }
+
+  // Work and memory, in double: every factor is below 2^40, so no overflow.
+  const double B = p.B, L = p.L, S = p.S, H = p.H;
+  const double attention_flops = 2.0 * B * H * L * S * (p.D + p.Dv);
+  double flops = attention_flops;
+  p.threads = o.max_threads > 0 ? o.max_threads : omp_get_max_threads();
+  const double units = a.weights == WeightsMode::kAveraged
+                           ? B * std::ceil(L / kRowTile)
+                           : B * H * std::ceil(L / kRowTile);
+  p.threads = static_cast<int>(std::max(
+      1.0, std::min({static_cast<double>(p.threads), units,
+                     std::floor(attention_flops / kMinFlopsPerThread)})));
+  double bytes = 0;
+  auto converted = [](const TensorView& t) {
+    double n = 1;
+    for (int64_t d : t.shape) n *= d;
+    const bool in_place = t.dtype == DType::kFloat32 &&
+                          reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0;
+    return in_place ? 0.0 : 4.0 * n;
+  };
+  bytes += converted(a.query);
+  if (!a.self_attention) bytes += converted(k) + converted(v);
+  if (p.has_projection) {
+    const double E = p.proj.embed_dim;
+    const ProjectionWeights& w = *a.projection;
+    for (const auto* t : {&w.in_proj_weight, &w.q_proj_weight, &w.k_proj_weight,
+                          &w.v_proj_weight, &w.in_proj_bias, &w.out_proj_weight,
+                          &w.out_proj_bias}) {
+      if (*t) bytes += converted(**t);
+    }
+    bytes += 4.0 * E * (2 * B * L + 2 * B * S);  // q, k, v projected + concat
+    flops += 2.0 * B * E * (2 * L * E + S * (p.proj.kdim + p.proj.vdim)) + 2.0 * B * L * E * E;
+  }
+  for (const auto* m : {&a.attn_mask, &a.key_padding_mask}) {
+    if (*m && (*m)->dtype != DType::kBool) bytes += converted(**m);
+  }
+  double out_elems = 1, weight_elems = p.info.weights_shape.empty() ? 0 : 1;
+  for (int64_t d : p.info.output_shape) out_elems *= d;
+  for (int64_t d : p.info.weights_shape) weight_elems *= d;
+  bytes += 4.0 * (out_elems + weight_elems);
+  if (a.weights != WeightsMode::kPerHead) bytes += 4.0 * p.threads * kRowTile * S;
+  p.info.memory_bytes = static_cast<int64_t>(std::min(bytes, 9e18));
+  p.info.flops = flops;
+  if (bytes > static_cast<double>(o.max_memory_bytes)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request needs an estimated ", MiB(bytes), " MiB (B=", p.B, ", H=", p.H, ", L=", p.L,
+        ", S=", p.S, "), over the per-request memory limit of ", MiB(o.max_memory_bytes),
+        " MiB"));
+  }
+  return p;
+}
+
+// A float32 pointer to `t`'s elements: `t` itself when it is aligned float32,
+// else a converted copy kept in `storage`.
+const float* AsFloat32(const TensorView& t, std::vector<float>& storage) {
+  if (t.dtype == DType::kFloat32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0) {
+    return static_cast<const float*>(t.data);
+  }
+  int64_t n = 1;
+  for (int64_t d : t.shape) n *= d;
+  storage.resize(n);
+  ConvertToFloat32(t, storage.data());
+  return storage.data();
+}
+
+// A mask ready for the kernel: bool bytes or float32 values.
+struct Mask {
+  MaskLayout layout;
+  const uint8_t* bools = nullptr;
+  const float* floats = nullptr;
+};
+
+std::optional<Mask> PrepareMask(const std::optional<MaskLayout>& layout,
+                                std::vector<float>& storage) {
+  if (!layout) return std::nullopt;
+  Mask m{*layout};
+  if (layout->view->dtype == DType::kBool) {
+    m.bools = static_cast<const uint8_t*>(layout->view->data);
+  } else {
+    m.floats = AsFloat32(*layout->view, storage);
+  }
+  return m;
+}
+
+// Adds `mask` at (b, h, i, 0..n) to `row`.
+void AddMask(const Mask& mask, int64_t b, int64_t h, int64_t i, int64_t n, float* row) {
+  const MaskLayout& l = mask.layout;
+  const int64_t base = b * l.batch + h * l.head + i * l.row;
+  if (mask.bools != nullptr) {
+    const uint8_t* m = mask.bools + base;
+    for (int64_t j = 0; j < n; ++j) {
+      if (m[j * l.col]) row[j] = kNegInf;
+    }
+  } else {
+    const float* m = mask.floats + base;
+    for (int64_t j = 0; j < n; ++j) row[j] += m[j * l.col];
+  }
+}
+
+// The tensors of one attention core call, after projections.
+struct HeadsProblem {
+  const Plan* plan;
+  const float* q;
+  const float* k;
+  const float* v;
+  HeadLayout ql, kl, vl, ol;
+  float* out;
+  WeightsMode weights;
+  float* weights_out;  // [B, L, S] or [B, H, L, S], or nullptr
+  std::optional<Mask> attn_mask, key_padding_mask;
+  bool causal;
+};
+
+// Query rows [i0, i0 + m) of head h of batch b: scores, masks, softmax, P x V.
+// `scratch` holds kRowTile x S floats (unused for per-head weights).
+void AttendTile(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, float* scratch) {
+  const Plan& p = *pr.plan;
+  const int64_t m = std::min(kRowTile, p.L - i0);
+  const int64_t kvh = h / (p.H / p.Hkv);
+  int64_t n = p.S;
+  if (pr.causal) {
+    n = std::min(p.S, (i0 + m + kCausalColumnStep - 1) / kCausalColumnStep * kCausalColumnStep);
+  }
+  float* scores = scratch;
+  int64_t ld = n;
+  if (pr.weights == WeightsMode::kPerHead) {
+    scores = pr.weights_out + ((b * p.H + h) * p.L + i0) * p.S;
+    ld = p.S;
+  }
+  GemmShape qk;
+  qk.a = Mat{m, p.D, pr.ql.row, 1};
+  qk.b = Mat{p.D, n, 1, pr.kl.row};  // K^T read in place
+  qk.c = Mat{m, n, ld, 1};
+  qk.scale = p.scale;
+  Gemm(qk, pr.q + b * pr.ql.batch + h * pr.ql.head + i0 * pr.ql.row,
+       pr.k + b * pr.kl.batch + kvh * pr.kl.head, scores, nullptr);
+
+  const bool masked = pr.causal || pr.attn_mask || pr.key_padding_mask;
+  bool all_masked[kRowTile] = {};
+  bool any_all_masked = false;
+  if (masked) {
+    for (int64_t r = 0; r < m; ++r) {
+      float* row = scores + r * ld;
+      const int64_t i = i0 + r;
+      if (pr.attn_mask) AddMask(*pr.attn_mask, b, h, i, n, row);
+      if (pr.key_padding_mask) AddMask(*pr.key_padding_mask, b, h, i, n, row);
+      if (pr.causal) std::fill(row + std::min(n, i + 1), row + n, kNegInf);
+      float mx = kNegInf;
+      for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
+      all_masked[r] = mx == kNegInf;
+      any_all_masked |= all_masked[r];
+    }
+  }
+  internal::SoftmaxRows(m, n, ld, scores);
+  for (int64_t r = 0; r < m && any_all_masked; ++r) {
+    if (all_masked[r]) std::fill(scores + r * ld, scores + r * ld + n, 0.0f);
+  }
+  if (pr.weights == WeightsMode::kPerHead && n < p.S) {
+    for (int64_t r = 0; r < m; ++r) std::fill(scores + r * ld + n, scores + (r + 1) * ld, 0.0f);
+  }
+  if (pr.weights == WeightsMode::kAveraged) {
+    const float inv_h = 1.0f / static_cast<float>(p.H);
+    float* avg = pr.weights_out + (b * p.L + i0) * p.S;
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t j = 0; j < n; ++j) avg[r * p.S + j] += scores[r * ld + j] * inv_h;
+    }
+  }
+  GemmShape pv;
+  pv.a = Mat{m, n, ld, 1};
+  pv.b = Mat{n, p.Dv, pr.vl.row, 1};
+  pv.c = Mat{m, p.Dv, pr.ol.row, 1};
+  Gemm(pv, scores, pr.v + b * pr.vl.batch + kvh * pr.vl.head,
+       pr.out + b * pr.ol.batch + h * pr.ol.head + i0 * pr.ol.row, nullptr);
+}
+
+// Runs every (batch, head, row tile) on an OpenMP team; single-threaded oneDNN
+// primitives inside. Errors (and the caller's check) stop the remaining units.
+absl::Status AttendHeads(const HeadsProblem& pr, const ComputeOptions& o) {
+  const Plan& p = *pr.plan;
+  const int64_t tiles = (p.L + kRowTile - 1) / kRowTile;
+  const bool averaged = pr.weights == WeightsMode::kAveraged;
+  const int64_t units = averaged ? p.B * tiles : p.B * p.H * tiles;
+  std::vector<float> scratch;
+  if (pr.weights != WeightsMode::kPerHead) scratch.resize(p.threads * kRowTile * p.S);
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  absl::Status first_error;
+  auto fail = [&](absl::Status s) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (first_error.ok()) first_error = std::move(s);
+    stop = true;
+  };
+#pragma omp parallel for num_threads(p.threads) schedule(dynamic, 1)
+  for (int64_t u = 0; u < units; ++u) {
+    if (stop.load(std::memory_order_relaxed)) continue;
+    try {
+      if (o.check) {
+        absl::Status s = o.check();
+        if (!s.ok()) {
+          fail(std::move(s));
+          continue;
+        }
+      }
+      float* tile_scratch = scratch.empty()
+                                ? nullptr
+                                : scratch.data() + omp_get_thread_num() * kRowTile * p.S;
+      if (averaged) {
+        const int64_t b = u / tiles, i0 = (u % tiles) * kRowTile;
+        const int64_t rows = std::min(kRowTile, p.L - i0);
+        std::fill_n(pr.weights_out + (b * p.L + i0) * p.S, rows * p.S, 0.0f);
+        for (int64_t h = 0; h < p.H; ++h) AttendTile(pr, b, h, i0, tile_scratch);
+      } else {
+        const int64_t b = u / (p.H * tiles), h = (u / tiles) % p.H;
+        AttendTile(pr, b, h, (u % tiles) * kRowTile, tile_scratch);
+      }
+    } catch (const dnnl::error& e) {
+      fail(absl::InternalError(absl::StrCat("oneDNN: ", e.what())));
+    } catch (const std::bad_alloc&) {
+      fail(absl::ResourceExhaustedError("out of memory"));
+    }
+  }
+  return first_error;
+}
+
+// Sets this thread's OpenMP team size for the call and restores it after.
+class OmpThreadsScope {
+ public:
+  explicit OmpThreadsScope(int n) : saved_(omp_get_max_threads()) { omp_set_num_threads(n); }
+  ~OmpThreadsScope() { omp_set_num_threads(saved_); }
+
+ private:
+  int saved_;
+};
+
+// out[rows, E] = x[rows, in] * w^T (+ bias); w is [E, in] row-major (read in
+// place as a transposed view).
+void Project(int64_t rows, int64_t in, int64_t e, const float* x, const float* w,
+             const float* bias, float* out, int64_t out_stride) {
+  GemmShape g;
+  g.a = Mat{rows, in, in, 1};
+  g.b = Mat{in, e, 1, in};
+  g.c = Mat{rows, e, out_stride, 1};
+  g.bias = bias != nullptr;
+  Gemm(g, x, w, out, bias);
+}
+
+absl::Status Compute(const Plan& p, const AttentionArgs& a, const ComputeOptions& o,
+                     OutputBuffers* outputs) {
+  float* out = outputs->Output(p.info.output_shape);
+  float* weights = a.weights == WeightsMode::kNone ? nullptr
+                                                   : outputs->Weights(p.info.weights_shape);
+  if (out == nullptr || (a.weights != WeightsMode::kNone && weights == nullptr)) {
+    return absl::InternalError("no output buffer");
+  }
+  OmpThreadsScope threads(std::max(1, o.max_threads > 0 ? o.max_threads : omp_get_max_threads()));
+  std::vector<float> q_store, k_store, v_store, am_store, kpm_store;
+  const float* q = AsFloat32(a.query, q_store);
+  const float* k = a.self_attention ? q : AsFloat32(*a.key, k_store);
+  const float* v = a.self_attention ? q : AsFloat32(*a.value, v_store);
+
+  HeadsProblem pr;
+  pr.plan = &p;
+  pr.weights = a.weights;
+  pr.weights_out = weights;
+  pr.causal = a.causal;
+  pr.attn_mask = PrepareMask(p.attn_mask, am_store);
+  pr.key_padding_mask = PrepareMask(p.key_padding_mask, kpm_store);
+  const int64_t B = p.B, L = p.L, S = p.S, H = p.H, D = p.D, Dv = p.Dv;
+
+  if (!p.has_projection) {
+    pr.q = q, pr.k = k, pr.v = v, pr.out = out;
+    if (p.rank == 4) {
+      const int64_t Hkv = p.Hkv;
+      pr.ql = {H * L * D, L * D, D};
+      pr.kl = {Hkv * S * D, S * D, D};
+      pr.vl = {Hkv * S * Dv, S * Dv, Dv};
+      pr.ol = {H * L * Dv, L * Dv, Dv};
+    } else {
+      pr.ql = {L * p.Eq, D, p.Eq};
+      pr.kl = {S * p.Ek, D, p.Ek};
+      pr.vl = {S * p.Ev, Dv, p.Ev};
+      pr.ol = {L * H * Dv, Dv, H * Dv};
+    }
+    return AttendHeads(pr, o);
+  }
+
+  // nn.MultiheadAttention: in-projection, heads, out-projection.
+  const ProjectionWeights& w = *a.projection;
+  const int64_t E = p.proj.embed_dim;
+  std::vector<float> w_store[7];
+  auto f32 = [&](const std::optional<TensorView>& t, int slot) -> const float* {
+    return t ? AsFloat32(*t, w_store[slot]) : nullptr;
+  };
+  const float* in_w = f32(w.in_proj_weight, 0);
+  const float* in_b = f32(w.in_proj_bias, 1);
+  const float* wq = p.proj.packed ? in_w : f32(w.q_proj_weight, 2);
+  const float* wk = p.proj.packed ? in_w + E * E : f32(w.k_proj_weight, 3);
+  const float* wv = p.proj.packed ? in_w + 2 * E * E : f32(w.v_proj_weight, 4);
+  const float* bq = in_b;
+  const float* bk = in_b ? in_b + E : nullptr;
+  const float* bv = in_b ? in_b + 2 * E : nullptr;
+  const float* wo = f32(w.out_proj_weight, 5);
+  const float* bo = f32(w.out_proj_bias, 6);
+
+  std::vector<float> projected, concat(B * L * E);
+  if (a.self_attention && p.proj.packed) {
+    // One GEMM: [B*L, E] x [E, 3E]; heads read in place from the packed rows.
+    projected.resize(B * L * 3 * E);
+    Project(B * L, E, 3 * E, q, in_w, in_b, projected.data(), 3 * E);
+    pr.q = projected.data(), pr.k = pr.q + E, pr.v = pr.q + 2 * E;
+    pr.ql = pr.kl = pr.vl = {L * 3 * E, D, 3 * E};
+  } else {
+    projected.resize(B * (L + 2 * S) * E);
+    float* qp = projected.data();
+    float* kp = qp + B * L * E;
+    float* vp = kp + B * S * E;
+    Project(B * L, E, E, q, wq, bq, qp, E);
+    Project(B * S, p.proj.kdim, E, k, wk, bk, kp, E);
+    Project(B * S, p.proj.vdim, E, v, wv, bv, vp, E);
+    pr.q = qp, pr.k = kp, pr.v = vp;
+    pr.ql = {L * E, D, E};
+    pr.kl = pr.vl = {S * E, D, E};
+  }
+  pr.out = concat.data();
+  pr.ol = {L * E, Dv, E};
+  if (absl::Status s = AttendHeads(pr, o); !s.ok()) return s;
+  Project(B * L, E, E, concat.data(), wo, bo, out, E);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ProjectionShape> ValidateProjection(const ProjectionWeights& w,
+                                                   absl::string_view prefix) {
+  auto name = [&](absl::string_view field) { return absl::StrCat(prefix, field); };
+  ProjectionShape ps;
+  if (!w.out_proj_weight) return Invalid(name("out_proj_weight"), "missing");
+  if (absl::Status s = CheckFloatTensor(*w.out_proj_weight, name("out_proj_weight")); !s.ok()) {
+    return s;
+  }
+  const std::vector<int64_t>& o = w.out_proj_weight->shape;
+  if (o.size() != 2 || o[0] != o[1]) {
+    return Invalid(name("out_proj_weight"),
+                   absl::StrCat("shape ", ShapeString(o), " should be [E, E]"));
+  }
+  const int64_t E = ps.embed_dim = o[0];
+  const bool separate = w.q_proj_weight || w.k_proj_weight || w.v_proj_weight;
+  if (w.in_proj_weight && separate) {
+    return Invalid(name("in_proj_weight"),
+                   "give either in_proj_weight or q/k/v_proj_weight, not both");
+  }
+  if (w.in_proj_weight) {
+    ps.packed = true;
+    ps.kdim = ps.vdim = E;
+    if (absl::Status s = CheckMatrix(w.in_proj_weight, name("in_proj_weight"), {3 * E, E});
+        !s.ok()) {
+      return s;
+    }
+  } else {
+    if (!w.q_proj_weight || !w.k_proj_weight || !w.v_proj_weight) {
+      return Invalid(name(separate ? "q_proj_weight" : "in_proj_weight"),
+                     "missing: give in_proj_weight, or all of q/k/v_proj_weight");
+    }
+    for (const auto& [t, field] : {std::pair{&w.k_proj_weight, "k_proj_weight"},
+                                   std::pair{&w.v_proj_weight, "v_proj_weight"}}) {
+      if (absl::Status s = CheckFloatTensor(**t, name(field)); !s.ok()) return s;
+      if ((*t)->shape.size() != 2 || (*t)->shape[0] != E) {
+        return Invalid(name(field), absl::StrCat("shape ", ShapeString((*t)->shape),
+                                                 " should be [E, dim] with E = ", E));
+      }
+    }
+    ps.kdim = w.k_proj_weight->shape[1];
+    ps.vdim = w.v_proj_weight->shape[1];
+    if (absl::Status s = CheckMatrix(w.q_proj_weight, name("q_proj_weight"), {E, E}); !s.ok()) {
+      return s;
+    }
+  }
+  if (absl::Status s = CheckMatrix(w.in_proj_bias, name("in_proj_bias"), {3 * E}); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckMatrix(w.out_proj_bias, name("out_proj_bias"), {E}); !s.ok()) {
+    return s;
+  }
+  ps.in_bias = w.in_proj_bias.has_value();
+  ps.out_bias = w.out_proj_bias.has_value();
+  return ps;
+}
+
+float* VectorOutputs::Output(const std::vector<int64_t>& shape) {
+  output.shape = shape;
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  output.data.assign(n, 0.0f);
+  return output.data.data();
+}
+
+float* VectorOutputs::Weights(const std::vector<int64_t>& shape) {
+  weights.shape = shape;
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  weights.data.assign(n, 0.0f);
+  return weights.data.data();
+}
+
+absl::StatusOr<AttentionPlanInfo> PlanAttention(const AttentionArgs& args,
+                                                const ComputeOptions& options) {
+  absl::StatusOr<Plan> plan = MakePlan(args, options);
+  if (!plan.ok()) return plan.status();
+  return plan->info;
+}
+
+absl::Status ComputeAttention(const AttentionArgs& args, const ComputeOptions& options,
+                              OutputBuffers* outputs) {
+  absl::StatusOr<Plan> plan = MakePlan(args, options);
+  if (!plan.ok()) return plan.status();
+  try {
+    return Compute(*plan, args, options, outputs);
+  } catch (const dnnl::error& e) {
+    return absl::InternalError(absl::StrCat("oneDNN: ", e.what()));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("out of memory");
+  }
+}
+
+}  // namespace attention

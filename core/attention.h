@@ -1,0 +1,171 @@
+// Multi-head attention and multi-head self-attention on the CPU, with exactly
+// the semantics of torch.nn.MultiheadAttention(batch_first=True) and
+// scaled_dot_product_attention in inference (see API.md, "Semantics").
+//
+// Usage:
+//
+//   attention::AttentionArgs args;
+//   args.query = {DType::kFloat32, {B, L, E}, q.data(), q.size() * 4};
+//   args.key   = TensorView{DType::kFloat32, {B, S, E}, k.data(), k.size() * 4};
+//   args.value = TensorView{DType::kFloat32, {B, S, E}, v.data(), v.size() * 4};
+//   args.num_heads = 8;
+//   args.causal = true;
+//   args.weights = attention::WeightsMode::kAveraged;
+//   attention::VectorOutputs out;                  // or your own OutputBuffers
+//   absl::Status s = attention::ComputeAttention(args, {}, &out);
+//   // out.output: [B, L, E]; out.weights: [B, L, S]
+//
+// Self-attention: set `self_attention = true` and leave key/value empty; the
+// query (named "input" in errors) is also the key and the value. With
+// projection weights (a Model or inline tensors) the full nn.MultiheadAttention
+// forward runs: in-projection (one GEMM for self-attention), heads, attention,
+// out-projection.
+//
+// Contracts:
+// - Inputs are caller-owned views; contiguous float32 inputs are read in place,
+//   never copied. They must stay alive until ComputeAttention returns.
+// - Everything is validated before any allocation: shapes, dtypes, byte
+//   lengths, element counts (overflow-checked), and an estimate of the memory
+//   the request needs (buffers, scores) against ComputeOptions::max_memory_bytes.
+//   Errors: InvalidArgument naming the field ("key: shape [2,7,64] does not
+//   match query batch 3"), ResourceExhausted over the memory limit, the status
+//   of ComputeOptions::check when it aborts, Internal for a oneDNN failure.
+//   Nothing throws.
+// - A query row whose keys are all masked gives zeros (output and weights).
+// - Thread-safety: ComputeAttention may be called from many threads at once.
+//   Each call uses OpenMP with at most ComputeOptions::max_threads threads
+//   (so callers decide how the machine's cores are shared: see Executor).
+#ifndef CORE_ATTENTION_H_
+#define CORE_ATTENTION_H_
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "core/tensor.h"
+
+namespace attention {
+
+enum class WeightsMode {
+  kNone,      // no attention weights
+  kAveraged,  // [B, L, S]: mean over heads (average_attn_weights=True)
+  kPerHead,   // [B, H, L, S]
+};
+
+// nn.MultiheadAttention's parameters, named as in its state_dict. Either the
+// packed in_proj_weight [3E, E] or q_proj_weight [E, E], k_proj_weight
+// [E, kdim] and v_proj_weight [E, vdim]; in_proj_bias [3E] and out_proj_bias
+// [E] are optional; out_proj_weight [E, E] is required. Views, not owned.
+struct ProjectionWeights {
+  std::optional<TensorView> in_proj_weight;
+  std::optional<TensorView> q_proj_weight;
+  std::optional<TensorView> k_proj_weight;
+  std::optional<TensorView> v_proj_weight;
+  std::optional<TensorView> in_proj_bias;
+  std::optional<TensorView> out_proj_weight;
+  std::optional<TensorView> out_proj_bias;
+};
+
+// What ValidateProjection learns from the weights' shapes.
+struct ProjectionShape {
+  int64_t embed_dim = 0;
+  int64_t kdim = 0;
+  int64_t vdim = 0;
+  bool packed = false;   // in_proj_weight rather than q/k/v_proj_weight
+  bool in_bias = false;
+  bool out_bias = false;
+};
+
+// Checks dtypes (float), byte lengths and shapes of `weights`. Errors are
+// InvalidArgument naming the tensor as `prefix` + its state_dict name (with
+// prefix "projection." the names read as the wire fields).
+absl::StatusOr<ProjectionShape> ValidateProjection(const ProjectionWeights& weights,
+                                                   absl::string_view prefix);
+
+// One attention call. Shapes, as in PyTorch (batch first):
+//   rank 3: query [B, L, Eq], key [B, S, Ek], value [B, S, Ev]
+//   rank 2: unbatched [L, Eq], [S, Ek], [S, Ev] -> unbatched outputs
+//   rank 4 (no projection): [B, H, L, D], [B, Hkv, S, D], [B, Hkv, S, Dv]
+// Without projection the heads split the last dimension: Eq = H*D,
+// Ek = Hkv*D, Ev = Hkv*Dv, output [B, L, H*Dv]. Query head h uses key/value
+// head h / (H / Hkv).
+struct AttentionArgs {
+  TensorView query;                 // "input" for self-attention
+  std::optional<TensorView> key;    // absent for self-attention
+  std::optional<TensorView> value;  // absent for self-attention
+  bool self_attention = false;
+
+  int64_t num_heads = 0;     // required for ranks 2-3; 0 = from shape for rank 4
+  int64_t num_kv_heads = 0;  // 0 = num_heads
+  std::optional<float> scale;  // default 1/sqrt(head_dim)
+  bool causal = false;         // query i attends keys j <= i (top-left)
+  // BOOL (true = may not attend) or float (added to scores). [L, S],
+  // [B*H, L, S] or rank 4 broadcastable to [B, H, L, S].
+  std::optional<TensorView> attn_mask;
+  // [B, S] ([S] unbatched); BOOL (true = ignore key) or float (added).
+  std::optional<TensorView> key_padding_mask;
+  WeightsMode weights = WeightsMode::kNone;
+  // nn.MultiheadAttention's weights, or nullptr for plain multi-head
+  // scaled-dot-product attention. Not owned.
+  const ProjectionWeights* projection = nullptr;
+};
+
+// Per-call settings of the caller (the server's limits, its threads).
+struct ComputeOptions {
+  // OpenMP threads this call may use; 0 = omp_get_max_threads().
+  int max_threads = 0;
+  // Upper bound on the memory one call may allocate (estimated before any
+  // allocation, output and weights included).
+  int64_t max_memory_bytes = int64_t{1} << 30;
+  // Called between units of work (possibly from several threads at once);
+  // a non-OK status aborts the call with that status (deadline, cancel).
+  std::function<absl::Status()> check;
+};
+
+// Where results go. ComputeAttention calls Output (and Weights, when asked
+// for) once each, after validation and before computing, and writes every
+// element of the returned buffers. Buffers are caller-owned, hold
+// product(shape) floats, and must stay valid until ComputeAttention returns;
+// a nullptr return aborts the call with Internal.
+class OutputBuffers {
+ public:
+  virtual ~OutputBuffers() = default;
+  virtual float* Output(const std::vector<int64_t>& shape) = 0;
+  virtual float* Weights(const std::vector<int64_t>& shape) = 0;
+};
+
+// OutputBuffers that own their floats.
+class VectorOutputs final : public OutputBuffers {
+ public:
+  float* Output(const std::vector<int64_t>& shape) override;
+  float* Weights(const std::vector<int64_t>& shape) override;
+
+  FloatTensor output;
+  FloatTensor weights;  // empty unless weights were asked for
+};
+
+// The shapes of a call's results and what it will allocate, as validation
+// found them.
+struct AttentionPlanInfo {
+  std::vector<int64_t> output_shape;
+  std::vector<int64_t> weights_shape;  // empty for WeightsMode::kNone
+  int64_t memory_bytes = 0;            // estimate, outputs included
+  double flops = 0;                    // multiply-adds x 2
+};
+
+// Validates `args` without computing (the checks ComputeAttention makes).
+absl::StatusOr<AttentionPlanInfo> PlanAttention(const AttentionArgs& args,
+                                                const ComputeOptions& options);
+
+// Validates and computes. See the contracts at the top of this file.
+absl::Status ComputeAttention(const AttentionArgs& args,
+                              const ComputeOptions& options,
+                              OutputBuffers* outputs);
+
+}  // namespace attention
+
+#endif  // CORE_ATTENTION_H_

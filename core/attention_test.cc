@@ -1,0 +1,388 @@
+// The optimized core against the naive double-precision reference on a
+// randomized grid of cases, every validation error, and concurrent calls.
+#include "core/attention.h"
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/onednn_ops.h"
+#include "core/reference.h"
+#include "core/test_util.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace attention {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::RandomTensor;
+
+// A random call and the storage its views point into.
+struct RandomCase {
+  std::string description;
+  std::vector<FloatTensor> floats;
+  std::vector<std::vector<uint8_t>> bools;
+  std::vector<std::vector<uint16_t>> halves;
+  ProjectionWeights projection;
+  AttentionArgs args;
+
+  TensorView Keep(FloatTensor t, DType wire = DType::kFloat32) {
+    floats.push_back(std::move(t));
+    const FloatTensor& f = floats.back();
+    if (wire == DType::kFloat32) return f.view();
+    std::vector<uint16_t>& h = halves.emplace_back(f.data.size());
+    ConvertFromFloat32(f.data.data(), f.data.size(), wire, h.data());
+    return {wire, f.shape, h.data(), h.size() * 2};
+  }
+};
+
+template <typename T>
+T Pick(std::mt19937& rng, std::initializer_list<T> values) {
+  std::uniform_int_distribution<size_t> d(0, values.size() - 1);
+  return *(values.begin() + d(rng));
+}
+
+bool Chance(std::mt19937& rng, double p) { return std::bernoulli_distribution(p)(rng); }
+
+TensorView MakeMask(RandomCase& c, std::vector<int64_t> shape, bool as_bool, std::mt19937& rng) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  if (as_bool) {
+    std::vector<uint8_t>& m = c.bools.emplace_back(n);
+    const double p = Pick(rng, {0.1, 0.5, 0.9});
+    for (auto& x : m) x = Chance(rng, p);
+    return {DType::kBool, shape, m.data(), m.size()};
+  }
+  FloatTensor t = RandomTensor(shape, rng, 2.0f);
+  for (float& x : t.data) {
+    if (Chance(rng, 0.2)) x = -std::numeric_limits<float>::infinity();
+  }
+  return c.Keep(std::move(t));
+}
+
+// Draws a case; the storage vectors are reserved so views stay valid.
+void MakeRandomCase(int seed, RandomCase& c) {
+  std::mt19937 rng(seed);
+  c.floats.reserve(16);
+  c.bools.reserve(4);
+  c.halves.reserve(16);
+  AttentionArgs& a = c.args;
+  const int rank = Pick(rng, {2, 3, 3, 3, 4});
+  const int proj = rank == 4 ? 0 : Pick(rng, {0, 0, 1, 2});  // none, packed, separate
+  a.self_attention = proj != 2 && Chance(rng, 0.4);
+  const int64_t B = rank == 2 ? 1 : Pick<int64_t>(rng, {1, 2, 3});
+  const int64_t L = Pick<int64_t>(rng, {1, 3, 7, 17, 64, 65, 100});
+  const int64_t S = a.self_attention ? L : Pick<int64_t>(rng, {1, 5, 9, 31, 64, 70, 130});
+  const int64_t H = Pick<int64_t>(rng, {1, 2, 4});
+  const int64_t Hkv = proj ? H : Pick<int64_t>(rng, {H, 1, std::max<int64_t>(1, H / 2)});
+  const int64_t D = Pick<int64_t>(rng, {4, 8, 16});
+  const int64_t Dv = (proj || a.self_attention) ? D : Pick<int64_t>(rng, {D, 4, 12});
+  const int64_t E = H * D;
+  const DType dtype = Pick(rng, {DType::kFloat32, DType::kFloat32, DType::kFloat32,
+                                 DType::kFloat16, DType::kBFloat16});
+  auto shaped = [&](int64_t rows, int64_t heads, int64_t dim) -> std::vector<int64_t> {
+    if (rank == 4) return {B, heads, rows, dim};
+    if (rank == 2) return {rows, heads * dim};
+    return {B, rows, heads * dim};
+  };
+  auto embedded = [&](int64_t rows, int64_t dim) -> std::vector<int64_t> {
+    if (rank == 2) return {rows, dim};
+    return {B, rows, dim};
+  };
+  int64_t kdim = E, vdim = E;
+  if (proj) {
+    a.query = c.Keep(RandomTensor(embedded(L, E), rng), dtype);
+    if (proj == 2) {
+      kdim = Pick<int64_t>(rng, {E, 6, 20});
+      vdim = Pick<int64_t>(rng, {E, 5, 12});
+    }
+    if (!a.self_attention) {
+      a.key = c.Keep(RandomTensor(embedded(S, kdim), rng), dtype);
+      a.value = c.Keep(RandomTensor(embedded(S, vdim), rng), dtype);
+    }
+    const float ws = 1.0f / std::sqrt(static_cast<float>(E));
+    ProjectionWeights& p = c.projection;
+    const bool bias = Chance(rng, 0.7);
+    if (proj == 1) {
+      p.in_proj_weight = c.Keep(RandomTensor({3 * E, E}, rng, ws));
+    } else {
+      p.q_proj_weight = c.Keep(RandomTensor({E, E}, rng, ws));
+      p.k_proj_weight = c.Keep(RandomTensor({E, kdim}, rng, ws));
+      p.v_proj_weight = c.Keep(RandomTensor({E, vdim}, rng, ws));
+    }
+    if (bias) p.in_proj_bias = c.Keep(RandomTensor({3 * E}, rng));
+    p.out_proj_weight = c.Keep(RandomTensor({E, E}, rng, ws));
+    if (bias) p.out_proj_bias = c.Keep(RandomTensor({E}, rng));
+    a.projection = &p;
+  } else {
+    a.query = c.Keep(RandomTensor(shaped(L, H, D), rng), dtype);
+    if (!a.self_attention) {
+      a.key = c.Keep(RandomTensor(shaped(S, Hkv, D), rng), dtype);
+      a.value = c.Keep(RandomTensor(shaped(S, Hkv, Dv), rng), dtype);
+    } else if (Hkv != H) {
+      // Self-attention shares one tensor: key heads = query heads.
+    }
+  }
+  a.num_heads = (rank == 4 && Chance(rng, 0.5)) ? 0 : H;
+  a.num_kv_heads = (a.self_attention || proj) ? 0 : (Chance(rng, 0.5) && rank == 4 ? 0 : Hkv);
+  if (a.self_attention && !proj) a.num_kv_heads = 0;
+  if (Chance(rng, 0.2)) a.scale = Pick(rng, {0.05f, 0.3f, 1.0f});
+  a.causal = Chance(rng, 0.3);
+  switch (Pick(rng, {0, 0, 1, 2, 3, 4})) {
+    case 1:
+      a.attn_mask = MakeMask(c, {L, S}, Chance(rng, 0.5), rng);
+      break;
+    case 2:
+      a.attn_mask = MakeMask(c, {B * H, L, S}, Chance(rng, 0.5), rng);
+      break;
+    case 3:
+      a.attn_mask = MakeMask(c, {B, 1, 1, S}, Chance(rng, 0.5), rng);
+      break;
+    case 4:
+      a.attn_mask = MakeMask(c, {1, H, L, S}, Chance(rng, 0.5), rng);
+      break;
+  }
+  if (Chance(rng, 0.3)) {
+    a.key_padding_mask =
+        MakeMask(c, rank == 2 ? std::vector<int64_t>{S} : std::vector<int64_t>{B, S},
+                 Chance(rng, 0.5), rng);
+  }
+  a.weights = Pick(rng, {WeightsMode::kNone, WeightsMode::kAveraged, WeightsMode::kPerHead});
+  c.description = absl::StrCat(
+      "seed=", seed, " rank=", rank, " proj=", proj, " self=", a.self_attention, " B=", B,
+      " L=", L, " S=", S, " H=", H, " Hkv=", Hkv, " D=", D, " Dv=", Dv, " kdim=", kdim,
+      " vdim=", vdim, " dtype=", DTypeName(dtype), " causal=", a.causal,
+      " attn_mask=", a.attn_mask ? ShapeString(a.attn_mask->shape) : "-",
+      " kpm=", a.key_padding_mask ? "yes" : "no", " weights=", static_cast<int>(a.weights));
+}
+
+constexpr int kRandomCases = 400;
+
+TEST(AttentionVsReference, RandomizedGrid) {
+  for (int seed = 0; seed < kRandomCases; ++seed) {
+    RandomCase c;
+    MakeRandomCase(seed, c);
+    SCOPED_TRACE(c.description);
+    absl::StatusOr<ReferenceResult> want = ReferenceAttention(c.args);
+    ASSERT_TRUE(want.ok()) << want.status();
+    VectorOutputs got;
+    ComputeOptions options;
+    options.max_threads = 1 + seed % 2;
+    ASSERT_TRUE(ComputeAttention(c.args, options, &got).ok());
+    ASSERT_EQ(got.output.shape, want->output_shape);
+    EXPECT_LE(RelativeMaxError(got.output.data.data(), want->output), 2e-5);
+    ASSERT_EQ(got.weights.shape, want->weights_shape);
+    if (!want->weights.empty()) {
+      EXPECT_LE(RelativeMaxError(got.weights.data.data(), want->weights), 2e-5);
+    }
+  }
+}
+
+TEST(AttentionVsReference, FullyMaskedRowsAreZeroNotNaN) {
+  std::mt19937 rng(7);
+  FloatTensor q = RandomTensor({1, 4, 8}, rng);
+  std::vector<uint8_t> mask = {1, 1, 1,  0, 1, 0,  1, 1, 1,  0, 0, 0};  // [L=4, S=3]
+  AttentionArgs a;
+  a.self_attention = false;
+  FloatTensor k = RandomTensor({1, 3, 8}, rng);
+  a.query = q.view();
+  a.key = k.view();
+  a.value = k.view();
+  a.num_heads = 2;
+  a.attn_mask = TensorView{DType::kBool, {4, 3}, mask.data(), mask.size()};
+  a.weights = WeightsMode::kPerHead;
+  VectorOutputs out;
+  ASSERT_TRUE(ComputeAttention(a, {}, &out).ok());
+  for (int h = 0; h < 2; ++h) {
+    for (int i : {0, 2}) {
+      for (int j = 0; j < 3; ++j) EXPECT_EQ(out.weights.data[(h * 4 + i) * 3 + j], 0.0f);
+    }
+  }
+  for (int i : {0, 2}) {
+    for (int e = 0; e < 8; ++e) EXPECT_EQ(out.output.data[i * 8 + e], 0.0f);
+  }
+  for (float x : out.output.data) EXPECT_FALSE(std::isnan(x));
+}
+
+// A valid base call, modified by each validation case.
+struct Base {
+  std::mt19937 rng{1};
+  FloatTensor q = RandomTensor({2, 5, 8}, rng);
+  FloatTensor k = RandomTensor({2, 7, 8}, rng);
+  FloatTensor v = RandomTensor({2, 7, 8}, rng);
+  AttentionArgs args;
+  Base() {
+    args.query = q.view();
+    args.key = k.view();
+    args.value = v.view();
+    args.num_heads = 2;
+  }
+};
+
+absl::Status RunCall(const AttentionArgs& a, int64_t max_memory = int64_t{1} << 30) {
+  VectorOutputs out;
+  ComputeOptions o;
+  o.max_memory_bytes = max_memory;
+  return ComputeAttention(a, o, &out);
+}
+
+TEST(AttentionValidation, NamesTheFieldAndTheProblem) {
+  struct Case {
+    const char* what;
+    std::function<void(Base&)> edit;
+    const char* message;
+  };
+  std::vector<uint8_t> bytes(1024);
+  const Case cases[] = {
+      {"key batch", [](Base& b) { b.k.shape = {3, 7, 8}; b.k.data.resize(3 * 56); b.args.key = b.k.view(); },
+       "key: shape [3,7,8] does not match query batch 2"},
+      {"value length", [](Base& b) { b.v.shape = {2, 6, 8}; b.v.data.resize(96); b.args.value = b.v.view(); },
+       "value: length 6"},
+      {"byte size", [](Base& b) { b.args.query.byte_size -= 4; }, "query: data has 316 bytes"},
+      {"negative dim", [](Base& b) { b.args.query.shape = {2, -5, 8}; }, "query: dimension 1"},
+      {"zero dim", [](Base& b) { b.args.key->shape = {2, 0, 8}; }, "key: dimension 1"},
+      {"rank", [](Base& b) { b.args.query.shape = {80}; }, "query: shape [80] is not supported"},
+      {"rank mismatch", [](Base& b) { b.args.key->shape = {14, 8}; }, "key: rank 2"},
+      {"heads zero", [](Base& b) { b.args.num_heads = 0; }, "options.num_heads: must be positive"},
+      {"heads divide", [](Base& b) { b.args.num_heads = 3; }, "options.num_heads: 3 does not divide"},
+      {"kv heads", [](Base& b) { b.args.num_kv_heads = 3; }, "options.num_kv_heads: 3 must divide"},
+      {"key dim", [](Base& b) { b.args.num_kv_heads = 1; }, "key: last dim 8"},
+      {"bool query", [](Base& b) { b.args.query.dtype = DType::kBool; }, "query: dtype BOOL"},
+      {"missing key", [](Base& b) { b.args.key.reset(); }, "key: missing"},
+      {"scale", [](Base& b) { b.args.scale = std::numeric_limits<float>::quiet_NaN(); },
+       "options.scale"},
+      {"mask shape", [&bytes](Base& b) { b.args.attn_mask = TensorView{DType::kBool, {5, 6}, bytes.data(), 30}; },
+       "options.attn_mask: shape [5,6] must be [L, S] = [5,7]"},
+      {"mask bytes", [&bytes](Base& b) { b.args.attn_mask = TensorView{DType::kFloat32, {5, 7}, bytes.data(), 35}; },
+       "options.attn_mask: data has 35 bytes"},
+      {"mask rank4", [&bytes](Base& b) { b.args.attn_mask = TensorView{DType::kBool, {2, 3, 5, 7}, bytes.data(), 210}; },
+       "broadcastable to [B, H, L, S] = [2,2,5,7]"},
+      {"kpm shape", [&bytes](Base& b) { b.args.key_padding_mask = TensorView{DType::kBool, {2, 5}, bytes.data(), 10}; },
+       "options.key_padding_mask: shape [2,5] should be [B, S] = [2,7]"},
+      {"overflow", [](Base& b) { b.args.query.shape = {int64_t{1} << 40, int64_t{1} << 30, 8}; },
+       "has more than 2^40 elements"},
+      {"rank4 projection", [](Base& b) {
+         static ProjectionWeights p;
+         b.args.query.shape = {2, 1, 5, 8}; b.args.key->shape = {2, 1, 7, 8}; b.args.value->shape = {2, 1, 7, 8};
+         b.args.projection = &p; }, "options.projection: rank-4"},
+      {"projection missing", [](Base& b) { static ProjectionWeights p; b.args.projection = &p; },
+       "projection.out_proj_weight: missing"},
+  };
+  for (const Case& c : cases) {
+    Base b;
+    c.edit(b);
+    absl::Status s = RunCall(b.args);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.what << ": " << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(c.message)) << c.what;
+  }
+}
+
+TEST(AttentionValidation, ProjectionShapes) {
+  std::mt19937 rng(3);
+  FloatTensor x = RandomTensor({1, 4, 8}, rng);
+  FloatTensor in_w = RandomTensor({24, 8}, rng), out_w = RandomTensor({8, 8}, rng);
+  FloatTensor bad_bias = RandomTensor({23}, rng), wide = RandomTensor({8, 9}, rng);
+  ProjectionWeights p;
+  p.in_proj_weight = in_w.view();
+  p.out_proj_weight = out_w.view();
+  AttentionArgs a;
+  a.self_attention = true;
+  a.query = x.view();
+  a.num_heads = 2;
+  a.projection = &p;
+  EXPECT_TRUE(RunCall(a).ok());
+  p.in_proj_bias = bad_bias.view();
+  EXPECT_THAT(std::string(RunCall(a).message()),
+              HasSubstr("projection.in_proj_bias: shape [23] should be [24]"));
+  p.in_proj_bias.reset();
+  p.q_proj_weight = out_w.view();
+  EXPECT_THAT(std::string(RunCall(a).message()), HasSubstr("not both"));
+  p.in_proj_weight.reset();
+  p.k_proj_weight = wide.view();
+  p.v_proj_weight = out_w.view();
+  EXPECT_THAT(std::string(RunCall(a).message()),
+              HasSubstr("key: last dim 8 (shape [1,4,8]) does not match the projection's kdim 9"));
+  a.num_kv_heads = 1;
+  p.k_proj_weight = out_w.view();
+  EXPECT_THAT(std::string(RunCall(a).message()), HasSubstr("options.num_kv_heads"));
+}
+
+TEST(AttentionLimits, HugeScoresAreRefusedBeforeAllocating) {
+  // 256 KiB of inputs asking for 16 GiB of per-head weights.
+  std::vector<uint8_t> small(4);
+  AttentionArgs a;
+  a.self_attention = true;
+  a.query = TensorView{DType::kFloat32, {1, 65536, 1}, small.data(), 65536 * 4};
+  a.num_heads = 1;
+  a.weights = WeightsMode::kPerHead;
+  absl::Status s = RunCall(a);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("over the per-request memory limit"));
+}
+
+TEST(AttentionLimits, LongSequenceWithoutWeightsFitsInLittleMemory) {
+  AttentionArgs a;
+  std::vector<uint8_t> dummy(1);
+  a.self_attention = true;
+  a.query = TensorView{DType::kFloat32, {1, 32768, 512}, dummy.data(), 32768 * 512 * 4};
+  a.num_heads = 8;
+  absl::StatusOr<AttentionPlanInfo> info = PlanAttention(a, {});
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_LT(info->memory_bytes, int64_t{256} << 20);  // output 64 MiB + row tiles
+}
+
+TEST(AttentionCheck, AbortsWithTheCallersStatus) {
+  Base b;
+  VectorOutputs out;
+  ComputeOptions o;
+  o.check = [] { return absl::DeadlineExceededError("deadline passed"); };
+  EXPECT_EQ(ComputeAttention(b.args, o, &out).code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST(AttentionPrimitives, CreatedOncePerShape) {
+  RandomCase c;
+  MakeRandomCase(11, c);
+  VectorOutputs out;
+  ASSERT_TRUE(ComputeAttention(c.args, {}, &out).ok());
+  const int64_t after_first = internal::CachedPrimitiveCount();
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(ComputeAttention(c.args, {}, &out).ok());
+  EXPECT_EQ(internal::CachedPrimitiveCount(), after_first);
+}
+
+TEST(AttentionThreads, ConcurrentCallsMatchSerialOnes) {
+  constexpr int kCases = 24;
+  std::vector<RandomCase> cases(kCases);
+  std::vector<VectorOutputs> serial(kCases), parallel(kCases);
+  ComputeOptions o;
+  o.max_threads = 2;
+  for (int i = 0; i < kCases; ++i) {
+    MakeRandomCase(1000 + i, cases[i]);
+    ASSERT_TRUE(ComputeAttention(cases[i].args, o, &serial[i]).ok());
+  }
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 3; ++round) {
+        for (int i = t; i < kCases; i += 4) {
+          VectorOutputs out;
+          if (!ComputeAttention(cases[i].args, o, &out).ok()) return;
+          parallel[i] = std::move(out);
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kCases; ++i) {
+    SCOPED_TRACE(cases[i].description);
+    EXPECT_EQ(parallel[i].output.data, serial[i].output.data);
+    EXPECT_EQ(parallel[i].weights.data, serial[i].weights.data);
+  }
+}
+
+}  // namespace
+}  // namespace attention

@@ -1,0 +1,64 @@
+// A bounded executor for compute: a fixed set of worker threads, each the
+// master of its own OpenMP team of `threads_per_worker` threads, and a queue
+// of bounded length. workers x threads_per_worker is the number of cores the
+// executor occupies, so callers (the server's gRPC threads) never start
+// OpenMP teams of their own and the machine is not oversubscribed.
+//
+//   Executor executor({/*workers=*/1, /*threads_per_worker=*/2, /*max_queue=*/64});
+//   if (!executor.TrySubmit([&] { ComputeAttention(args, {executor.threads_per_worker()}, &out); })) {
+//     // full: answer RESOURCE_EXHAUSTED now instead of queueing without bound
+//   }
+//
+// Thread-safe. Tasks must not throw. The destructor calls Shutdown().
+#ifndef CORE_EXECUTOR_H_
+#define CORE_EXECUTOR_H_
+
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace attention {
+
+class Executor {
+ public:
+  struct Options {
+    int workers = 1;              // concurrent tasks
+    int threads_per_worker = 0;   // OpenMP threads each; 0 = cores / workers
+    size_t max_queue = 64;        // tasks waiting (not running) at most
+  };
+
+  explicit Executor(Options options);
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  // Queues `task`. Returns false, without running it, when max_queue tasks are
+  // already waiting or Shutdown() has been called.
+  bool TrySubmit(std::function<void()> task);
+
+  // Stops accepting tasks, runs those already queued, joins the workers.
+  void Shutdown();
+
+  int workers() const { return static_cast<int>(threads_.size()); }
+  int threads_per_worker() const { return threads_per_worker_; }
+  size_t queued() const;
+
+ private:
+  void Work();
+
+  const size_t max_queue_;
+  int threads_per_worker_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace attention
+
+#endif  // CORE_EXECUTOR_H_

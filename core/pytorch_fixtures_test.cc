@@ -1,0 +1,82 @@
+// The core and the naive reference against PyTorch's outputs (fixtures made
+// by tests/make_fixtures.py with python3-torch, committed).
+#include <memory>
+#include <string>
+
+#include "core/attention.h"
+#include "core/model.h"
+#include "core/reference.h"
+#include "core/test_util.h"
+#include "gtest/gtest.h"
+
+namespace attention {
+namespace {
+
+using testing::FixturePaths;
+using testing::LoadFixture;
+using testing::SourcePath;
+
+constexpr double kTolerance = 1e-4;  // x max |expected|, the contract's bound
+
+// Loads the model a fixture names into `holder` and points its args at it.
+void AttachModel(testing::Fixture& f, std::unique_ptr<const Model>& holder) {
+  if (f.model.empty()) return;
+  const std::string path = f.model == "demo"
+                               ? SourcePath("models/demo.safetensors")
+                               : SourcePath("tests/fixtures/models/" + f.model + ".safetensors");
+  absl::StatusOr<std::unique_ptr<const Model>> m = LoadModel(f.model, path);
+  ASSERT_TRUE(m.ok()) << m.status();
+  holder = std::move(*m);
+  f.args.projection = &holder->weights();
+}
+
+class PyTorchFixtureTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(PyTorchFixtureTest, CoreMatchesPyTorch) {
+  absl::StatusOr<std::unique_ptr<testing::Fixture>> f = LoadFixture(GetParam());
+  ASSERT_TRUE(f.ok()) << f.status();
+  std::unique_ptr<const Model> model;
+  AttachModel(**f, model);
+  VectorOutputs out;
+  ASSERT_TRUE(ComputeAttention((*f)->args, {}, &out).ok());
+  const std::vector<float> want = testing::ToFloats(*(*f)->expected_output);
+  ASSERT_EQ(out.output.shape, (*f)->expected_output->shape);
+  EXPECT_LE(RelativeMaxError(out.output.data.data(), {want.begin(), want.end()}), kTolerance);
+  if ((*f)->expected_weights != nullptr) {
+    const std::vector<float> want_w = testing::ToFloats(*(*f)->expected_weights);
+    ASSERT_EQ(out.weights.shape, (*f)->expected_weights->shape);
+    EXPECT_LE(RelativeMaxError(out.weights.data.data(), {want_w.begin(), want_w.end()}),
+              kTolerance);
+  } else {
+    EXPECT_TRUE(out.weights.data.empty());
+  }
+}
+
+TEST_P(PyTorchFixtureTest, ReferenceMatchesPyTorch) {
+  absl::StatusOr<std::unique_ptr<testing::Fixture>> f = LoadFixture(GetParam());
+  ASSERT_TRUE(f.ok()) << f.status();
+  std::unique_ptr<const Model> model;
+  AttachModel(**f, model);
+  absl::StatusOr<ReferenceResult> ref = ReferenceAttention((*f)->args);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  const std::vector<float> want = testing::ToFloats(*(*f)->expected_output);
+  std::vector<float> got(ref->output.begin(), ref->output.end());
+  EXPECT_LE(RelativeMaxError(got.data(), {want.begin(), want.end()}), kTolerance);
+}
+
+std::string CaseName(const ::testing::TestParamInfo<std::string>& info) {
+  std::string stem = info.param.substr(info.param.find_last_of('/') + 1);
+  stem = stem.substr(0, stem.find('.'));
+  for (char& c : stem) {
+    if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+  }
+  return stem;
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, PyTorchFixtureTest, ::testing::ValuesIn(FixturePaths()),
+                         CaseName);
+
+TEST(PyTorchFixtures, ThereAreMany) { EXPECT_GE(FixturePaths().size(), 30u); }
+
+}  // namespace
+}  // namespace attention

@@ -1,0 +1,46 @@
+// Test helpers: PyTorch fixture files (tests/fixtures/*.safetensors, see
+// tests/fixtures/README.md) as AttentionArgs, and random tensors.
+#ifndef CORE_TEST_UTIL_H_
+#define CORE_TEST_UTIL_H_
+
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/attention.h"
+#include "core/safetensors.h"
+
+namespace attention {
+namespace testing {
+
+// One fixture: the file, and views of it arranged as a call. Not movable
+// (args points into it); held by unique_ptr.
+struct Fixture {
+  std::string name;
+  SafetensorsFile file;
+  ProjectionWeights projection;
+  AttentionArgs args;
+  std::string model;  // metadata "model": a preloaded model's name, or ""
+  const TensorView* expected_output = nullptr;
+  const TensorView* expected_weights = nullptr;
+};
+
+absl::StatusOr<std::unique_ptr<Fixture>> LoadFixture(const std::string& path);
+
+// Paths of tests/fixtures/*.safetensors, sorted.
+std::vector<std::string> FixturePaths();
+// ATTENTION_SOURCE_DIR + "/" + relative.
+std::string SourcePath(const std::string& relative);
+
+// Uniform [-1, 1) floats of `shape`.
+FloatTensor RandomTensor(std::vector<int64_t> shape, std::mt19937& rng, float scale = 1.0f);
+
+// Float32 copy of a view's elements.
+std::vector<float> ToFloats(const TensorView& view);
+
+}  // namespace testing
+}  // namespace attention
+
+#endif  // CORE_TEST_UTIL_H_
