@@ -220,7 +220,7 @@ absl::Status PlanEmbedded(const AttentionArgs& a, const TensorView& k, const Ten
   p.H = a.num_heads;
   const char* qname = a.self_attention ? "input" : "query";
   if (a.projection != nullptr) {
-    absl::StatusOr<ProjectionShape> ps = ValidateProjection(*a.projection, "projection.");
+    absl::StatusOr<ProjectionShape> ps = ValidateProjection(*a.projection, "options.projection.");
     if (!ps.ok()) return ps.status();
     p.has_projection = true;
     p.proj = *ps;

@@ -82,7 +82,7 @@ struct ProjectionShape {
 
 // Checks dtypes (float), byte lengths and shapes of `weights`. Errors are
 // InvalidArgument naming the tensor as `prefix` + its state_dict name (with
-// prefix "projection." the names read as the wire fields).
+// prefix "options.projection." the names read as the wire fields).
 absl::StatusOr<ProjectionShape> ValidateProjection(const ProjectionWeights& weights,
                                                    absl::string_view prefix);
 

@@ -271,7 +271,7 @@ TEST(AttentionValidation, NamesTheFieldAndTheProblem) {
          b.args.query.shape = {2, 1, 5, 8}; b.args.key->shape = {2, 1, 7, 8}; b.args.value->shape = {2, 1, 7, 8};
          b.args.projection = &p; }, "options.projection: rank-4"},
       {"projection missing", [](Base& b) { static ProjectionWeights p; b.args.projection = &p; },
-       "projection.out_proj_weight: missing"},
+       "options.projection.out_proj_weight: missing"},
   };
   for (const Case& c : cases) {
     Base b;
@@ -298,7 +298,7 @@ TEST(AttentionValidation, ProjectionShapes) {
   EXPECT_TRUE(RunCall(a).ok());
   p.in_proj_bias = bad_bias.view();
   EXPECT_THAT(std::string(RunCall(a).message()),
-              HasSubstr("projection.in_proj_bias: shape [23] should be [24]"));
+              HasSubstr("options.projection.in_proj_bias: shape [23] should be [24]"));
   p.in_proj_bias.reset();
   p.q_proj_weight = out_w.view();
   EXPECT_THAT(std::string(RunCall(a).message()), HasSubstr("not both"));

@@ -1,0 +1,321 @@
+#include "client/cli.h"
+
+#include <cstdio>
+#include <iostream>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "client/client.h"
+#include "client/load.h"
+#include "core/safetensors.h"
+
+namespace attention {
+namespace client {
+namespace {
+
+constexpr char kUsage[] = R"(attention-client: calls the Attention Service.
+
+usage: attention-client [--target HOST:PORT] COMMAND [options]
+
+commands:
+  attention       multi-head attention: --query q.npy --key k.npy --value v.npy
+  self-attention  multi-head self-attention: --input x.npy
+  models          list the server's models and limits
+  health          print the server's health (SERVING / NOT_SERVING); exit 0 when serving
+  load            load test (see attention-client load --help)
+
+options of attention and self-attention:
+  --heads N                 query heads (0 or omitted with --model: the model's)
+  --kv-heads N              key/value heads (grouped-query attention)
+  --scale X                 score scale (default 1/sqrt(head_dim))
+  --causal                  query i attends keys j <= i
+  --attn-mask m.npy         bool (true = may not attend) or float (added): [L,S], [B*H,L,S], rank 4
+  --key-padding-mask p.npy  bool (true = ignore key) or float (added): [B,S]
+  --model NAME              a model the server has loaded (see `models`)
+  --projection F.safetensors  nn.MultiheadAttention weights sent inline
+  --weights none|average|per-head   attention weights to return (default none)
+  --weights-out w.npy       where to write the weights (float32)
+  --wire-dtype float32|float16|bfloat16  dtype of tensors on the wire (output comes back in it;
+                            a bfloat16 output is written as float32 .npy)
+  --out o.npy               where to write the output
+  --timeout SECONDS         deadline of the call (default none)
+  --id ID                   request id (echoed by the server)
+
+common:
+  --target HOST:PORT        server (default localhost:50051); also dns:///name:port
+  --help                    this text
+
+.npy files: float32, float16 or bool, C order. A failed call prints the gRPC status code
+name and the server's message on stderr and exits 1; bad usage exits 2.
+)";
+
+const std::set<std::string> kSwitches = {"causal", "help", "stream", "quiet"};
+
+int Usage(const std::string& problem) {
+  std::fprintf(stderr, "attention-client: %s\n(attention-client --help for usage)\n",
+               problem.c_str());
+  return 2;
+}
+
+int Failed(const absl::Status& s) {
+  std::fprintf(stderr, "attention-client: %s: %s\n",
+               absl::StatusCodeToString(s.code()).c_str(), std::string(s.message()).c_str());
+  return 1;
+}
+
+absl::StatusOr<DType> WireDType(const CliArgs& args) {
+  const std::string w = args.Get("wire-dtype", "float32");
+  if (w == "float32") return DType::kFloat32;
+  if (w == "float16") return DType::kFloat16;
+  if (w == "bfloat16") return DType::kBFloat16;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--wire-dtype ", w, ": expected float32, float16 or bfloat16"));
+}
+
+absl::StatusOr<v1::Tensor> NpyTensor(const CliArgs& args, const std::string& flag, DType wire) {
+  absl::StatusOr<NpyArray> a = ReadNpy(args.Get(flag));
+  if (!a.ok()) return a.status();
+  return FromNpy(*a, wire);
+}
+
+// Inline projection weights from a safetensors file (tensor names as in
+// nn.MultiheadAttention's state_dict).
+absl::Status LoadProjection(const std::string& path, v1::AttentionOptions* options) {
+  absl::StatusOr<SafetensorsFile> file = ReadSafetensors(path);
+  if (!file.ok()) return file.status();
+  using Field = v1::Tensor* (v1::Projection::*)();
+  const std::map<std::string, Field> fields = {
+      {"in_proj_weight", &v1::Projection::mutable_in_proj_weight},
+      {"q_proj_weight", &v1::Projection::mutable_q_proj_weight},
+      {"k_proj_weight", &v1::Projection::mutable_k_proj_weight},
+      {"v_proj_weight", &v1::Projection::mutable_v_proj_weight},
+      {"in_proj_bias", &v1::Projection::mutable_in_proj_bias},
+      {"out_proj.weight", &v1::Projection::mutable_out_proj_weight},
+      {"out_proj.bias", &v1::Projection::mutable_out_proj_bias}};
+  v1::Projection* p = options->mutable_projection();
+  for (const auto& [name, view] : file->tensors) {
+    auto field = fields.find(name);
+    if (field == fields.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": unexpected tensor '", name, "'"));
+    }
+    v1::Tensor* t = (p->*(field->second))();
+    t->set_dtype(ToWire(view.dtype));
+    for (int64_t d : view.shape) t->add_shape(d);
+    t->set_data(view.data, view.byte_size);
+  }
+  if (options->num_heads() == 0) {
+    auto heads = file->metadata.find("num_heads");
+    int64_t h = 0;
+    if (heads != file->metadata.end() && absl::SimpleAtoi(heads->second, &h)) {
+      options->set_num_heads(static_cast<int32_t>(h));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FillOptions(const CliArgs& args, v1::AttentionOptions* o) {
+  absl::StatusOr<int64_t> heads = args.GetInt("heads", 0);
+  absl::StatusOr<int64_t> kv_heads = args.GetInt("kv-heads", 0);
+  if (!heads.ok()) return heads.status();
+  if (!kv_heads.ok()) return kv_heads.status();
+  o->set_num_heads(static_cast<int32_t>(*heads));
+  o->set_num_kv_heads(static_cast<int32_t>(*kv_heads));
+  if (args.Has("scale")) {
+    absl::StatusOr<double> scale = args.GetDouble("scale", 0);
+    if (!scale.ok()) return scale.status();
+    o->set_scale(static_cast<float>(*scale));
+  }
+  o->set_causal(args.switches.count("causal") > 0);
+  for (const auto& [flag, field] :
+       {std::pair<std::string, v1::Tensor*>{"attn-mask", o->mutable_attn_mask()},
+        std::pair<std::string, v1::Tensor*>{"key-padding-mask", o->mutable_key_padding_mask()}}) {
+    if (!args.Has(flag)) continue;
+    absl::StatusOr<v1::Tensor> t = NpyTensor(args, flag, DType::kFloat32);
+    if (!t.ok()) return t.status();
+    *field = std::move(*t);
+  }
+  if (!args.Has("attn-mask")) o->clear_attn_mask();
+  if (!args.Has("key-padding-mask")) o->clear_key_padding_mask();
+  const std::string w = args.Get("weights", "none");
+  if (w == "none") {
+    o->set_weights(v1::WEIGHTS_NONE);
+  } else if (w == "average" || w == "averaged") {
+    o->set_weights(v1::WEIGHTS_AVERAGED);
+  } else if (w == "per-head") {
+    o->set_weights(v1::WEIGHTS_PER_HEAD);
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--weights ", w, ": expected none, average or per-head"));
+  }
+  o->set_model(args.Get("model"));
+  if (args.Has("projection")) return LoadProjection(args.Get("projection"), o);
+  return absl::OkStatus();
+}
+
+absl::Status WriteResults(const CliArgs& args, const v1::AttentionResponse& r) {
+  for (const auto& [tensor, flag, name] :
+       {std::tuple<const v1::Tensor*, std::string, std::string>{&r.output(), "out", "output"},
+        std::tuple<const v1::Tensor*, std::string, std::string>{&r.weights(), "weights-out",
+                                                                "weights"}}) {
+    if (tensor->shape_size() == 0) continue;
+    absl::StatusOr<NpyArray> a = ToNpy(*tensor, name);
+    if (!a.ok()) return a.status();
+    std::string where = "(not saved: give --" + flag + " FILE.npy)";
+    if (args.Has(flag)) {
+      if (absl::Status s = WriteNpy(args.Get(flag), *a); !s.ok()) return s;
+      where = "-> " + args.Get(flag);
+    }
+    std::printf("%s %s %s %s\n", name.c_str(), ShapeString(a->shape).c_str(),
+                v1::DataType_Name(tensor->dtype()).c_str(), where.c_str());
+  }
+  return absl::OkStatus();
+}
+
+int RunAttention(const CliArgs& args, AttentionClient& client, bool self) {
+  absl::StatusOr<DType> wire = WireDType(args);
+  if (!wire.ok()) return Usage(std::string(wire.status().message()));
+  absl::StatusOr<double> timeout = args.GetDouble("timeout", 0);
+  if (!timeout.ok()) return Usage(std::string(timeout.status().message()));
+  const CallOptions call{*timeout};
+  absl::StatusOr<v1::AttentionResponse> response;
+  if (self) {
+    if (!args.Has("input")) return Usage("self-attention needs --input x.npy");
+    v1::SelfAttentionRequest req;
+    req.set_id(args.Get("id"));
+    absl::StatusOr<v1::Tensor> input = NpyTensor(args, "input", *wire);
+    if (!input.ok()) return Failed(input.status());
+    *req.mutable_input() = std::move(*input);
+    if (absl::Status s = FillOptions(args, req.mutable_options()); !s.ok()) return Failed(s);
+    response = client.SelfAttention(req, call);
+  } else {
+    if (!args.Has("query") || !args.Has("key") || !args.Has("value")) {
+      return Usage("attention needs --query q.npy --key k.npy --value v.npy");
+    }
+    v1::AttentionRequest req;
+    req.set_id(args.Get("id"));
+    for (const auto& [flag, field] :
+         {std::pair<std::string, v1::Tensor*>{"query", req.mutable_query()},
+          std::pair<std::string, v1::Tensor*>{"key", req.mutable_key()},
+          std::pair<std::string, v1::Tensor*>{"value", req.mutable_value()}}) {
+      absl::StatusOr<v1::Tensor> t = NpyTensor(args, flag, *wire);
+      if (!t.ok()) return Failed(t.status());
+      *field = std::move(*t);
+    }
+    if (absl::Status s = FillOptions(args, req.mutable_options()); !s.ok()) return Failed(s);
+    response = client.Attention(req, call);
+  }
+  if (!response.ok()) return Failed(response.status());
+  if (absl::Status s = WriteResults(args, *response); !s.ok()) return Failed(s);
+  return 0;
+}
+
+int RunModels(const CliArgs& args, AttentionClient& client) {
+  absl::StatusOr<double> timeout = args.GetDouble("timeout", 10);
+  if (!timeout.ok()) return Usage(std::string(timeout.status().message()));
+  absl::StatusOr<v1::ListModelsResponse> r = client.ListModels({*timeout});
+  if (!r.ok()) return Failed(r.status());
+  std::printf("%-16s %9s %9s %6s %6s %5s\n", "NAME", "EMBED_DIM", "NUM_HEADS", "KDIM", "VDIM",
+              "BIAS");
+  for (const v1::ModelInfo& m : r->models()) {
+    std::printf("%-16s %9lld %9lld %6lld %6lld %5s\n", m.name().c_str(),
+                static_cast<long long>(m.embed_dim()), static_cast<long long>(m.num_heads()),
+                static_cast<long long>(m.kdim()), static_cast<long long>(m.vdim()),
+                m.bias() ? "yes" : "no");
+  }
+  const v1::ServerLimits& l = r->limits();
+  std::printf("limits: max message %lld MiB, max request memory %lld MiB, %d compute threads, "
+              "queue %d, %d messages in flight per stream\n",
+              static_cast<long long>(l.max_message_bytes() >> 20),
+              static_cast<long long>(l.max_request_memory_bytes() >> 20), l.compute_threads(),
+              l.max_queue(), l.max_stream_in_flight());
+  return 0;
+}
+
+int RunHealth(const CliArgs& args, AttentionClient& client) {
+  absl::StatusOr<double> timeout = args.GetDouble("timeout", 5);
+  if (!timeout.ok()) return Usage(std::string(timeout.status().message()));
+  absl::StatusOr<std::string> status = client.Health(args.Get("service"), {*timeout});
+  if (!status.ok()) return Failed(status.status());
+  std::printf("%s\n", status->c_str());
+  return *status == "SERVING" ? 0 : 1;
+}
+
+}  // namespace
+
+std::string CliArgs::Get(const std::string& name, const std::string& fallback) const {
+  auto it = values.find(name);
+  return it == values.end() ? fallback : it->second;
+}
+
+absl::StatusOr<int64_t> CliArgs::GetInt(const std::string& name, int64_t fallback) const {
+  if (!Has(name)) return fallback;
+  int64_t v;
+  if (!absl::SimpleAtoi(Get(name), &v)) {
+    return absl::InvalidArgumentError(absl::StrCat("--", name, " ", Get(name), ": not an integer"));
+  }
+  return v;
+}
+
+absl::StatusOr<double> CliArgs::GetDouble(const std::string& name, double fallback) const {
+  if (!Has(name)) return fallback;
+  double v;
+  if (!absl::SimpleAtod(Get(name), &v)) {
+    return absl::InvalidArgumentError(absl::StrCat("--", name, " ", Get(name), ": not a number"));
+  }
+  return v;
+}
+
+int RunCli(int argc, char** argv) {
+  CliArgs args;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--", 0) != 0) {
+      if (!args.command.empty()) return Usage("unexpected argument '" + a + "'");
+      args.command = a;
+      continue;
+    }
+    a = a.substr(2);
+    const size_t eq = a.find('=');
+    if (eq != std::string::npos) {
+      args.values[a.substr(0, eq)] = a.substr(eq + 1);
+    } else if (kSwitches.count(a)) {
+      args.switches.insert(a);
+    } else if (i + 1 < argc) {
+      args.values[a] = argv[++i];
+    } else {
+      return Usage("--" + a + " needs a value");
+    }
+  }
+  if (args.command == "load") return RunLoad(args);
+  if (args.switches.count("help") || args.command.empty()) {
+    std::fputs(kUsage, args.command.empty() && !args.switches.count("help") ? stderr : stdout);
+    return args.switches.count("help") ? 0 : 2;
+  }
+  static const std::map<std::string, std::set<std::string>> kKnown = {
+      {"attention", {"query", "key", "value"}},
+      {"self-attention", {"input"}},
+      {"models", {}},
+      {"health", {"service"}}};
+  auto known = kKnown.find(args.command);
+  if (known == kKnown.end()) return Usage("unknown command '" + args.command + "'");
+  const std::set<std::string> shared = {"target", "timeout", "heads", "kv-heads", "scale",
+                                        "attn-mask", "key-padding-mask", "model", "projection",
+                                        "weights", "weights-out", "wire-dtype", "out", "id"};
+  for (const auto& [name, value] : args.values) {
+    const bool is_call = args.command == "attention" || args.command == "self-attention";
+    if (!known->second.count(name) && name != "target" && name != "timeout" &&
+        !(is_call && shared.count(name))) {
+      return Usage("unknown option --" + name + " for " + args.command);
+    }
+  }
+  AttentionClient client(AttentionClient::Connect(args.Get("target", "localhost:50051")));
+  if (args.command == "attention") return RunAttention(args, client, false);
+  if (args.command == "self-attention") return RunAttention(args, client, true);
+  if (args.command == "models") return RunModels(args, client);
+  return RunHealth(args, client);
+}
+
+}  // namespace client
+}  // namespace attention

@@ -1,0 +1,257 @@
+#include "client/client.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace attention {
+namespace client {
+
+DType FromWire(v1::DataType dtype) {
+  switch (dtype) {
+    case v1::FLOAT16:
+      return DType::kFloat16;
+    case v1::BFLOAT16:
+      return DType::kBFloat16;
+    case v1::BOOL:
+      return DType::kBool;
+    default:
+      return DType::kFloat32;
+  }
+}
+
+v1::DataType ToWire(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat16:
+      return v1::FLOAT16;
+    case DType::kBFloat16:
+      return v1::BFLOAT16;
+    case DType::kBool:
+      return v1::BOOL;
+    default:
+      return v1::FLOAT32;
+  }
+}
+
+v1::Tensor MakeTensor(const std::vector<int64_t>& shape, const float* data, DType wire) {
+  v1::Tensor t;
+  t.set_dtype(ToWire(wire));
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    t.add_shape(d);
+    n *= d;
+  }
+  std::string* bytes = t.mutable_data();
+  bytes->resize(n * DTypeSize(wire));
+  ConvertFromFloat32(data, n, wire, bytes->data());
+  return t;
+}
+
+v1::Tensor MakeBoolTensor(const std::vector<int64_t>& shape, const uint8_t* data) {
+  v1::Tensor t;
+  t.set_dtype(v1::BOOL);
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    t.add_shape(d);
+    n *= d;
+  }
+  t.set_data(data, n);
+  return t;
+}
+
+v1::Tensor FromNpy(const NpyArray& a, DType wire) {
+  if (a.dtype == DType::kBool || a.dtype == wire) {
+    v1::Tensor t;
+    t.set_dtype(ToWire(a.dtype));
+    for (int64_t d : a.shape) t.add_shape(d);
+    t.set_data(a.data);
+    return t;
+  }
+  std::vector<float> f(a.data.size() / DTypeSize(a.dtype));
+  ConvertToFloat32({a.dtype, a.shape, a.data.data(), a.data.size()}, f.data());
+  return MakeTensor(a.shape, f.data(), wire);
+}
+
+absl::StatusOr<FloatTensor> ToFloat(const v1::Tensor& t, const std::string& name) {
+  TensorView view{FromWire(t.dtype()), {t.shape().begin(), t.shape().end()}, t.data().data(),
+                  t.data().size()};
+  absl::StatusOr<int64_t> n = CheckedElements(view, name);
+  if (!n.ok()) return n.status();
+  FloatTensor out;
+  out.shape = view.shape;
+  out.data.resize(*n);
+  ConvertToFloat32(view, out.data.data());
+  return out;
+}
+
+absl::StatusOr<NpyArray> ToNpy(const v1::Tensor& t, const std::string& name) {
+  NpyArray a;
+  a.shape.assign(t.shape().begin(), t.shape().end());
+  if (t.dtype() == v1::BFLOAT16) {
+    absl::StatusOr<FloatTensor> f = ToFloat(t, name);
+    if (!f.ok()) return f.status();
+    a.data.assign(reinterpret_cast<const char*>(f->data.data()), f->data.size() * 4);
+    return a;
+  }
+  a.dtype = FromWire(t.dtype());
+  if (absl::Status s = CheckedElements({a.dtype, a.shape, t.data().data(), t.data().size()}, name)
+                           .status();
+      !s.ok()) {
+    return s;
+  }
+  a.data = t.data();
+  return a;
+}
+
+absl::Status FromGrpcStatus(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+void ApplyOptions(const CallOptions& options, grpc::ClientContext* context) {
+  if (options.timeout_seconds > 0) {
+    context->set_deadline(std::chrono::system_clock::now() +
+                          std::chrono::microseconds(
+                              static_cast<int64_t>(options.timeout_seconds * 1e6)));
+  }
+}
+
+std::shared_ptr<grpc::Channel> AttentionClient::Connect(const std::string& target,
+                                                        int64_t max_message_bytes,
+                                                        bool round_robin) {
+  grpc::ChannelArguments args;
+  const int limit = static_cast<int>(std::min<int64_t>(max_message_bytes, INT32_MAX));
+  args.SetMaxReceiveMessageSize(limit);
+  args.SetMaxSendMessageSize(limit);
+  if (round_robin) args.SetLoadBalancingPolicyName("round_robin");
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+AttentionClient::AttentionClient(std::shared_ptr<grpc::Channel> channel)
+    : channel_(std::move(channel)), stub_(v1::AttentionService::NewStub(channel_)) {}
+
+absl::StatusOr<v1::AttentionResponse> AttentionClient::Attention(
+    const v1::AttentionRequest& request, const CallOptions& options) {
+  grpc::ClientContext context;
+  ApplyOptions(options, &context);
+  v1::AttentionResponse response;
+  absl::Status s = FromGrpcStatus(stub_->Attention(&context, request, &response));
+  if (!s.ok()) return s;
+  return response;
+}
+
+absl::StatusOr<v1::AttentionResponse> AttentionClient::SelfAttention(
+    const v1::SelfAttentionRequest& request, const CallOptions& options) {
+  grpc::ClientContext context;
+  ApplyOptions(options, &context);
+  v1::AttentionResponse response;
+  absl::Status s = FromGrpcStatus(stub_->SelfAttention(&context, request, &response));
+  if (!s.ok()) return s;
+  return response;
+}
+
+absl::StatusOr<v1::ListModelsResponse> AttentionClient::ListModels(const CallOptions& options) {
+  grpc::ClientContext context;
+  ApplyOptions(options, &context);
+  v1::ListModelsResponse response;
+  absl::Status s = FromGrpcStatus(stub_->ListModels(&context, {}, &response));
+  if (!s.ok()) return s;
+  return response;
+}
+
+absl::StatusOr<std::string> AttentionClient::Health(const std::string& service,
+                                                    const CallOptions& options) {
+  auto stub = grpc::health::v1::Health::NewStub(channel_);
+  grpc::ClientContext context;
+  ApplyOptions(options, &context);
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  absl::Status s = FromGrpcStatus(stub->Check(&context, request, &response));
+  if (!s.ok()) return s;
+  return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
+}
+
+namespace {
+
+// Runs one bidi stream: a writer thread keeps at most max_in_flight requests
+// unanswered; this thread reads responses in order.
+template <typename Request, typename Open>
+absl::StatusOr<std::vector<v1::AttentionResponse>> RunStream(const std::vector<Request>& requests,
+                                                             int max_in_flight,
+                                                             const CallOptions& options,
+                                                             Open open) {
+  grpc::ClientContext context;
+  ApplyOptions(options, &context);
+  auto stream = open(&context);
+  std::mutex mu;
+  std::condition_variable cv;
+  size_t answered = 0;
+  bool stop = false;
+  std::thread writer([&] {
+    for (size_t i = 0; i < requests.size(); ++i) {
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return stop || i - answered < static_cast<size_t>(max_in_flight); });
+        if (stop) break;
+      }
+      if (!stream->Write(requests[i])) break;
+    }
+    stream->WritesDone();
+  });
+  std::vector<v1::AttentionResponse> responses;
+  v1::AttentionResponse response;
+  absl::Status problem;
+  while (stream->Read(&response)) {
+    const size_t i = responses.size();
+    if (i >= requests.size() || response.id() != requests[i].id()) {
+      problem = absl::InternalError(absl::StrCat("stream response ", i, " has id '",
+                                                 response.id(), "', expected '",
+                                                 i < requests.size() ? requests[i].id() : "",
+                                                 "'"));
+      context.TryCancel();
+      break;
+    }
+    responses.push_back(std::move(response));
+    std::lock_guard<std::mutex> lock(mu);
+    ++answered;
+    cv.notify_all();
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    stop = true;
+    cv.notify_all();
+  }
+  writer.join();
+  absl::Status s = FromGrpcStatus(stream->Finish());
+  if (!problem.ok()) return problem;
+  if (!s.ok()) return s;
+  if (responses.size() != requests.size()) {
+    return absl::DataLossError(absl::StrCat("stream ended after ", responses.size(), " of ",
+                                            requests.size(), " responses"));
+  }
+  return responses;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<v1::AttentionResponse>> AttentionClient::StreamAttention(
+    const std::vector<v1::AttentionRequest>& requests, int max_in_flight,
+    const CallOptions& options) {
+  return RunStream(requests, max_in_flight, options,
+                   [&](grpc::ClientContext* c) { return stub_->StreamAttention(c); });
+}
+
+absl::StatusOr<std::vector<v1::AttentionResponse>> AttentionClient::StreamSelfAttention(
+    const std::vector<v1::SelfAttentionRequest>& requests, int max_in_flight,
+    const CallOptions& options) {
+  return RunStream(requests, max_in_flight, options,
+                   [&](grpc::ClientContext* c) { return stub_->StreamSelfAttention(c); });
+}
+
+}  // namespace client
+}  // namespace attention

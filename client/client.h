@@ -1,0 +1,105 @@
+// The C++ client of the Attention Service: typed helpers to build requests
+// from float arrays or .npy files, to read outputs and weights back, and the
+// RPCs (unary and streams) with absl statuses.
+//
+//   auto client = AttentionClient(AttentionClient::Connect("localhost:50051"));
+//   v1::SelfAttentionRequest req;
+//   *req.mutable_input() = MakeTensor({2, 10, 64}, x.data(), DType::kFloat32);
+//   req.mutable_options()->set_model("demo");
+//   req.mutable_options()->set_weights(v1::WEIGHTS_AVERAGED);
+//   absl::StatusOr<v1::AttentionResponse> r = client.SelfAttention(req, {/*timeout=*/5});
+//   if (!r.ok()) { /* r.status(): the server's code and message */ }
+//   absl::StatusOr<FloatTensor> out = ToFloat(r->output(), "output");
+//
+// Thread-safety: an AttentionClient may be used from many threads at once
+// (gRPC stubs are thread-safe). Errors: the call's gRPC status as an
+// absl::Status with the same code and message; local problems (bad tensors)
+// are InvalidArgument.
+#ifndef CLIENT_CLIENT_H_
+#define CLIENT_CLIENT_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "attention/v1/attention.grpc.pb.h"
+#include "client/npy.h"
+#include "core/tensor.h"
+#include "grpcpp/grpcpp.h"
+
+namespace attention {
+namespace client {
+
+namespace v1 = ::attention::v1;
+
+// A wire tensor of `shape` from float32 `data`, converted to `wire` dtype
+// (FLOAT32, FLOAT16 or BFLOAT16).
+v1::Tensor MakeTensor(const std::vector<int64_t>& shape, const float* data, DType wire);
+// A BOOL tensor (one byte per element, nonzero = true).
+v1::Tensor MakeBoolTensor(const std::vector<int64_t>& shape, const uint8_t* data);
+// A wire tensor from a .npy array: bool stays BOOL, floats become `wire`.
+v1::Tensor FromNpy(const NpyArray& array, DType wire);
+
+// Validates a response tensor (dtype, shape, byte length) and returns it as
+// float32. `name` appears in errors.
+absl::StatusOr<FloatTensor> ToFloat(const v1::Tensor& tensor, const std::string& name);
+// As .npy: FLOAT32 and FLOAT16 kept, BFLOAT16 widened to float32.
+absl::StatusOr<NpyArray> ToNpy(const v1::Tensor& tensor, const std::string& name);
+
+DType FromWire(v1::DataType dtype);
+v1::DataType ToWire(DType dtype);
+
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+struct CallOptions {
+  double timeout_seconds = 0;  // 0 = no deadline
+};
+
+class AttentionClient {
+ public:
+  // A channel to `target` (HOST:PORT, or any gRPC target such as
+  // dns:///name:port) with message limits large enough for big tensors.
+  // `round_robin` balances calls over every address the name resolves to.
+  static std::shared_ptr<grpc::Channel> Connect(const std::string& target,
+                                                int64_t max_message_bytes = int64_t{256} << 20,
+                                                bool round_robin = false);
+
+  explicit AttentionClient(std::shared_ptr<grpc::Channel> channel);
+
+  absl::StatusOr<v1::AttentionResponse> Attention(const v1::AttentionRequest& request,
+                                                  const CallOptions& options = {});
+  absl::StatusOr<v1::AttentionResponse> SelfAttention(const v1::SelfAttentionRequest& request,
+                                                      const CallOptions& options = {});
+  absl::StatusOr<v1::ListModelsResponse> ListModels(const CallOptions& options = {});
+  // "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" or "UNKNOWN"; `service` ""
+  // asks about the server as a whole.
+  absl::StatusOr<std::string> Health(const std::string& service = "",
+                                     const CallOptions& options = {});
+
+  // Sends every request on one bidirectional stream, with at most
+  // `max_in_flight` unanswered at a time, and returns the responses in
+  // request order (a failed message has its `error` set). Fails when the
+  // stream itself fails, or when a response's id does not match its request.
+  absl::StatusOr<std::vector<v1::AttentionResponse>> StreamAttention(
+      const std::vector<v1::AttentionRequest>& requests, int max_in_flight = 4,
+      const CallOptions& options = {});
+  absl::StatusOr<std::vector<v1::AttentionResponse>> StreamSelfAttention(
+      const std::vector<v1::SelfAttentionRequest>& requests, int max_in_flight = 4,
+      const CallOptions& options = {});
+
+  v1::AttentionService::Stub* stub() { return stub_.get(); }
+
+ private:
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::AttentionService::Stub> stub_;
+};
+
+// Sets the deadline of `context` from `options`.
+void ApplyOptions(const CallOptions& options, grpc::ClientContext* context);
+
+}  // namespace client
+}  // namespace attention
+
+#endif  // CLIENT_CLIENT_H_

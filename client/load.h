@@ -1,0 +1,16 @@
+// attention-client load: the load tester (see load.cc for the design).
+#ifndef CLIENT_LOAD_H_
+#define CLIENT_LOAD_H_
+
+#include "client/cli.h"
+
+namespace attention {
+namespace client {
+
+// Runs `attention-client load ...`; returns the exit code.
+int RunLoad(const CliArgs& args);
+
+}  // namespace client
+}  // namespace attention
+
+#endif  // CLIENT_LOAD_H_

@@ -1,0 +1,108 @@
+#include "server/server.h"
+
+#include <grpc/support/log.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <omp.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+
+#include "server/service.h"
+#include "server/wire.h"
+
+namespace attention {
+namespace server {
+namespace {
+
+constexpr char kServiceName[] = "attention.v1.AttentionService";
+
+// gRPC's own log lines: none while starting (we print one clear line instead),
+// errors only afterwards.
+std::atomic<bool> grpc_started{false};
+void GrpcLog(gpr_log_func_args* args) {
+  if (grpc_started && args->severity == GPR_LOG_SEVERITY_ERROR) {
+    std::fprintf(stderr, "attention-server: grpc: %s\n", args->message);
+  }
+}
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "attention-server: error: %s\n", message.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int RunServer(const ServerConfig& config) {
+  // Signals are taken by sigwait below, so block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  gpr_set_log_function(GrpcLog);
+
+  if (config.threads < 0 || config.workers < 1 || config.max_queue < 0 ||
+      config.max_message_mb < 1 || config.max_request_memory_mb < 1 ||
+      config.max_stream_in_flight < 1 || config.drain_seconds < 0) {
+    return Fail("flags: --threads >= 0, --workers >= 1, --max-queue >= 0, --max-message-mb >= 1, "
+                "--max-request-memory-mb >= 1, --max-stream-in-flight >= 1, --drain-seconds >= 0");
+  }
+  absl::StatusOr<std::unique_ptr<ModelRegistry>> models = ModelRegistry::Load(config.model_specs);
+  if (!models.ok()) return Fail(std::string(models.status().message()));
+
+  const int threads = config.threads > 0 ? config.threads : omp_get_num_procs();
+  Executor executor({config.workers, std::max(1, threads / config.workers),
+                     static_cast<size_t>(config.max_queue)});
+  ServiceLimits limits;
+  limits.max_message_bytes = config.max_message_mb << 20;
+  limits.max_request_memory_bytes = config.max_request_memory_mb << 20;
+  limits.max_stream_in_flight = config.max_stream_in_flight;
+  limits.max_queue = config.max_queue;
+  limits.fault_delay_ms = config.fault_delay_ms;
+  AttentionServiceImpl service(models->get(), &executor, limits);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(limits.max_message_bytes, INT32_MAX)));
+  builder.SetMaxSendMessageSize(static_cast<int>(std::min<int64_t>(limits.max_message_bytes, INT32_MAX)));
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return Fail("cannot listen on " + config.listen + " (address in use, or not HOST:PORT)");
+  }
+  grpc_started = true;
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(true);
+  health->SetServingStatus(kServiceName, true);
+
+  const std::string host = config.listen.substr(0, config.listen.rfind(':'));
+  std::printf("attention-server: listening on %s:%d; models: %s; compute: %d worker(s) x %d "
+              "thread(s)\n",
+              host.c_str(), port, (*models)->Names().c_str(), executor.workers(),
+              executor.threads_per_worker());
+  std::fflush(stdout);
+
+  int signal = 0;
+  sigwait(&signals, &signal);
+  std::printf("attention-server: %s: draining (up to %.0f s)\n",
+              signal == SIGINT ? "SIGINT" : "SIGTERM", config.drain_seconds);
+  std::fflush(stdout);
+  health->SetServingStatus(false);
+  health->SetServingStatus(kServiceName, false);
+  const auto deadline = std::chrono::system_clock::now() +
+                        std::chrono::milliseconds(static_cast<int64_t>(config.drain_seconds * 1000));
+  server->Shutdown(deadline);  // no new calls; running ones finish or are cancelled at deadline
+  executor.Shutdown();
+  std::printf("attention-server: stopped\n");
+  return 0;
+}
+
+}  // namespace server
+}  // namespace attention

@@ -1,0 +1,40 @@
+// The attention-server process: loads models, serves attention.v1 plus
+// grpc.health.v1 and reflection, and drains on SIGTERM / SIGINT.
+//
+//   ServerConfig config;
+//   config.listen = "127.0.0.1:0";
+//   config.model_specs = {"demo=models/demo.safetensors"};
+//   return RunServer(config);   // blocks until a signal; 0 after a clean drain
+#ifndef SERVER_SERVER_H_
+#define SERVER_SERVER_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace attention {
+namespace server {
+
+struct ServerConfig {
+  std::string listen = "0.0.0.0:50051";
+  std::vector<std::string> model_specs;  // NAME=PATH
+  int threads = 0;                        // compute threads in all; 0 = every core
+  int workers = 1;                        // requests computed at once
+  int max_queue = 64;                     // requests waiting for compute
+  int64_t max_message_mb = 256;
+  int64_t max_request_memory_mb = 2048;
+  int max_stream_in_flight = 4;
+  double drain_seconds = 10;
+  int fault_delay_ms = 0;  // test-only
+};
+
+// Runs the server until SIGTERM or SIGINT, then drains: health NOT_SERVING,
+// no new calls, in-flight calls get drain_seconds to finish (then they are
+// cancelled). Returns the process exit code: 0 after a drain, 1 when it could
+// not start (the reason printed as one line on stderr).
+int RunServer(const ServerConfig& config);
+
+}  // namespace server
+}  // namespace attention
+
+#endif  // SERVER_SERVER_H_

@@ -1,0 +1,231 @@
+#include "server/service.h"
+
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace attention {
+namespace server {
+namespace {
+
+absl::Status Saturated(const Executor& executor) {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "server is saturated: ", executor.queued(),
+      " requests already wait for compute; retry later or add replicas"));
+}
+
+// Aborts work whose caller has gone or whose deadline has passed.
+absl::Status CheckAlive(grpc::CallbackServerContext* context, const std::atomic<bool>* cancelled) {
+  if (cancelled != nullptr ? cancelled->load() : context->IsCancelled()) {
+    return absl::CancelledError("the call was cancelled");
+  }
+  if (context->deadline() < std::chrono::system_clock::now()) {
+    return absl::DeadlineExceededError("the call's deadline passed before it was computed");
+  }
+  return absl::OkStatus();
+}
+
+// A bidirectional stream: each message an independent request, answered in
+// order. At most max_in_flight messages are between read and written.
+template <typename Request>
+class StreamReactor final
+    : public grpc::ServerBidiReactor<Request, v1::AttentionResponse> {
+ public:
+  StreamReactor(AttentionServiceImpl* service, grpc::CallbackServerContext* context)
+      : service_(service), context_(context) {
+    reading_ = true;
+    this->StartRead(&incoming_);
+  }
+
+  void OnReadDone(bool ok) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    reading_ = false;
+    if (!ok) {
+      reads_done_ = true;
+      FinishIfDone(lock);
+      return;
+    }
+    auto item = std::make_shared<Item>();
+    item->request.Swap(&incoming_);
+    item->response.set_id(item->request.id());
+    items_.push_back(item);
+    ++computing_;
+    const bool queued = service_->executor()->TrySubmit([this, item] {
+      absl::Status s = service_->Run(item->request, context_, &cancelled_, &item->response);
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!s.ok()) SetError(item->response, s);
+      item->done = true;
+      --computing_;
+      WriteNext();
+      FinishIfDone(lock);
+    });
+    if (!queued) {
+      --computing_;
+      SetError(item->response, Saturated(*service_->executor()));
+      item->done = true;
+    }
+    WriteNext();
+    ReadNext();
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    writing_ = false;
+    items_.pop_front();
+    if (!ok) broken_ = true;  // the client is gone: drop what is left
+    WriteNext();
+    ReadNext();
+    FinishIfDone(lock);
+  }
+
+  void OnCancel() override { cancelled_ = true; }
+
+  void OnDone() override { delete this; }
+
+ private:
+  struct Item {
+    Request request;
+    v1::AttentionResponse response;
+    bool done = false;
+  };
+
+  static void SetError(v1::AttentionResponse& response, const absl::Status& s) {
+    response.clear_output();
+    response.clear_weights();
+    const grpc::Status g = ToGrpcStatus(s);
+    response.mutable_error()->set_code(g.error_code());
+    response.mutable_error()->set_message(g.error_message());
+  }
+
+  // Reads the next message unless one is pending or max_in_flight are held.
+  void ReadNext() {
+    if (reading_ || reads_done_ || broken_) return;
+    if (static_cast<int>(items_.size()) >= service_->limits().max_stream_in_flight) return;
+    reading_ = true;
+    this->StartRead(&incoming_);
+  }
+
+  // Writes the oldest response once it is computed (responses keep request order).
+  void WriteNext() {
+    while (broken_ && !writing_ && !items_.empty() && items_.front()->done) items_.pop_front();
+    if (broken_ || writing_ || items_.empty() || !items_.front()->done) return;
+    writing_ = true;
+    this->StartWrite(&items_.front()->response);
+  }
+
+  // Finishes the call once nothing is pending. Finish may run OnDone (which
+  // deletes this) at once, so it is called after the lock is released.
+  void FinishIfDone(std::unique_lock<std::mutex>& lock) {
+    if (finished_ || reading_ || writing_ || computing_ > 0 || !items_.empty()) return;
+    if (!reads_done_ && !broken_) return;
+    finished_ = true;
+    const bool cancelled = broken_ || cancelled_;
+    lock.unlock();
+    this->Finish(cancelled ? grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled")
+                           : grpc::Status::OK);
+  }
+
+  AttentionServiceImpl* service_;
+  grpc::CallbackServerContext* context_;
+  std::mutex mu_;
+  Request incoming_;
+  std::deque<std::shared_ptr<Item>> items_;
+  int computing_ = 0;
+  bool reading_ = false;
+  bool reads_done_ = false;
+  bool writing_ = false;
+  bool broken_ = false;
+  bool finished_ = false;
+  std::atomic<bool> cancelled_{false};
+};
+
+}  // namespace
+
+AttentionServiceImpl::AttentionServiceImpl(const ModelRegistry* models, Executor* executor,
+                                           ServiceLimits limits)
+    : models_(models), executor_(executor), limits_(limits) {}
+
+template <typename Request>
+absl::Status AttentionServiceImpl::Run(const Request& request,
+                                       grpc::CallbackServerContext* context,
+                                       const std::atomic<bool>* cancelled,
+                                       v1::AttentionResponse* response) {
+  if (limits_.fault_delay_ms > 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(limits_.fault_delay_ms));
+  }
+  if (absl::Status s = CheckAlive(context, cancelled); !s.ok()) return s;
+  Call call;
+  if (absl::Status s = PrepareCall(request, *models_, &call); !s.ok()) return s;
+  ComputeOptions options;
+  options.max_threads = executor_->threads_per_worker();
+  options.max_memory_bytes = limits_.max_request_memory_bytes;
+  options.check = [context, cancelled] { return CheckAlive(context, cancelled); };
+  return Compute(call, options, response);
+}
+
+template <typename Request>
+grpc::ServerUnaryReactor* AttentionServiceImpl::Unary(grpc::CallbackServerContext* context,
+                                                      const Request* request,
+                                                      v1::AttentionResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  response->set_id(request->id());
+  const bool queued = executor_->TrySubmit([this, context, request, response, reactor] {
+    absl::Status s = Run(*request, context, nullptr, response);
+    reactor->Finish(ToGrpcStatus(s));
+  });
+  if (!queued) reactor->Finish(ToGrpcStatus(Saturated(*executor_)));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::Attention(grpc::CallbackServerContext* context,
+                                                          const v1::AttentionRequest* request,
+                                                          v1::AttentionResponse* response) {
+  return Unary(context, request, response);
+}
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::SelfAttention(
+    grpc::CallbackServerContext* context, const v1::SelfAttentionRequest* request,
+    v1::AttentionResponse* response) {
+  return Unary(context, request, response);
+}
+
+grpc::ServerBidiReactor<v1::AttentionRequest, v1::AttentionResponse>*
+AttentionServiceImpl::StreamAttention(grpc::CallbackServerContext* context) {
+  return new StreamReactor<v1::AttentionRequest>(this, context);
+}
+
+grpc::ServerBidiReactor<v1::SelfAttentionRequest, v1::AttentionResponse>*
+AttentionServiceImpl::StreamSelfAttention(grpc::CallbackServerContext* context) {
+  return new StreamReactor<v1::SelfAttentionRequest>(this, context);
+}
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::ListModels(grpc::CallbackServerContext* context,
+                                                           const v1::ListModelsRequest*,
+                                                           v1::ListModelsResponse* response) {
+  for (const Model* m : models_->All()) {
+    v1::ModelInfo* info = response->add_models();
+    info->set_name(m->info().name);
+    info->set_embed_dim(m->info().embed_dim);
+    info->set_num_heads(m->info().num_heads);
+    info->set_kdim(m->info().kdim);
+    info->set_vdim(m->info().vdim);
+    info->set_bias(m->info().bias);
+  }
+  v1::ServerLimits* l = response->mutable_limits();
+  l->set_max_message_bytes(limits_.max_message_bytes);
+  l->set_max_request_memory_bytes(limits_.max_request_memory_bytes);
+  l->set_compute_threads(executor_->workers() * executor_->threads_per_worker());
+  l->set_max_queue(limits_.max_queue);
+  l->set_max_stream_in_flight(limits_.max_stream_in_flight);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace server
+}  // namespace attention

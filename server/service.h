@@ -1,0 +1,73 @@
+// attention.v1.AttentionService on gRPC's callback API.
+//
+// Handlers never compute inside a reaction: each request becomes a task on
+// the core's bounded Executor, which calls Finish / StartWrite when done. A
+// full executor answers RESOURCE_EXHAUSTED at once. Streams keep at most
+// `max_stream_in_flight` messages read but not yet written, so a client that
+// stops reading stops the server reading too (HTTP/2 flow control does the
+// rest) instead of making it buffer without bound.
+#ifndef SERVER_SERVICE_H_
+#define SERVER_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include "attention/v1/attention.grpc.pb.h"
+#include "core/executor.h"
+#include "server/wire.h"
+
+namespace attention {
+namespace server {
+
+struct ServiceLimits {
+  int64_t max_message_bytes = 0;
+  int64_t max_request_memory_bytes = int64_t{1} << 30;
+  int max_stream_in_flight = 4;
+  int max_queue = 64;
+  // Test-only fault injection: each computation first sleeps this long
+  // (--fault-delay-ms). 0 in production.
+  int fault_delay_ms = 0;
+};
+
+class AttentionServiceImpl final : public v1::AttentionService::CallbackService {
+ public:
+  // `models` and `executor` must outlive the service.
+  AttentionServiceImpl(const ModelRegistry* models, Executor* executor, ServiceLimits limits);
+
+  grpc::ServerUnaryReactor* Attention(grpc::CallbackServerContext* context,
+                                      const v1::AttentionRequest* request,
+                                      v1::AttentionResponse* response) override;
+  grpc::ServerUnaryReactor* SelfAttention(grpc::CallbackServerContext* context,
+                                          const v1::SelfAttentionRequest* request,
+                                          v1::AttentionResponse* response) override;
+  grpc::ServerBidiReactor<v1::AttentionRequest, v1::AttentionResponse>* StreamAttention(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerBidiReactor<v1::SelfAttentionRequest, v1::AttentionResponse>* StreamSelfAttention(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
+                                       const v1::ListModelsRequest* request,
+                                       v1::ListModelsResponse* response) override;
+
+  // Validates and computes one request (on an executor thread). `cancelled`
+  // is polled between units of work; the context's deadline too.
+  template <typename Request>
+  absl::Status Run(const Request& request, grpc::CallbackServerContext* context,
+                   const std::atomic<bool>* cancelled, v1::AttentionResponse* response);
+
+  Executor* executor() { return executor_; }
+  const ServiceLimits& limits() const { return limits_; }
+
+ private:
+  template <typename Request>
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, const Request* request,
+                                  v1::AttentionResponse* response);
+
+  const ModelRegistry* models_;
+  Executor* executor_;
+  ServiceLimits limits_;
+};
+
+}  // namespace server
+}  // namespace attention
+
+#endif  // SERVER_SERVICE_H_

@@ -1,0 +1,110 @@
+#include "server/wire.h"
+
+#include <cstring>
+
+#include "core/test_util.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace attention {
+namespace server {
+namespace {
+
+using ::testing::HasSubstr;
+
+v1::Tensor FloatTensorProto(std::vector<int64_t> shape, float fill) {
+  v1::Tensor t;
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    t.add_shape(d);
+    n *= d;
+  }
+  std::vector<float> data(n, fill);
+  t.set_data(data.data(), data.size() * 4);
+  return t;
+}
+
+std::unique_ptr<ModelRegistry> Demo() {
+  auto r = ModelRegistry::Load(
+      {"demo=" + attention::testing::SourcePath("models/demo.safetensors")});
+  EXPECT_TRUE(r.ok()) << r.status();
+  return std::move(*r);
+}
+
+TEST(Wire, StatusesKeepCodeAndMessage) {
+  EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
+  grpc::Status s = ToGrpcStatus(absl::NotFoundError("options.model: no model 'x'"));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(s.error_message(), "options.model: no model 'x'");
+  EXPECT_EQ(ToGrpcStatus(absl::UnknownError("?")).error_code(), grpc::StatusCode::INTERNAL);
+}
+
+TEST(Wire, RequestErrorsNameTheField) {
+  std::unique_ptr<ModelRegistry> models = Demo();
+  v1::SelfAttentionRequest r;
+  Call call;
+  EXPECT_THAT(std::string(PrepareCall(r, *models, &call).message()), HasSubstr("input: missing"));
+  *r.mutable_input() = FloatTensorProto({1, 3, 64}, 0.5f);
+  r.mutable_input()->set_dtype(static_cast<v1::DataType>(9));
+  EXPECT_THAT(std::string(PrepareCall(r, *models, &call).message()),
+              HasSubstr("input: unknown dtype 9"));
+  r.mutable_input()->set_dtype(v1::FLOAT32);
+  r.mutable_options()->set_model("nope");
+  Call c2;
+  absl::Status s = PrepareCall(r, *models, &c2);
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("no model 'nope' on this server (it has: demo)"));
+  r.mutable_options()->set_model("demo");
+  r.mutable_options()->set_num_heads(8);
+  Call c3;
+  EXPECT_THAT(std::string(PrepareCall(r, *models, &c3).message()),
+              HasSubstr("options.num_heads: 8 does not match model 'demo' (4 heads)"));
+  r.mutable_options()->set_num_heads(0);
+  *r.mutable_options()->mutable_projection()->mutable_out_proj_weight() =
+      FloatTensorProto({64, 64}, 0);
+  Call c4;
+  EXPECT_THAT(std::string(PrepareCall(r, *models, &c4).message()), HasSubstr("not both"));
+  v1::AttentionRequest a;
+  *a.mutable_query() = FloatTensorProto({1, 3, 8}, 1);
+  Call c5;
+  EXPECT_THAT(std::string(PrepareCall(a, *models, &c5).message()), HasSubstr("key: missing"));
+}
+
+TEST(Wire, HalfOutputComesBackAsHalfAndWeightsAsFloat) {
+  std::unique_ptr<ModelRegistry> models = Demo();
+  v1::SelfAttentionRequest r;
+  v1::Tensor* in = r.mutable_input();
+  in->set_dtype(v1::FLOAT16);
+  in->add_shape(2);
+  in->add_shape(8);
+  std::string bytes;
+  for (int i = 0; i < 16; ++i) {
+    const uint16_t h = FloatToHalf(0.1f * i);
+    bytes.append(reinterpret_cast<const char*>(&h), 2);
+  }
+  in->set_data(bytes);
+  r.mutable_options()->set_num_heads(2);
+  r.mutable_options()->set_weights(v1::WEIGHTS_PER_HEAD);
+  Call call;
+  ASSERT_TRUE(PrepareCall(r, *models, &call).ok());
+  v1::AttentionResponse response;
+  ASSERT_TRUE(Compute(call, {}, &response).ok());
+  EXPECT_EQ(response.output().dtype(), v1::FLOAT16);
+  EXPECT_EQ(response.output().data().size(), 16u * 2);
+  EXPECT_EQ(response.weights().dtype(), v1::FLOAT32);
+  EXPECT_EQ(response.weights().data().size(), 2u * 2 * 2 * 4);
+  float w;
+  std::memcpy(&w, response.weights().data().data(), 4);
+  EXPECT_GT(w, 0.0f);
+}
+
+TEST(Wire, ModelSpecsAreChecked) {
+  EXPECT_THAT(std::string(ModelRegistry::Load({"demo"}).status().message()),
+              HasSubstr("expected NAME=PATH"));
+  EXPECT_EQ(ModelRegistry::Load({"x=/nonexistent.safetensors"}).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace server
+}  // namespace attention
