@@ -1,17 +1,17 @@
 // attention-server: serves multi-head attention over gRPC.
+#include <algorithm>
+#include <cstdio>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "HOST:PORT to listen on (port 0 picks a free one)");
-ABSL_FLAG(std::vector<std::string>, model, {},
+ABSL_FLAG(std::vector<std::string>, model, {},  // parsed by hand (repeatable)
           "NAME=PATH of a safetensors model (nn.MultiheadAttention weights); repeat the flag "
           "or separate with commas to load several");
 ABSL_FLAG(int, threads, 0, "compute threads in all (0 = every core)");
@@ -29,28 +29,63 @@ ABSL_FLAG(double, drain_seconds, 10,
           "on SIGTERM/SIGINT, how long running calls may take before they are cancelled");
 ABSL_FLAG(int, fault_delay_ms, 0, "TEST ONLY: sleep this long before each computation");
 
+namespace {
+
+constexpr char kHelp[] = R"(attention-server: serves multi-head attention (attention.v1.AttentionService),
+grpc.health.v1.Health and server reflection over gRPC.
+
+usage: attention-server [flags]
+  e.g. attention-server --listen 0.0.0.0:50051 --model demo=models/demo.safetensors
+
+flags:
+  --listen HOST:PORT            where to listen (default 0.0.0.0:50051; port 0 picks a free one)
+  --model NAME=PATH             a safetensors model (nn.MultiheadAttention weights, written by
+                                scripts/export_model.py); repeat the flag to load several
+  --threads N                   compute threads in all (default 0 = every core)
+  --workers N                   requests computed at once, each with threads/workers OpenMP
+                                threads (default 1: one request at a time on every core)
+  --max-queue N                 requests waiting for compute; beyond that calls get
+                                RESOURCE_EXHAUSTED at once (default 64)
+  --max-message-mb N            largest request and response message, MiB (default 256)
+  --max-request-memory-mb N     estimated memory one request may use (inputs, scores, outputs),
+                                MiB; larger requests get RESOURCE_EXHAUSTED (default 2048)
+  --max-stream-in-flight N      messages of one stream read but not yet answered (default 4)
+  --drain-seconds X             on SIGTERM/SIGINT: health turns NOT_SERVING, new calls are
+                                refused, running calls get X seconds before they are cancelled
+                                (default 10); then the server exits 0
+  --fault-delay-ms N            TEST ONLY: sleep N ms before each computation (default 0)
+  --help                        this text
+)";
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "Serves multi-head attention (attention.v1.AttentionService) over gRPC.\n"
-      "  attention-server --listen 0.0.0.0:50051 --model demo=models/demo.safetensors");
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::EndsWith(file, "server/main.cc");
-  };
-  absl::SetFlagsUsageConfig(usage);
-  // --model may be repeated: collect every occurrence before absl keeps the last.
+  // Flags are spelled with dashes (--max-message-mb); absl names them with
+  // underscores. --model may be repeated: collect every occurrence.
   std::vector<std::string> models;
-  std::vector<char*> rest;
+  std::vector<std::string> normalized;
   for (int i = 0; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if ((arg == "--model" || arg == "-model") && i + 1 < argc) {
+    std::string arg = argv[i];
+    if (i > 0 && arg.rfind("--", 0) == 0) {
+      const size_t end = arg.find('=');
+      std::replace(arg.begin() + 2, end == std::string::npos ? arg.end() : arg.begin() + end,
+                   '-', '_');
+    }
+    if (arg == "--help" || arg == "-h" || arg == "--helpfull") {
+      std::fputs(kHelp, stdout);
+      return 0;
+    }
+    if (arg == "--model" && i + 1 < argc) {
       models.push_back(argv[++i]);
     } else if (arg.rfind("--model=", 0) == 0) {
       models.push_back(arg.substr(8));
     } else {
-      rest.push_back(argv[i]);
+      normalized.push_back(arg);
     }
   }
+  std::vector<char*> rest;
+  for (std::string& a : normalized) rest.push_back(a.data());
+  absl::SetProgramUsageMessage("attention-server --help lists the flags");
   absl::ParseCommandLine(static_cast<int>(rest.size()), rest.data());
   attention::server::ServerConfig config;
   config.listen = absl::GetFlag(FLAGS_listen);

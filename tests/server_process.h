@@ -1,0 +1,49 @@
+// Starts the real attention-server binary on 127.0.0.1 with a port the
+// kernel picks, for end-to-end tests; stops it with a signal.
+#ifndef TESTS_SERVER_PROCESS_H_
+#define TESTS_SERVER_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+namespace attention {
+namespace testing {
+
+class ServerProcess {
+ public:
+  // Starts attention-server with `flags` (plus --listen 127.0.0.1:0) and
+  // waits for its "listening on" line. ok() tells whether it came up.
+  explicit ServerProcess(std::vector<std::string> flags);
+  ~ServerProcess();  // SIGKILL if still running
+
+  bool ok() const { return port_ > 0; }
+  std::string target() const { return "127.0.0.1:" + std::to_string(port_); }
+  pid_t pid() const { return pid_; }
+
+  // Sends `signal`, waits up to `timeout_s` for exit; returns the exit code,
+  // or -1 on timeout (then kills it), -2 for death by a signal.
+  int Stop(int signal, double timeout_s);
+  // Everything the server printed so far (stdout and stderr).
+  std::string Output();
+
+ private:
+  pid_t pid_ = -1;
+  int out_fd_ = -1;
+  int port_ = 0;
+  std::string output_;
+};
+
+// Runs a binary to completion with a time limit; returns the exit code (-1 on
+// timeout) and fills `out` with its stdout and stderr.
+int RunCommand(const std::vector<std::string>& argv, std::string* out, double timeout_s = 60);
+
+// Paths of the built binaries and the repo's files.
+std::string ServerBinary();
+std::string ClientBinary();
+
+}  // namespace testing
+}  // namespace attention
+
+#endif  // TESTS_SERVER_PROCESS_H_
