@@ -1,0 +1,28 @@
+# Attention Service: multi-stage build on Debian 12.
+#   docker build -t attention-service .
+#   docker run --rm -p 50051:50051 attention-service           # serves the demo model
+#   docker run --rm -p 50051:50051 -v $PWD/models:/models attention-service \
+#       --listen 0.0.0.0:50051 --model mine=/models/mine.safetensors
+# Every build step calls the project's own scripts, the ones CI runs.
+
+FROM debian:12 AS build
+WORKDIR /src
+COPY scripts/install-deps.sh scripts/install-deps.sh
+RUN scripts/install-deps.sh && rm -rf /var/lib/apt/lists/*
+COPY . .
+# Builds everything and runs every test (unit and end-to-end on 127.0.0.1).
+RUN BUILD_DIR=/src/build scripts/test.sh
+
+FROM debian:12-slim AS runtime
+COPY scripts/install-deps.sh /tmp/install-deps.sh
+RUN /tmp/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/install-deps.sh \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin attention
+COPY --from=build /src/build/server/attention-server /src/build/client/attention-client /usr/local/bin/
+COPY --from=build /src/models /opt/attention/models
+USER 10001
+EXPOSE 50051
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["attention-client", "--target", "127.0.0.1:50051", "health", "--timeout", "3"]
+ENTRYPOINT ["attention-server"]
+CMD ["--listen", "0.0.0.0:50051", "--model", "demo=/opt/attention/models/demo.safetensors"]
