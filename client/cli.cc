@@ -244,50 +244,10 @@ int RunHealth(const CliArgs& args, AttentionClient& client) {
 
 }  // namespace
 
-std::string CliArgs::Get(const std::string& name, const std::string& fallback) const {
-  auto it = values.find(name);
-  return it == values.end() ? fallback : it->second;
-}
-
-absl::StatusOr<int64_t> CliArgs::GetInt(const std::string& name, int64_t fallback) const {
-  if (!Has(name)) return fallback;
-  int64_t v;
-  if (!absl::SimpleAtoi(Get(name), &v)) {
-    return absl::InvalidArgumentError(absl::StrCat("--", name, " ", Get(name), ": not an integer"));
-  }
-  return v;
-}
-
-absl::StatusOr<double> CliArgs::GetDouble(const std::string& name, double fallback) const {
-  if (!Has(name)) return fallback;
-  double v;
-  if (!absl::SimpleAtod(Get(name), &v)) {
-    return absl::InvalidArgumentError(absl::StrCat("--", name, " ", Get(name), ": not a number"));
-  }
-  return v;
-}
-
 int RunCli(int argc, char** argv) {
-  CliArgs args;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a.rfind("--", 0) != 0) {
-      if (!args.command.empty()) return Usage("unexpected argument '" + a + "'");
-      args.command = a;
-      continue;
-    }
-    a = a.substr(2);
-    const size_t eq = a.find('=');
-    if (eq != std::string::npos) {
-      args.values[a.substr(0, eq)] = a.substr(eq + 1);
-    } else if (kSwitches.count(a)) {
-      args.switches.insert(a);
-    } else if (i + 1 < argc) {
-      args.values[a] = argv[++i];
-    } else {
-      return Usage("--" + a + " needs a value");
-    }
-  }
+  absl::StatusOr<CliArgs> parsed = ParseArgs(argc, argv, kSwitches);
+  if (!parsed.ok()) return Usage(std::string(parsed.status().message()));
+  const CliArgs& args = *parsed;
   if (args.command == "load") return RunLoad(args);
   if (args.switches.count("help") || args.command.empty()) {
     std::fputs(kUsage, args.command.empty() && !args.switches.count("help") ? stderr : stdout);

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <utility>
@@ -388,6 +389,17 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
   return p;
 }
 
+// Float storage that is not zero-filled: every element is written before it
+// is read, and clearing megabytes per call costs as much as small GEMMs.
+class Buffer {
+ public:
+  explicit Buffer(int64_t n) : data_(n > 0 ? new float[n] : nullptr) {}
+  float* data() { return data_.get(); }
+
+ private:
+  std::unique_ptr<float[]> data_;
+};
+
 // A float32 pointer to `t`'s elements: `t` itself when it is aligned float32,
 // else a converted copy kept in `storage`.
 const float* AsFloat32(const TensorView& t, std::vector<float>& storage) {
@@ -518,8 +530,7 @@ absl::Status AttendHeads(const HeadsProblem& pr, const ComputeOptions& o) {
   const int64_t tiles = (p.L + kRowTile - 1) / kRowTile;
   const bool averaged = pr.weights == WeightsMode::kAveraged;
   const int64_t units = averaged ? p.B * tiles : p.B * p.H * tiles;
-  std::vector<float> scratch;
-  if (pr.weights != WeightsMode::kPerHead) scratch.resize(p.threads * kRowTile * p.S);
+  Buffer scratch(pr.weights == WeightsMode::kPerHead ? 0 : p.threads * kRowTile * p.S);
   std::atomic<bool> stop{false};
   std::mutex mu;
   absl::Status first_error;
@@ -539,7 +550,7 @@ absl::Status AttendHeads(const HeadsProblem& pr, const ComputeOptions& o) {
           continue;
         }
       }
-      float* tile_scratch = scratch.empty()
+      float* tile_scratch = scratch.data() == nullptr
                                 ? nullptr
                                 : scratch.data() + omp_get_thread_num() * kRowTile * p.S;
       if (averaged) {
@@ -640,15 +651,15 @@ absl::Status Compute(const Plan& p, const AttentionArgs& a, const ComputeOptions
   const float* wo = f32(w.out_proj_weight, 5);
   const float* bo = f32(w.out_proj_bias, 6);
 
-  std::vector<float> projected, concat(B * L * E);
-  if (a.self_attention && p.proj.packed) {
+  const bool packed_self = a.self_attention && p.proj.packed;
+  Buffer projected(packed_self ? B * L * 3 * E : B * (L + 2 * S) * E);
+  Buffer concat(B * L * E);
+  if (packed_self) {
     // One GEMM: [B*L, E] x [E, 3E]; heads read in place from the packed rows.
-    projected.resize(B * L * 3 * E);
     Project(B * L, E, 3 * E, q, in_w, in_b, projected.data(), 3 * E);
     pr.q = projected.data(), pr.k = pr.q + E, pr.v = pr.q + 2 * E;
     pr.ql = pr.kl = pr.vl = {L * 3 * E, D, 3 * E};
   } else {
-    projected.resize(B * (L + 2 * S) * E);
     float* qp = projected.data();
     float* kp = qp + B * L * E;
     float* vp = kp + B * S * E;

@@ -1,0 +1,329 @@
+// attention-bench: times the core in-process (and optionally the same case
+// through a running server) on random data, warm, and prints median and p90
+// time, GFLOP/s (formula in bench/README.md) and peak RSS.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "client/args.h"
+#include "client/client.h"
+#include "core/attention.h"
+#include "core/safetensors.h"
+#include "oneapi/dnnl/dnnl.hpp"
+#include <omp.h>
+
+namespace attention {
+namespace {
+
+constexpr char kUsage[] = R"(attention-bench: times multi-head attention in-process (and through a server).
+
+usage: attention-bench --batch B --seq L [--kv-seq S] --embed E --heads H [--kv-heads G]
+                       [--self] [--projection] [--causal] [--weights none|average|per-head]
+                       [--threads N] [--min-time SECONDS] [--json] [--roofline]
+                       [--target HOST:PORT [--model NAME]]
+       attention-bench --write-model PATH --embed E --heads H    (a random model file)
+
+  --self         self-attention (query = key = value); otherwise cross-attention with S keys
+  --projection   nn.MultiheadAttention projections (in-process: random weights; with --target:
+                 the server's --model NAME, or the same weights sent inline without --model)
+  --threads N    OpenMP threads (default: every core)
+  --min-time X   keep timing for X seconds (default 2), at least 5 runs
+  --roofline     also time oneDNN sgemm of the dominant GEMM's size, for the ratio to the limit
+  --target       also run the same case through a running attention-server (unary calls)
+  --json         one JSON object a line instead of the table
+)";
+
+struct Settings {
+  int64_t B, L, S, E, H, Hkv;
+  bool self, projection, causal, json, roofline;
+  WeightsMode weights;
+  int threads;
+  double min_time;
+};
+
+struct Timing {
+  double median_ms, p90_ms;
+  int runs;
+};
+
+using Clock = std::chrono::steady_clock;
+
+Timing TimeIt(const std::function<bool()>& run, double min_time) {
+  for (int i = 0; i < 2; ++i) {
+    if (!run()) return {-1, -1, 0};
+  }
+  std::vector<double> ms;
+  const auto start = Clock::now();
+  while (ms.size() < 5 ||
+         std::chrono::duration<double>(Clock::now() - start).count() < min_time) {
+    const auto t0 = Clock::now();
+    if (!run()) return {-1, -1, 0};
+    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return {ms[ms.size() / 2], ms[std::min(ms.size() - 1, ms.size() * 9 / 10)],
+          static_cast<int>(ms.size())};
+}
+
+// Peak resident memory of this process image (VmHWM; unlike getrusage's
+// ru_maxrss it does not carry over the parent's peak across exec).
+double PeakRssMb() {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return -1;
+  char line[256];
+  double kb = -1;
+  while (std::fgets(line, sizeof(line), f)) {
+    if (std::sscanf(line, "VmHWM: %lf kB", &kb) == 1) break;
+  }
+  std::fclose(f);
+  return kb / 1024.0;
+}
+
+// bench/README.md: 8BLE^2 + 4BLSE for self-attention with projections (in
+// general 2BE(2LE + S(kdim + vdim)) + 4BLSE); the attention part halved for
+// causal, whose masked tiles are skipped.
+double Flops(const Settings& s) {
+  const double B = s.B, L = s.L, S = s.S, E = s.E;
+  const double D = E / s.H;
+  double attention = 4.0 * B * L * S * s.H * D;
+  if (s.causal) attention /= 2;
+  const double projection = s.projection ? 2.0 * B * E * (2 * L * E + 2 * S * E) : 0.0;
+  return attention + projection;
+}
+
+// oneDNN sgemm of the dominant GEMM: the packed in-projection [B*L, E] x [E, 3E]
+// with projections, else one head's scores [L, D] x [D, S].
+double RooflineGflops(const Settings& s) {
+  const int64_t M = s.projection ? s.B * s.L : s.L;
+  const int64_t N = s.projection ? 3 * s.E : s.S;
+  const int64_t K = s.projection ? s.E : s.E / s.H;
+  std::vector<float> a(M * K, 0.5f), b(K * N, 0.25f), c(M * N);
+  Timing t = TimeIt(
+      [&] {
+        return dnnl::sgemm('N', 'N', M, N, K, 1.0f, a.data(), K, b.data(), N, 0.0f, c.data(),
+                           N) == dnnl::status::success;
+      },
+      std::min(1.0, s.min_time));
+  return 2.0 * M * N * K / (t.median_ms * 1e6);
+}
+
+struct Data {
+  FloatTensor q, k, v;
+  FloatTensor in_w, in_b, out_w, out_b;
+  ProjectionWeights projection;
+};
+
+void MakeData(const Settings& s, Data& d) {
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1, 1);
+  auto fill = [&](FloatTensor& t, std::vector<int64_t> shape, float scale) {
+    int64_t n = 1;
+    for (int64_t x : shape) n *= x;
+    t.shape = std::move(shape);
+    t.data.resize(n);
+    for (float& x : t.data) x = u(rng) * scale;
+  };
+  const int64_t D = s.E / s.H;
+  const int64_t kv_dim = s.projection ? s.E : s.Hkv * D;
+  fill(d.q, {s.B, s.L, s.E}, 1);
+  if (!s.self) {
+    fill(d.k, {s.B, s.S, kv_dim}, 1);
+    fill(d.v, {s.B, s.S, kv_dim}, 1);
+  }
+  if (s.projection) {
+    const float w = 1.0f / std::sqrt(static_cast<float>(s.E));
+    fill(d.in_w, {3 * s.E, s.E}, w);
+    fill(d.in_b, {3 * s.E}, 0.1f);
+    fill(d.out_w, {s.E, s.E}, w);
+    fill(d.out_b, {s.E}, 0.1f);
+    d.projection.in_proj_weight = d.in_w.view();
+    d.projection.in_proj_bias = d.in_b.view();
+    d.projection.out_proj_weight = d.out_w.view();
+    d.projection.out_proj_bias = d.out_b.view();
+  }
+}
+
+AttentionArgs MakeArgs(const Settings& s, const Data& d) {
+  AttentionArgs a;
+  a.self_attention = s.self;
+  a.query = d.q.view();
+  if (!s.self) {
+    a.key = d.k.view();
+    a.value = d.v.view();
+  }
+  a.num_heads = s.H;
+  a.num_kv_heads = s.projection ? 0 : s.Hkv;
+  a.causal = s.causal;
+  a.weights = s.weights;
+  if (s.projection) a.projection = &d.projection;
+  return a;
+}
+
+v1::AttentionOptions WireOptions(const Settings& s, const Data& d, const std::string& model) {
+  v1::AttentionOptions o;
+  o.set_num_heads(static_cast<int32_t>(s.H));
+  if (!s.projection) o.set_num_kv_heads(static_cast<int32_t>(s.Hkv));
+  o.set_causal(s.causal);
+  o.set_weights(s.weights == WeightsMode::kAveraged   ? v1::WEIGHTS_AVERAGED
+                : s.weights == WeightsMode::kPerHead ? v1::WEIGHTS_PER_HEAD
+                                                     : v1::WEIGHTS_NONE);
+  if (s.projection && !model.empty()) {
+    o.set_model(model);
+  } else if (s.projection) {
+    v1::Projection* p = o.mutable_projection();
+    *p->mutable_in_proj_weight() = client::MakeTensor(d.in_w.shape, d.in_w.data.data(), DType::kFloat32);
+    *p->mutable_in_proj_bias() = client::MakeTensor(d.in_b.shape, d.in_b.data.data(), DType::kFloat32);
+    *p->mutable_out_proj_weight() = client::MakeTensor(d.out_w.shape, d.out_w.data.data(), DType::kFloat32);
+    *p->mutable_out_proj_bias() = client::MakeTensor(d.out_b.shape, d.out_b.data.data(), DType::kFloat32);
+  }
+  return o;
+}
+
+std::string CaseName(const Settings& s) {
+  return absl::StrCat("B=", s.B, " L=", s.L, " S=", s.S, " E=", s.E, " H=", s.H,
+                      s.Hkv != s.H ? absl::StrCat(" Hkv=", s.Hkv) : "", s.self ? " self" : " cross",
+                      s.projection ? " proj" : "", s.causal ? " causal" : "",
+                      s.weights == WeightsMode::kNone       ? ""
+                      : s.weights == WeightsMode::kAveraged ? " w=average"
+                                                            : " w=per-head");
+}
+
+void Report(const Settings& s, const char* mode, const Timing& t, double roofline) {
+  const double gflops = Flops(s) / (t.median_ms * 1e6);
+  if (s.json) {
+    std::printf("{\"case\": \"%s\", \"mode\": \"%s\", \"threads\": %d, \"runs\": %d, "
+                "\"ms_median\": %.4f, \"ms_p90\": %.4f, \"gflops\": %.3f, \"peak_rss_mb\": %.1f",
+                CaseName(s).c_str(), mode, s.threads, t.runs, t.median_ms, t.p90_ms, gflops,
+                PeakRssMb());
+    if (roofline > 0) {
+      std::printf(", \"roofline_gflops\": %.3f, \"roofline_ratio\": %.3f", roofline,
+                  gflops / roofline);
+    }
+    std::printf("}\n");
+  } else {
+    std::printf("%-12s %s  threads=%d runs=%d  median %.3f ms  p90 %.3f ms  %.1f GFLOP/s  "
+                "peak RSS %.0f MB",
+                mode, CaseName(s).c_str(), s.threads, t.runs, t.median_ms, t.p90_ms, gflops,
+                PeakRssMb());
+    if (roofline > 0) std::printf("  (sgemm %.1f GFLOP/s: %.0f%%)", roofline, 100 * gflops / roofline);
+    std::printf("\n");
+  }
+  std::fflush(stdout);
+}
+
+int Main(int argc, char** argv) {
+  absl::StatusOr<client::CliArgs> parsed =
+      client::ParseArgs(argc, argv, {"self", "projection", "causal", "json", "roofline", "help"});
+  if (!parsed.ok() || parsed->Switch("help") || !parsed->command.empty()) {
+    std::fprintf(parsed.ok() && parsed->Switch("help") ? stdout : stderr, "%s%s\n", kUsage,
+                 parsed.ok() ? "" : std::string(parsed.status().message()).c_str());
+    return parsed.ok() && parsed->Switch("help") ? 0 : 2;
+  }
+  const client::CliArgs& a = *parsed;
+  Settings s{};
+  int64_t* ints[] = {&s.B, &s.L, &s.S, &s.E, &s.H, &s.Hkv};
+  const char* names[] = {"batch", "seq", "kv-seq", "embed", "heads", "kv-heads"};
+  for (int i = 0; i < 6; ++i) {
+    absl::StatusOr<int64_t> v = a.GetInt(names[i], 0);
+    if (!v.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(v.status().message()).c_str());
+      return 2;
+    }
+    *ints[i] = *v;
+  }
+  if (s.S == 0) s.S = s.L;
+  if (s.B == 0) s.B = 1;
+  if (s.Hkv == 0) s.Hkv = s.H;
+  s.self = a.Switch("self");
+  if (s.self) s.S = s.L;
+  s.projection = a.Switch("projection");
+  s.causal = a.Switch("causal");
+  s.json = a.Switch("json");
+  s.roofline = a.Switch("roofline");
+  const std::string w = a.Get("weights", "none");
+  s.weights = w == "average" ? WeightsMode::kAveraged
+              : w == "per-head" ? WeightsMode::kPerHead : WeightsMode::kNone;
+  s.threads = static_cast<int>(a.GetInt("threads", 0).value_or(0));
+  if (s.threads <= 0) s.threads = omp_get_num_procs();
+  s.min_time = a.GetDouble("min-time", 2).value_or(2);
+  if (s.E <= 0 || s.H <= 0 || s.L <= 0 || s.E % s.H != 0) {
+    std::fprintf(stderr, "%s\nneed --seq, --embed and --heads (dividing --embed)\n", kUsage);
+    return 2;
+  }
+  omp_set_num_threads(s.threads);
+
+  Data d;
+  if (a.Has("write-model")) {
+    s.projection = true;
+    s.self = true;
+    MakeData(s, d);
+    const std::string bytes = SerializeSafetensors(
+        {{"in_proj_weight", d.in_w.view()}, {"in_proj_bias", d.in_b.view()},
+         {"out_proj.weight", d.out_w.view()}, {"out_proj.bias", d.out_b.view()}},
+        {{"num_heads", std::to_string(s.H)}});
+    FILE* f = std::fopen(a.Get("write-model").c_str(), "wb");
+    if (f == nullptr || std::fwrite(bytes.data(), 1, bytes.size(), f) != bytes.size()) return 1;
+    std::fclose(f);
+    return 0;
+  }
+  MakeData(s, d);
+  const AttentionArgs args = MakeArgs(s, d);
+  ComputeOptions options;
+  options.max_threads = s.threads;
+  options.max_memory_bytes = int64_t{1} << 40;
+  VectorOutputs out;
+  absl::Status status;
+  Timing local = TimeIt([&] {
+    status = ComputeAttention(args, options, &out);
+    return status.ok();
+  }, s.min_time);
+  if (!status.ok()) {
+    std::fprintf(stderr, "attention-bench: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  Report(s, "in-process", local, s.roofline ? RooflineGflops(s) : 0);
+
+  if (a.Has("target")) {
+    client::AttentionClient c(client::AttentionClient::Connect(a.Get("target")));
+    const v1::AttentionOptions o = WireOptions(s, d, a.Get("model"));
+    v1::SelfAttentionRequest self_req;
+    v1::AttentionRequest req;
+    if (s.self) {
+      *self_req.mutable_input() = client::MakeTensor(d.q.shape, d.q.data.data(), DType::kFloat32);
+      *self_req.mutable_options() = o;
+    } else {
+      *req.mutable_query() = client::MakeTensor(d.q.shape, d.q.data.data(), DType::kFloat32);
+      *req.mutable_key() = client::MakeTensor(d.k.shape, d.k.data.data(), DType::kFloat32);
+      *req.mutable_value() = client::MakeTensor(d.v.shape, d.v.data.data(), DType::kFloat32);
+      *req.mutable_options() = o;
+    }
+    Timing remote = TimeIt([&] {
+      absl::StatusOr<v1::AttentionResponse> r = s.self ? c.SelfAttention(self_req, {60})
+                                                       : c.Attention(req, {60});
+      status = r.status();
+      return r.ok();
+    }, s.min_time);
+    if (!status.ok()) {
+      std::fprintf(stderr, "attention-bench: %s: %s\n", a.Get("target").c_str(),
+                   status.ToString().c_str());
+      return 1;
+    }
+    Report(s, "end-to-end", remote, 0);
+    if (!s.json) {
+      std::printf("end-to-end throughput = %.0f%% of in-process\n",
+                  100 * local.median_ms / remote.median_ms);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace attention
+
+int main(int argc, char** argv) { return attention::Main(argc, argv); }

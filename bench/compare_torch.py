@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Runs the benchmark suite in PyTorch and in attention-bench, in one run, and prints the table
+side by side with the speedup (markdown, for bench/README.md).
+
+    /usr/bin/python3 bench/compare_torch.py [--build build] [--threads 2] [--min-time 2]
+                                            [--only SUBSTRING] [--skip-torch]
+
+Needs python3-torch and libopenblas0-pthread (scripts/install-deps.sh --torch) and a built
+tree (scripts/build.sh). PyTorch runs nn.MultiheadAttention(batch_first=True) in eval mode
+under inference_mode with need_weights matched; cases without projections run the same math by
+hand (1.13 has no public scaled_dot_product_attention). Both sides get the same thread count
+(torch.set_num_threads plus OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, set before torch loads).
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (name, B, L, S, E, H, Hkv, self, projection, causal, weights modes)
+SUITE = [
+    ("mha", 1, 128, 128, 512, 8, 8, True, True, False, ("none", "average")),
+    ("mha", 8, 128, 128, 512, 8, 8, True, True, False, ("none", "average")),
+    ("mha", 4, 512, 512, 512, 8, 8, True, True, False, ("none", "average")),
+    ("mha", 1, 2048, 2048, 512, 8, 8, True, True, False, ("none", "average")),
+    ("mha", 32, 64, 64, 256, 4, 4, True, True, False, ("none", "average")),
+    ("mha causal", 1, 4096, 4096, 1024, 16, 16, True, True, True, ("none",)),
+    ("gqa sdpa", 1, 2048, 2048, 1024, 16, 4, False, False, False, ("none",)),
+]
+
+
+def reexec_with_threads(threads):
+    """BLAS and OpenMP read their thread counts when torch loads: set them first."""
+    want = str(threads)
+    if os.environ.get("OMP_NUM_THREADS") == want and os.environ.get("OPENBLAS_NUM_THREADS") == want:
+        return
+    env = dict(os.environ, OMP_NUM_THREADS=want, OPENBLAS_NUM_THREADS=want)
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+
+def timed(fn, min_time):
+    for _ in range(2):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < 5 or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def torch_case(torch, c, weights, min_time):
+    name, B, L, S, E, H, Hkv, self_attn, projection, causal, _ = c
+    g = torch.Generator().manual_seed(0)
+    if projection:
+        mha = torch.nn.MultiheadAttention(E, H, batch_first=True).eval()
+        x = torch.randn(B, L, E, generator=g)
+        kv = x if self_attn else torch.randn(B, S, E, generator=g)
+        mask = None
+        if causal:
+            mask = torch.triu(torch.full((L, S), float("-inf")), diagonal=1)
+
+        def run():
+            with torch.inference_mode():
+                mha(x, kv, kv, need_weights=weights != "none", attn_mask=mask,
+                    average_attn_weights=True)
+    else:
+        D = E // H
+        q = torch.randn(B, H, L, D, generator=g)
+        k = torch.randn(B, Hkv, S, D, generator=g)
+        v = torch.randn(B, Hkv, S, D, generator=g)
+        scale = D ** -0.5
+
+        def run():
+            with torch.inference_mode():
+                kk = k.repeat_interleave(H // Hkv, dim=1)
+                vv = v.repeat_interleave(H // Hkv, dim=1)
+                p = torch.softmax(torch.matmul(q, kk.transpose(-1, -2)) * scale, dim=-1)
+                torch.matmul(p, vv)
+    return timed(run, min_time)
+
+
+def bench_args(c, weights):
+    name, B, L, S, E, H, Hkv, self_attn, projection, causal, _ = c
+    args = ["--batch", str(B), "--seq", str(L), "--kv-seq", str(S), "--embed", str(E),
+            "--heads", str(H), "--kv-heads", str(Hkv), "--weights", weights]
+    if self_attn:
+        args.append("--self")
+    if projection:
+        args.append("--projection")
+    if causal:
+        args.append("--causal")
+    return args
+
+
+def ours(build, args, threads, min_time, extra=()):
+    cmd = [os.path.join(build, "bench", "attention-bench"), *args, "--threads", str(threads),
+           "--min-time", str(min_time), "--json", *extra]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--min-time", type=float, default=2.0)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--skip-torch", action="store_true")
+    opts = ap.parse_args()
+    reexec_with_threads(opts.threads)
+    import torch
+    torch.set_num_threads(opts.threads)
+
+    print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()}: {os.cpu_count()} cores, "
+          f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"threads {opts.threads}, min-time {opts.min_time} s\n")
+    print("| case (B, L, E, H) | weights | PyTorch ms | ours ms | speedup | ours GFLOP/s | roofline | peak RSS MB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for c in SUITE:
+        name, B, L, S, E, H, Hkv = c[:7]
+        for weights in c[10]:
+            label = f"{name} ({B}, {L}, {E}, {H}{', Hkv=' + str(Hkv) if Hkv != H else ''})"
+            if opts.only and opts.only not in label:
+                continue
+            row = ours(opts.build, bench_args(c, weights), opts.threads, opts.min_time, ["--roofline"])[0]
+            t = float("nan") if opts.skip_torch else torch_case(torch, c, weights, opts.min_time)
+            print(f"| {label} | {weights} | {t:.2f} | {row['ms_median']:.2f} | "
+                  f"{t / row['ms_median']:.2f}x | {row['gflops']:.1f} | "
+                  f"{100 * row['roofline_ratio']:.0f}% | {row['peak_rss_mb']:.0f} |", flush=True)
+
+    if not opts.only or "long" in opts.only:
+        # O(L) memory: PyTorch would need B*H*L*S*4 = 32 GiB for the scores alone.
+        row = ours(opts.build, ["--seq", "32768", "--embed", "512", "--heads", "8", "--self"],
+                   opts.threads, 0)[0]
+        print(f"| long self-attention, no projection (1, 32768, 512, 8) | none | (32 GiB of scores) | "
+              f"{row['ms_median']:.0f} | - | {row['gflops']:.1f} | - | {row['peak_rss_mb']:.0f} |")
+        for causal in (False, True):
+            args = ["--seq", "4096", "--embed", "1024", "--heads", "16", "--self"] + (["--causal"] if causal else [])
+            r = ours(opts.build, args, opts.threads, opts.min_time)[0]
+            print(f"| causal skip: (1, 4096, 1024, 16) no projection, causal={causal} | none | - | "
+                  f"{r['ms_median']:.2f} | - | {r['gflops']:.1f} | - | {r['peak_rss_mb']:.0f} |")
+
+    if not opts.only or "threads" in opts.only:
+        base = ["--seq", "128", "--embed", "512", "--heads", "8", "--self", "--projection"]
+        one = ours(opts.build, base, 1, opts.min_time)[0]
+        two = ours(opts.build, base, 2, opts.min_time)[0]
+        print(f"\nthreads at (1, 128, 512, 8): 1 thread {one['ms_median']:.3f} ms, "
+              f"2 threads {two['ms_median']:.3f} ms (2 threads / 1 thread = "
+              f"{two['ms_median'] / one['ms_median']:.2f} of the time)")
+
+    if not opts.only or "server" in opts.only:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = os.path.join(tmp, "m512.safetensors")
+            subprocess.run([os.path.join(opts.build, "bench", "attention-bench"), "--write-model", model,
+                            "--embed", "512", "--heads", "8", "--seq", "1"], check=True)
+            server = subprocess.Popen([os.path.join(opts.build, "server", "attention-server"),
+                                       "--listen", "127.0.0.1:0", "--model", f"m512={model}",
+                                       "--threads", str(opts.threads)],
+                                      stdout=subprocess.PIPE, text=True)
+            try:
+                line = server.stdout.readline()
+                port = line.split("listening on 127.0.0.1:")[1].split(";")[0]
+                rows = ours(opts.build, ["--batch", "8", "--seq", "128", "--embed", "512", "--heads", "8",
+                                         "--self", "--projection"], opts.threads, opts.min_time,
+                            ["--target", f"127.0.0.1:{port}", "--model", "m512"])
+                local, remote = rows[0], rows[1]
+                print(f"\nserver overhead at (8, 128, 512, 8) self-attention with a model: in-process "
+                      f"{local['ms_median']:.2f} ms, end to end over loopback {remote['ms_median']:.2f} ms: "
+                      f"end-to-end throughput = {100 * local['ms_median'] / remote['ms_median']:.0f}% of in-process")
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+#include "client/args.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace attention {
+namespace client {
+
+std::string CliArgs::Get(const std::string& name, const std::string& fallback) const {
+  auto it = values.find(name);
+  return it == values.end() ? fallback : it->second;
+}
+
+absl::StatusOr<int64_t> CliArgs::GetInt(const std::string& name, int64_t fallback) const {
+  if (!Has(name)) return fallback;
+  int64_t v;
+  if (!absl::SimpleAtoi(Get(name), &v)) {
+    return absl::InvalidArgumentError(absl::StrCat("--", name, " ", Get(name), ": not an integer"));
+  }
+  return v;
+}
+
+absl::StatusOr<double> CliArgs::GetDouble(const std::string& name, double fallback) const {
+  if (!Has(name)) return fallback;
+  double v;
+  if (!absl::SimpleAtod(Get(name), &v)) {
+    return absl::InvalidArgumentError(absl::StrCat("--", name, " ", Get(name), ": not a number"));
+  }
+  return v;
+}
+
+absl::StatusOr<std::vector<double>> CliArgs::GetList(const std::string& name,
+                                                     std::vector<double> fallback) const {
+  if (!Has(name)) return fallback;
+  std::vector<double> out;
+  for (absl::string_view part : absl::StrSplit(Get(name), ',', absl::SkipEmpty())) {
+    double v;
+    if (!absl::SimpleAtod(part, &v)) {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, " ", Get(name),
+                                                     ": expected numbers separated by commas"));
+    }
+    out.push_back(v);
+  }
+  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat("--", name, ": empty list"));
+  return out;
+}
+
+absl::StatusOr<CliArgs> ParseArgs(int argc, char** argv, const std::set<std::string>& switches) {
+  CliArgs args;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--", 0) != 0) {
+      if (!args.command.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", a, "'"));
+      }
+      args.command = a;
+      continue;
+    }
+    a = a.substr(2);
+    const size_t eq = a.find('=');
+    if (eq != std::string::npos) {
+      args.values[a.substr(0, eq)] = a.substr(eq + 1);
+    } else if (switches.count(a)) {
+      args.switches.insert(a);
+    } else if (i + 1 < argc) {
+      args.values[a] = argv[++i];
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("--", a, " needs a value"));
+    }
+  }
+  return args;
+}
+
+}  // namespace client
+}  // namespace attention
