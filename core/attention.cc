@@ -523,6 +523,16 @@ void AttendTile(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, float*
        pr.out + b * pr.ol.batch + h * pr.ol.head + i0 * pr.ol.row, nullptr);
 }
 
+// Sets this thread's OpenMP team size for the call and restores it after.
+class OmpThreadsScope {
+ public:
+  explicit OmpThreadsScope(int n) : saved_(omp_get_max_threads()) { omp_set_num_threads(n); }
+  ~OmpThreadsScope() { omp_set_num_threads(saved_); }
+
+ private:
+  int saved_;
+};
+
 // Runs every (batch, head, row tile) on an OpenMP team; single-threaded oneDNN
 // primitives inside. Errors (and the caller's check) stop the remaining units.
 absl::Status AttendHeads(const HeadsProblem& pr, const ComputeOptions& o) {
@@ -539,6 +549,9 @@ absl::Status AttendHeads(const HeadsProblem& pr, const ComputeOptions& o) {
     if (first_error.ok()) first_error = std::move(s);
     stop = true;
   };
+  // Primitives inside run on their calling thread: with a team of one the
+  // region is inactive, and oneDNN would otherwise start a nested team.
+  OmpThreadsScope single_threaded_primitives(1);
 #pragma omp parallel for num_threads(p.threads) schedule(dynamic, 1)
   for (int64_t u = 0; u < units; ++u) {
     if (stop.load(std::memory_order_relaxed)) continue;
@@ -570,16 +583,6 @@ absl::Status AttendHeads(const HeadsProblem& pr, const ComputeOptions& o) {
   }
   return first_error;
 }
-
-// Sets this thread's OpenMP team size for the call and restores it after.
-class OmpThreadsScope {
- public:
-  explicit OmpThreadsScope(int n) : saved_(omp_get_max_threads()) { omp_set_num_threads(n); }
-  ~OmpThreadsScope() { omp_set_num_threads(saved_); }
-
- private:
-  int saved_;
-};
 
 // out[rows, E] = x[rows, in] * w^T (+ bias); w is [E, in] row-major (read in
 // place as a transposed view).

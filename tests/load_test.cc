@@ -1,0 +1,168 @@
+// attention-client load against a real server on 127.0.0.1: counts balance in
+// every mode, --verify catches a wrong reference, and open-loop latency is
+// corrected for coordinated omission when the server stalls.
+#include <signal.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "core/safetensors.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/e2e_util.h"
+#include "tests/server_process.h"
+
+namespace attention {
+namespace testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+class LoadTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / ("attention_load_" + std::to_string(getpid()));
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  // Runs `attention-client --target T load ARGS --json F`; returns the exit code.
+  int Load(const ServerProcess& server, std::vector<std::string> args, nlohmann::json* json,
+           std::string* out) {
+    const std::string path = (dir_ / "r.json").string();
+    std::filesystem::remove(path);
+    args.insert(args.begin(), {ClientBinary(), "--target", server.target(), "load", "--quiet",
+                               "--json", path});
+    const int code = RunCommand(args, out, 120);
+    std::ifstream in(path);
+    if (in) *json = nlohmann::json::parse(in, nullptr, false);
+    return code;
+  }
+
+  static void ExpectBalanced(const nlohmann::json& r) {
+    int64_t errors = 0;
+    for (const auto& [code, n] : r["errors"].items()) errors += n.get<int64_t>();
+    EXPECT_GT(r["sent"].get<int64_t>(), 0);
+    EXPECT_EQ(r["sent"].get<int64_t>(), r["ok"].get<int64_t>() + errors) << r.dump();
+    EXPECT_EQ(r["lost"].get<int64_t>(), 0);
+  }
+
+  std::filesystem::path dir_;
+};
+
+TEST_F(LoadTest, CountsBalanceInClosedOpenAndStreamModes) {
+  ServerProcess server(ModelFlags());
+  ASSERT_TRUE(server.ok()) << server.Output();
+  nlohmann::json r;
+  std::string out;
+  ASSERT_EQ(Load(server, {"--rpc", "self-attention", "--model", "demo", "--concurrency", "1,3",
+                          "--requests", "60", "--warmup", "0", "--verify", "20", "--model-file",
+                          SourcePath("models/demo.safetensors")}, &r, &out), 0) << out;
+  ASSERT_TRUE(r.is_array()) << out;
+  ASSERT_EQ(r.size(), 2u);
+  for (const auto& level : r) {
+    ExpectBalanced(level);
+    EXPECT_EQ(level["ok"], 60);
+    EXPECT_EQ(level["verify"]["checked"], 12);
+    EXPECT_EQ(level["verify"]["mismatches"], 0);
+    EXPECT_GT(level["latency_ms"]["p99"].get<double>(), 0);
+  }
+  ASSERT_EQ(Load(server, {"--rpc", "attention", "--heads", "4", "--embed", "32", "--seq", "8",
+                          "--kv-seq", "12", "--rate", "200", "--arrival", "poisson", "--duration",
+                          "1", "--warmup", "0.2", "--verify", "50"}, &r, &out), 0) << out;
+  ExpectBalanced(r);
+  EXPECT_GT(r["verify"]["checked"].get<int64_t>(), 10);
+  EXPECT_EQ(r["verify"]["mismatches"], 0);
+  EXPECT_TRUE(r.contains("corrected_latency_ms"));
+  EXPECT_TRUE(r.contains("behind_schedule"));
+  // Streams, with bad messages mixed in (num_heads 3 does not divide 64).
+  ASSERT_EQ(Load(server, {"--rpc", "self-attention", "--heads", "3", "--embed", "64",
+                          "--stream", "--concurrency", "2", "--in-flight", "3", "--requests", "50",
+                          "--warmup", "0"}, &r, &out), 0) << out;
+  ExpectBalanced(r);
+  EXPECT_EQ(r["errors"]["INVALID_ARGUMENT"], 50);
+  EXPECT_THAT(r["first_errors"]["INVALID_ARGUMENT"].get<std::string>(),
+              HasSubstr("options.num_heads"));
+  ASSERT_EQ(Load(server, {"--model", "demo", "--stream", "--concurrency", "3", "--requests", "90",
+                          "--warmup", "0", "--weights", "average", "--verify", "100",
+                          "--model-file", SourcePath("models/demo.safetensors")}, &r, &out), 0)
+      << out;
+  ExpectBalanced(r);
+  EXPECT_EQ(r["ok"], 90);
+  EXPECT_EQ(r["verify"]["checked"], 90);
+  // Health: the gRPC stack alone.
+  ASSERT_EQ(Load(server, {"--rpc", "health", "--concurrency", "2", "--requests", "200",
+                          "--warmup", "0"}, &r, &out), 0) << out;
+  ExpectBalanced(r);
+  EXPECT_EQ(r["ok"], 200);
+  EXPECT_EQ(server.Stop(SIGTERM, 15), 0);
+}
+
+TEST_F(LoadTest, VerifyFailsAgainstAWrongReference) {
+  ServerProcess server(ModelFlags());
+  ASSERT_TRUE(server.ok()) << server.Output();
+  // A model with demo's shape but other weights: a deliberately wrong reference.
+  std::mt19937 rng(3);
+  FloatTensor in = RandomTensor({192, 64}, rng, 0.1f), out_w = RandomTensor({64, 64}, rng, 0.1f);
+  const std::string wrong = (dir_ / "wrong.safetensors").string();
+  std::ofstream(wrong, std::ios::binary)
+      << SerializeSafetensors({{"in_proj_weight", in.view()}, {"out_proj.weight", out_w.view()}},
+                              {{"num_heads", "4"}});
+  nlohmann::json r;
+  std::string out;
+  EXPECT_EQ(Load(server, {"--model", "demo", "--concurrency", "2", "--requests", "40", "--warmup",
+                          "0", "--verify", "25", "--model-file", wrong}, &r, &out), 1) << out;
+  EXPECT_EQ(r["verify"]["checked"], 10);
+  EXPECT_EQ(r["verify"]["mismatches"], 10);
+  EXPECT_THAT(r["verify"]["first_mismatch"].get<std::string>(),
+              HasSubstr("differs from the reference"));
+  EXPECT_THAT(out, HasSubstr("10 mismatches"));
+}
+
+TEST_F(LoadTest, OpenLoopCorrectsForAStalledServer) {
+  // Every computation stalls 40 ms (test-only fault injection) and the client
+  // may keep one request outstanding: it falls behind its 50/s schedule.
+  std::vector<std::string> flags = ModelFlags();
+  flags.push_back("--fault-delay-ms=40");
+  ServerProcess server(flags);
+  ASSERT_TRUE(server.ok()) << server.Output();
+  nlohmann::json r;
+  std::string out;
+  ASSERT_EQ(Load(server, {"--model", "demo", "--rate", "50", "--duration", "1.5", "--warmup", "0",
+                          "--max-outstanding", "1"}, &r, &out), 0) << out;
+  ExpectBalanced(r);
+  EXPECT_GT(r["behind_schedule"].get<int64_t>(), 10);
+  const double corrected = r["corrected_latency_ms"]["p99"], plain = r["latency_ms"]["p99"];
+  EXPECT_GT(corrected, 2 * plain) << out;
+  EXPECT_GE(plain, 40.0);
+}
+
+TEST_F(LoadTest, ReportsAreWritten) {
+  ServerProcess server(ModelFlags());
+  ASSERT_TRUE(server.ok()) << server.Output();
+  const std::string html = (dir_ / "r.html").string(), csv = (dir_ / "r.csv").string();
+  std::string out;
+  ASSERT_EQ(RunCommand({ClientBinary(), "--target", server.target(), "load", "--quiet", "--model",
+                        "demo", "--rate", "100,200", "--duration", "0.5", "--warmup", "0",
+                        "--html", html, "--csv", csv}, &out), 0) << out;
+  std::stringstream page, table;
+  page << std::ifstream(html).rdbuf();
+  table << std::ifstream(csv).rdbuf();
+  EXPECT_THAT(page.str(), HasSubstr("<svg"));
+  EXPECT_THAT(page.str(), HasSubstr("rate 200/s corrected"));
+  EXPECT_THAT(page.str(), ::testing::Not(HasSubstr("http://cdn")));
+  const std::string csv_text = table.str();
+  EXPECT_EQ(std::count(csv_text.begin(), csv_text.end(), '\n'), 3);  // header + 2 levels
+  EXPECT_THAT(out, HasSubstr("rate 100/s"));
+  std::string bad;
+  EXPECT_EQ(RunCommand({ClientBinary(), "load", "--rate", "10", "--concurrency", "2"}, &bad), 2);
+  EXPECT_THAT(bad, HasSubstr("not both"));
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace attention
