@@ -34,6 +34,8 @@ usage: attention-bench --batch B --seq L [--kv-seq S] --embed E --heads H [--kv-
                  the server's --model NAME, or the same weights sent inline without --model)
   --threads N    OpenMP threads (default: every core)
   --min-time X   keep timing for X seconds (default 2), at least 5 runs
+  --fused-min-keys N  without weights, the fused (online-softmax) path from N keys on
+                 (default: the core's, 16384)
   --roofline     also time oneDNN sgemm of the dominant GEMM's size, for the ratio to the limit
   --target       also run the same case through a running attention-server (unary calls)
   --json         one JSON object a line instead of the table
@@ -277,6 +279,7 @@ int Main(int argc, char** argv) {
   ComputeOptions options;
   options.max_threads = s.threads;
   options.max_memory_bytes = int64_t{1} << 40;
+  if (a.Has("fused-min-keys")) options.fused_min_keys = a.GetInt("fused-min-keys", 0).value_or(0);
   VectorOutputs out;
   absl::Status status;
   Timing local = TimeIt([&] {

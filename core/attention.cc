@@ -29,6 +29,8 @@ using internal::Mat;
 // memory for scores is O(threads x kRowTile x S), never O(B x H x L x S)
 // (unless the caller asks for per-head weights, which are that size).
 constexpr int64_t kRowTile = 64;
+// Keys per tile of the fused path (no weights asked for).
+constexpr int64_t kKeyTile = 512;
 // With causal masking a tile computes only the keys up to its last row,
 // rounded up to this many columns (bounds the number of distinct shapes).
 constexpr int64_t kCausalColumnStep = 64;
@@ -36,6 +38,14 @@ constexpr int64_t kCausalColumnStep = 64;
 constexpr double kMinFlopsPerThread = 4e6;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Floats of per-thread scratch: the fused path's score tile and two output
+// tiles, or the row path's kRowTile whole score rows (none for per-head
+// weights, whose rows are computed in place in the output).
+int64_t ScratchPerThread(int64_t S, int64_t Dv, WeightsMode weights, bool fused) {
+  if (fused) return kRowTile * kKeyTile + 2 * kRowTile * Dv;
+  return weights == WeightsMode::kPerHead ? 0 : kRowTile * S;
+}
 
 // Element strides of a [B, H, rows, dim] view with the last dim contiguous.
 struct HeadLayout {
@@ -60,6 +70,7 @@ struct Plan {
   int64_t Eq = 0, Ek = 0, Ev = 0;
   float scale = 1.0f;
   bool has_projection = false;
+  bool fused = false;  // AttendRowsFused rather than AttendRows
   ProjectionShape proj;
   std::optional<MaskLayout> attn_mask;
   std::optional<MaskLayout> key_padding_mask;
@@ -377,7 +388,8 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
   for (int64_t d : p.info.output_shape) out_elems *= d;
   for (int64_t d : p.info.weights_shape) weight_elems *= d;
   bytes += 4.0 * (out_elems + weight_elems);
-  if (a.weights != WeightsMode::kPerHead) bytes += 4.0 * p.threads * kRowTile * S;
+  p.fused = a.weights == WeightsMode::kNone && p.S >= o.fused_min_keys;
+  bytes += 4.0 * p.threads * ScratchPerThread(p.S, p.Dv, a.weights, p.fused);
   p.info.memory_bytes = static_cast<int64_t>(std::min(bytes, 9e18));
   p.info.flops = flops;
   if (bytes > static_cast<double>(o.max_memory_bytes)) {
@@ -432,10 +444,11 @@ std::optional<Mask> PrepareMask(const std::optional<MaskLayout>& layout,
   return m;
 }
 
-// Adds `mask` at (b, h, i, 0..n) to `row`.
-void AddMask(const Mask& mask, int64_t b, int64_t h, int64_t i, int64_t n, float* row) {
+// Adds `mask` at (b, h, i, j0..j0+n) to `row`.
+void AddMask(const Mask& mask, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n,
+             float* row) {
   const MaskLayout& l = mask.layout;
-  const int64_t base = b * l.batch + h * l.head + i * l.row;
+  const int64_t base = b * l.batch + h * l.head + i * l.row + j0 * l.col;
   if (mask.bools != nullptr) {
     const uint8_t* m = mask.bools + base;
     for (int64_t j = 0; j < n; ++j) {
@@ -461,66 +474,136 @@ struct HeadsProblem {
   bool causal;
 };
 
-// Query rows [i0, i0 + m) of head h of batch b: scores, masks, softmax, P x V.
-// `scratch` holds kRowTile x S floats (unused for per-head weights).
-void AttendTile(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, float* scratch) {
+// Keys a tile of query rows [i0, i0 + m) needs: all S, or with causal
+// masking those up to its last row, rounded up to kCausalColumnStep.
+int64_t KeysNeeded(const HeadsProblem& pr, int64_t i0, int64_t m) {
+  const int64_t S = pr.plan->S;
+  if (!pr.causal) return S;
+  return std::min(S, (i0 + m + kCausalColumnStep - 1) / kCausalColumnStep * kCausalColumnStep);
+}
+
+// Probabilities of query rows [i0, i0 + m) of head h over keys [j0, j0 + n)
+// into `p` (row stride ld): scaled scores, masks, softmax over those n keys.
+// row_max[r] is row r's largest masked score; a row whose n keys are all
+// masked has row_max -inf and becomes zeros.
+void TileProbabilities(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, int64_t m,
+                       int64_t j0, int64_t n, float* p, int64_t ld, float* row_max) {
+  const Plan& pl = *pr.plan;
+  const int64_t kvh = h / (pl.H / pl.Hkv);
+  GemmShape qk;
+  qk.a = Mat{m, pl.D, pr.ql.row, 1};
+  qk.b = Mat{pl.D, n, 1, pr.kl.row};  // K^T read in place
+  qk.c = Mat{m, n, ld, 1};
+  qk.scale = pl.scale;
+  Gemm(qk, pr.q + b * pr.ql.batch + h * pr.ql.head + i0 * pr.ql.row,
+       pr.k + b * pr.kl.batch + kvh * pr.kl.head + j0 * pr.kl.row, p, nullptr);
+  bool any_empty = false;
+  for (int64_t r = 0; r < m; ++r) {
+    float* row = p + r * ld;
+    const int64_t i = i0 + r;
+    if (pr.attn_mask) AddMask(*pr.attn_mask, b, h, i, j0, n, row);
+    if (pr.key_padding_mask) AddMask(*pr.key_padding_mask, b, h, i, j0, n, row);
+    if (pr.causal) std::fill(row + std::clamp<int64_t>(i + 1 - j0, 0, n), row + n, kNegInf);
+    float mx = kNegInf;
+    for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
+    row_max[r] = mx;
+    any_empty |= mx == kNegInf;
+  }
+  internal::SoftmaxRows(m, n, ld, p);
+  for (int64_t r = 0; r < m && any_empty; ++r) {
+    if (row_max[r] == kNegInf) std::fill(p + r * ld, p + r * ld + n, 0.0f);
+  }
+}
+
+// out (row stride out_row) = P x V for m query rows of head h over keys
+// [j0, j0 + n).
+void ApplyValues(const HeadsProblem& pr, int64_t b, int64_t h, int64_t m, int64_t j0, int64_t n,
+                 const float* p, int64_t ld, float* out, int64_t out_row) {
+  const Plan& pl = *pr.plan;
+  const int64_t kvh = h / (pl.H / pl.Hkv);
+  GemmShape pv;
+  pv.a = Mat{m, n, ld, 1};
+  pv.b = Mat{n, pl.Dv, pr.vl.row, 1};
+  pv.c = Mat{m, pl.Dv, out_row, 1};
+  Gemm(pv, p, pr.v + b * pr.vl.batch + kvh * pr.vl.head + j0 * pr.vl.row, out, nullptr);
+}
+
+float* OutputRows(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0) {
+  return pr.out + b * pr.ol.batch + h * pr.ol.head + i0 * pr.ol.row;
+}
+
+// Query rows [i0, i0 + m) of head h with whole score rows, for calls that
+// return attention weights. `scratch` holds kRowTile x S floats (unused for
+// per-head weights, whose rows are computed in place in the output).
+void AttendRows(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, float* scratch) {
   const Plan& p = *pr.plan;
   const int64_t m = std::min(kRowTile, p.L - i0);
-  const int64_t kvh = h / (p.H / p.Hkv);
-  int64_t n = p.S;
-  if (pr.causal) {
-    n = std::min(p.S, (i0 + m + kCausalColumnStep - 1) / kCausalColumnStep * kCausalColumnStep);
-  }
-  float* scores = scratch;
+  const int64_t n = KeysNeeded(pr, i0, m);
+  float* probs = scratch;
   int64_t ld = n;
   if (pr.weights == WeightsMode::kPerHead) {
-    scores = pr.weights_out + ((b * p.H + h) * p.L + i0) * p.S;
+    probs = pr.weights_out + ((b * p.H + h) * p.L + i0) * p.S;
     ld = p.S;
   }
-  GemmShape qk;
-  qk.a = Mat{m, p.D, pr.ql.row, 1};
-  qk.b = Mat{p.D, n, 1, pr.kl.row};  // K^T read in place
-  qk.c = Mat{m, n, ld, 1};
-  qk.scale = p.scale;
-  Gemm(qk, pr.q + b * pr.ql.batch + h * pr.ql.head + i0 * pr.ql.row,
-       pr.k + b * pr.kl.batch + kvh * pr.kl.head, scores, nullptr);
-
-  const bool masked = pr.causal || pr.attn_mask || pr.key_padding_mask;
-  bool all_masked[kRowTile] = {};
-  bool any_all_masked = false;
-  if (masked) {
-    for (int64_t r = 0; r < m; ++r) {
-      float* row = scores + r * ld;
-      const int64_t i = i0 + r;
-      if (pr.attn_mask) AddMask(*pr.attn_mask, b, h, i, n, row);
-      if (pr.key_padding_mask) AddMask(*pr.key_padding_mask, b, h, i, n, row);
-      if (pr.causal) std::fill(row + std::min(n, i + 1), row + n, kNegInf);
-      float mx = kNegInf;
-      for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
-      all_masked[r] = mx == kNegInf;
-      any_all_masked |= all_masked[r];
-    }
-  }
-  internal::SoftmaxRows(m, n, ld, scores);
-  for (int64_t r = 0; r < m && any_all_masked; ++r) {
-    if (all_masked[r]) std::fill(scores + r * ld, scores + r * ld + n, 0.0f);
-  }
+  float row_max[kRowTile];
+  TileProbabilities(pr, b, h, i0, m, 0, n, probs, ld, row_max);
   if (pr.weights == WeightsMode::kPerHead && n < p.S) {
-    for (int64_t r = 0; r < m; ++r) std::fill(scores + r * ld + n, scores + (r + 1) * ld, 0.0f);
+    for (int64_t r = 0; r < m; ++r) std::fill(probs + r * ld + n, probs + (r + 1) * ld, 0.0f);
   }
   if (pr.weights == WeightsMode::kAveraged) {
     const float inv_h = 1.0f / static_cast<float>(p.H);
     float* avg = pr.weights_out + (b * p.L + i0) * p.S;
     for (int64_t r = 0; r < m; ++r) {
-      for (int64_t j = 0; j < n; ++j) avg[r * p.S + j] += scores[r * ld + j] * inv_h;
+      for (int64_t j = 0; j < n; ++j) avg[r * p.S + j] += probs[r * ld + j] * inv_h;
     }
   }
-  GemmShape pv;
-  pv.a = Mat{m, n, ld, 1};
-  pv.b = Mat{n, p.Dv, pr.vl.row, 1};
-  pv.c = Mat{m, p.Dv, pr.ol.row, 1};
-  Gemm(pv, scores, pr.v + b * pr.vl.batch + kvh * pr.vl.head,
-       pr.out + b * pr.ol.batch + h * pr.ol.head + i0 * pr.ol.row, nullptr);
+  ApplyValues(pr, b, h, m, 0, n, probs, ld, OutputRows(pr, b, h, i0), pr.ol.row);
+}
+
+// Query rows [i0, i0 + m) of head h without weights, flash-attention style:
+// one tile of keys at a time with an online softmax, so memory is
+// O(kRowTile x kKeyTile) whatever S is, and causal masking skips whole tiles.
+// For tile t, oneDNN's softmax gives p_t = exp(s - m_t) / l_t with m_t the
+// row's largest score there; its largest entry is exp(0) / l_t, which gives
+// l_t. With the running maximum M, denominator Z and unnormalised output O:
+//   M' = max(M, m_t), a = exp(M - M'), c = l_t exp(m_t - M'),
+//   O' = a O + c (p_t V_t), Z' = a Z + c; the output row is O / Z (zeros
+//   when every key was masked: Z = 0).
+void AttendRowsFused(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, float* scratch) {
+  const Plan& p = *pr.plan;
+  const int64_t m = std::min(kRowTile, p.L - i0);
+  const int64_t keys = KeysNeeded(pr, i0, m);
+  const int64_t dv = p.Dv;
+  float* probs = scratch;                    // kRowTile x kKeyTile
+  float* acc = probs + kRowTile * kKeyTile;  // kRowTile x Dv
+  float* tile_out = acc + kRowTile * dv;     // kRowTile x Dv
+  float run_max[kRowTile], denom[kRowTile], tile_max[kRowTile];
+  std::fill_n(run_max, m, kNegInf);
+  std::fill_n(denom, m, 0.0f);
+  std::fill_n(acc, m * dv, 0.0f);
+  for (int64_t j0 = 0; j0 < keys; j0 += kKeyTile) {
+    const int64_t n = std::min(kKeyTile, keys - j0);
+    TileProbabilities(pr, b, h, i0, m, j0, n, probs, n, tile_max);
+    ApplyValues(pr, b, h, m, j0, n, probs, n, tile_out, dv);
+    for (int64_t r = 0; r < m; ++r) {
+      if (tile_max[r] == kNegInf) continue;  // every key of this tile masked
+      const float* row = probs + r * n;
+      const float l_t = 1.0f / *std::max_element(row, row + n);
+      const float new_max = std::max(run_max[r], tile_max[r]);
+      const float a = run_max[r] == kNegInf ? 0.0f : std::exp(run_max[r] - new_max);
+      const float c = l_t * std::exp(tile_max[r] - new_max);
+      for (int64_t d = 0; d < dv; ++d) {
+        acc[r * dv + d] = a * acc[r * dv + d] + c * tile_out[r * dv + d];
+      }
+      denom[r] = a * denom[r] + c;
+      run_max[r] = new_max;
+    }
+  }
+  float* out = OutputRows(pr, b, h, i0);
+  for (int64_t r = 0; r < m; ++r) {
+    const float inv = denom[r] > 0 ? 1.0f / denom[r] : 0.0f;
+    for (int64_t d = 0; d < dv; ++d) out[r * pr.ol.row + d] = acc[r * dv + d] * inv;
+  }
 }
 
 // Sets this thread's OpenMP team size for the call and restores it after.
@@ -540,7 +623,8 @@ absl::Status AttendHeads(const HeadsProblem& pr, const ComputeOptions& o) {
   const int64_t tiles = (p.L + kRowTile - 1) / kRowTile;
   const bool averaged = pr.weights == WeightsMode::kAveraged;
   const int64_t units = averaged ? p.B * tiles : p.B * p.H * tiles;
-  Buffer scratch(pr.weights == WeightsMode::kPerHead ? 0 : p.threads * kRowTile * p.S);
+  const int64_t per_thread = ScratchPerThread(p.S, p.Dv, pr.weights, p.fused);
+  Buffer scratch(p.threads * per_thread);
   std::atomic<bool> stop{false};
   std::mutex mu;
   absl::Status first_error;
@@ -565,15 +649,20 @@ absl::Status AttendHeads(const HeadsProblem& pr, const ComputeOptions& o) {
       }
       float* tile_scratch = scratch.data() == nullptr
                                 ? nullptr
-                                : scratch.data() + omp_get_thread_num() * kRowTile * p.S;
+                                : scratch.data() + omp_get_thread_num() * per_thread;
       if (averaged) {
         const int64_t b = u / tiles, i0 = (u % tiles) * kRowTile;
         const int64_t rows = std::min(kRowTile, p.L - i0);
         std::fill_n(pr.weights_out + (b * p.L + i0) * p.S, rows * p.S, 0.0f);
-        for (int64_t h = 0; h < p.H; ++h) AttendTile(pr, b, h, i0, tile_scratch);
+        for (int64_t h = 0; h < p.H; ++h) AttendRows(pr, b, h, i0, tile_scratch);
       } else {
         const int64_t b = u / (p.H * tiles), h = (u / tiles) % p.H;
-        AttendTile(pr, b, h, (u % tiles) * kRowTile, tile_scratch);
+        const int64_t i0 = (u % tiles) * kRowTile;
+        if (p.fused) {
+          AttendRowsFused(pr, b, h, i0, tile_scratch);
+        } else {
+          AttendRows(pr, b, h, i0, tile_scratch);
+        }
       }
     } catch (const dnnl::error& e) {
       fail(absl::InternalError(absl::StrCat("oneDNN: ", e.what())));

@@ -121,6 +121,11 @@ struct ComputeOptions {
   // Upper bound on the memory one call may allocate (estimated before any
   // allocation, output and weights included).
   int64_t max_memory_bytes = int64_t{1} << 30;
+  // Without weights, calls with at least this many keys take the fused path
+  // (one tile of keys at a time, online softmax: memory independent of S);
+  // shorter ones compute whole score rows, 64 at a time (faster: fewer,
+  // larger products). Both are exact; tests set 1 to exercise the fused one.
+  int64_t fused_min_keys = 16384;
   // Called between units of work (possibly from several threads at once);
   // a non-OK status aborts the call with that status (deadline, cancel).
   std::function<absl::Status()> check;

@@ -76,8 +76,8 @@ void MakeRandomCase(int seed, RandomCase& c) {
   const int proj = rank == 4 ? 0 : Pick(rng, {0, 0, 1, 2});  // none, packed, separate
   a.self_attention = proj != 2 && Chance(rng, 0.4);
   const int64_t B = rank == 2 ? 1 : Pick<int64_t>(rng, {1, 2, 3});
-  const int64_t L = Pick<int64_t>(rng, {1, 3, 7, 17, 64, 65, 100});
-  const int64_t S = a.self_attention ? L : Pick<int64_t>(rng, {1, 5, 9, 31, 64, 70, 130});
+  const int64_t L = Pick<int64_t>(rng, {1, 3, 7, 17, 64, 65, 100, 260});
+  const int64_t S = a.self_attention ? L : Pick<int64_t>(rng, {1, 5, 9, 31, 64, 70, 130, 300, 520});
   const int64_t H = Pick<int64_t>(rng, {1, 2, 4});
   const int64_t Hkv = proj ? H : Pick<int64_t>(rng, {H, 1, std::max<int64_t>(1, H / 2)});
   const int64_t D = Pick<int64_t>(rng, {4, 8, 16});
@@ -173,6 +173,7 @@ TEST(AttentionVsReference, RandomizedGrid) {
     VectorOutputs got;
     ComputeOptions options;
     options.max_threads = 1 + seed % 2;
+    options.fused_min_keys = seed % 3 == 0 ? 16384 : 1;  // both paths without weights
     ASSERT_TRUE(ComputeAttention(c.args, options, &got).ok());
     ASSERT_EQ(got.output.shape, want->output_shape);
     EXPECT_LE(RelativeMaxError(got.output.data.data(), want->output), 2e-5);
@@ -360,6 +361,7 @@ TEST(AttentionThreads, ConcurrentCallsMatchSerialOnes) {
   std::vector<VectorOutputs> serial(kCases), parallel(kCases);
   ComputeOptions o;
   o.max_threads = 2;
+  o.fused_min_keys = 100;
   for (int i = 0; i < kCases; ++i) {
     MakeRandomCase(1000 + i, cases[i]);
     ASSERT_TRUE(ComputeAttention(cases[i].args, o, &serial[i]).ok());
