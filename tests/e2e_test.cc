@@ -17,6 +17,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/e2e_util.h"
+#include "proto/reflection.grpc.pb.h"  // tests/proto, generated
 #include "tests/server_process.h"
 
 namespace attention {
@@ -233,6 +234,72 @@ TEST_F(E2E, ErrorStatusesNameTheFieldAndProblem) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   huge.mutable_input()->set_shape(1, -40000);
   EXPECT_THAT(std::string(c.SelfAttention(huge).status().message()), HasSubstr("input: dimension 1"));
+}
+
+TEST_F(E2E, ReflectionListsTheServices) {
+  using grpc::reflection::v1alpha::ServerReflection;
+  using grpc::reflection::v1alpha::ServerReflectionRequest;
+  using grpc::reflection::v1alpha::ServerReflectionResponse;
+  auto stub = ServerReflection::NewStub(AttentionClient::Connect(server_->target()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto stream = stub->ServerReflectionInfo(&ctx);
+  ServerReflectionRequest list;
+  list.set_list_services("");
+  ASSERT_TRUE(stream->Write(list));
+  ServerReflectionResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  std::vector<std::string> names;
+  for (const auto& s : response.list_services_response().service()) names.push_back(s.name());
+  EXPECT_THAT(names, ::testing::IsSupersetOf({"attention.v1.AttentionService",
+                                              "grpc.health.v1.Health"}));
+  ServerReflectionRequest file;
+  file.set_file_containing_symbol("attention.v1.AttentionService");
+  ASSERT_TRUE(stream->Write(file));
+  ASSERT_TRUE(stream->Read(&response));
+  ASSERT_EQ(response.file_descriptor_response().file_descriptor_proto_size(), 1);
+  EXPECT_THAT(response.file_descriptor_response().file_descriptor_proto(0),
+              HasSubstr("attention/v1/attention.proto"));
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST(E2EStreams, AClientThatStopsReadingIsNotBufferedWithoutBound) {
+  std::vector<std::string> flags = {"--max-stream-in-flight=2"};
+  ServerProcess server(flags);
+  ASSERT_TRUE(server.ok()) << server.Output();
+  auto stub = v1::AttentionService::NewStub(AttentionClient::Connect(server.target()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto stream = stub->StreamSelfAttention(&ctx);
+  std::vector<float> x(8 * 32768, 0.01f);  // 1 MiB a message, cheap to compute
+  v1::SelfAttentionRequest request;
+  *request.mutable_input() = client::MakeTensor({8, 32768}, x.data(), DType::kFloat32);
+  request.mutable_options()->set_num_heads(1);
+  constexpr int kMessages = 100;
+  std::atomic<int> written{0};
+  std::thread writer([&] {
+    for (int i = 0; i < kMessages; ++i) {
+      request.set_id(std::to_string(i));
+      if (!stream->Write(request)) return;
+      ++written;
+    }
+    stream->WritesDone();
+  });
+  std::this_thread::sleep_for(std::chrono::seconds(3));  // not reading
+  const int before_reading = written.load();
+  EXPECT_LT(before_reading, 50) << "the server kept reading a stream nobody reads";
+  v1::AttentionResponse response;
+  int read = 0;
+  while (stream->Read(&response)) {
+    EXPECT_EQ(response.id(), std::to_string(read));
+    EXPECT_FALSE(response.has_error()) << response.error().message();
+    ++read;
+  }
+  writer.join();
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(read, kMessages);
+  EXPECT_EQ(written.load(), kMessages);
 }
 
 // A deliberately slow, small server (test-only fault injection).
