@@ -93,16 +93,23 @@ std::string PercentilePlot(const LoadReport& report) {
     const double x = std::log10(1.0 / (1.0 - p / 100.0));  // 0 .. 4
     return left + (W - left - right) * x / 4.0;
   };
-  double ymax = 0;
+  // y: latency on a log scale (distributions of several levels differ by
+  // orders of magnitude), from the decade below the smallest to above the largest.
+  double ymin = 1e300, ymax = 0;
   for (const LoadResult& r : report.results) {
-    for (double p : ps) {
-      ymax = std::max(ymax, r.latency.Percentile(p) / 1e3);
-      if (r.open_loop) ymax = std::max(ymax, r.corrected.Percentile(p) / 1e3);
+    for (int corrected = 0; corrected < (r.open_loop ? 2 : 1); ++corrected) {
+      const LatencyHistogram& h = corrected ? r.corrected : r.latency;
+      if (h.count() == 0) continue;
+      ymin = std::min(ymin, std::max(h.Percentile(0) / 1e3, 1e-3));
+      ymax = std::max(ymax, h.max() / 1e3);
     }
   }
-  if (ymax <= 0) ymax = 1;
-  ymax *= 1.1;
-  auto y_of = [&](double ms) { return top + (H - top - bottom) * (1 - ms / ymax); };
+  if (ymax <= 0) ymin = 0.1, ymax = 1;
+  const double lo = std::floor(std::log10(ymin)), hi = std::max(lo + 1, std::ceil(std::log10(ymax)));
+  auto y_of = [&](double ms) {
+    const double v = (std::log10(std::max(ms, 1e-3)) - lo) / (hi - lo);
+    return top + (H - top - bottom) * (1 - v);
+  };
   std::string svg = absl::StrFormat(
       "<svg xmlns='http://www.w3.org/2000/svg' width='%.0f' height='%.0f' "
       "font-family='sans-serif' font-size='11'>\n<rect width='100%%' height='100%%' fill='white'/>\n",
@@ -113,16 +120,20 @@ std::string PercentilePlot(const LoadReport& report) {
                           "<text x='%.1f' y='%.1f' text-anchor='middle'>p%g</text>\n",
                           x_of(p), top, x_of(p), H - bottom, x_of(p), H - bottom + 15, p);
   }
-  for (int i = 0; i <= 4; ++i) {
-    const double ms = ymax * i / 4;
-    absl::StrAppendFormat(&svg,
-                          "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='#eee'/>"
-                          "<text x='%.1f' y='%.1f' text-anchor='end'>%.3g</text>\n",
-                          left, y_of(ms), W - right, y_of(ms), left - 5, y_of(ms) + 4, ms);
+  for (double decade = lo; decade <= hi; ++decade) {
+    for (double m : {1.0, 2.0, 5.0}) {
+      const double ms = m * std::pow(10.0, decade);
+      if (std::log10(ms) > hi + 1e-9) break;
+      absl::StrAppendFormat(&svg,
+                            "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='%s'/>"
+                            "<text x='%.1f' y='%.1f' text-anchor='end'>%g</text>\n",
+                            left, y_of(ms), W - right, y_of(ms), m == 1 ? "#ccc" : "#eee",
+                            left - 5, y_of(ms) + 4, ms);
+    }
   }
   absl::StrAppendFormat(&svg,
                         "<text x='15' y='%.1f' transform='rotate(-90 15 %.1f)' "
-                        "text-anchor='middle'>latency (ms)</text>\n"
+                        "text-anchor='middle'>latency (ms, log scale)</text>\n"
                         "<text x='%.1f' y='%.1f' text-anchor='middle'>percentile</text>\n",
                         H / 2, H / 2, (left + W - right) / 2, H - 5);
   const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
