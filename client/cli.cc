@@ -101,7 +101,7 @@ absl::Status LoadProjection(const std::string& path, v1::AttentionOptions* optio
       return absl::InvalidArgumentError(absl::StrCat(path, ": unexpected tensor '", name, "'"));
     }
     v1::Tensor* t = (p->*(field->second))();
-    t->set_dtype(ToWire(view.dtype));
+    t->set_dtype(wire::ToWire(view.dtype));
     for (int64_t d : view.shape) t->add_shape(d);
     t->set_data(view.data, view.byte_size);
   }

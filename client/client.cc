@@ -7,35 +7,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "proto/tensor_view.h"
 
 namespace attention {
 namespace client {
 
-DType FromWire(v1::DataType dtype) {
-  switch (dtype) {
-    case v1::FLOAT16:
-      return DType::kFloat16;
-    case v1::BFLOAT16:
-      return DType::kBFloat16;
-    case v1::BOOL:
-      return DType::kBool;
-    default:
-      return DType::kFloat32;
-  }
-}
-
-v1::DataType ToWire(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat16:
-      return v1::FLOAT16;
-    case DType::kBFloat16:
-      return v1::BFLOAT16;
-    case DType::kBool:
-      return v1::BOOL;
-    default:
-      return v1::FLOAT32;
-  }
-}
+using wire::ToWire;
 
 v1::Tensor MakeTensor(const std::vector<int64_t>& shape, const float* data, DType wire) {
   v1::Tensor t;
@@ -77,8 +54,9 @@ v1::Tensor FromNpy(const NpyArray& a, DType wire) {
 }
 
 absl::StatusOr<FloatTensor> ToFloat(const v1::Tensor& t, const std::string& name) {
-  TensorView view{FromWire(t.dtype()), {t.shape().begin(), t.shape().end()}, t.data().data(),
-                  t.data().size()};
+  absl::StatusOr<TensorView> parsed = wire::View(t, name);
+  if (!parsed.ok()) return parsed.status();
+  const TensorView& view = *parsed;
   absl::StatusOr<int64_t> n = CheckedElements(view, name);
   if (!n.ok()) return n.status();
   FloatTensor out;
@@ -97,12 +75,10 @@ absl::StatusOr<NpyArray> ToNpy(const v1::Tensor& t, const std::string& name) {
     a.data.assign(reinterpret_cast<const char*>(f->data.data()), f->data.size() * 4);
     return a;
   }
-  a.dtype = FromWire(t.dtype());
-  if (absl::Status s = CheckedElements({a.dtype, a.shape, t.data().data(), t.data().size()}, name)
-                           .status();
-      !s.ok()) {
-    return s;
-  }
+  absl::StatusOr<TensorView> view = wire::View(t, name);
+  if (!view.ok()) return view.status();
+  a.dtype = view->dtype;
+  if (absl::Status s = CheckedElements(*view, name).status(); !s.ok()) return s;
   a.data = t.data();
   return a;
 }

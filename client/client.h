@@ -28,6 +28,7 @@
 #include "client/npy.h"
 #include "core/tensor.h"
 #include "grpcpp/grpcpp.h"
+#include "proto/tensor_view.h"  // wire::ToWire, wire::View
 
 namespace attention {
 namespace client {
@@ -47,9 +48,6 @@ v1::Tensor FromNpy(const NpyArray& array, DType wire);
 absl::StatusOr<FloatTensor> ToFloat(const v1::Tensor& tensor, const std::string& name);
 // As .npy: FLOAT32 and FLOAT16 kept, BFLOAT16 widened to float32.
 absl::StatusOr<NpyArray> ToNpy(const v1::Tensor& tensor, const std::string& name);
-
-DType FromWire(v1::DataType dtype);
-v1::DataType ToWire(DType dtype);
 
 absl::Status FromGrpcStatus(const grpc::Status& status);
 

@@ -184,10 +184,10 @@ TEST_F(E2E, HalfAndBFloat16OnTheWire) {
       LoadFixture(SourcePath("tests/fixtures/e2e_demo_self_avg.safetensors"));
   ASSERT_TRUE(f.ok());
   AttentionClient c = Client();
-  for (auto [wire, tolerance] : {std::pair{DType::kFloat16, 5e-3}, std::pair{DType::kBFloat16, 3e-2}}) {
-    absl::StatusOr<v1::AttentionResponse> r = c.SelfAttention(ToSelfAttentionRequest(**f, wire));
+  for (auto [dtype, tolerance] : {std::pair{DType::kFloat16, 5e-3}, std::pair{DType::kBFloat16, 3e-2}}) {
+    absl::StatusOr<v1::AttentionResponse> r = c.SelfAttention(ToSelfAttentionRequest(**f, dtype));
     ASSERT_TRUE(r.ok()) << r.status();
-    EXPECT_EQ(r->output().dtype(), client::ToWire(wire));
+    EXPECT_EQ(r->output().dtype(), wire::ToWire(dtype));
     EXPECT_EQ(r->output().data().size(), 2u * 10 * 64 * 2);
     EXPECT_LE(ErrorAgainst(r->output(), *(*f)->expected_output), tolerance);
     EXPECT_GT(ErrorAgainst(r->output(), *(*f)->expected_output), 0.0);  // really converted
@@ -462,7 +462,7 @@ class CliTest : public E2E {
     absl::StatusOr<client::NpyArray> a = client::ReadNpy(path);
     if (!a.ok()) return 1e9;
     v1::Tensor t;
-    t.set_dtype(client::ToWire(a->dtype));
+    t.set_dtype(wire::ToWire(a->dtype));
     for (int64_t d : a->shape) t.add_shape(d);
     t.set_data(a->data);
     return ErrorAgainst(t, want);
