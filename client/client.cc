@@ -161,6 +161,7 @@ absl::StatusOr<std::vector<v1::AttentionResponse>> RunStream(const std::vector<R
                                                              int max_in_flight,
                                                              const CallOptions& options,
                                                              Open open) {
+  if (max_in_flight < 1) return absl::InvalidArgumentError("max_in_flight must be at least 1");
   grpc::ClientContext context;
   ApplyOptions(options, &context);
   auto stream = open(&context);

@@ -417,6 +417,13 @@ class Recorder {
     if (r_.first_error[code].empty()) r_.first_error[code] = why;
   }
 
+  // A stream response that answered no outstanding message (not a request:
+  // counted apart, and it fails the run like a lost one).
+  void Unexpected(const std::string& why) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (r_.unexpected++ == 0 && r_.first_lost.empty()) r_.first_lost = why;
+  }
+
   void BehindSchedule() {
     std::lock_guard<std::mutex> lock(mu_);
     ++r_.behind_schedule;
@@ -565,8 +572,22 @@ void StreamWorker(const std::vector<Request>& pool, int worker, const RunSetting
   std::condition_variable cv;
   std::deque<Pending> pending;
   bool reader_done = false;
+  bool stalled = false;   // the oldest message waited longer than --timeout
   std::string violation;  // first order/id problem: the stream is abandoned
   std::vector<Request> mine(pool);  // ids are set per message
+  // Cancels the stream when its oldest message has waited longer than --timeout
+  // (a stalled server would otherwise block Write or Read for ever).
+  std::thread watchdog([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    while (!reader_done) {
+      cv.wait_for(lock, std::chrono::milliseconds(50));
+      if (!stalled && !pending.empty() &&
+          NowUs(start) - pending.front().sent_us > s.timeout * 1e6) {
+        stalled = true;
+        context.TryCancel();
+      }
+    }
+  });
   std::thread writer([&] {
     for (int64_t n = 0;; ++n) {
       {
@@ -612,12 +633,17 @@ void StreamWorker(const std::vector<Request>& pool, int worker, const RunSetting
   }
   cv.notify_all();
   writer.join();
+  watchdog.join();
   while (stream->Read(&response)) {
   }
-  const grpc::Status final_status = stream->Finish();
+  grpc::Status final_status = stream->Finish();
+  if (stalled) {
+    final_status = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                "no stream response within --timeout; stream cancelled");
+  }
   // Messages sent but never answered: the stream's status, or lost.
   std::lock_guard<std::mutex> lock(mu);
-  if (!violation.empty() && pending.empty()) rec.Lost(violation);  // an extra response
+  if (!violation.empty() && pending.empty()) rec.Unexpected(violation);  // a response too many
   for (const Pending& p : pending) {
     if (!violation.empty()) {
       rec.Lost(violation);
@@ -636,13 +662,17 @@ void ClosedLoopStreams(const Workload& w, Channels& ch, const RunSettings& s, Re
   for (int t = 0; t < static_cast<int>(s.level); ++t) {
     const size_t c = ch.Pick();
     workers.emplace_back([&, t, c] {
-      if (w.rpc == "attention") {
-        StreamWorker(w.attention, t, s, start, issued, rec,
-                     [&](grpc::ClientContext* ctx) { return ch.stubs[c]->StreamAttention(ctx); });
-      } else {
-        StreamWorker(w.self, t, s, start, issued, rec, [&](grpc::ClientContext* ctx) {
-          return ch.stubs[c]->StreamSelfAttention(ctx);
-        });
+      // A stream that fails (its messages counted with its status) is replaced
+      // by a new one until the level ends, so the concurrency holds.
+      while (!TimeUp(s, start, issued.load())) {
+        if (w.rpc == "attention") {
+          StreamWorker(w.attention, t, s, start, issued, rec,
+                       [&](grpc::ClientContext* ctx) { return ch.stubs[c]->StreamAttention(ctx); });
+        } else {
+          StreamWorker(w.self, t, s, start, issued, rec, [&](grpc::ClientContext* ctx) {
+            return ch.stubs[c]->StreamSelfAttention(ctx);
+          });
+        }
       }
     });
   }
@@ -833,7 +863,7 @@ int RunLoad(const CliArgs& args) {
     std::printf("load: wrote %s\n", args.Get(flag).c_str());
   }
   for (const LoadResult& r : report.results) {
-    if (r.lost > 0 || r.mismatches > 0) return 1;
+    if (r.lost > 0 || r.unexpected > 0 || r.mismatches > 0) return 1;
   }
   return 0;
 }

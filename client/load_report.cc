@@ -48,6 +48,7 @@ nlohmann::json ToJson(const LoadReport& report, const LoadResult& r) {
       {"errors", r.errors},
       {"first_errors", r.first_error},
       {"lost", r.lost},
+      {"unexpected_responses", r.unexpected},
       {"duration_s", r.duration_s},
       {"rps", r.rps()},
       {"mb_per_s", MbPerS(r)},
@@ -211,8 +212,9 @@ void PrintResult(const LoadResult& r, FILE* out) {
                  static_cast<long long>(r.checked), static_cast<long long>(r.mismatches),
                  r.mismatches ? ": " : "", r.first_mismatch.c_str());
   }
-  if (r.lost > 0) {
-    std::fprintf(out, "  LOST %lld responses: %s\n", static_cast<long long>(r.lost),
+  if (r.lost > 0 || r.unexpected > 0) {
+    std::fprintf(out, "  LOST %lld responses, %lld unexpected: %s\n",
+                 static_cast<long long>(r.lost), static_cast<long long>(r.unexpected),
                  r.first_lost.c_str());
   }
   std::fflush(out);

@@ -668,6 +668,8 @@ absl::Status AttendHeads(const HeadsProblem& pr, const ComputeOptions& o) {
       fail(absl::InternalError(absl::StrCat("oneDNN: ", e.what())));
     } catch (const std::bad_alloc&) {
       fail(absl::ResourceExhaustedError("out of memory"));
+    } catch (const std::exception& e) {  // nothing may leave an OpenMP region
+      fail(absl::InternalError(e.what()));
     }
   }
   return first_error;
@@ -860,6 +862,8 @@ absl::Status ComputeAttention(const AttentionArgs& args, const ComputeOptions& o
     return absl::InternalError(absl::StrCat("oneDNN: ", e.what()));
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError("out of memory");
+  } catch (const std::exception& e) {
+    return absl::InternalError(e.what());
   }
 }
 

@@ -3,6 +3,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <exception>
 #include <utility>
 
 namespace attention {
@@ -20,7 +22,7 @@ Executor::~Executor() { Shutdown(); }
 bool Executor::TrySubmit(std::function<void()> task) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_ || queue_.size() >= max_queue_) return false;
+    if (stopping_ || queue_.size() >= max_queue_ + idle_) return false;
     queue_.push_back(std::move(task));
   }
   cv_.notify_one();
@@ -51,12 +53,20 @@ void Executor::Work() {
     std::function<void()> task;
     {
       std::unique_lock<std::mutex> lock(mu_);
+      ++idle_;
       cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      --idle_;
       if (queue_.empty()) return;  // stopping, and nothing left
       task = std::move(queue_.front());
       queue_.pop_front();
     }
-    task();
+    try {
+      task();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "executor: a task threw: %s\n", e.what());
+    } catch (...) {
+      std::fprintf(stderr, "executor: a task threw\n");
+    }
   }
 }
 

@@ -37,7 +37,9 @@ class Executor {
   Executor& operator=(const Executor&) = delete;
 
   // Queues `task`. Returns false, without running it, when max_queue tasks are
-  // already waiting or Shutdown() has been called.
+  // already waiting beyond those an idle worker is about to take, or
+  // Shutdown() has been called. A task that throws is reported on stderr
+  // and dropped (it must not: tasks own their errors).
   bool TrySubmit(std::function<void()> task);
 
   // Stops accepting tasks, runs those already queued, joins the workers.
@@ -56,6 +58,7 @@ class Executor {
   std::condition_variable cv_;
   std::deque<std::function<void()>> queue_;
   bool stopping_ = false;
+  size_t idle_ = 0;  // workers waiting for a task
   std::vector<std::thread> threads_;
 };
 

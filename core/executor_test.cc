@@ -3,6 +3,8 @@
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <stdexcept>
+#include <thread>
 
 #include "gtest/gtest.h"
 
@@ -25,6 +27,29 @@ TEST(Executor, RunsTasksAndRefusesBeyondTheQueue) {
   ex.Shutdown();  // runs what was queued
   EXPECT_EQ(ran.load(), 3);
   EXPECT_FALSE(ex.TrySubmit([] {}));
+}
+
+TEST(Executor, AnIdleWorkerTakesATaskEvenWithNoQueue) {
+  Executor ex({/*workers=*/1, /*threads_per_worker=*/1, /*max_queue=*/0});
+  std::promise<void> release;
+  std::shared_future<void> gate = release.get_future().share();
+  bool accepted = false;
+  for (int i = 0; i < 200 && !accepted; ++i) {  // until the worker waits for work
+    accepted = ex.TrySubmit([gate] { gate.wait(); });
+    if (!accepted) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_TRUE(accepted);
+  EXPECT_FALSE(ex.TrySubmit([] {}));  // the worker is busy and nothing may wait
+  release.set_value();
+}
+
+TEST(Executor, ATaskThatThrowsDoesNotStopTheWorker) {
+  Executor ex({1, 1, 4});
+  std::atomic<int> ran{0};
+  ASSERT_TRUE(ex.TrySubmit([] { throw std::runtime_error("boom"); }));
+  ASSERT_TRUE(ex.TrySubmit([&] { ++ran; }));
+  ex.Shutdown();
+  EXPECT_EQ(ran.load(), 1);
 }
 
 TEST(Executor, SplitsCoresBetweenWorkers) {

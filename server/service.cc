@@ -45,8 +45,8 @@ class StreamReactor final
   void OnReadDone(bool ok) override {
     std::unique_lock<std::mutex> lock(mu_);
     reading_ = false;
-    if (!ok) {
-      reads_done_ = true;
+    if (!ok) reads_done_ = true;
+    if (!ok || broken_ || cancelled_) {  // nobody to answer: compute nothing more
       FinishIfDone(lock);
       return;
     }
@@ -71,6 +71,7 @@ class StreamReactor final
     }
     WriteNext();
     ReadNext();
+    FinishIfDone(lock);
   }
 
   void OnWriteDone(bool ok) override {

@@ -238,13 +238,18 @@ absl::Status Compute(const Call& call, const ComputeOptions& options,
                      v1::AttentionResponse* response) {
   ResponseOutputs outputs(response, call.output_dtype);
   absl::Status s = ComputeAttention(call.args, options, &outputs);
+  if (s.ok()) {
+    try {
+      outputs.Finish();
+    } catch (const std::bad_alloc&) {
+      s = absl::ResourceExhaustedError("out of memory converting the output");
+    }
+  }
   if (!s.ok()) {
     response->clear_output();
     response->clear_weights();
-    return s;
   }
-  outputs.Finish();
-  return absl::OkStatus();
+  return s;
 }
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {

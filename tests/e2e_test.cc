@@ -420,6 +420,31 @@ TEST(E2EShutdown, SigtermDrainsInFlightCallsAndExitsZero) {
   EXPECT_EQ(c.Health("", {2}).status().code(), absl::StatusCode::kUnavailable);
 }
 
+TEST(E2EShutdown, StreamsCancelledMidFlightDoNotBlockShutdown) {
+  ServerProcess server(SlowFlags(50, 2));  // queue of 2: later messages are refused
+  ASSERT_TRUE(server.ok()) << server.Output();
+  auto channel = AttentionClient::Connect(server.target());
+  auto stub = v1::AttentionService::NewStub(channel);
+  for (int round = 0; round < 5; ++round) {
+    grpc::ClientContext ctx;
+    auto stream = stub->StreamSelfAttention(&ctx);
+    v1::SelfAttentionRequest r = DemoRequest(4);
+    for (int i = 0; i < 6; ++i) {
+      r.set_id(std::to_string(i));
+      if (!stream->Write(r)) break;
+    }
+    v1::AttentionResponse response;
+    stream->Read(&response);
+    ctx.TryCancel();  // the client goes away with messages in flight
+    stream->Finish();
+  }
+  std::vector<std::thread> unary;
+  AttentionClient c(channel);
+  for (int i = 0; i < 4; ++i) unary.emplace_back([&] { c.SelfAttention(DemoRequest(4), {10}); });
+  for (std::thread& t : unary) t.join();
+  EXPECT_EQ(server.Stop(SIGTERM, 15), 0) << server.Output();
+}
+
 TEST(E2EStartup, BadModelOrBusyPortExitsNonZeroWithOneLine) {
   std::string out;
   EXPECT_EQ(RunCommand({ServerBinary(), "--listen=127.0.0.1:0", "--model",
