@@ -34,18 +34,14 @@ constexpr int64_t kKeyTile = 512;
 // With causal masking a tile computes only the keys up to its last row,
 // rounded up to this many columns (bounds the number of distinct shapes).
 constexpr int64_t kCausalColumnStep = 64;
+// Heads with fewer multiply-adds than this (per row tile) are batched, in
+// groups of about kGroupWork multiply-adds a unit.
+constexpr double kSmallHeadWork = 1 << 17;
+constexpr double kGroupWork = 1 << 21;
 // Below this many flops a unit of work, extra threads cost more than they give.
 constexpr double kMinFlopsPerThread = 4e6;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-// Floats of per-thread scratch: the fused path's score tile and two output
-// tiles, or the row path's kRowTile whole score rows (none for per-head
-// weights, whose rows are computed in place in the output).
-int64_t ScratchPerThread(int64_t S, int64_t Dv, WeightsMode weights, bool fused) {
-  if (fused) return kRowTile * kKeyTile + 2 * kRowTile * Dv;
-  return weights == WeightsMode::kPerHead ? 0 : kRowTile * S;
-}
 
 // Element strides of a [B, H, rows, dim] view with the last dim contiguous.
 struct HeadLayout {
@@ -71,11 +67,22 @@ struct Plan {
   float scale = 1.0f;
   bool has_projection = false;
   bool fused = false;  // AttendRowsFused rather than AttendRows
+  int64_t group = 0;   // > 0: AttendBatched over this many batch entries a unit
   ProjectionShape proj;
   std::optional<MaskLayout> attn_mask;
   std::optional<MaskLayout> key_padding_mask;
   int threads = 1;
 };
+
+// Floats of per-thread scratch: the fused path's score tile and two output
+// tiles; the batched path's scores of `group` batch entries x all heads; or
+// the row path's kRowTile whole score rows (none for per-head weights, whose
+// rows are computed in place in the output).
+int64_t ScratchPerThread(const Plan& p, WeightsMode weights) {
+  if (p.fused) return kRowTile * kKeyTile + 2 * kRowTile * p.Dv;
+  if (p.group > 0) return p.group * p.H * std::min(kRowTile, p.L) * p.S;
+  return weights == WeightsMode::kPerHead ? 0 : kRowTile * p.S;
+}
 
 absl::Status Invalid(absl::string_view name, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(name, ": ", what));
@@ -389,7 +396,18 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
   for (int64_t d : p.info.weights_shape) weight_elems *= d;
   bytes += 4.0 * (out_elems + weight_elems);
   p.fused = a.weights == WeightsMode::kNone && p.S >= o.fused_min_keys;
-  bytes += 4.0 * p.threads * ScratchPerThread(p.S, p.Dv, a.weights, p.fused);
+  // Many (batch, head) pairs of little work each (short sequences, large
+  // batches): one batched product per group of batch entries and all heads,
+  // instead of a few microseconds of primitive overhead per pair.
+  const double per_head = std::min<double>(L, kRowTile) * S * (p.D + p.Dv);
+  if (a.weights == WeightsMode::kNone && !p.fused && per_head < kSmallHeadWork) {
+    const int64_t tiles = (p.L + kRowTile - 1) / kRowTile;
+    p.group = std::clamp<int64_t>(static_cast<int64_t>(kGroupWork / (H * per_head)), 1, p.B);
+    const int64_t most = (p.B * tiles + p.threads - 1) / p.threads;  // keep threads busy
+    p.group = std::max<int64_t>(1, std::min(p.group, most));
+    p.threads = static_cast<int>(std::min<int64_t>(p.threads, (p.B + p.group - 1) / p.group * tiles));
+  }
+  bytes += 4.0 * p.threads * ScratchPerThread(p, a.weights);
   p.info.memory_bytes = static_cast<int64_t>(std::min(bytes, 9e18));
   p.info.flops = flops;
   if (bytes > static_cast<double>(o.max_memory_bytes)) {
@@ -482,6 +500,17 @@ int64_t KeysNeeded(const HeadsProblem& pr, int64_t i0, int64_t m) {
   return std::min(S, (i0 + m + kCausalColumnStep - 1) / kCausalColumnStep * kCausalColumnStep);
 }
 
+// Adds every mask to the scores of query row i of head h over keys
+// [j0, j0 + n) and returns the row's largest masked score (-inf when all of
+// them are masked).
+float MaskRow(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n,
+              float* row) {
+  if (pr.attn_mask) AddMask(*pr.attn_mask, b, h, i, j0, n, row);
+  if (pr.key_padding_mask) AddMask(*pr.key_padding_mask, b, h, i, j0, n, row);
+  if (pr.causal) std::fill(row + std::clamp<int64_t>(i + 1 - j0, 0, n), row + n, kNegInf);
+  return *std::max_element(row, row + n);
+}
+
 // Probabilities of query rows [i0, i0 + m) of head h over keys [j0, j0 + n)
 // into `p` (row stride ld): scaled scores, masks, softmax over those n keys.
 // row_max[r] is row r's largest masked score; a row whose n keys are all
@@ -499,15 +528,8 @@ void TileProbabilities(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0,
        pr.k + b * pr.kl.batch + kvh * pr.kl.head + j0 * pr.kl.row, p, nullptr);
   bool any_empty = false;
   for (int64_t r = 0; r < m; ++r) {
-    float* row = p + r * ld;
-    const int64_t i = i0 + r;
-    if (pr.attn_mask) AddMask(*pr.attn_mask, b, h, i, j0, n, row);
-    if (pr.key_padding_mask) AddMask(*pr.key_padding_mask, b, h, i, j0, n, row);
-    if (pr.causal) std::fill(row + std::clamp<int64_t>(i + 1 - j0, 0, n), row + n, kNegInf);
-    float mx = kNegInf;
-    for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
-    row_max[r] = mx;
-    any_empty |= mx == kNegInf;
+    row_max[r] = MaskRow(pr, b, h, i0 + r, j0, n, p + r * ld);
+    any_empty |= row_max[r] == kNegInf;
   }
   internal::SoftmaxRows(m, n, ld, p);
   for (int64_t r = 0; r < m && any_empty; ++r) {
@@ -606,6 +628,52 @@ void AttendRowsFused(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, f
   }
 }
 
+// Query rows [i0, i0 + m) of every head of batch entries [b0, b0 + nb), no
+// weights: two batched products over [nb, Hkv, G, m, *] (query head h =
+// kv * G + g reads key/value head kv by broadcasting), masks and softmax on
+// the nb x H x m score rows in `scratch`.
+void AttendBatched(const HeadsProblem& pr, int64_t b0, int64_t nb, int64_t i0, float* scratch) {
+  const Plan& p = *pr.plan;
+  const int64_t m = std::min(kRowTile, p.L - i0);
+  const int64_t n = KeysNeeded(pr, i0, m);
+  const int64_t H = p.H, Hkv = p.Hkv, G = p.H / p.Hkv;
+  const HeadLayout &ql = pr.ql, &kl = pr.kl, &vl = pr.vl, &ol = pr.ol;
+  // [nb, Hkv, G, rows, cols]; without grouped heads (G = 1) the group
+  // dimension is left out, which lets oneDNN pick its faster brgemm kernel.
+  auto view = [G](std::vector<int64_t> dims, std::vector<int64_t> strides) {
+    if (G == 1) {
+      dims.erase(dims.begin() + 2);
+      strides.erase(strides.begin() + 2);
+    }
+    return internal::BatchMat{std::move(dims), std::move(strides)};
+  };
+  const internal::BatchMat scores =
+      view({nb, Hkv, G, m, n}, {Hkv * G * m * n, G * m * n, m * n, n, 1});
+  internal::BatchedGemm(view({nb, Hkv, G, m, p.D}, {ql.batch, G * ql.head, ql.head, ql.row, 1}),
+                        view({nb, Hkv, 1, p.D, n}, {kl.batch, kl.head, p.D * n, 1, kl.row}),
+                        scores, p.scale, pr.q + b0 * ql.batch + i0 * ql.row,
+                        pr.k + b0 * kl.batch, scratch);
+  const bool masked = pr.causal || pr.attn_mask || pr.key_padding_mask;
+  std::vector<int64_t> empty_rows;
+  for (int64_t bi = 0; bi < nb && masked; ++bi) {
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t row = (bi * H + h) * m + r;
+        if (MaskRow(pr, b0 + bi, h, i0 + r, 0, n, scratch + row * n) == kNegInf) {
+          empty_rows.push_back(row);
+        }
+      }
+    }
+  }
+  internal::SoftmaxRows(nb * H * m, n, n, scratch);
+  for (int64_t row : empty_rows) std::fill_n(scratch + row * n, n, 0.0f);
+  internal::BatchedGemm(scores,
+                        view({nb, Hkv, 1, n, p.Dv}, {vl.batch, vl.head, n * p.Dv, vl.row, 1}),
+                        view({nb, Hkv, G, m, p.Dv}, {ol.batch, G * ol.head, ol.head, ol.row, 1}),
+                        1.0f, scratch, pr.v + b0 * vl.batch,
+                        pr.out + b0 * ol.batch + i0 * ol.row);
+}
+
 // Sets this thread's OpenMP team size for the call and restores it after.
 class OmpThreadsScope {
  public:
@@ -622,8 +690,9 @@ absl::Status AttendHeads(const HeadsProblem& pr, const ComputeOptions& o) {
   const Plan& p = *pr.plan;
   const int64_t tiles = (p.L + kRowTile - 1) / kRowTile;
   const bool averaged = pr.weights == WeightsMode::kAveraged;
-  const int64_t units = averaged ? p.B * tiles : p.B * p.H * tiles;
-  const int64_t per_thread = ScratchPerThread(p.S, p.Dv, pr.weights, p.fused);
+  const int64_t groups = p.group > 0 ? (p.B + p.group - 1) / p.group : 0;
+  const int64_t units = p.group > 0 ? groups * tiles : averaged ? p.B * tiles : p.B * p.H * tiles;
+  const int64_t per_thread = ScratchPerThread(p, pr.weights);
   Buffer scratch(p.threads * per_thread);
   std::atomic<bool> stop{false};
   std::mutex mu;
@@ -650,7 +719,10 @@ absl::Status AttendHeads(const HeadsProblem& pr, const ComputeOptions& o) {
       float* tile_scratch = scratch.data() == nullptr
                                 ? nullptr
                                 : scratch.data() + omp_get_thread_num() * per_thread;
-      if (averaged) {
+      if (p.group > 0) {
+        const int64_t b0 = (u / tiles) * p.group, i0 = (u % tiles) * kRowTile;
+        AttendBatched(pr, b0, std::min(p.group, p.B - b0), i0, tile_scratch);
+      } else if (averaged) {
         const int64_t b = u / tiles, i0 = (u % tiles) * kRowTile;
         const int64_t rows = std::min(kRowTile, p.L - i0);
         std::fill_n(pr.weights_out + (b * p.L + i0) * p.S, rows * p.S, 0.0f);

@@ -124,6 +124,37 @@ void Gemm(const GemmShape& s, const float* a, const float* b, float* c,
   ThreadStream().wait();
 }
 
+void BatchedGemm(const BatchMat& a, const BatchMat& b, const BatchMat& c, float scale,
+                 const float* a_data, const float* b_data, float* c_data) {
+  Key key = {2, FloatBits(scale)};
+  for (const BatchMat* m : {&a, &b, &c}) {
+    key.push_back(static_cast<int64_t>(m->dims.size()));
+    key.insert(key.end(), m->dims.begin(), m->dims.end());
+    key.insert(key.end(), m->strides.begin(), m->strides.end());
+  }
+  auto md = [](const BatchMat& m) { return dnnl::memory::desc(m.dims, dt::f32, m.strides); };
+  std::shared_ptr<const Cached> p = Cache().Get(key, [&] {
+    Cached e;
+    e.a = md(a);
+    e.b = md(b);
+    e.c = md(c);
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    if (scale != 1.0f) attr.set_output_scales(0, {scale});
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(e.a, e.b, e.c), attr, Engine());
+    e.scratchpad = pd.scratchpad_desc();
+    e.primitive = dnnl::matmul(pd);
+    return e;
+  });
+  const dnnl::engine& eng = Engine();
+  p->primitive.execute(ThreadStream(),
+                       {{DNNL_ARG_SRC, dnnl::memory(p->a, eng, const_cast<float*>(a_data))},
+                        {DNNL_ARG_WEIGHTS, dnnl::memory(p->b, eng, const_cast<float*>(b_data))},
+                        {DNNL_ARG_DST, dnnl::memory(p->c, eng, c_data)},
+                        {DNNL_ARG_SCRATCHPAD, Scratchpad(p->scratchpad)}});
+  ThreadStream().wait();
+}
+
 void SoftmaxRows(int64_t rows, int64_t cols, int64_t ld, float* x) {
   const Key key = {1, rows, cols, ld};
   std::shared_ptr<const Cached> p = Cache().Get(key, [&] {

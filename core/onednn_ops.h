@@ -14,6 +14,7 @@
 #define CORE_ONEDNN_OPS_H_
 
 #include <cstdint>
+#include <vector>
 
 namespace attention {
 namespace internal {
@@ -39,6 +40,19 @@ struct GemmShape {
 
 void Gemm(const GemmShape& shape, const float* a, const float* b, float* c,
           const float* bias);
+
+// A strided tensor [batch dims..., rows, cols] for batched products; a batch
+// dimension of size 1 in one operand broadcasts over the other's (give it a
+// nonzero stride: oneDNN 2.6 takes stride 0 to its slow reference kernel).
+struct BatchMat {
+  std::vector<int64_t> dims;
+  std::vector<int64_t> strides;
+};
+
+// For every batch index: C = scale * A x B (the last two dims multiply). All
+// three have the same rank (at most 12).
+void BatchedGemm(const BatchMat& a, const BatchMat& b, const BatchMat& c, float scale,
+                 const float* a_data, const float* b_data, float* c_data);
 
 // In place: each of `rows` rows of `cols` floats (row i at x + i * ld) becomes
 // softmax(row). Rows must not be entirely -inf (the caller zeroes those).
