@@ -1,6 +1,8 @@
 // attention-bench: times the core in-process (and optionally the same case
 // through a running server) on random data, warm, and prints median and p90
 // time, GFLOP/s (formula in bench/README.md) and peak RSS.
+#include <omp.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -16,12 +18,12 @@
 #include "core/attention.h"
 #include "core/safetensors.h"
 #include "oneapi/dnnl/dnnl.hpp"
-#include <omp.h>
 
 namespace attention {
 namespace {
 
-constexpr char kUsage[] = R"(attention-bench: times multi-head attention in-process (and through a server).
+constexpr char kUsage[] =
+    R"(attention-bench: times multi-head attention in-process (and through a server).
 
 usage: attention-bench --batch B --seq L [--kv-seq S] --embed E --heads H [--kv-heads G]
                        [--self] [--projection] [--causal] [--weights none|average|per-head]
@@ -62,8 +64,7 @@ Timing TimeIt(const std::function<bool()>& run, double min_time) {
   }
   std::vector<double> ms;
   const auto start = Clock::now();
-  while (ms.size() < 5 ||
-         std::chrono::duration<double>(Clock::now() - start).count() < min_time) {
+  while (ms.size() < 5 || std::chrono::duration<double>(Clock::now() - start).count() < min_time) {
     const auto t0 = Clock::now();
     if (!run()) return {-1, -1, 0};
     ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
@@ -108,8 +109,8 @@ double RooflineGflops(const Settings& s) {
   std::vector<float> a(M * K, 0.5f), b(K * N, 0.25f), c(M * N);
   Timing t = TimeIt(
       [&] {
-        return dnnl::sgemm('N', 'N', M, N, K, 1.0f, a.data(), K, b.data(), N, 0.0f, c.data(),
-                           N) == dnnl::status::success;
+        return dnnl::sgemm('N', 'N', M, N, K, 1.0f, a.data(), K, b.data(), N, 0.0f, c.data(), N) ==
+               dnnl::status::success;
       },
       std::min(1.0, s.min_time));
   return 2.0 * M * N * K / (t.median_ms * 1e6);
@@ -172,17 +173,21 @@ v1::AttentionOptions WireOptions(const Settings& s, const Data& d, const std::st
   o.set_num_heads(static_cast<int32_t>(s.H));
   if (!s.projection) o.set_num_kv_heads(static_cast<int32_t>(s.Hkv));
   o.set_causal(s.causal);
-  o.set_weights(s.weights == WeightsMode::kAveraged   ? v1::WEIGHTS_AVERAGED
+  o.set_weights(s.weights == WeightsMode::kAveraged  ? v1::WEIGHTS_AVERAGED
                 : s.weights == WeightsMode::kPerHead ? v1::WEIGHTS_PER_HEAD
                                                      : v1::WEIGHTS_NONE);
   if (s.projection && !model.empty()) {
     o.set_model(model);
   } else if (s.projection) {
     v1::Projection* p = o.mutable_projection();
-    *p->mutable_in_proj_weight() = client::MakeTensor(d.in_w.shape, d.in_w.data.data(), DType::kFloat32);
-    *p->mutable_in_proj_bias() = client::MakeTensor(d.in_b.shape, d.in_b.data.data(), DType::kFloat32);
-    *p->mutable_out_proj_weight() = client::MakeTensor(d.out_w.shape, d.out_w.data.data(), DType::kFloat32);
-    *p->mutable_out_proj_bias() = client::MakeTensor(d.out_b.shape, d.out_b.data.data(), DType::kFloat32);
+    *p->mutable_in_proj_weight() =
+        client::MakeTensor(d.in_w.shape, d.in_w.data.data(), DType::kFloat32);
+    *p->mutable_in_proj_bias() =
+        client::MakeTensor(d.in_b.shape, d.in_b.data.data(), DType::kFloat32);
+    *p->mutable_out_proj_weight() =
+        client::MakeTensor(d.out_w.shape, d.out_w.data.data(), DType::kFloat32);
+    *p->mutable_out_proj_bias() =
+        client::MakeTensor(d.out_b.shape, d.out_b.data.data(), DType::kFloat32);
   }
   return o;
 }
@@ -199,21 +204,22 @@ std::string CaseName(const Settings& s) {
 void Report(const Settings& s, const char* mode, const Timing& t, double roofline) {
   const double gflops = Flops(s) / (t.median_ms * 1e6);
   if (s.json) {
-    std::printf("{\"case\": \"%s\", \"mode\": \"%s\", \"threads\": %d, \"runs\": %d, "
-                "\"ms_median\": %.4f, \"ms_p90\": %.4f, \"gflops\": %.3f, \"peak_rss_mb\": %.1f",
-                CaseName(s).c_str(), mode, s.threads, t.runs, t.median_ms, t.p90_ms, gflops,
-                PeakRssMb());
+    std::printf(
+        "{\"case\": \"%s\", \"mode\": \"%s\", \"threads\": %d, \"runs\": %d, "
+        "\"ms_median\": %.4f, \"ms_p90\": %.4f, \"gflops\": %.3f, \"peak_rss_mb\": %.1f",
+        CaseName(s).c_str(), mode, s.threads, t.runs, t.median_ms, t.p90_ms, gflops, PeakRssMb());
     if (roofline > 0) {
       std::printf(", \"roofline_gflops\": %.3f, \"roofline_ratio\": %.3f", roofline,
                   gflops / roofline);
     }
     std::printf("}\n");
   } else {
-    std::printf("%-12s %s  threads=%d runs=%d  median %.3f ms  p90 %.3f ms  %.1f GFLOP/s  "
-                "peak RSS %.0f MB",
-                mode, CaseName(s).c_str(), s.threads, t.runs, t.median_ms, t.p90_ms, gflops,
-                PeakRssMb());
-    if (roofline > 0) std::printf("  (sgemm %.1f GFLOP/s: %.0f%%)", roofline, 100 * gflops / roofline);
+    std::printf(
+        "%-12s %s  threads=%d runs=%d  median %.3f ms  p90 %.3f ms  %.1f GFLOP/s  "
+        "peak RSS %.0f MB",
+        mode, CaseName(s).c_str(), s.threads, t.runs, t.median_ms, t.p90_ms, gflops, PeakRssMb());
+    if (roofline > 0)
+      std::printf("  (sgemm %.1f GFLOP/s: %.0f%%)", roofline, 100 * gflops / roofline);
     std::printf("\n");
   }
   std::fflush(stdout);
@@ -249,8 +255,9 @@ int Main(int argc, char** argv) {
   s.json = a.Switch("json");
   s.roofline = a.Switch("roofline");
   const std::string w = a.Get("weights", "none");
-  s.weights = w == "average" ? WeightsMode::kAveraged
-              : w == "per-head" ? WeightsMode::kPerHead : WeightsMode::kNone;
+  s.weights = w == "average"    ? WeightsMode::kAveraged
+              : w == "per-head" ? WeightsMode::kPerHead
+                                : WeightsMode::kNone;
   s.threads = static_cast<int>(a.GetInt("threads", 0).value_or(0));
   if (s.threads <= 0) s.threads = omp_get_num_procs();
   s.min_time = a.GetDouble("min-time", 2).value_or(2);
@@ -265,10 +272,11 @@ int Main(int argc, char** argv) {
     s.projection = true;
     s.self = true;
     MakeData(s, d);
-    const std::string bytes = SerializeSafetensors(
-        {{"in_proj_weight", d.in_w.view()}, {"in_proj_bias", d.in_b.view()},
-         {"out_proj.weight", d.out_w.view()}, {"out_proj.bias", d.out_b.view()}},
-        {{"num_heads", std::to_string(s.H)}});
+    const std::string bytes = SerializeSafetensors({{"in_proj_weight", d.in_w.view()},
+                                                    {"in_proj_bias", d.in_b.view()},
+                                                    {"out_proj.weight", d.out_w.view()},
+                                                    {"out_proj.bias", d.out_b.view()}},
+                                                   {{"num_heads", std::to_string(s.H)}});
     FILE* f = std::fopen(a.Get("write-model").c_str(), "wb");
     if (f == nullptr || std::fwrite(bytes.data(), 1, bytes.size(), f) != bytes.size()) return 1;
     std::fclose(f);
@@ -282,10 +290,12 @@ int Main(int argc, char** argv) {
   if (a.Has("fused-min-keys")) options.fused_min_keys = a.GetInt("fused-min-keys", 0).value_or(0);
   VectorOutputs out;
   absl::Status status;
-  Timing local = TimeIt([&] {
-    status = ComputeAttention(args, options, &out);
-    return status.ok();
-  }, s.min_time);
+  Timing local = TimeIt(
+      [&] {
+        status = ComputeAttention(args, options, &out);
+        return status.ok();
+      },
+      s.min_time);
   if (!status.ok()) {
     std::fprintf(stderr, "attention-bench: %s\n", status.ToString().c_str());
     return 1;
@@ -306,12 +316,14 @@ int Main(int argc, char** argv) {
       *req.mutable_value() = client::MakeTensor(d.v.shape, d.v.data.data(), DType::kFloat32);
       *req.mutable_options() = o;
     }
-    Timing remote = TimeIt([&] {
-      absl::StatusOr<v1::AttentionResponse> r = s.self ? c.SelfAttention(self_req, {60})
-                                                       : c.Attention(req, {60});
-      status = r.status();
-      return r.ok();
-    }, s.min_time);
+    Timing remote = TimeIt(
+        [&] {
+          absl::StatusOr<v1::AttentionResponse> r =
+              s.self ? c.SelfAttention(self_req, {60}) : c.Attention(req, {60});
+          status = r.status();
+          return r.ok();
+        },
+        s.min_time);
     if (!status.ok()) {
       std::fprintf(stderr, "attention-bench: %s: %s\n", a.Get("target").c_str(),
                    status.ToString().c_str());

@@ -37,8 +37,8 @@ absl::StatusOr<std::vector<double>> CliArgs::GetList(const std::string& name,
   for (absl::string_view part : absl::StrSplit(Get(name), ',', absl::SkipEmpty())) {
     double v;
     if (!absl::SimpleAtod(part, &v)) {
-      return absl::InvalidArgumentError(absl::StrCat("--", name, " ", Get(name),
-                                                     ": expected numbers separated by commas"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " ", Get(name), ": expected numbers separated by commas"));
     }
     out.push_back(v);
   }

@@ -60,8 +60,8 @@ int Usage(const std::string& problem) {
 }
 
 int Failed(const absl::Status& s) {
-  std::fprintf(stderr, "attention-client: %s: %s\n",
-               absl::StatusCodeToString(s.code()).c_str(), std::string(s.message()).c_str());
+  std::fprintf(stderr, "attention-client: %s: %s\n", absl::StatusCodeToString(s.code()).c_str(),
+               std::string(s.message()).c_str());
   return 1;
 }
 
@@ -225,11 +225,12 @@ int RunModels(const CliArgs& args, AttentionClient& client) {
                 m.bias() ? "yes" : "no");
   }
   const v1::ServerLimits& l = r->limits();
-  std::printf("limits: max message %lld MiB, max request memory %lld MiB, %d compute threads, "
-              "queue %d, %d messages in flight per stream\n",
-              static_cast<long long>(l.max_message_bytes() >> 20),
-              static_cast<long long>(l.max_request_memory_bytes() >> 20), l.compute_threads(),
-              l.max_queue(), l.max_stream_in_flight());
+  std::printf(
+      "limits: max message %lld MiB, max request memory %lld MiB, %d compute threads, "
+      "queue %d, %d messages in flight per stream\n",
+      static_cast<long long>(l.max_message_bytes() >> 20),
+      static_cast<long long>(l.max_request_memory_bytes() >> 20), l.compute_threads(),
+      l.max_queue(), l.max_stream_in_flight());
   return 0;
 }
 
@@ -260,9 +261,10 @@ int RunCli(int argc, char** argv) {
       {"health", {"service"}}};
   auto known = kKnown.find(args.command);
   if (known == kKnown.end()) return Usage("unknown command '" + args.command + "'");
-  const std::set<std::string> shared = {"target", "timeout", "heads", "kv-heads", "scale",
-                                        "attn-mask", "key-padding-mask", "model", "projection",
-                                        "weights", "weights-out", "wire-dtype", "out", "id"};
+  const std::set<std::string> shared = {
+      "target",      "timeout",          "heads", "kv-heads",   "scale",
+      "attn-mask",   "key-padding-mask", "model", "projection", "weights",
+      "weights-out", "wire-dtype",       "out",   "id"};
   for (const auto& [name, value] : args.values) {
     const bool is_call = args.command == "attention" || args.command == "self-attention";
     if (!known->second.count(name) && name != "target" && name != "timeout" &&

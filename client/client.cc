@@ -90,9 +90,9 @@ absl::Status FromGrpcStatus(const grpc::Status& s) {
 
 void ApplyOptions(const CallOptions& options, grpc::ClientContext* context) {
   if (options.timeout_seconds > 0) {
-    context->set_deadline(std::chrono::system_clock::now() +
-                          std::chrono::microseconds(
-                              static_cast<int64_t>(options.timeout_seconds * 1e6)));
+    context->set_deadline(
+        std::chrono::system_clock::now() +
+        std::chrono::microseconds(static_cast<int64_t>(options.timeout_seconds * 1e6)));
   }
 }
 
@@ -186,10 +186,9 @@ absl::StatusOr<std::vector<v1::AttentionResponse>> RunStream(const std::vector<R
   while (stream->Read(&response)) {
     const size_t i = responses.size();
     if (i >= requests.size() || response.id() != requests[i].id()) {
-      problem = absl::InternalError(absl::StrCat("stream response ", i, " has id '",
-                                                 response.id(), "', expected '",
-                                                 i < requests.size() ? requests[i].id() : "",
-                                                 "'"));
+      problem = absl::InternalError(absl::StrCat("stream response ", i, " has id '", response.id(),
+                                                 "', expected '",
+                                                 i < requests.size() ? requests[i].id() : "", "'"));
       context.TryCancel();
       break;
     }

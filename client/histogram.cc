@@ -11,7 +11,7 @@ int LatencyHistogram::Index(double us) {
   if (!(us > 0)) return 0;
   if (us < 1) return static_cast<int>(us * kSubBuckets);
   int exp;
-  const double frac = std::frexp(us, &exp);  // us = frac * 2^exp, frac in [0.5, 1)
+  const double frac = std::frexp(us, &exp);      // us = frac * 2^exp, frac in [0.5, 1)
   const int power = std::min(exp, kPowers - 1);  // 1 <= us < 2 has exp 1
   if (exp > power) return kPowers * kSubBuckets - 1;
   const int sub = static_cast<int>((frac * 2 - 1) * kSubBuckets);

@@ -48,7 +48,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr char kUsage[] = R"(attention-client load: load-tests a server and reports throughput and latency.
+constexpr char kUsage[] =
+    R"(attention-client load: load-tests a server and reports throughput and latency.
 
 usage: attention-client [--target T] load [options]
 
@@ -174,7 +175,8 @@ absl::StatusOr<Workload> MakeWorkload(const CliArgs& args, AttentionClient& prob
   if (!S.ok()) return S.status();
   if (!kv_heads.ok()) return kv_heads.status();
   if (*B <= 0 || *L <= 0 || *S <= 0 || *embed <= 0 || *heads <= 0) {
-    return absl::InvalidArgumentError("--batch, --seq, --kv-seq, --embed, --heads must be positive");
+    return absl::InvalidArgumentError(
+        "--batch, --seq, --kv-seq, --embed, --heads must be positive");
   }
   E = *embed;
   if (kdim == 0) kdim = E;
@@ -244,10 +246,10 @@ absl::StatusOr<Workload> MakeWorkload(const CliArgs& args, AttentionClient& prob
   const double b = *B, l = *L, s = w.rpc == "self-attention" ? *L : *S;
   w.flops = 4.0 * b * l * s * E * (options.causal() ? 0.5 : 1.0);
   if (!model.empty()) w.flops += 2.0 * b * E * (2 * l * E + s * (kdim + vdim));
-  w.description = absl::StrCat(w.rpc, " B=", *B, " L=", *L, w.rpc == "attention" ? absl::StrCat(" S=", *S) : "",
-                               " E=", E, " H=", *heads, model.empty() ? "" : " model " + model,
-                               options.causal() ? " causal" : "", " weights ", weights, " wire ",
-                               wire_name);
+  w.description =
+      absl::StrCat(w.rpc, " B=", *B, " L=", *L, w.rpc == "attention" ? absl::StrCat(" S=", *S) : "",
+                   " E=", E, " H=", *heads, model.empty() ? "" : " model " + model,
+                   options.causal() ? " causal" : "", " weights ", weights, " wire ", wire_name);
 
   if (verify_percent > 0) {
     std::unique_ptr<const Model> weights_model;
@@ -255,9 +257,9 @@ absl::StatusOr<Workload> MakeWorkload(const CliArgs& args, AttentionClient& prob
       const std::string path = args.Get("model-file", "models/" + model + ".safetensors");
       absl::StatusOr<std::unique_ptr<const Model>> m = LoadModel(model, path);
       if (!m.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "--verify needs the model's weights: ", m.status().message(),
-            " (give --model-file PATH)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("--verify needs the model's weights: ", m.status().message(),
+                         " (give --model-file PATH)"));
       }
       weights_model = std::move(*m);
     }
@@ -374,8 +376,7 @@ class Recorder {
             double latency_us, double corrected_us) {
     std::optional<std::string> mismatch;
     bool checked = false;
-    if (s.ok() && response != nullptr && !w_.references.empty() &&
-        !(response->has_error())) {
+    if (s.ok() && response != nullptr && !w_.references.empty() && !(response->has_error())) {
       const int64_t n = verify_counter_++;
       if (std::floor((n + 1) * verify_) > std::floor(n * verify_)) {
         checked = true;
@@ -442,8 +443,8 @@ class Recorder {
     absl::StatusOr<FloatTensor> out = ToFloat(r.output(), "output");
     if (!out.ok()) return std::string(out.status().message());
     if (out->shape != want.output_shape) {
-      return absl::StrCat("output shape ", ShapeString(out->shape), " != ",
-                          ShapeString(want.output_shape));
+      return absl::StrCat("output shape ", ShapeString(out->shape),
+                          " != ", ShapeString(want.output_shape));
     }
     const double e = RelativeMaxError(out->data.data(), want.output);
     if (e > w_.tolerance) {
@@ -502,10 +503,11 @@ class Progress {
         const double t = std::chrono::duration<double>(Clock::now() - start).count();
         int64_t errors = 0;
         for (const auto& [code, n] : r.errors) errors += n;
-        std::fprintf(stderr, "\r%s  %5.1fs  sent %lld  ok %lld  errors %lld  %.1f req/s  p99 %.2f ms   ",
-                     label.c_str(), t, static_cast<long long>(r.sent),
-                     static_cast<long long>(r.ok), static_cast<long long>(errors),
-                     (r.ok + errors) / std::max(t, 1e-9), r.latency.Percentile(99) / 1e3);
+        std::fprintf(stderr,
+                     "\r%s  %5.1fs  sent %lld  ok %lld  errors %lld  %.1f req/s  p99 %.2f ms   ",
+                     label.c_str(), t, static_cast<long long>(r.sent), static_cast<long long>(r.ok),
+                     static_cast<long long>(errors), (r.ok + errors) / std::max(t, 1e-9),
+                     r.latency.Percentile(99) / 1e3);
         std::fflush(stderr);
       }
       std::fprintf(stderr, "\r%*s\r", 100, "");
@@ -549,7 +551,8 @@ void ClosedLoopUnary(const Workload& w, Channels& ch, const RunSettings& s, Reco
         rec.Sent();
         const double t0 = NowUs(start);
         grpc::Status st = CallSync(w, ch, &call, s.timeout);
-        rec.Done(st, w.rpc == "health" ? nullptr : &call.response, call.index, NowUs(start) - t0, -1);
+        rec.Done(st, w.rpc == "health" ? nullptr : &call.response, call.index, NowUs(start) - t0,
+                 -1);
       }
     });
   }
@@ -559,8 +562,7 @@ void ClosedLoopUnary(const Workload& w, Channels& ch, const RunSettings& s, Reco
 // One stream with up to in_flight messages outstanding; checks order and ids.
 template <typename Request, typename Open>
 void StreamWorker(const std::vector<Request>& pool, int worker, const RunSettings& s,
-                  Clock::time_point start, std::atomic<int64_t>& issued, Recorder& rec,
-                  Open open) {
+                  Clock::time_point start, std::atomic<int64_t>& issued, Recorder& rec, Open open) {
   grpc::ClientContext context;
   auto stream = open(&context);
   struct Pending {
@@ -572,8 +574,8 @@ void StreamWorker(const std::vector<Request>& pool, int worker, const RunSetting
   std::condition_variable cv;
   std::deque<Pending> pending;
   bool reader_done = false;
-  bool stalled = false;   // the oldest message waited longer than --timeout
-  std::string violation;  // first order/id problem: the stream is abandoned
+  bool stalled = false;             // the oldest message waited longer than --timeout
+  std::string violation;            // first order/id problem: the stream is abandoned
   std::vector<Request> mine(pool);  // ids are set per message
   // Cancels the stream when its oldest message has waited longer than --timeout
   // (a stalled server would otherwise block Write or Read for ever).
@@ -592,7 +594,8 @@ void StreamWorker(const std::vector<Request>& pool, int worker, const RunSetting
     for (int64_t n = 0;; ++n) {
       {
         std::unique_lock<std::mutex> lock(mu);
-        cv.wait(lock, [&] { return reader_done || static_cast<int>(pending.size()) < s.in_flight; });
+        cv.wait(lock,
+                [&] { return reader_done || static_cast<int>(pending.size()) < s.in_flight; });
         if (reader_done) break;
       }
       const int64_t i = issued++;
@@ -615,9 +618,9 @@ void StreamWorker(const std::vector<Request>& pool, int worker, const RunSetting
     {
       std::lock_guard<std::mutex> lock(mu);
       if (pending.empty() || pending.front().id != response.id()) {
-        violation = absl::StrCat("stream response id '", response.id(),
-                                 "' out of order (expected '",
-                                 pending.empty() ? "" : pending.front().id, "')");
+        violation =
+            absl::StrCat("stream response id '", response.id(), "' out of order (expected '",
+                         pending.empty() ? "" : pending.front().id, "')");
         context.TryCancel();
         break;
       }
@@ -689,8 +692,8 @@ void OpenLoop(const Workload& w, Channels& ch, const RunSettings& s, Recorder& r
   double due_s = 0;
   for (int64_t i = 0;; ++i) {
     if (s.requests > 0 ? i >= s.requests : due_s >= s.duration) break;
-    const auto due = start + std::chrono::duration_cast<Clock::duration>(
-                                 std::chrono::duration<double>(due_s));
+    const auto due =
+        start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(due_s));
     std::this_thread::sleep_until(due);
     {
       std::unique_lock<std::mutex> lock(mu);
@@ -748,10 +751,11 @@ int RunLoad(const CliArgs& args) {
     return 2;
   };
   static const std::set<std::string> kKnown = {
-      "target", "rpc", "batch", "seq", "kv-seq", "embed", "heads", "kv-heads", "model",
-      "model-file", "weights", "wire-dtype", "input", "query", "key", "value", "concurrency",
-      "rate", "arrival", "duration", "requests", "warmup", "in-flight", "connections",
-      "max-outstanding", "timeout", "verify", "json", "csv", "html"};
+      "target",          "rpc",      "batch",    "seq",        "kv-seq",      "embed",
+      "heads",           "kv-heads", "model",    "model-file", "weights",     "wire-dtype",
+      "input",           "query",    "key",      "value",      "concurrency", "rate",
+      "arrival",         "duration", "requests", "warmup",     "in-flight",   "connections",
+      "max-outstanding", "timeout",  "verify",   "json",       "csv",         "html"};
   for (const auto& [name, value] : args.values) {
     if (!kKnown.count(name)) return usage("unknown option --" + name);
   }
@@ -770,9 +774,9 @@ int RunLoad(const CliArgs& args) {
   absl::StatusOr<int64_t> max_outstanding = args.GetInt("max-outstanding", 1000);
   absl::StatusOr<double> timeout = args.GetDouble("timeout", 30);
   absl::StatusOr<double> verify = args.GetDouble("verify", 0);
-  for (const absl::Status& st : {levels.status(), duration.status(), requests.status(),
-                                 warmup.status(), in_flight.status(), connections.status(),
-                                 max_outstanding.status(), timeout.status(), verify.status()}) {
+  for (const absl::Status& st :
+       {levels.status(), duration.status(), requests.status(), warmup.status(), in_flight.status(),
+        connections.status(), max_outstanding.status(), timeout.status(), verify.status()}) {
     if (!st.ok()) return usage(std::string(st.message()));
   }
   for (double l : *levels) {
@@ -792,11 +796,13 @@ int RunLoad(const CliArgs& args) {
   s.timeout = *timeout;
   s.progress = !args.Switch("quiet");
   if (s.stream && s.open_loop) return usage("--stream runs a closed loop: use --concurrency");
-  if (s.stream && args.Get("rpc") == "health") return usage("--stream does not apply to --rpc health");
+  if (s.stream && args.Get("rpc") == "health")
+    return usage("--stream does not apply to --rpc health");
   if (*in_flight < 1 || *connections < 1 || *max_outstanding < 1 || *timeout <= 0 ||
       *duration <= 0 || *requests < 0 || *warmup < 0 || *verify < 0 || *verify > 100) {
-    return usage("--in-flight, --connections, --max-outstanding, --timeout, --duration must be "
-                 "positive; --verify between 0 and 100");
+    return usage(
+        "--in-flight, --connections, --max-outstanding, --timeout, --duration must be "
+        "positive; --verify between 0 and 100");
   }
 
   const std::string target = args.Get("target", "localhost:50051");
@@ -819,11 +825,10 @@ int RunLoad(const CliArgs& args) {
   report.request_bytes = w->request_bytes;
   report.flops_per_request = w->flops;
   report.settings = absl::StrCat(
-      s.open_loop ? absl::StrCat("open loop, ", s.arrival, " arrivals, max outstanding ",
-                                 s.max_outstanding)
-                  : (s.stream ? absl::StrCat("closed loop over streams, ", s.in_flight,
-                                             " in flight each")
-                              : std::string("closed loop, unary")),
+      s.open_loop
+          ? absl::StrCat("open loop, ", s.arrival, " arrivals, max outstanding ", s.max_outstanding)
+          : (s.stream ? absl::StrCat("closed loop over streams, ", s.in_flight, " in flight each")
+                      : std::string("closed loop, unary")),
       ", ", s.requests > 0 ? absl::StrCat(s.requests, " requests") : absl::StrCat(s.duration, " s"),
       " per level, warmup ", *warmup, " s, ", *connections, " connection(s) per target, timeout ",
       s.timeout, " s, verify ", *verify, "%");
@@ -832,8 +837,8 @@ int RunLoad(const CliArgs& args) {
   std::fflush(stdout);
   for (double level : *levels) {
     s.level = level;
-    const std::string label = s.open_loop ? absl::StrCat("rate ", level, "/s")
-                                          : absl::StrCat("concurrency ", level);
+    const std::string label =
+        s.open_loop ? absl::StrCat("rate ", level, "/s") : absl::StrCat("concurrency ", level);
     if (*warmup > 0) {
       RunSettings warm = s;
       warm.duration = *warmup;
@@ -851,8 +856,8 @@ int RunLoad(const CliArgs& args) {
   }
   if (report.results.size() > 1) PrintSweepTable(report, stdout);
   for (const auto& [flag, writer] :
-       {std::pair<std::string, absl::Status (*)(const LoadReport&, const std::string&)>{
-            "json", WriteJson},
+       {std::pair<std::string, absl::Status (*)(const LoadReport&, const std::string&)>{"json",
+                                                                                        WriteJson},
         {"csv", WriteCsv},
         {"html", WriteHtml}}) {
     if (!args.Has(flag)) continue;

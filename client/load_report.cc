@@ -31,9 +31,12 @@ double Gflops(const LoadResult& r) {
 }
 
 nlohmann::json Latencies(const LatencyHistogram& h) {
-  return {{"p50", h.Percentile(50) / 1e3},  {"p90", h.Percentile(90) / 1e3},
-          {"p99", h.Percentile(99) / 1e3},  {"p999", h.Percentile(99.9) / 1e3},
-          {"max", h.max() / 1e3},           {"mean", h.mean() / 1e3},
+  return {{"p50", h.Percentile(50) / 1e3},
+          {"p90", h.Percentile(90) / 1e3},
+          {"p99", h.Percentile(99) / 1e3},
+          {"p999", h.Percentile(99.9) / 1e3},
+          {"max", h.max() / 1e3},
+          {"mean", h.mean() / 1e3},
           {"count", h.count()}};
 }
 
@@ -54,8 +57,10 @@ nlohmann::json ToJson(const LoadReport& report, const LoadResult& r) {
       {"mb_per_s", MbPerS(r)},
       {"gflops", Gflops(r)},
       {"latency_ms", Latencies(r.latency)},
-      {"verify", {{"checked", r.checked}, {"mismatches", r.mismatches},
-                  {"first_mismatch", r.first_mismatch}}},
+      {"verify",
+       {{"checked", r.checked},
+        {"mismatches", r.mismatches},
+        {"first_mismatch", r.first_mismatch}}},
   };
   if (r.open_loop) {
     j["corrected_latency_ms"] = Latencies(r.corrected);
@@ -75,11 +80,20 @@ std::string Escape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '&': out += "&amp;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -106,14 +120,16 @@ std::string PercentilePlot(const LoadReport& report) {
     }
   }
   if (ymax <= 0) ymin = 0.1, ymax = 1;
-  const double lo = std::floor(std::log10(ymin)), hi = std::max(lo + 1, std::ceil(std::log10(ymax)));
+  const double lo = std::floor(std::log10(ymin)),
+               hi = std::max(lo + 1, std::ceil(std::log10(ymax)));
   auto y_of = [&](double ms) {
     const double v = (std::log10(std::max(ms, 1e-3)) - lo) / (hi - lo);
     return top + (H - top - bottom) * (1 - v);
   };
   std::string svg = absl::StrFormat(
       "<svg xmlns='http://www.w3.org/2000/svg' width='%.0f' height='%.0f' "
-      "font-family='sans-serif' font-size='11'>\n<rect width='100%%' height='100%%' fill='white'/>\n",
+      "font-family='sans-serif' font-size='11'>\n<rect width='100%%' height='100%%' "
+      "fill='white'/>\n",
       W, H);
   for (double p : {50.0, 90.0, 99.0, 99.9, 99.99}) {
     absl::StrAppendFormat(&svg,
@@ -128,8 +144,8 @@ std::string PercentilePlot(const LoadReport& report) {
       absl::StrAppendFormat(&svg,
                             "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='%s'/>"
                             "<text x='%.1f' y='%.1f' text-anchor='end'>%g</text>\n",
-                            left, y_of(ms), W - right, y_of(ms), m == 1 ? "#ccc" : "#eee",
-                            left - 5, y_of(ms) + 4, ms);
+                            left, y_of(ms), W - right, y_of(ms), m == 1 ? "#ccc" : "#eee", left - 5,
+                            y_of(ms) + 4, ms);
     }
   }
   absl::StrAppendFormat(&svg,
@@ -137,8 +153,8 @@ std::string PercentilePlot(const LoadReport& report) {
                         "text-anchor='middle'>latency (ms, log scale)</text>\n"
                         "<text x='%.1f' y='%.1f' text-anchor='middle'>percentile</text>\n",
                         H / 2, H / 2, (left + W - right) / 2, H - 5);
-  const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
-                          "#e377c2", "#17becf"};
+  const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
+                          "#9467bd", "#8c564b", "#e377c2", "#17becf"};
   int series = 0;
   for (const LoadResult& r : report.results) {
     const char* color = colors[series % 8];
@@ -148,10 +164,9 @@ std::string PercentilePlot(const LoadReport& report) {
       for (double p : ps) {
         points.push_back(absl::StrFormat("%.1f,%.1f", x_of(p), y_of(h.Percentile(p) / 1e3)));
       }
-      absl::StrAppendFormat(&svg,
-                            "<polyline fill='none' stroke='%s' stroke-width='2' %s points='%s'/>\n",
-                            color, corrected ? "stroke-dasharray='6,4'" : "",
-                            absl::StrJoin(points, " "));
+      absl::StrAppendFormat(
+          &svg, "<polyline fill='none' stroke='%s' stroke-width='2' %s points='%s'/>\n", color,
+          corrected ? "stroke-dasharray='6,4'" : "", absl::StrJoin(points, " "));
       const double ly = top + 14 + 16 * (series * (r.open_loop ? 2 : 1) + corrected);
       absl::StrAppendFormat(&svg,
                             "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='%s' "
@@ -174,9 +189,7 @@ int64_t LoadResult::error_count() const {
   return n;
 }
 
-double LoadResult::rps() const {
-  return duration_s > 0 ? (ok + error_count()) / duration_s : 0;
-}
+double LoadResult::rps() const { return duration_s > 0 ? (ok + error_count()) / duration_s : 0; }
 
 std::string StatusCodeName(grpc::StatusCode code) {
   return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
@@ -202,10 +215,10 @@ void PrintResult(const LoadResult& r, FILE* out) {
   line("latency", r.latency);
   if (r.open_loop) {
     line("corrected", r.corrected);
-    std::fprintf(out, "  behind schedule: %lld sends left more than 1 ms late%s\n",
-                 static_cast<long long>(r.behind_schedule),
-                 r.behind_schedule > 0 ? " (the client could not keep the rate: see corrected)"
-                                       : "");
+    std::fprintf(
+        out, "  behind schedule: %lld sends left more than 1 ms late%s\n",
+        static_cast<long long>(r.behind_schedule),
+        r.behind_schedule > 0 ? " (the client could not keep the rate: see corrected)" : "");
   }
   if (r.checked > 0 || r.mismatches > 0) {
     std::fprintf(out, "  verify: %lld checked, %lld mismatches%s%s\n",
@@ -221,8 +234,8 @@ void PrintResult(const LoadResult& r, FILE* out) {
 }
 
 void PrintSweepTable(const LoadReport& report, FILE* out) {
-  std::fprintf(out, "\n%-18s %8s %8s %10s %9s %9s %9s %9s %9s\n", "level", "ok", "errors",
-               "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms");
+  std::fprintf(out, "\n%-18s %8s %8s %10s %9s %9s %9s %9s %9s\n", "level", "ok", "errors", "req/s",
+               "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms");
   for (const LoadResult& r : report.results) {
     const LatencyHistogram& h = r.open_loop ? r.corrected : r.latency;
     std::fprintf(out, "%-18s %8lld %8lld %10.1f %9.3f %9.3f %9.3f %9.3f %9.3f\n",
@@ -258,8 +271,8 @@ absl::Status WriteCsv(const LoadReport& report, const std::string& path) {
     absl::StrAppendFormat(
         &csv, "%s,%g,%d,%d,%d,%d,%.3f,%.3f,%.3f,%.3f,%.4f,%.4f,%.4f,%.4f,%.4f,%s,%s,%s,%s,%d,%d\n",
         r.open_loop ? "open" : "closed", r.level, r.sent, r.ok, r.error_count(), r.lost,
-        r.duration_s, r.rps(), MbPerS(r), Gflops(r), l.Percentile(50) / 1e3,
-        l.Percentile(90) / 1e3, l.Percentile(99) / 1e3, l.Percentile(99.9) / 1e3, l.max() / 1e3,
+        r.duration_s, r.rps(), MbPerS(r), Gflops(r), l.Percentile(50) / 1e3, l.Percentile(90) / 1e3,
+        l.Percentile(99) / 1e3, l.Percentile(99.9) / 1e3, l.max() / 1e3,
         r.open_loop ? absl::StrFormat("%.4f", c.Percentile(50) / 1e3) : "",
         r.open_loop ? absl::StrFormat("%.4f", c.Percentile(99) / 1e3) : "",
         r.open_loop ? absl::StrFormat("%.4f", c.Percentile(99.9) / 1e3) : "",
@@ -279,15 +292,24 @@ absl::Status WriteHtml(const LoadReport& report, const std::string& path) {
       "text-align:right}th{background:#f4f4f4}td.l,th.l{text-align:left}"
       ".bad{color:#b00;font-weight:bold}</style></head><body>\n"
       "<h1>Load test</h1>\n<table>\n"
-      "<tr><th class='l'>target</th><td class='l'>", Escape(report.target), "</td></tr>\n"
-      "<tr><th class='l'>requests</th><td class='l'>", Escape(report.workload), "</td></tr>\n"
-      "<tr><th class='l'>load</th><td class='l'>", Escape(report.settings), "</td></tr>\n"
+      "<tr><th class='l'>target</th><td class='l'>",
+      Escape(report.target),
+      "</td></tr>\n"
+      "<tr><th class='l'>requests</th><td class='l'>",
+      Escape(report.workload),
+      "</td></tr>\n"
+      "<tr><th class='l'>load</th><td class='l'>",
+      Escape(report.settings),
+      "</td></tr>\n"
       "<tr><th class='l'>request size</th><td class='l'>",
-      absl::StrFormat("%.1f KiB", report.request_bytes / 1024), "</td></tr>\n"
-      "<tr><th class='l'>date</th><td class='l'>", date, "</td></tr>\n</table>\n");
-  html += "<h2>Results</h2>\n<table><tr><th class='l'>level</th><th>sent</th><th>ok</th>"
-          "<th>errors</th><th>req/s</th><th>MB/s</th><th>GFLOP/s</th><th>p50 ms</th>"
-          "<th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th>verify</th></tr>\n";
+      absl::StrFormat("%.1f KiB", report.request_bytes / 1024),
+      "</td></tr>\n"
+      "<tr><th class='l'>date</th><td class='l'>",
+      date, "</td></tr>\n</table>\n");
+  html +=
+      "<h2>Results</h2>\n<table><tr><th class='l'>level</th><th>sent</th><th>ok</th>"
+      "<th>errors</th><th>req/s</th><th>MB/s</th><th>GFLOP/s</th><th>p50 ms</th>"
+      "<th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th>verify</th></tr>\n";
   for (const LoadResult& r : report.results) {
     for (int corrected = 0; corrected < (r.open_loop ? 2 : 1); ++corrected) {
       const LatencyHistogram& h = corrected ? r.corrected : r.latency;
@@ -299,12 +321,12 @@ absl::Status WriteHtml(const LoadReport& report, const std::string& path) {
           "<td%s>%s</td></tr>\n",
           Escape(LevelName(r)), corrected ? " (corrected: from the scheduled time)" : "",
           first ? absl::StrCat(r.sent) : "", first ? absl::StrCat(r.ok) : "",
-          first && r.error_count() ? " class='bad'" : "", first ? absl::StrCat(r.error_count()) : "",
-          first ? absl::StrFormat("%.1f", r.rps()) : "",
+          first && r.error_count() ? " class='bad'" : "",
+          first ? absl::StrCat(r.error_count()) : "", first ? absl::StrFormat("%.1f", r.rps()) : "",
           first ? absl::StrFormat("%.1f", MbPerS(r)) : "",
           first ? absl::StrFormat("%.2f", Gflops(r)) : "", h.Percentile(50) / 1e3,
-          h.Percentile(90) / 1e3, h.Percentile(99) / 1e3, h.Percentile(99.9) / 1e3,
-          h.max() / 1e3, first && (r.mismatches || r.lost) ? " class='bad'" : "",
+          h.Percentile(90) / 1e3, h.Percentile(99) / 1e3, h.Percentile(99.9) / 1e3, h.max() / 1e3,
+          first && (r.mismatches || r.lost) ? " class='bad'" : "",
           first ? (r.checked || r.mismatches
                        ? absl::StrCat(r.checked, " checked, ", r.mismatches, " mismatches")
                        : std::string("-"))
@@ -323,8 +345,8 @@ absl::Status WriteHtml(const LoadReport& report, const std::string& path) {
                       " sends left more than 1 ms after their scheduled time.</p>\n");
     }
     if (!r.first_mismatch.empty()) {
-      absl::StrAppend(&html, "<p class='bad'>", Escape(LevelName(r)), ": first mismatch: ",
-                      Escape(r.first_mismatch), "</p>\n");
+      absl::StrAppend(&html, "<p class='bad'>", Escape(LevelName(r)),
+                      ": first mismatch: ", Escape(r.first_mismatch), "</p>\n");
     }
   }
   html += "<h2>Latency by percentile</h2>\n" + PercentilePlot(report) +

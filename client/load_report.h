@@ -21,10 +21,10 @@ struct LoadResult {
   double level = 0;  // concurrency or rate (req/s)
   int64_t sent = 0;
   int64_t ok = 0;
-  std::map<std::string, int64_t> errors;       // status code name -> count
+  std::map<std::string, int64_t> errors;           // status code name -> count
   std::map<std::string, std::string> first_error;  // status code name -> its first message
-  int64_t lost = 0;                            // never answered, out of order, wrong id
-  int64_t unexpected = 0;                      // stream responses nobody asked for
+  int64_t lost = 0;                                // never answered, out of order, wrong id
+  int64_t unexpected = 0;                          // stream responses nobody asked for
   std::string first_lost;
   double duration_s = 0;
   LatencyHistogram latency;    // us, from the actual send

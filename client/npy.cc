@@ -130,8 +130,8 @@ absl::StatusOr<std::string> SerializeNpy(const NpyArray& a) {
   }
   std::string shape = absl::StrJoin(a.shape, ", ");
   if (a.shape.size() == 1) shape += ",";
-  std::string header = absl::StrCat("{'descr': '", descr, "', 'fortran_order': False, 'shape': (",
-                                    shape, "), }");
+  std::string header =
+      absl::StrCat("{'descr': '", descr, "', 'fortran_order': False, 'shape': (", shape, "), }");
   const size_t total = 10 + header.size() + 1;
   header.append((64 - total % 64) % 64, ' ');
   header.push_back('\n');

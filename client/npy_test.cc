@@ -41,16 +41,22 @@ TEST(Npy, ClearErrorsForWhatIsNotSupported) {
   EXPECT_THAT(std::string(ParseNpy("hello world", "a.npy").status().message()),
               HasSubstr("a.npy: not a .npy file"));
   EXPECT_THAT(
-      std::string(ParseNpy(Npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", 16),
-                           "d.npy").status().message()),
+      std::string(
+          ParseNpy(Npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", 16), "d.npy")
+              .status()
+              .message()),
       HasSubstr("dtype '<f8' is not supported"));
   EXPECT_THAT(
-      std::string(ParseNpy(Npy("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }", 16),
-                           "f.npy").status().message()),
+      std::string(
+          ParseNpy(Npy("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }", 16), "f.npy")
+              .status()
+              .message()),
       HasSubstr("Fortran-order"));
   EXPECT_THAT(
-      std::string(ParseNpy(Npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", 16),
-                           "s.npy").status().message()),
+      std::string(
+          ParseNpy(Npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", 16), "s.npy")
+              .status()
+              .message()),
       HasSubstr("data has 16 bytes but shape (2, 3) needs 24"));
   EXPECT_EQ(ReadNpy("/nonexistent.npy").status().code(), absl::StatusCode::kNotFound);
 }

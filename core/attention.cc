@@ -101,8 +101,8 @@ absl::Status CheckMatrix(const std::optional<TensorView>& v, absl::string_view n
   if (!v) return absl::OkStatus();
   if (absl::Status s = CheckFloatTensor(*v, name); !s.ok()) return s;
   if (v->shape != want) {
-    return Invalid(name, absl::StrCat("shape ", ShapeString(v->shape), " should be ",
-                                      ShapeString(want)));
+    return Invalid(name,
+                   absl::StrCat("shape ", ShapeString(v->shape), " should be ", ShapeString(want)));
   }
   return absl::OkStatus();
 }
@@ -144,11 +144,11 @@ absl::StatusOr<MaskLayout> AttnMaskLayout(const TensorView& v, const Plan& p) {
       return m;
     }
   }
-  return Invalid(kName, absl::StrCat("shape ", ShapeString(d), " must be [L, S] = ",
-                                     ShapeString({L, S}), ", [B*H, L, S] = ",
-                                     ShapeString({B * H, L, S}),
-                                     " or rank 4 broadcastable to [B, H, L, S] = ",
-                                     ShapeString({B, H, L, S})));
+  return Invalid(
+      kName,
+      absl::StrCat("shape ", ShapeString(d), " must be [L, S] = ", ShapeString({L, S}),
+                   ", [B*H, L, S] = ", ShapeString({B * H, L, S}),
+                   " or rank 4 broadcastable to [B, H, L, S] = ", ShapeString({B, H, L, S})));
 }
 
 absl::StatusOr<MaskLayout> KeyPaddingLayout(const TensorView& v, const Plan& p) {
@@ -158,8 +158,7 @@ absl::StatusOr<MaskLayout> KeyPaddingLayout(const TensorView& v, const Plan& p) 
       p.rank == 2 ? std::vector<int64_t>{p.S} : std::vector<int64_t>{p.B, p.S};
   if (v.shape != want) {
     return Invalid(kName, absl::StrCat("shape ", ShapeString(v.shape), " should be ",
-                                       p.rank == 2 ? "[S] = " : "[B, S] = ",
-                                       ShapeString(want)));
+                                       p.rank == 2 ? "[S] = " : "[B, S] = ", ShapeString(want)));
   }
   MaskLayout m{&v};
   m.batch = p.S;
@@ -168,8 +167,7 @@ absl::StatusOr<MaskLayout> KeyPaddingLayout(const TensorView& v, const Plan& p) 
 }
 
 // Shapes and heads of a rank-4 call: [B, H, L, D] x [B, Hkv, S, D] x [B, Hkv, S, Dv].
-absl::Status PlanRank4(const AttentionArgs& a, const TensorView& k, const TensorView& v,
-                       Plan& p) {
+absl::Status PlanRank4(const AttentionArgs& a, const TensorView& k, const TensorView& v, Plan& p) {
   const std::vector<int64_t>& q = a.query.shape;
   if (a.projection != nullptr) {
     return Invalid("options.projection",
@@ -178,19 +176,18 @@ absl::Status PlanRank4(const AttentionArgs& a, const TensorView& k, const Tensor
   }
   p.B = q[0], p.H = q[1], p.L = q[2], p.D = q[3];
   if (k.shape[0] != p.B) {
-    return Invalid("key", absl::StrCat("shape ", ShapeString(k.shape),
-                                       " does not match query batch ", p.B));
+    return Invalid(
+        "key", absl::StrCat("shape ", ShapeString(k.shape), " does not match query batch ", p.B));
   }
   if (k.shape[3] != p.D) {
-    return Invalid("key", absl::StrCat("head dim ", k.shape[3], " (shape ",
-                                       ShapeString(k.shape), ") does not match query head dim ",
-                                       p.D));
+    return Invalid("key", absl::StrCat("head dim ", k.shape[3], " (shape ", ShapeString(k.shape),
+                                       ") does not match query head dim ", p.D));
   }
   p.Hkv = k.shape[1], p.S = k.shape[2];
   if (v.shape[0] != p.B || v.shape[1] != p.Hkv || v.shape[2] != p.S) {
-    return Invalid("value", absl::StrCat("shape ", ShapeString(v.shape), " should be [",
-                                         p.B, ",", p.Hkv, ",", p.S, ",Dv] to match key ",
-                                         ShapeString(k.shape)));
+    return Invalid(
+        "value", absl::StrCat("shape ", ShapeString(v.shape), " should be [", p.B, ",", p.Hkv, ",",
+                              p.S, ",Dv] to match key ", ShapeString(k.shape)));
   }
   p.Dv = v.shape[3];
   if (a.num_heads != 0 && a.num_heads != p.H) {
@@ -199,12 +196,12 @@ absl::Status PlanRank4(const AttentionArgs& a, const TensorView& k, const Tensor
   }
   if (a.num_kv_heads != 0 && a.num_kv_heads != p.Hkv) {
     return Invalid("options.num_kv_heads",
-                   absl::StrCat(a.num_kv_heads, " does not match the ", p.Hkv,
-                                " heads of key ", ShapeString(k.shape)));
+                   absl::StrCat(a.num_kv_heads, " does not match the ", p.Hkv, " heads of key ",
+                                ShapeString(k.shape)));
   }
   if (p.H % p.Hkv != 0) {
-    return Invalid("key", absl::StrCat("its ", p.Hkv, " heads do not divide the query's ",
-                                       p.H, " heads"));
+    return Invalid("key",
+                   absl::StrCat("its ", p.Hkv, " heads do not divide the query's ", p.H, " heads"));
   }
   return absl::OkStatus();
 }
@@ -218,19 +215,19 @@ absl::Status PlanEmbedded(const AttentionArgs& a, const TensorView& k, const Ten
   p.L = q[q.size() - 2];
   p.Eq = q.back();
   if (batched && k.shape[0] != p.B) {
-    return Invalid("key", absl::StrCat("shape ", ShapeString(k.shape),
-                                       " does not match query batch ", p.B));
+    return Invalid(
+        "key", absl::StrCat("shape ", ShapeString(k.shape), " does not match query batch ", p.B));
   }
   if (batched && v.shape[0] != p.B) {
-    return Invalid("value", absl::StrCat("shape ", ShapeString(v.shape),
-                                         " does not match query batch ", p.B));
+    return Invalid(
+        "value", absl::StrCat("shape ", ShapeString(v.shape), " does not match query batch ", p.B));
   }
   p.S = k.shape[k.shape.size() - 2];
   p.Ek = k.shape.back();
   if (v.shape[v.shape.size() - 2] != p.S) {
-    return Invalid("value", absl::StrCat("length ", v.shape[v.shape.size() - 2], " (shape ",
-                                         ShapeString(v.shape),
-                                         ") does not match key length ", p.S));
+    return Invalid("value",
+                   absl::StrCat("length ", v.shape[v.shape.size() - 2], " (shape ",
+                                ShapeString(v.shape), ") does not match key length ", p.S));
   }
   p.Ev = v.shape.back();
   if (a.num_heads <= 0) {
@@ -270,8 +267,8 @@ absl::Status PlanEmbedded(const AttentionArgs& a, const TensorView& k, const Ten
     return absl::OkStatus();
   }
   if (p.Eq % p.H != 0) {
-    return Invalid("options.num_heads", absl::StrCat(p.H, " does not divide the ", qname,
-                                                     " dim ", p.Eq));
+    return Invalid("options.num_heads",
+                   absl::StrCat(p.H, " does not divide the ", qname, " dim ", p.Eq));
   }
   p.D = p.Eq / p.H;
   p.Hkv = a.num_kv_heads == 0 ? p.H : a.num_kv_heads;
@@ -280,13 +277,13 @@ absl::Status PlanEmbedded(const AttentionArgs& a, const TensorView& k, const Ten
                    absl::StrCat(a.num_kv_heads, " must divide num_heads ", p.H));
   }
   if (p.Ek != p.Hkv * p.D) {
-    return Invalid("key", absl::StrCat("last dim ", p.Ek, " (shape ", ShapeString(k.shape),
-                                       ") should be num_kv_heads x head_dim = ", p.Hkv, " x ",
-                                       p.D));
+    return Invalid("key",
+                   absl::StrCat("last dim ", p.Ek, " (shape ", ShapeString(k.shape),
+                                ") should be num_kv_heads x head_dim = ", p.Hkv, " x ", p.D));
   }
   if (p.Ev % p.Hkv != 0) {
-    return Invalid("value", absl::StrCat("last dim ", p.Ev, " is not a multiple of ",
-                                         "num_kv_heads ", p.Hkv));
+    return Invalid(
+        "value", absl::StrCat("last dim ", p.Ev, " is not a multiple of ", "num_kv_heads ", p.Hkv));
   }
   p.Dv = p.Ev / p.Hkv;
   return absl::OkStatus();
@@ -315,9 +312,9 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
     for (const auto& [t, name] : {std::pair{&k, "key"}, std::pair{&v, "value"}}) {
       if (absl::Status s = CheckFloatTensor(*t, name); !s.ok()) return s;
       if (t->shape.size() != a.query.shape.size()) {
-        return Invalid(name, absl::StrCat("rank ", t->shape.size(), " (shape ",
-                                          ShapeString(t->shape), ") does not match query rank ",
-                                          p.rank));
+        return Invalid(name,
+                       absl::StrCat("rank ", t->shape.size(), " (shape ", ShapeString(t->shape),
+                                    ") does not match query rank ", p.rank));
       }
     }
   }
@@ -361,18 +358,17 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
   const double attention_flops = 2.0 * B * H * L * S * (p.D + p.Dv);
   double flops = attention_flops;
   p.threads = o.max_threads > 0 ? o.max_threads : omp_get_max_threads();
-  const double units = a.weights == WeightsMode::kAveraged
-                           ? B * std::ceil(L / kRowTile)
-                           : B * H * std::ceil(L / kRowTile);
-  p.threads = static_cast<int>(std::max(
-      1.0, std::min({static_cast<double>(p.threads), units,
-                     std::floor(attention_flops / kMinFlopsPerThread)})));
+  const double units = a.weights == WeightsMode::kAveraged ? B * std::ceil(L / kRowTile)
+                                                           : B * H * std::ceil(L / kRowTile);
+  p.threads =
+      static_cast<int>(std::max(1.0, std::min({static_cast<double>(p.threads), units,
+                                               std::floor(attention_flops / kMinFlopsPerThread)})));
   double bytes = 0;
   auto converted = [](const TensorView& t) {
     double n = 1;
     for (int64_t d : t.shape) n *= d;
-    const bool in_place = t.dtype == DType::kFloat32 &&
-                          reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0;
+    const bool in_place =
+        t.dtype == DType::kFloat32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0;
     return in_place ? 0.0 : 4.0 * n;
   };
   bytes += converted(a.query);
@@ -380,9 +376,8 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
   if (p.has_projection) {
     const double E = p.proj.embed_dim;
     const ProjectionWeights& w = *a.projection;
-    for (const auto* t : {&w.in_proj_weight, &w.q_proj_weight, &w.k_proj_weight,
-                          &w.v_proj_weight, &w.in_proj_bias, &w.out_proj_weight,
-                          &w.out_proj_bias}) {
+    for (const auto* t : {&w.in_proj_weight, &w.q_proj_weight, &w.k_proj_weight, &w.v_proj_weight,
+                          &w.in_proj_bias, &w.out_proj_weight, &w.out_proj_bias}) {
       if (*t) bytes += converted(**t);
     }
     bytes += 4.0 * E * (2 * B * L + 2 * B * S);  // q, k, v projected + concat
@@ -405,7 +400,8 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
     p.group = std::clamp<int64_t>(static_cast<int64_t>(kGroupWork / (H * per_head)), 1, p.B);
     const int64_t most = (p.B * tiles + p.threads - 1) / p.threads;  // keep threads busy
     p.group = std::max<int64_t>(1, std::min(p.group, most));
-    p.threads = static_cast<int>(std::min<int64_t>(p.threads, (p.B + p.group - 1) / p.group * tiles));
+    p.threads =
+        static_cast<int>(std::min<int64_t>(p.threads, (p.B + p.group - 1) / p.group * tiles));
   }
   bytes += 4.0 * p.threads * ScratchPerThread(p, a.weights);
   p.info.memory_bytes = static_cast<int64_t>(std::min(bytes, 9e18));
@@ -413,8 +409,7 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
   if (bytes > static_cast<double>(o.max_memory_bytes)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "request needs an estimated ", MiB(bytes), " MiB (B=", p.B, ", H=", p.H, ", L=", p.L,
-        ", S=", p.S, "), over the per-request memory limit of ", MiB(o.max_memory_bytes),
-        " MiB"));
+        ", S=", p.S, "), over the per-request memory limit of ", MiB(o.max_memory_bytes), " MiB"));
   }
   return p;
 }
@@ -463,8 +458,7 @@ std::optional<Mask> PrepareMask(const std::optional<MaskLayout>& layout,
 }
 
 // Adds `mask` at (b, h, i, j0..j0+n) to `row`.
-void AddMask(const Mask& mask, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n,
-             float* row) {
+void AddMask(const Mask& mask, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* row) {
   const MaskLayout& l = mask.layout;
   const int64_t base = b * l.batch + h * l.head + i * l.row + j0 * l.col;
   if (mask.bools != nullptr) {
@@ -650,9 +644,8 @@ void AttendBatched(const HeadsProblem& pr, int64_t b0, int64_t nb, int64_t i0, f
   const internal::BatchMat scores =
       view({nb, Hkv, G, m, n}, {Hkv * G * m * n, G * m * n, m * n, n, 1});
   internal::BatchedGemm(view({nb, Hkv, G, m, p.D}, {ql.batch, G * ql.head, ql.head, ql.row, 1}),
-                        view({nb, Hkv, 1, p.D, n}, {kl.batch, kl.head, p.D * n, 1, kl.row}),
-                        scores, p.scale, pr.q + b0 * ql.batch + i0 * ql.row,
-                        pr.k + b0 * kl.batch, scratch);
+                        view({nb, Hkv, 1, p.D, n}, {kl.batch, kl.head, p.D * n, 1, kl.row}), scores,
+                        p.scale, pr.q + b0 * ql.batch + i0 * ql.row, pr.k + b0 * kl.batch, scratch);
   const bool masked = pr.causal || pr.attn_mask || pr.key_padding_mask;
   std::vector<int64_t> empty_rows;
   for (int64_t bi = 0; bi < nb && masked; ++bi) {
@@ -670,8 +663,7 @@ void AttendBatched(const HeadsProblem& pr, int64_t b0, int64_t nb, int64_t i0, f
   internal::BatchedGemm(scores,
                         view({nb, Hkv, 1, n, p.Dv}, {vl.batch, vl.head, n * p.Dv, vl.row, 1}),
                         view({nb, Hkv, G, m, p.Dv}, {ol.batch, G * ol.head, ol.head, ol.row, 1}),
-                        1.0f, scratch, pr.v + b0 * vl.batch,
-                        pr.out + b0 * ol.batch + i0 * ol.row);
+                        1.0f, scratch, pr.v + b0 * vl.batch, pr.out + b0 * ol.batch + i0 * ol.row);
 }
 
 // Sets this thread's OpenMP team size for the call and restores it after.
@@ -716,9 +708,8 @@ absl::Status AttendHeads(const HeadsProblem& pr, const ComputeOptions& o) {
           continue;
         }
       }
-      float* tile_scratch = scratch.data() == nullptr
-                                ? nullptr
-                                : scratch.data() + omp_get_thread_num() * per_thread;
+      float* tile_scratch =
+          scratch.data() == nullptr ? nullptr : scratch.data() + omp_get_thread_num() * per_thread;
       if (p.group > 0) {
         const int64_t b0 = (u / tiles) * p.group, i0 = (u % tiles) * kRowTile;
         AttendBatched(pr, b0, std::min(p.group, p.B - b0), i0, tile_scratch);
@@ -749,8 +740,8 @@ absl::Status AttendHeads(const HeadsProblem& pr, const ComputeOptions& o) {
 
 // out[rows, E] = x[rows, in] * w^T (+ bias); w is [E, in] row-major (read in
 // place as a transposed view).
-void Project(int64_t rows, int64_t in, int64_t e, const float* x, const float* w,
-             const float* bias, float* out, int64_t out_stride) {
+void Project(int64_t rows, int64_t in, int64_t e, const float* x, const float* w, const float* bias,
+             float* out, int64_t out_stride) {
   GemmShape g;
   g.a = Mat{rows, in, in, 1};
   g.b = Mat{in, e, 1, in};
@@ -762,8 +753,8 @@ void Project(int64_t rows, int64_t in, int64_t e, const float* x, const float* w
 absl::Status Compute(const Plan& p, const AttentionArgs& a, const ComputeOptions& o,
                      OutputBuffers* outputs) {
   float* out = outputs->Output(p.info.output_shape);
-  float* weights = a.weights == WeightsMode::kNone ? nullptr
-                                                   : outputs->Weights(p.info.weights_shape);
+  float* weights =
+      a.weights == WeightsMode::kNone ? nullptr : outputs->Weights(p.info.weights_shape);
   if (out == nullptr || (a.weights != WeightsMode::kNone && weights == nullptr)) {
     return absl::InternalError("no output buffer");
   }

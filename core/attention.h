@@ -75,7 +75,7 @@ struct ProjectionShape {
   int64_t embed_dim = 0;
   int64_t kdim = 0;
   int64_t vdim = 0;
-  bool packed = false;   // in_proj_weight rather than q/k/v_proj_weight
+  bool packed = false;  // in_proj_weight rather than q/k/v_proj_weight
   bool in_bias = false;
   bool out_bias = false;
 };
@@ -99,8 +99,8 @@ struct AttentionArgs {
   std::optional<TensorView> value;  // absent for self-attention
   bool self_attention = false;
 
-  int64_t num_heads = 0;     // required for ranks 2-3; 0 = from shape for rank 4
-  int64_t num_kv_heads = 0;  // 0 = num_heads
+  int64_t num_heads = 0;       // required for ranks 2-3; 0 = from shape for rank 4
+  int64_t num_kv_heads = 0;    // 0 = num_heads
   std::optional<float> scale;  // default 1/sqrt(head_dim)
   bool causal = false;         // query i attends keys j <= i (top-left)
   // BOOL (true = may not attend) or float (added to scores). [L, S],
@@ -167,8 +167,7 @@ absl::StatusOr<AttentionPlanInfo> PlanAttention(const AttentionArgs& args,
                                                 const ComputeOptions& options);
 
 // Validates and computes. See the contracts at the top of this file.
-absl::Status ComputeAttention(const AttentionArgs& args,
-                              const ComputeOptions& options,
+absl::Status ComputeAttention(const AttentionArgs& args, const ComputeOptions& options,
                               OutputBuffers* outputs);
 
 }  // namespace attention

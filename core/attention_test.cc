@@ -83,8 +83,8 @@ void MakeRandomCase(int seed, RandomCase& c) {
   const int64_t D = Pick<int64_t>(rng, {4, 8, 16});
   const int64_t Dv = (proj || a.self_attention) ? D : Pick<int64_t>(rng, {D, 4, 12});
   const int64_t E = H * D;
-  const DType dtype = Pick(rng, {DType::kFloat32, DType::kFloat32, DType::kFloat32,
-                                 DType::kFloat16, DType::kBFloat16});
+  const DType dtype = Pick(
+      rng, {DType::kFloat32, DType::kFloat32, DType::kFloat32, DType::kFloat16, DType::kBFloat16});
   auto shaped = [&](int64_t rows, int64_t heads, int64_t dim) -> std::vector<int64_t> {
     if (rank == 4) return {B, heads, rows, dim};
     if (rank == 2) return {rows, heads * dim};
@@ -148,15 +148,14 @@ void MakeRandomCase(int seed, RandomCase& c) {
       break;
   }
   if (Chance(rng, 0.3)) {
-    a.key_padding_mask =
-        MakeMask(c, rank == 2 ? std::vector<int64_t>{S} : std::vector<int64_t>{B, S},
-                 Chance(rng, 0.5), rng);
+    a.key_padding_mask = MakeMask(
+        c, rank == 2 ? std::vector<int64_t>{S} : std::vector<int64_t>{B, S}, Chance(rng, 0.5), rng);
   }
   a.weights = Pick(rng, {WeightsMode::kNone, WeightsMode::kAveraged, WeightsMode::kPerHead});
   c.description = absl::StrCat(
-      "seed=", seed, " rank=", rank, " proj=", proj, " self=", a.self_attention, " B=", B,
-      " L=", L, " S=", S, " H=", H, " Hkv=", Hkv, " D=", D, " Dv=", Dv, " kdim=", kdim,
-      " vdim=", vdim, " dtype=", DTypeName(dtype), " causal=", a.causal,
+      "seed=", seed, " rank=", rank, " proj=", proj, " self=", a.self_attention, " B=", B, " L=", L,
+      " S=", S, " H=", H, " Hkv=", Hkv, " D=", D, " Dv=", Dv, " kdim=", kdim, " vdim=", vdim,
+      " dtype=", DTypeName(dtype), " causal=", a.causal,
       " attn_mask=", a.attn_mask ? ShapeString(a.attn_mask->shape) : "-",
       " kpm=", a.key_padding_mask ? "yes" : "no", " weights=", static_cast<int>(a.weights));
 }
@@ -187,7 +186,7 @@ TEST(AttentionVsReference, RandomizedGrid) {
 TEST(AttentionVsReference, FullyMaskedRowsAreZeroNotNaN) {
   std::mt19937 rng(7);
   FloatTensor q = RandomTensor({1, 4, 8}, rng);
-  std::vector<uint8_t> mask = {1, 1, 1,  0, 1, 0,  1, 1, 1,  0, 0, 0};  // [L=4, S=3]
+  std::vector<uint8_t> mask = {1, 1, 1, 0, 1, 0, 1, 1, 1, 0, 0, 0};  // [L=4, S=3]
   AttentionArgs a;
   a.self_attention = false;
   FloatTensor k = RandomTensor({1, 3, 8}, rng);
@@ -240,38 +239,85 @@ TEST(AttentionValidation, NamesTheFieldAndTheProblem) {
   };
   std::vector<uint8_t> bytes(1024);
   const Case cases[] = {
-      {"key batch", [](Base& b) { b.k.shape = {3, 7, 8}; b.k.data.resize(3 * 56); b.args.key = b.k.view(); },
+      {"key batch",
+       [](Base& b) {
+         b.k.shape = {3, 7, 8};
+         b.k.data.resize(3 * 56);
+         b.args.key = b.k.view();
+       },
        "key: shape [3,7,8] does not match query batch 2"},
-      {"value length", [](Base& b) { b.v.shape = {2, 6, 8}; b.v.data.resize(96); b.args.value = b.v.view(); },
+      {"value length",
+       [](Base& b) {
+         b.v.shape = {2, 6, 8};
+         b.v.data.resize(96);
+         b.args.value = b.v.view();
+       },
        "value: length 6"},
       {"byte size", [](Base& b) { b.args.query.byte_size -= 4; }, "query: data has 316 bytes"},
-      {"negative dim", [](Base& b) { b.args.query.shape = {2, -5, 8}; }, "query: dimension 1"},
-      {"zero dim", [](Base& b) { b.args.key->shape = {2, 0, 8}; }, "key: dimension 1"},
+      {"negative dim",
+       [](Base& b) {
+         b.args.query.shape = {2, -5, 8};
+       },
+       "query: dimension 1"},
+      {"zero dim",
+       [](Base& b) {
+         b.args.key->shape = {2, 0, 8};
+       },
+       "key: dimension 1"},
       {"rank", [](Base& b) { b.args.query.shape = {80}; }, "query: shape [80] is not supported"},
-      {"rank mismatch", [](Base& b) { b.args.key->shape = {14, 8}; }, "key: rank 2"},
+      {"rank mismatch",
+       [](Base& b) {
+         b.args.key->shape = {14, 8};
+       },
+       "key: rank 2"},
       {"heads zero", [](Base& b) { b.args.num_heads = 0; }, "options.num_heads: must be positive"},
-      {"heads divide", [](Base& b) { b.args.num_heads = 3; }, "options.num_heads: 3 does not divide"},
+      {"heads divide", [](Base& b) { b.args.num_heads = 3; },
+       "options.num_heads: 3 does not divide"},
       {"kv heads", [](Base& b) { b.args.num_kv_heads = 3; }, "options.num_kv_heads: 3 must divide"},
       {"key dim", [](Base& b) { b.args.num_kv_heads = 1; }, "key: last dim 8"},
       {"bool query", [](Base& b) { b.args.query.dtype = DType::kBool; }, "query: dtype BOOL"},
       {"missing key", [](Base& b) { b.args.key.reset(); }, "key: missing"},
       {"scale", [](Base& b) { b.args.scale = std::numeric_limits<float>::quiet_NaN(); },
        "options.scale"},
-      {"mask shape", [&bytes](Base& b) { b.args.attn_mask = TensorView{DType::kBool, {5, 6}, bytes.data(), 30}; },
+      {"mask shape",
+       [&bytes](Base& b) {
+         b.args.attn_mask = TensorView{DType::kBool, {5, 6}, bytes.data(), 30};
+       },
        "options.attn_mask: shape [5,6] must be [L, S] = [5,7]"},
-      {"mask bytes", [&bytes](Base& b) { b.args.attn_mask = TensorView{DType::kFloat32, {5, 7}, bytes.data(), 35}; },
+      {"mask bytes",
+       [&bytes](Base& b) {
+         b.args.attn_mask = TensorView{DType::kFloat32, {5, 7}, bytes.data(), 35};
+       },
        "options.attn_mask: data has 35 bytes"},
-      {"mask rank4", [&bytes](Base& b) { b.args.attn_mask = TensorView{DType::kBool, {2, 3, 5, 7}, bytes.data(), 210}; },
+      {"mask rank4",
+       [&bytes](Base& b) {
+         b.args.attn_mask = TensorView{DType::kBool, {2, 3, 5, 7}, bytes.data(), 210};
+       },
        "broadcastable to [B, H, L, S] = [2,2,5,7]"},
-      {"kpm shape", [&bytes](Base& b) { b.args.key_padding_mask = TensorView{DType::kBool, {2, 5}, bytes.data(), 10}; },
+      {"kpm shape",
+       [&bytes](Base& b) {
+         b.args.key_padding_mask = TensorView{DType::kBool, {2, 5}, bytes.data(), 10};
+       },
        "options.key_padding_mask: shape [2,5] should be [B, S] = [2,7]"},
-      {"overflow", [](Base& b) { b.args.query.shape = {int64_t{1} << 40, int64_t{1} << 30, 8}; },
+      {"overflow",
+       [](Base& b) {
+         b.args.query.shape = {int64_t{1} << 40, int64_t{1} << 30, 8};
+       },
        "has more than 2^40 elements"},
-      {"rank4 projection", [](Base& b) {
+      {"rank4 projection",
+       [](Base& b) {
          static ProjectionWeights p;
-         b.args.query.shape = {2, 1, 5, 8}; b.args.key->shape = {2, 1, 7, 8}; b.args.value->shape = {2, 1, 7, 8};
-         b.args.projection = &p; }, "options.projection: rank-4"},
-      {"projection missing", [](Base& b) { static ProjectionWeights p; b.args.projection = &p; },
+         b.args.query.shape = {2, 1, 5, 8};
+         b.args.key->shape = {2, 1, 7, 8};
+         b.args.value->shape = {2, 1, 7, 8};
+         b.args.projection = &p;
+       },
+       "options.projection: rank-4"},
+      {"projection missing",
+       [](Base& b) {
+         static ProjectionWeights p;
+         b.args.projection = &p;
+       },
        "options.projection.out_proj_weight: missing"},
   };
   for (const Case& c : cases) {

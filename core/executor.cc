@@ -12,8 +12,8 @@ namespace attention {
 Executor::Executor(Options options) : max_queue_(options.max_queue) {
   const int workers = std::max(1, options.workers);
   const int cores = std::max(1, omp_get_num_procs());
-  threads_per_worker_ = options.threads_per_worker > 0 ? options.threads_per_worker
-                                                       : std::max(1, cores / workers);
+  threads_per_worker_ =
+      options.threads_per_worker > 0 ? options.threads_per_worker : std::max(1, cores / workers);
   for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { Work(); });
 }
 

@@ -5,7 +5,8 @@
 // OpenMP teams of their own and the machine is not oversubscribed.
 //
 //   Executor executor({/*workers=*/1, /*threads_per_worker=*/2, /*max_queue=*/64});
-//   if (!executor.TrySubmit([&] { ComputeAttention(args, {executor.threads_per_worker()}, &out); })) {
+//   if (!executor.TrySubmit([&] { ComputeAttention(args, {executor.threads_per_worker()}, &out);
+//   })) {
 //     // full: answer RESOURCE_EXHAUSTED now instead of queueing without bound
 //   }
 //
@@ -26,9 +27,9 @@ namespace attention {
 class Executor {
  public:
   struct Options {
-    int workers = 1;              // concurrent tasks
-    int threads_per_worker = 0;   // OpenMP threads each; 0 = cores / workers
-    size_t max_queue = 64;        // tasks waiting (not running) at most
+    int workers = 1;             // concurrent tasks
+    int threads_per_worker = 0;  // OpenMP threads each; 0 = cores / workers
+    size_t max_queue = 64;       // tasks waiting (not running) at most
   };
 
   explicit Executor(Options options);

@@ -17,7 +17,11 @@ TEST(Executor, RunsTasksAndRefusesBeyondTheQueue) {
   std::shared_future<void> gate = release.get_future().share();
   std::atomic<int> ran{0};
   std::promise<void> started;
-  ASSERT_TRUE(ex.TrySubmit([&] { started.set_value(); gate.wait(); ++ran; }));
+  ASSERT_TRUE(ex.TrySubmit([&] {
+    started.set_value();
+    gate.wait();
+    ++ran;
+  }));
   started.get_future().wait();  // the worker is busy; the queue is empty
   EXPECT_TRUE(ex.TrySubmit([&] { ++ran; }));
   EXPECT_TRUE(ex.TrySubmit([&] { ++ran; }));

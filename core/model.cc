@@ -24,14 +24,14 @@ absl::StatusOr<std::unique_ptr<const Model>> ModelFromFile(const std::string& na
       if (tensor_name == known) slot = s;
     }
     if (slot == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          source, ": unexpected tensor '", tensor_name,
-          "'; a model holds nn.MultiheadAttention's state_dict (in_proj_weight, "
-          "in_proj_bias, out_proj.weight, out_proj.bias, q/k/v_proj_weight)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": unexpected tensor '", tensor_name,
+                       "'; a model holds nn.MultiheadAttention's state_dict (in_proj_weight, "
+                       "in_proj_bias, out_proj.weight, out_proj.bias, q/k/v_proj_weight)"));
     }
     if (!IsFloat(view.dtype)) {
-      return absl::InvalidArgumentError(absl::StrCat(source, ": tensor '", tensor_name,
-                                                     "' has dtype ", DTypeName(view.dtype)));
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": tensor '", tensor_name, "' has dtype ", DTypeName(view.dtype)));
     }
     FloatTensor& t = model->tensors_[tensor_name];
     t.shape = view.shape;
@@ -51,9 +51,9 @@ absl::StatusOr<std::unique_ptr<const Model>> ModelFromFile(const std::string& na
   info.bias = shape->in_bias || shape->out_bias;
   auto heads = file.metadata.find("num_heads");
   if (heads == file.metadata.end()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ": __metadata__ has no num_heads (export with "
-                             "scripts/export_model.py)"));
+    return absl::InvalidArgumentError(absl::StrCat(source,
+                                                   ": __metadata__ has no num_heads (export with "
+                                                   "scripts/export_model.py)"));
   }
   if (!absl::SimpleAtoi(heads->second, &info.num_heads) || info.num_heads <= 0 ||
       info.embed_dim % info.num_heads != 0) {

@@ -40,8 +40,9 @@ class Model {
   const ProjectionWeights& weights() const { return weights_; }
 
  private:
-  friend absl::StatusOr<std::unique_ptr<const Model>> ModelFromFile(
-      const std::string&, const SafetensorsFile&, const std::string&);
+  friend absl::StatusOr<std::unique_ptr<const Model>> ModelFromFile(const std::string&,
+                                                                    const SafetensorsFile&,
+                                                                    const std::string&);
   ModelInfo info_;
   std::map<std::string, FloatTensor> tensors_;
   ProjectionWeights weights_;

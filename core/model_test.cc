@@ -36,20 +36,29 @@ TEST(Model, RejectsWhatIsNotAnAttentionModule) {
   const TensorView in_w{DType::kFloat32, {24, 8}, in.data(), in.size() * 4};
   const TensorView out_w{DType::kFloat32, {8, 8}, out.data(), out.size() * 4};
   const TensorView bad{DType::kFloat32, {7}, odd.data(), odd.size() * 4};
-  EXPECT_TRUE(FromTensors({{"in_proj_weight", in_w}, {"out_proj.weight", out_w}},
-                          {{"num_heads", "2"}}).ok());
-  EXPECT_THAT(std::string(FromTensors({{"in_proj_weight", in_w}, {"out_proj.weight", out_w}}, {})
-                              .message()),
-              HasSubstr("no num_heads"));
+  EXPECT_TRUE(
+      FromTensors({{"in_proj_weight", in_w}, {"out_proj.weight", out_w}}, {{"num_heads", "2"}})
+          .ok());
+  EXPECT_THAT(
+      std::string(
+          FromTensors({{"in_proj_weight", in_w}, {"out_proj.weight", out_w}}, {}).message()),
+      HasSubstr("no num_heads"));
   EXPECT_THAT(std::string(FromTensors({{"in_proj_weight", in_w}, {"out_proj.weight", out_w}},
-                                      {{"num_heads", "3"}}).message()),
+                                      {{"num_heads", "3"}})
+                              .message()),
               HasSubstr("num_heads '3' must be a positive divisor of embed_dim 8"));
-  EXPECT_THAT(std::string(FromTensors({{"in_proj_weight", in_w}, {"out_proj.weight", out_w},
-                                       {"extra", bad}}, {{"num_heads", "2"}}).message()),
-              HasSubstr("unexpected tensor 'extra'"));
-  EXPECT_THAT(std::string(FromTensors({{"in_proj_weight", in_w}, {"out_proj.weight", out_w},
-                                       {"in_proj_bias", bad}}, {{"num_heads", "2"}}).message()),
-              HasSubstr("in_proj_bias: shape [7] should be [24]"));
+  EXPECT_THAT(
+      std::string(
+          FromTensors({{"in_proj_weight", in_w}, {"out_proj.weight", out_w}, {"extra", bad}},
+                      {{"num_heads", "2"}})
+              .message()),
+      HasSubstr("unexpected tensor 'extra'"));
+  EXPECT_THAT(
+      std::string(
+          FromTensors({{"in_proj_weight", in_w}, {"out_proj.weight", out_w}, {"in_proj_bias", bad}},
+                      {{"num_heads", "2"}})
+              .message()),
+      HasSubstr("in_proj_bias: shape [7] should be [24]"));
   EXPECT_THAT(std::string(FromTensors({{"in_proj_weight", in_w}}, {{"num_heads", "2"}}).message()),
               HasSubstr("out_proj_weight: missing"));
 }

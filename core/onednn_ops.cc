@@ -87,11 +87,10 @@ int32_t FloatBits(float f) {
 
 }  // namespace
 
-void Gemm(const GemmShape& s, const float* a, const float* b, float* c,
-          const float* bias) {
-  const Key key = {0, s.a.rows, s.a.cols, s.a.row_stride, s.a.col_stride,
-                   s.b.cols, s.b.row_stride, s.b.col_stride, s.c.row_stride,
-                   FloatBits(s.scale), s.bias, s.accumulate};
+void Gemm(const GemmShape& s, const float* a, const float* b, float* c, const float* bias) {
+  const Key key = {0,        s.a.rows,       s.a.cols,       s.a.row_stride, s.a.col_stride,
+                   s.b.cols, s.b.row_stride, s.b.col_stride, s.c.row_stride, FloatBits(s.scale),
+                   s.bias,   s.accumulate};
   std::shared_ptr<const Cached> p = Cache().Get(key, [&] {
     Cached e;
     e.a = MatMd(s.a);
@@ -106,8 +105,8 @@ void Gemm(const GemmShape& s, const float* a, const float* b, float* c,
       ops.append_sum(1.0f);
       attr.set_post_ops(ops);
     }
-    dnnl::matmul::desc desc = s.bias ? dnnl::matmul::desc(e.a, e.b, e.bias, e.c)
-                                     : dnnl::matmul::desc(e.a, e.b, e.c);
+    dnnl::matmul::desc desc =
+        s.bias ? dnnl::matmul::desc(e.a, e.b, e.bias, e.c) : dnnl::matmul::desc(e.a, e.b, e.c);
     dnnl::matmul::primitive_desc pd(desc, attr, Engine());
     e.scratchpad = pd.scratchpad_desc();
     e.primitive = dnnl::matmul(pd);
@@ -169,9 +168,9 @@ void SoftmaxRows(int64_t rows, int64_t cols, int64_t ld, float* x) {
     return e;
   });
   dnnl::memory m(p->a, Engine(), x);
-  p->primitive.execute(ThreadStream(), {{DNNL_ARG_SRC, m},
-                                        {DNNL_ARG_DST, m},
-                                        {DNNL_ARG_SCRATCHPAD, Scratchpad(p->scratchpad)}});
+  p->primitive.execute(
+      ThreadStream(),
+      {{DNNL_ARG_SRC, m}, {DNNL_ARG_DST, m}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p->scratchpad)}});
   ThreadStream().wait();
 }
 

@@ -38,8 +38,7 @@ struct GemmShape {
   bool accumulate = false;
 };
 
-void Gemm(const GemmShape& shape, const float* a, const float* b, float* c,
-          const float* bias);
+void Gemm(const GemmShape& shape, const float* a, const float* b, float* c, const float* bias);
 
 // A strided tensor [batch dims..., rows, cols] for batched products; a batch
 // dimension of size 1 in one operand broadcasts over the other's (give it a

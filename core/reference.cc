@@ -31,9 +31,8 @@ std::vector<double> Linear(const std::vector<double>& x, int64_t rows, int64_t i
 
 // The value a mask adds at (b, h, i, j) of [B, H, L, S]: -inf for a true
 // BOOL, the number for a float mask. Broadcasting as PyTorch does.
-double MaskAt(const std::vector<double>& m, const TensorView& t, bool batched, int64_t B,
-              int64_t H, int64_t L, int64_t S, int64_t b, int64_t h, int64_t i, int64_t j,
-              bool key_padding) {
+double MaskAt(const std::vector<double>& m, const TensorView& t, bool batched, int64_t B, int64_t H,
+              int64_t L, int64_t S, int64_t b, int64_t h, int64_t i, int64_t j, bool key_padding) {
   const std::vector<int64_t>& d = t.shape;
   int64_t index;
   if (key_padding) {
@@ -138,8 +137,8 @@ absl::StatusOr<ReferenceResult> ReferenceAttention(const AttentionArgs& a) {
   if (a.key_padding_mask) kpm = ToDouble(*a.key_padding_mask);
   const double inf = std::numeric_limits<double>::infinity();
 
-  std::vector<double> O(B * H * L * Dv, 0.0);   // [B][H][L][Dv]
-  std::vector<double> P(B * H * L * S, 0.0);    // [B][H][L][S]
+  std::vector<double> O(B * H * L * Dv, 0.0);  // [B][H][L][Dv]
+  std::vector<double> P(B * H * L * S, 0.0);   // [B][H][L][S]
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t h = 0; h < H; ++h) {
       const int64_t g = h / (H / Hkv);
@@ -220,8 +219,8 @@ double RelativeMaxError(const float* got, const std::vector<double>& want) {
   double max_diff = 0, max_want = 0;
   for (size_t i = 0; i < want.size(); ++i) {
     const double diff = std::fabs(static_cast<double>(got[i]) - want[i]);
-    max_diff = std::isnan(diff) ? std::numeric_limits<double>::infinity()
-                                : std::max(max_diff, diff);
+    max_diff =
+        std::isnan(diff) ? std::numeric_limits<double>::infinity() : std::max(max_diff, diff);
     max_want = std::max(max_want, std::fabs(want[i]));
   }
   return max_diff / std::max(max_want, 1e-30);

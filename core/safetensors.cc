@@ -17,25 +17,33 @@ namespace {
 constexpr uint64_t kMaxHeaderBytes = 100 << 20;
 
 absl::Status Malformed(absl::string_view source, absl::string_view what) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(source, ": not a valid safetensors file: ", what));
+  return absl::InvalidArgumentError(absl::StrCat(source, ": not a valid safetensors file: ", what));
 }
 
 bool ParseDType(const std::string& s, DType* dtype) {
-  if (s == "F32") *dtype = DType::kFloat32;
-  else if (s == "F16") *dtype = DType::kFloat16;
-  else if (s == "BF16") *dtype = DType::kBFloat16;
-  else if (s == "BOOL") *dtype = DType::kBool;
-  else return false;
+  if (s == "F32")
+    *dtype = DType::kFloat32;
+  else if (s == "F16")
+    *dtype = DType::kFloat16;
+  else if (s == "BF16")
+    *dtype = DType::kBFloat16;
+  else if (s == "BOOL")
+    *dtype = DType::kBool;
+  else
+    return false;
   return true;
 }
 
 const char* DTypeCode(DType dtype) {
   switch (dtype) {
-    case DType::kFloat32: return "F32";
-    case DType::kFloat16: return "F16";
-    case DType::kBFloat16: return "BF16";
-    case DType::kBool: return "BOOL";
+    case DType::kFloat32:
+      return "F32";
+    case DType::kFloat16:
+      return "F16";
+    case DType::kBFloat16:
+      return "BF16";
+    case DType::kBool:
+      return "BOOL";
   }
   return "?";
 }
@@ -56,21 +64,19 @@ absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path) {
   return ParseSafetensors(std::move(buffer).str(), path);
 }
 
-absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string contents,
-                                                 absl::string_view source) {
+absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string contents, absl::string_view source) {
   if (contents.size() < 8) return Malformed(source, "shorter than 8 bytes");
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) {
     header_len = (header_len << 8) | static_cast<uint8_t>(contents[i]);
   }
   if (header_len > kMaxHeaderBytes || header_len > contents.size() - 8) {
-    return Malformed(source, absl::StrCat("header length ", header_len,
-                                          " exceeds the file size ",
+    return Malformed(source, absl::StrCat("header length ", header_len, " exceeds the file size ",
                                           contents.size()));
   }
-  nlohmann::json header = nlohmann::json::parse(
-      contents.begin() + 8, contents.begin() + 8 + header_len, nullptr,
-      /*allow_exceptions=*/false);
+  nlohmann::json header =
+      nlohmann::json::parse(contents.begin() + 8, contents.begin() + 8 + header_len, nullptr,
+                            /*allow_exceptions=*/false);
   if (header.is_discarded() || !header.is_object()) {
     return Malformed(source, "header is not a JSON object");
   }
@@ -121,14 +127,13 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string contents,
     const uint64_t end = offsets[1].get<uint64_t>();
     if (begin > end || end > data_size) {
       return Malformed(source, absl::StrCat(where, " data_offsets [", begin, ",", end,
-                                            "] outside the data section of ",
-                                            data_size, " bytes"));
+                                            "] outside the data section of ", data_size, " bytes"));
     }
     view.byte_size = end - begin;
     if (view.byte_size != static_cast<uint64_t>(*n) * DTypeSize(view.dtype)) {
-      return Malformed(source, absl::StrCat(where, " has ", view.byte_size,
-                                            " bytes but its shape needs ",
-                                            *n * DTypeSize(view.dtype)));
+      return Malformed(source,
+                       absl::StrCat(where, " has ", view.byte_size, " bytes but its shape needs ",
+                                    *n * DTypeSize(view.dtype)));
     }
     view.data = reinterpret_cast<const void*>(data_start + begin);  // rebased below
     ranges.emplace_back(begin, end);
@@ -147,9 +152,8 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string contents,
   return file;
 }
 
-std::string SerializeSafetensors(
-    const std::map<std::string, TensorView>& tensors,
-    const std::map<std::string, std::string>& metadata) {
+std::string SerializeSafetensors(const std::map<std::string, TensorView>& tensors,
+                                 const std::map<std::string, std::string>& metadata) {
   nlohmann::json header = nlohmann::json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;

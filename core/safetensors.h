@@ -45,14 +45,12 @@ struct SafetensorsFile {
 absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path);
 
 // Validates `contents` (a whole file); `source` names it in error messages.
-absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string contents,
-                                                 absl::string_view source);
+absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string contents, absl::string_view source);
 
 // The file format of `tensors` and `metadata`, for tests and tools that write
 // models: tensors are stored in map order, packed, with a padded header.
-std::string SerializeSafetensors(
-    const std::map<std::string, TensorView>& tensors,
-    const std::map<std::string, std::string>& metadata);
+std::string SerializeSafetensors(const std::map<std::string, TensorView>& tensors,
+                                 const std::map<std::string, std::string>& metadata);
 
 }  // namespace attention
 

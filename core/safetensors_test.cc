@@ -57,12 +57,14 @@ TEST(Safetensors, RejectsMalformedFiles) {
       {WithHeader(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", eight),
        "dimension 0"},
       {WithHeader(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
-                  R"("b":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}})", eight),
+                  R"("b":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}})",
+                  eight),
        "overlap"},
       {WithHeader(R"({"a":{"dtype":"F32","shape":[1]}})", eight), "needs dtype, shape"},
       {WithHeader(R"({"__metadata__":{"num_heads":8}})", ""), "not a string"},
       {WithHeader(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})",
-                  eight), "2^40"},
+                  eight),
+       "2^40"},
   };
   for (const Case& c : cases) {
     absl::StatusOr<SafetensorsFile> f = ParseSafetensors(c.contents, "bad.safetensors");

@@ -41,33 +41,30 @@ std::string ShapeString(absl::Span<const int64_t> shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
 }
 
-absl::StatusOr<int64_t> CheckedProduct(absl::Span<const int64_t> shape,
-                                       absl::string_view name) {
+absl::StatusOr<int64_t> CheckedProduct(absl::Span<const int64_t> shape, absl::string_view name) {
   int64_t n = 1;
   for (size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] <= 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(name, ": dimension ", i, " of shape ", ShapeString(shape),
-                       " is ", shape[i], "; every dimension must be positive"));
+      return absl::InvalidArgumentError(absl::StrCat(name, ": dimension ", i, " of shape ",
+                                                     ShapeString(shape), " is ", shape[i],
+                                                     "; every dimension must be positive"));
     }
     if (__builtin_mul_overflow(n, shape[i], &n) || n > kMaxElements) {
       return absl::InvalidArgumentError(
-          absl::StrCat(name, ": shape ", ShapeString(shape),
-                       " has more than 2^40 elements"));
+          absl::StrCat(name, ": shape ", ShapeString(shape), " has more than 2^40 elements"));
     }
   }
   return n;
 }
 
-absl::StatusOr<int64_t> CheckedElements(const TensorView& view,
-                                        absl::string_view name) {
+absl::StatusOr<int64_t> CheckedElements(const TensorView& view, absl::string_view name) {
   absl::StatusOr<int64_t> n = CheckedProduct(view.shape, name);
   if (!n.ok()) return n.status();
   const uint64_t want = static_cast<uint64_t>(*n) * DTypeSize(view.dtype);
   if (view.byte_size != want) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        name, ": data has ", view.byte_size, " bytes but shape ",
-        ShapeString(view.shape), " of ", DTypeName(view.dtype), " needs ", want));
+    return absl::InvalidArgumentError(absl::StrCat(name, ": data has ", view.byte_size,
+                                                   " bytes but shape ", ShapeString(view.shape),
+                                                   " of ", DTypeName(view.dtype), " needs ", want));
   }
   if (view.data == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": no data"));
@@ -113,20 +110,20 @@ uint16_t FloatToHalf(float f) {
   const uint32_t u = FloatBits(f);
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000);
   const uint32_t abs = u & 0x7fffffff;
-  if (abs > 0x7f800000) return sign | 0x7e00;            // NaN
-  if (abs >= 0x477ff000) return sign | 0x7c00;           // overflow -> inf
-  if (abs < 0x38800000) {                                // subnormal or zero
-    if (abs < 0x33000000) return sign;                   // < 2^-25 rounds to 0
+  if (abs > 0x7f800000) return sign | 0x7e00;   // NaN
+  if (abs >= 0x477ff000) return sign | 0x7c00;  // overflow -> inf
+  if (abs < 0x38800000) {                       // subnormal or zero
+    if (abs < 0x33000000) return sign;          // < 2^-25 rounds to 0
     const uint32_t exp = abs >> 23;
     const uint32_t mant = (abs & 0x7fffff) | 0x800000;
-    const uint32_t shift = 126 - exp;                    // 14..24
+    const uint32_t shift = 126 - exp;  // 14..24
     uint32_t r = mant >> shift;
     const uint32_t rem = mant & ((1u << shift) - 1);
     const uint32_t half = 1u << (shift - 1);
     if (rem > half || (rem == half && (r & 1))) ++r;
     return sign | static_cast<uint16_t>(r);
   }
-  uint32_t r = abs - 0x38000000;                         // rebias exponent
+  uint32_t r = abs - 0x38000000;  // rebias exponent
   const uint32_t rem = r & 0x1fff;
   r >>= 13;
   if (rem > 0x1000 || (rem == 0x1000 && (r & 1))) ++r;

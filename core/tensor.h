@@ -58,13 +58,11 @@ struct FloatTensor {
 // Product of `shape` with overflow checks. Every dimension must be positive.
 // Errors are InvalidArgument naming `name`, e.g.
 // "key: dimension 1 is -3; every dimension must be positive".
-absl::StatusOr<int64_t> CheckedProduct(absl::Span<const int64_t> shape,
-                                       absl::string_view name);
+absl::StatusOr<int64_t> CheckedProduct(absl::Span<const int64_t> shape, absl::string_view name);
 
 // CheckedProduct of view.shape, plus a check that view.byte_size equals
 // elements x DTypeSize and that data is non-null.
-absl::StatusOr<int64_t> CheckedElements(const TensorView& view,
-                                        absl::string_view name);
+absl::StatusOr<int64_t> CheckedElements(const TensorView& view, absl::string_view name);
 
 // "[2,7,64]".
 std::string ShapeString(absl::Span<const int64_t> shape);

@@ -27,8 +27,8 @@ TEST(Half, KnownValuesAndRounding) {
   EXPECT_EQ(FloatToHalf(1.0f), 0x3c00);
   EXPECT_EQ(FloatToHalf(-2.0f), 0xc000);
   EXPECT_EQ(FloatToHalf(65504.0f), 0x7bff);
-  EXPECT_EQ(FloatToHalf(65520.0f), 0x7c00);  // rounds to infinity
-  EXPECT_EQ(FloatToHalf(5.9604645e-8f), 0x0001);  // smallest subnormal
+  EXPECT_EQ(FloatToHalf(65520.0f), 0x7c00);            // rounds to infinity
+  EXPECT_EQ(FloatToHalf(5.9604645e-8f), 0x0001);       // smallest subnormal
   EXPECT_EQ(FloatToHalf(1.0f + 1.0f / 2048), 0x3c00);  // tie to even
   EXPECT_EQ(FloatToHalf(1.0f + 3.0f / 2048), 0x3c02);
   EXPECT_FLOAT_EQ(HalfToFloat(0x3555), 0.33325195f);
@@ -61,9 +61,9 @@ TEST(Convert, ViewsOfEveryDType) {
 TEST(CheckedElements, RejectsBadShapesAndSizes) {
   float data[6];
   EXPECT_EQ(*CheckedElements({DType::kFloat32, {2, 3}, data, 24}, "x"), 6);
-  EXPECT_THAT(std::string(CheckedElements({DType::kFloat32, {2, 3}, data, 20}, "x")
-                              .status().message()),
-              HasSubstr("x: data has 20 bytes but shape [2,3] of FLOAT32 needs 24"));
+  EXPECT_THAT(
+      std::string(CheckedElements({DType::kFloat32, {2, 3}, data, 20}, "x").status().message()),
+      HasSubstr("x: data has 20 bytes but shape [2,3] of FLOAT32 needs 24"));
   EXPECT_THAT(std::string(CheckedProduct({4, -1}, "m").status().message()),
               HasSubstr("m: dimension 1 of shape [4,-1] is -1"));
   const int64_t big = std::numeric_limits<int64_t>::max() / 2;

@@ -74,7 +74,8 @@ absl::StatusOr<std::unique_ptr<Fixture>> LoadFixture(const std::string& path) {
   f->model = meta("model", "");
   f->expected_output = st.Find("expected_output");
   f->expected_weights = st.Find("expected_weights");
-  if (f->expected_output == nullptr) return absl::InvalidArgumentError(path + ": no expected_output");
+  if (f->expected_output == nullptr)
+    return absl::InvalidArgumentError(path + ": no expected_output");
   return f;
 }
 

@@ -39,8 +39,7 @@ v1::DataType ToWire(DType dtype) {
 absl::StatusOr<TensorView> View(const v1::Tensor& t, absl::string_view field) {
   absl::StatusOr<DType> dtype = FromWire(t.dtype(), field);
   if (!dtype.ok()) return dtype.status();
-  return TensorView{*dtype, {t.shape().begin(), t.shape().end()}, t.data().data(),
-                    t.data().size()};
+  return TensorView{*dtype, {t.shape().begin(), t.shape().end()}, t.data().data(), t.data().size()};
 }
 
 }  // namespace wire

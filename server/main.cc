@@ -15,8 +15,7 @@ ABSL_FLAG(std::vector<std::string>, model, {},  // parsed by hand (repeatable)
           "NAME=PATH of a safetensors model (nn.MultiheadAttention weights); repeat the flag "
           "or separate with commas to load several");
 ABSL_FLAG(int, threads, 0, "compute threads in all (0 = every core)");
-ABSL_FLAG(int, workers, 1,
-          "requests computed at once; each gets threads/workers OpenMP threads");
+ABSL_FLAG(int, workers, 1, "requests computed at once; each gets threads/workers OpenMP threads");
 ABSL_FLAG(int, max_queue, 64,
           "requests waiting for compute; beyond that calls get RESOURCE_EXHAUSTED at once");
 ABSL_FLAG(int64_t, max_message_mb, 256, "largest request and response message, MiB");
@@ -31,7 +30,8 @@ ABSL_FLAG(int, fault_delay_ms, 0, "TEST ONLY: sleep this long before each comput
 
 namespace {
 
-constexpr char kHelp[] = R"(attention-server: serves multi-head attention (attention.v1.AttentionService),
+constexpr char kHelp[] =
+    R"(attention-server: serves multi-head attention (attention.v1.AttentionService),
 grpc.health.v1.Health and server reflection over gRPC.
 
 usage: attention-server [flags]
@@ -68,8 +68,8 @@ int main(int argc, char** argv) {
     std::string arg = argv[i];
     if (i > 0 && arg.rfind("--", 0) == 0) {
       const size_t end = arg.find('=');
-      std::replace(arg.begin() + 2, end == std::string::npos ? arg.end() : arg.begin() + end,
-                   '-', '_');
+      std::replace(arg.begin() + 2, end == std::string::npos ? arg.end() : arg.begin() + end, '-',
+                   '_');
     }
     if (arg == "--help" || arg == "-h" || arg == "--helpfull") {
       std::fputs(kHelp, stdout);

@@ -48,8 +48,9 @@ int RunServer(const ServerConfig& config) {
   if (config.threads < 0 || config.workers < 1 || config.max_queue < 0 ||
       config.max_message_mb < 1 || config.max_request_memory_mb < 1 ||
       config.max_stream_in_flight < 1 || config.drain_seconds < 0) {
-    return Fail("flags: --threads >= 0, --workers >= 1, --max-queue >= 0, --max-message-mb >= 1, "
-                "--max-request-memory-mb >= 1, --max-stream-in-flight >= 1, --drain-seconds >= 0");
+    return Fail(
+        "flags: --threads >= 0, --workers >= 1, --max-queue >= 0, --max-message-mb >= 1, "
+        "--max-request-memory-mb >= 1, --max-stream-in-flight >= 1, --drain-seconds >= 0");
   }
   absl::StatusOr<std::unique_ptr<ModelRegistry>> models = ModelRegistry::Load(config.model_specs);
   if (!models.ok()) return Fail(std::string(models.status().message()));
@@ -71,8 +72,10 @@ int RunServer(const ServerConfig& config) {
   int port = 0;
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a busy port is an error
   builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &port);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(limits.max_message_bytes, INT32_MAX)));
-  builder.SetMaxSendMessageSize(static_cast<int>(std::min<int64_t>(limits.max_message_bytes, INT32_MAX)));
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<int64_t>(limits.max_message_bytes, INT32_MAX)));
+  builder.SetMaxSendMessageSize(
+      static_cast<int>(std::min<int64_t>(limits.max_message_bytes, INT32_MAX)));
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
@@ -84,10 +87,11 @@ int RunServer(const ServerConfig& config) {
   health->SetServingStatus(kServiceName, true);
 
   const std::string host = config.listen.substr(0, config.listen.rfind(':'));
-  std::printf("attention-server: listening on %s:%d; models: %s; compute: %d worker(s) x %d "
-              "thread(s)\n",
-              host.c_str(), port, (*models)->Names().c_str(), executor.workers(),
-              executor.threads_per_worker());
+  std::printf(
+      "attention-server: listening on %s:%d; models: %s; compute: %d worker(s) x %d "
+      "thread(s)\n",
+      host.c_str(), port, (*models)->Names().c_str(), executor.workers(),
+      executor.threads_per_worker());
   std::fflush(stdout);
 
   int signal = 0;
@@ -97,8 +101,9 @@ int RunServer(const ServerConfig& config) {
   std::fflush(stdout);
   health->SetServingStatus(false);
   health->SetServingStatus(kServiceName, false);
-  const auto deadline = std::chrono::system_clock::now() +
-                        std::chrono::milliseconds(static_cast<int64_t>(config.drain_seconds * 1000));
+  const auto deadline =
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(config.drain_seconds * 1000));
   server->Shutdown(deadline);  // no new calls; running ones finish or are cancelled at deadline
   executor.Shutdown();
   std::printf("attention-server: stopped\n");

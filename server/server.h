@@ -18,9 +18,9 @@ namespace server {
 struct ServerConfig {
   std::string listen = "0.0.0.0:50051";
   std::vector<std::string> model_specs;  // NAME=PATH
-  int threads = 0;                        // compute threads in all; 0 = every core
-  int workers = 1;                        // requests computed at once
-  int max_queue = 64;                     // requests waiting for compute
+  int threads = 0;                       // compute threads in all; 0 = every core
+  int workers = 1;                       // requests computed at once
+  int max_queue = 64;                    // requests waiting for compute
   int64_t max_message_mb = 256;
   int64_t max_request_memory_mb = 2048;
   int max_stream_in_flight = 4;

@@ -14,9 +14,9 @@ namespace server {
 namespace {
 
 absl::Status Saturated(const Executor& executor) {
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "server is saturated: ", executor.queued(),
-      " requests already wait for compute; retry later or add replicas"));
+  return absl::ResourceExhaustedError(
+      absl::StrCat("server is saturated: ", executor.queued(),
+                   " requests already wait for compute; retry later or add replicas"));
 }
 
 // Aborts work whose caller has gone or whose deadline has passed.
@@ -33,8 +33,7 @@ absl::Status CheckAlive(grpc::CallbackServerContext* context, const std::atomic<
 // A bidirectional stream: each message an independent request, answered in
 // order. At most max_in_flight messages are between read and written.
 template <typename Request>
-class StreamReactor final
-    : public grpc::ServerBidiReactor<Request, v1::AttentionResponse> {
+class StreamReactor final : public grpc::ServerBidiReactor<Request, v1::AttentionResponse> {
  public:
   StreamReactor(AttentionServiceImpl* service, grpc::CallbackServerContext* context)
       : service_(service), context_(context) {
@@ -152,16 +151,15 @@ AttentionServiceImpl::AttentionServiceImpl(const ModelRegistry* models, Executor
     : models_(models), executor_(executor), limits_(limits) {}
 
 template <typename Request>
-absl::Status AttentionServiceImpl::Run(const Request& request,
-                                       grpc::CallbackServerContext* context,
+absl::Status AttentionServiceImpl::Run(const Request& request, grpc::CallbackServerContext* context,
                                        const std::atomic<bool>* cancelled,
                                        v1::AttentionResponse* response) {
-  if (limits_.fault_delay_ms > 0) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(limits_.fault_delay_ms));
-  }
-  if (absl::Status s = CheckAlive(context, cancelled); !s.ok()) return s;
+  if (absl::Status s = CheckAlive(context, cancelled); !s.ok()) return s;  // not computed
   Call call;
   if (absl::Status s = PrepareCall(request, *models_, &call); !s.ok()) return s;
+  if (limits_.fault_delay_ms > 0) {  // test-only: a computation that stalls
+    std::this_thread::sleep_for(std::chrono::milliseconds(limits_.fault_delay_ms));
+  }
   ComputeOptions options;
   options.max_threads = executor_->threads_per_worker();
   options.max_memory_bytes = limits_.max_request_memory_bytes;

@@ -49,8 +49,8 @@ absl::Status PrepareOptions(const v1::AttentionOptions& o, const ModelRegistry& 
       return absl::InvalidArgumentError(
           absl::StrCat("options.weights: unknown mode ", static_cast<int>(o.weights())));
   }
-  if (absl::Status s = Optional(o.has_attn_mask(), o.attn_mask(), "options.attn_mask",
-                                &a.attn_mask);
+  if (absl::Status s =
+          Optional(o.has_attn_mask(), o.attn_mask(), "options.attn_mask", &a.attn_mask);
       !s.ok()) {
     return s;
   }
@@ -61,22 +61,19 @@ absl::Status PrepareOptions(const v1::AttentionOptions& o, const ModelRegistry& 
   }
   if (!o.model().empty()) {
     if (o.has_projection()) {
-      return absl::InvalidArgumentError(
-          "options: give a model or projection weights, not both");
+      return absl::InvalidArgumentError("options: give a model or projection weights, not both");
     }
     const Model* m = models.Find(o.model());
     if (m == nullptr) {
       return absl::NotFoundError(absl::StrCat("options.model: no model '", o.model(),
-                                              "' on this server (it has: ", models.Names(),
-                                              ")"));
+                                              "' on this server (it has: ", models.Names(), ")"));
     }
     if (a.num_heads == 0) {
       a.num_heads = m->info().num_heads;
     } else if (a.num_heads != m->info().num_heads) {
       return absl::InvalidArgumentError(
-          absl::StrCat("options.num_heads: ", a.num_heads, " does not match model '",
-                       o.model(), "' (", m->info().num_heads, " heads); send 0 or ",
-                       m->info().num_heads));
+          absl::StrCat("options.num_heads: ", a.num_heads, " does not match model '", o.model(),
+                       "' (", m->info().num_heads, " heads); send 0 or ", m->info().num_heads));
     }
     a.projection = &m->weights();
     return absl::OkStatus();
@@ -113,8 +110,7 @@ absl::Status PrepareOptions(const v1::AttentionOptions& o, const ModelRegistry& 
   return absl::OkStatus();
 }
 
-absl::Status Required(bool present, const v1::Tensor& t, absl::string_view field,
-                      TensorView* out) {
+absl::Status Required(bool present, const v1::Tensor& t, absl::string_view field, TensorView* out) {
   if (!present) return absl::InvalidArgumentError(absl::StrCat(field, ": missing"));
   absl::StatusOr<TensorView> v = View(t, field);
   if (!v.ok()) return v.status();
@@ -178,8 +174,8 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(
   for (const std::string& spec : specs) {
     std::pair<std::string, std::string> kv = absl::StrSplit(spec, absl::MaxSplits('=', 1));
     if (kv.first.empty() || kv.second.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--model ", spec, ": expected NAME=PATH (e.g. demo=models/demo.safetensors)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--model ", spec, ": expected NAME=PATH (e.g. demo=models/demo.safetensors)"));
     }
     if (registry->models_.count(kv.first)) {
       return absl::InvalidArgumentError(
@@ -213,8 +209,7 @@ std::string ModelRegistry::Names() const {
   return absl::StrJoin(names, ", ");
 }
 
-absl::Status PrepareCall(const v1::AttentionRequest& r, const ModelRegistry& models,
-                         Call* call) {
+absl::Status PrepareCall(const v1::AttentionRequest& r, const ModelRegistry& models, Call* call) {
   AttentionArgs& a = call->args;
   if (absl::Status s = Required(r.has_query(), r.query(), "query", &a.query); !s.ok()) return s;
   a.key.emplace();

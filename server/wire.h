@@ -24,8 +24,7 @@ namespace server {
 class ModelRegistry {
  public:
   // Loads "NAME=PATH" specs; the first error names the spec and the problem.
-  static absl::StatusOr<std::unique_ptr<ModelRegistry>> Load(
-      const std::vector<std::string>& specs);
+  static absl::StatusOr<std::unique_ptr<ModelRegistry>> Load(const std::vector<std::string>& specs);
   // nullptr when unknown.
   const Model* Find(const std::string& name) const;
   std::vector<const Model*> All() const;

@@ -25,8 +25,8 @@ v1::Tensor FloatTensorProto(std::vector<int64_t> shape, float fill) {
 }
 
 std::unique_ptr<ModelRegistry> Demo() {
-  auto r = ModelRegistry::Load(
-      {"demo=" + attention::testing::SourcePath("models/demo.safetensors")});
+  auto r =
+      ModelRegistry::Load({"demo=" + attention::testing::SourcePath("models/demo.safetensors")});
   EXPECT_TRUE(r.ok()) << r.status();
   return std::move(*r);
 }

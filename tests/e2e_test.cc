@@ -16,8 +16,8 @@
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
-#include "tests/e2e_util.h"
 #include "proto/reflection.grpc.pb.h"  // tests/proto, generated
+#include "tests/e2e_util.h"
 #include "tests/server_process.h"
 
 namespace attention {
@@ -133,8 +133,8 @@ TEST_F(E2E, StreamWithManyMessagesGoodAndBadAnswersEachInOrder) {
     inputs.push_back(RandomTensor({1 + i % 3, 2 + i % 7, 64}, rng));
     v1::SelfAttentionRequest r;
     r.set_id("m" + std::to_string(i));
-    *r.mutable_input() = client::MakeTensor(inputs.back().shape, inputs.back().data.data(),
-                                            DType::kFloat32);
+    *r.mutable_input() =
+        client::MakeTensor(inputs.back().shape, inputs.back().data.data(), DType::kFloat32);
     r.mutable_options()->set_model("demo");
     if (i % 4 == 1 && i % 9 != 5) r.mutable_options()->set_num_heads(3);  // bad: model has 4
     if (i % 4 == 2) r.mutable_options()->set_weights(v1::WEIGHTS_AVERAGED);
@@ -184,7 +184,8 @@ TEST_F(E2E, HalfAndBFloat16OnTheWire) {
       LoadFixture(SourcePath("tests/fixtures/e2e_demo_self_avg.safetensors"));
   ASSERT_TRUE(f.ok());
   AttentionClient c = Client();
-  for (auto [dtype, tolerance] : {std::pair{DType::kFloat16, 5e-3}, std::pair{DType::kBFloat16, 3e-2}}) {
+  for (auto [dtype, tolerance] :
+       {std::pair{DType::kFloat16, 5e-3}, std::pair{DType::kBFloat16, 3e-2}}) {
     absl::StatusOr<v1::AttentionResponse> r = c.SelfAttention(ToSelfAttentionRequest(**f, dtype));
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->output().dtype(), wire::ToWire(dtype));
@@ -233,7 +234,8 @@ TEST_F(E2E, ErrorStatusesNameTheFieldAndProblem) {
   s = c.SelfAttention(huge).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   huge.mutable_input()->set_shape(1, -40000);
-  EXPECT_THAT(std::string(c.SelfAttention(huge).status().message()), HasSubstr("input: dimension 1"));
+  EXPECT_THAT(std::string(c.SelfAttention(huge).status().message()),
+              HasSubstr("input: dimension 1"));
 }
 
 TEST_F(E2E, ReflectionListsTheServices) {
@@ -251,8 +253,8 @@ TEST_F(E2E, ReflectionListsTheServices) {
   ASSERT_TRUE(stream->Read(&response));
   std::vector<std::string> names;
   for (const auto& s : response.list_services_response().service()) names.push_back(s.name());
-  EXPECT_THAT(names, ::testing::IsSupersetOf({"attention.v1.AttentionService",
-                                              "grpc.health.v1.Health"}));
+  EXPECT_THAT(names,
+              ::testing::IsSupersetOf({"attention.v1.AttentionService", "grpc.health.v1.Health"}));
   ServerReflectionRequest file;
   file.set_file_containing_symbol("attention.v1.AttentionService");
   ASSERT_TRUE(stream->Write(file));
@@ -357,6 +359,31 @@ TEST(E2ELimits, DeadlinesMessageSizeAndSaturation) {
   EXPECT_EQ(server.Stop(SIGTERM, 15), 0) << server.Output();
 }
 
+TEST(E2ELimits, ACallWhoseDeadlinePassedInTheQueueIsNotComputed) {
+  ServerProcess server(SlowFlags(300, 8));  // one worker; each computation takes 300 ms
+  ASSERT_TRUE(server.ok()) << server.Output();
+  AttentionClient c(AttentionClient::Connect(server.target()));
+  ASSERT_TRUE(c.Health().ok());
+  absl::Status first, expired;
+  double last_ms = 0;
+  std::thread a([&] { first = c.SelfAttention(DemoRequest(4), {10}).status(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::thread b([&] { expired = c.SelfAttention(DemoRequest(4), {0.1}).status(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const auto t0 = std::chrono::steady_clock::now();
+  absl::Status last = c.SelfAttention(DemoRequest(4), {10}).status();
+  last_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  a.join();
+  b.join();
+  EXPECT_TRUE(first.ok()) << first;
+  EXPECT_EQ(expired.code(), absl::StatusCode::kDeadlineExceeded);
+  ASSERT_TRUE(last.ok()) << last;
+  // The last call waited for the first (about 200 ms left) and its own 300 ms,
+  // not for the expired one's 300 ms too.
+  EXPECT_LT(last_ms, 750) << "the expired call was computed";
+}
+
 TEST(E2EShutdown, SigtermDrainsInFlightCallsAndExitsZero) {
   ServerProcess server(SlowFlags(300, 32));
   ASSERT_TRUE(server.ok()) << server.Output();
@@ -442,7 +469,10 @@ TEST(E2EShutdown, StreamsCancelledMidFlightDoNotBlockShutdown) {
   AttentionClient c(channel);
   std::atomic<int> answered{0};
   for (int i = 0; i < 4; ++i) {
-    unary.emplace_back([&] { answered += c.SelfAttention(DemoRequest(4), {10}).status().code() != absl::StatusCode::kDeadlineExceeded; });
+    unary.emplace_back([&] {
+      answered += c.SelfAttention(DemoRequest(4), {10}).status().code() !=
+                  absl::StatusCode::kDeadlineExceeded;
+    });
   }
   for (std::thread& t : unary) t.join();
   EXPECT_EQ(answered.load(), 4);  // OK or refused at once, none stuck behind dead streams
@@ -451,8 +481,10 @@ TEST(E2EShutdown, StreamsCancelledMidFlightDoNotBlockShutdown) {
 
 TEST(E2EStartup, BadModelOrBusyPortExitsNonZeroWithOneLine) {
   std::string out;
-  EXPECT_EQ(RunCommand({ServerBinary(), "--listen=127.0.0.1:0", "--model",
-                        "x=" + SourcePath("README.md")}, &out), 1);
+  EXPECT_EQ(RunCommand(
+                {ServerBinary(), "--listen=127.0.0.1:0", "--model", "x=" + SourcePath("README.md")},
+                &out),
+            1);
   EXPECT_THAT(out, HasSubstr("attention-server: error: --model x="));
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
 
@@ -506,8 +538,11 @@ TEST_F(CliTest, SelfAttentionWithTheDemoModelMatchesPyTorch) {
   ASSERT_TRUE(f.ok());
   const std::string x = Save("x.npy", (*f)->args.query);
   std::string out;
-  ASSERT_EQ(Cli({"self-attention", "--input", x, "--model", "demo", "--weights", "average",
-                 "--out", Path("o.npy"), "--weights-out", Path("w.npy")}, &out), 0) << out;
+  ASSERT_EQ(Cli({"self-attention", "--input", x, "--model", "demo", "--weights", "average", "--out",
+                 Path("o.npy"), "--weights-out", Path("w.npy")},
+                &out),
+            0)
+      << out;
   EXPECT_THAT(out, HasSubstr("output [2,10,64] FLOAT32"));
   EXPECT_LE(NpyError(Path("o.npy"), *(*f)->expected_output), kTolerance);
   EXPECT_LE(NpyError(Path("w.npy"), *(*f)->expected_weights), kTolerance);
@@ -518,11 +553,18 @@ TEST_F(CliTest, AttentionWithMasksHalfWireAndInlineProjection) {
       LoadFixture(SourcePath("tests/fixtures/e2e_mha_e32_h4_cross_perhead.safetensors"));
   ASSERT_TRUE(f.ok());
   const Fixture& fx = **f;
-  const std::vector<std::string> inputs = {
-      "--query", Save("q.npy", fx.args.query), "--key", Save("k.npy", *fx.args.key),
-      "--value", Save("v.npy", *fx.args.value), "--key-padding-mask",
-      Save("p.npy", *fx.args.key_padding_mask), "--weights", "per-head",
-      "--weights-out", Path("w.npy")};
+  const std::vector<std::string> inputs = {"--query",
+                                           Save("q.npy", fx.args.query),
+                                           "--key",
+                                           Save("k.npy", *fx.args.key),
+                                           "--value",
+                                           Save("v.npy", *fx.args.value),
+                                           "--key-padding-mask",
+                                           Save("p.npy", *fx.args.key_padding_mask),
+                                           "--weights",
+                                           "per-head",
+                                           "--weights-out",
+                                           Path("w.npy")};
   std::string out;
   std::vector<std::string> with_model = {"attention", "--model", "mha_e32_h4", "--out",
                                          Path("o.npy")};
@@ -532,8 +574,9 @@ TEST_F(CliTest, AttentionWithMasksHalfWireAndInlineProjection) {
   EXPECT_LE(NpyError(Path("w.npy"), *fx.expected_weights), kTolerance);
 
   std::vector<std::string> inline_half = {
-      "attention", "--projection", SourcePath("tests/fixtures/models/mha_e32_h4.safetensors"),
-      "--wire-dtype", "float16", "--out", Path("o16.npy")};
+      "attention",    "--projection", SourcePath("tests/fixtures/models/mha_e32_h4.safetensors"),
+      "--wire-dtype", "float16",      "--out",
+      Path("o16.npy")};
   inline_half.insert(inline_half.end(), inputs.begin(), inputs.end());
   ASSERT_EQ(Cli(inline_half, &out), 0) << out;
   EXPECT_THAT(out, HasSubstr("output [2,5,32] FLOAT16"));
@@ -550,7 +593,8 @@ TEST_F(CliTest, FailuresPrintTheStatusAndExitNonZero) {
   const std::string path =
       Save("x6.npy", TensorView{DType::kFloat32, {2, 5, 6}, x.data(), x.size() * 4});
   EXPECT_EQ(Cli({"self-attention", "--input", path, "--heads", "4"}, &out), 1);
-  EXPECT_THAT(out, HasSubstr("INVALID_ARGUMENT: options.num_heads: 4 does not divide the input dim 6"));
+  EXPECT_THAT(out,
+              HasSubstr("INVALID_ARGUMENT: options.num_heads: 4 does not divide the input dim 6"));
   EXPECT_EQ(Cli({"self-attention", "--input", path, "--model", "nope"}, &out), 1);
   EXPECT_THAT(out, HasSubstr("NOT_FOUND"));
   EXPECT_EQ(Cli({"self-attention", "--input", Path("missing.npy"), "--heads", "2"}, &out), 1);
@@ -559,7 +603,8 @@ TEST_F(CliTest, FailuresPrintTheStatusAndExitNonZero) {
   EXPECT_EQ(Cli({"frobnicate"}, &out), 2);
   std::string unreachable;
   EXPECT_EQ(RunCommand({ClientBinary(), "--target", "127.0.0.1:1", "health", "--timeout", "2"},
-                       &unreachable), 1);
+                       &unreachable),
+            1);
   EXPECT_THAT(unreachable, HasSubstr("UNAVAILABLE"));
 }
 

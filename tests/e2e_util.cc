@@ -15,7 +15,7 @@ void FillOptions(const Fixture& f, v1::AttentionOptions* o) {
   o->set_causal(a.causal);
   if (a.attn_mask) *o->mutable_attn_mask() = ToProto(*a.attn_mask);
   if (a.key_padding_mask) *o->mutable_key_padding_mask() = ToProto(*a.key_padding_mask);
-  o->set_weights(a.weights == WeightsMode::kAveraged   ? v1::WEIGHTS_AVERAGED
+  o->set_weights(a.weights == WeightsMode::kAveraged  ? v1::WEIGHTS_AVERAGED
                  : a.weights == WeightsMode::kPerHead ? v1::WEIGHTS_PER_HEAD
                                                       : v1::WEIGHTS_NONE);
   if (!f.model.empty()) {
@@ -70,9 +70,10 @@ double ErrorAgainst(const v1::Tensor& got, const TensorView& want) {
 }
 
 std::vector<std::string> ModelFlags() {
-  return {"--model", "demo=" + SourcePath("models/demo.safetensors"),
-          "--model", "mha_e32_h4=" + SourcePath("tests/fixtures/models/mha_e32_h4.safetensors"),
-          "--model", "mha_e32_h2_kv=" + SourcePath("tests/fixtures/models/mha_e32_h2_kv.safetensors")};
+  return {
+      "--model", "demo=" + SourcePath("models/demo.safetensors"),
+      "--model", "mha_e32_h4=" + SourcePath("tests/fixtures/models/mha_e32_h4.safetensors"),
+      "--model", "mha_e32_h2_kv=" + SourcePath("tests/fixtures/models/mha_e32_h2_kv.safetensors")};
 }
 
 }  // namespace testing

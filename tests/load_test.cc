@@ -35,8 +35,8 @@ class LoadTest : public ::testing::Test {
            std::string* out) {
     const std::string path = (dir_ / "r.json").string();
     std::filesystem::remove(path);
-    args.insert(args.begin(), {ClientBinary(), "--target", server.target(), "load", "--quiet",
-                               "--json", path});
+    args.insert(args.begin(),
+                {ClientBinary(), "--target", server.target(), "load", "--quiet", "--json", path});
     const int code = RunCommand(args, out, 120);
     std::ifstream in(path);
     if (in) *json = nlohmann::json::parse(in, nullptr, false);
@@ -59,9 +59,13 @@ TEST_F(LoadTest, CountsBalanceInClosedOpenAndStreamModes) {
   ASSERT_TRUE(server.ok()) << server.Output();
   nlohmann::json r;
   std::string out;
-  ASSERT_EQ(Load(server, {"--rpc", "self-attention", "--model", "demo", "--concurrency", "1,3",
-                          "--requests", "60", "--warmup", "0", "--verify", "20", "--model-file",
-                          SourcePath("models/demo.safetensors")}, &r, &out), 0) << out;
+  ASSERT_EQ(Load(server,
+                 {"--rpc", "self-attention", "--model", "demo", "--concurrency", "1,3",
+                  "--requests", "60", "--warmup", "0", "--verify", "20", "--model-file",
+                  SourcePath("models/demo.safetensors")},
+                 &r, &out),
+            0)
+      << out;
   ASSERT_TRUE(r.is_array()) << out;
   ASSERT_EQ(r.size(), 2u);
   for (const auto& level : r) {
@@ -71,32 +75,45 @@ TEST_F(LoadTest, CountsBalanceInClosedOpenAndStreamModes) {
     EXPECT_EQ(level["verify"]["mismatches"], 0);
     EXPECT_GT(level["latency_ms"]["p99"].get<double>(), 0);
   }
-  ASSERT_EQ(Load(server, {"--rpc", "attention", "--heads", "4", "--embed", "32", "--seq", "8",
-                          "--kv-seq", "12", "--rate", "200", "--arrival", "poisson", "--duration",
-                          "1", "--warmup", "0.2", "--verify", "50"}, &r, &out), 0) << out;
+  ASSERT_EQ(Load(server, {"--rpc",  "attention", "--heads",   "4",        "--embed",
+                          "32",     "--seq",     "8",         "--kv-seq", "12",
+                          "--rate", "200",       "--arrival", "poisson",  "--duration",
+                          "1",      "--warmup",  "0.2",       "--verify", "50"},
+                 &r, &out),
+            0)
+      << out;
   ExpectBalanced(r);
   EXPECT_GT(r["verify"]["checked"].get<int64_t>(), 10);
   EXPECT_EQ(r["verify"]["mismatches"], 0);
   EXPECT_TRUE(r.contains("corrected_latency_ms"));
   EXPECT_TRUE(r.contains("behind_schedule"));
   // Streams, with bad messages mixed in (num_heads 3 does not divide 64).
-  ASSERT_EQ(Load(server, {"--rpc", "self-attention", "--heads", "3", "--embed", "64",
-                          "--stream", "--concurrency", "2", "--in-flight", "3", "--requests", "50",
-                          "--warmup", "0"}, &r, &out), 0) << out;
+  ASSERT_EQ(Load(server,
+                 {"--rpc", "self-attention", "--heads", "3", "--embed", "64", "--stream",
+                  "--concurrency", "2", "--in-flight", "3", "--requests", "50", "--warmup", "0"},
+                 &r, &out),
+            0)
+      << out;
   ExpectBalanced(r);
   EXPECT_EQ(r["errors"]["INVALID_ARGUMENT"], 50);
   EXPECT_THAT(r["first_errors"]["INVALID_ARGUMENT"].get<std::string>(),
               HasSubstr("options.num_heads"));
-  ASSERT_EQ(Load(server, {"--model", "demo", "--stream", "--concurrency", "3", "--requests", "90",
-                          "--warmup", "0", "--weights", "average", "--verify", "100",
-                          "--model-file", SourcePath("models/demo.safetensors")}, &r, &out), 0)
+  ASSERT_EQ(Load(server,
+                 {"--model", "demo", "--stream", "--concurrency", "3", "--requests", "90",
+                  "--warmup", "0", "--weights", "average", "--verify", "100", "--model-file",
+                  SourcePath("models/demo.safetensors")},
+                 &r, &out),
+            0)
       << out;
   ExpectBalanced(r);
   EXPECT_EQ(r["ok"], 90);
   EXPECT_EQ(r["verify"]["checked"], 90);
   // Health: the gRPC stack alone.
-  ASSERT_EQ(Load(server, {"--rpc", "health", "--concurrency", "2", "--requests", "200",
-                          "--warmup", "0"}, &r, &out), 0) << out;
+  ASSERT_EQ(
+      Load(server, {"--rpc", "health", "--concurrency", "2", "--requests", "200", "--warmup", "0"},
+           &r, &out),
+      0)
+      << out;
   ExpectBalanced(r);
   EXPECT_EQ(r["ok"], 200);
   EXPECT_EQ(server.Stop(SIGTERM, 15), 0);
@@ -109,13 +126,16 @@ TEST_F(LoadTest, VerifyFailsAgainstAWrongReference) {
   std::mt19937 rng(3);
   FloatTensor in = RandomTensor({192, 64}, rng, 0.1f), out_w = RandomTensor({64, 64}, rng, 0.1f);
   const std::string wrong = (dir_ / "wrong.safetensors").string();
-  std::ofstream(wrong, std::ios::binary)
-      << SerializeSafetensors({{"in_proj_weight", in.view()}, {"out_proj.weight", out_w.view()}},
-                              {{"num_heads", "4"}});
+  std::ofstream(wrong, std::ios::binary) << SerializeSafetensors(
+      {{"in_proj_weight", in.view()}, {"out_proj.weight", out_w.view()}}, {{"num_heads", "4"}});
   nlohmann::json r;
   std::string out;
-  EXPECT_EQ(Load(server, {"--model", "demo", "--concurrency", "2", "--requests", "40", "--warmup",
-                          "0", "--verify", "25", "--model-file", wrong}, &r, &out), 1) << out;
+  EXPECT_EQ(Load(server,
+                 {"--model", "demo", "--concurrency", "2", "--requests", "40", "--warmup", "0",
+                  "--verify", "25", "--model-file", wrong},
+                 &r, &out),
+            1)
+      << out;
   EXPECT_EQ(r["verify"]["checked"], 10);
   EXPECT_EQ(r["verify"]["mismatches"], 10);
   EXPECT_THAT(r["verify"]["first_mismatch"].get<std::string>(),
@@ -132,8 +152,12 @@ TEST_F(LoadTest, OpenLoopCorrectsForAStalledServer) {
   ASSERT_TRUE(server.ok()) << server.Output();
   nlohmann::json r;
   std::string out;
-  ASSERT_EQ(Load(server, {"--model", "demo", "--rate", "50", "--duration", "1.5", "--warmup", "0",
-                          "--max-outstanding", "1"}, &r, &out), 0) << out;
+  ASSERT_EQ(Load(server,
+                 {"--model", "demo", "--rate", "50", "--duration", "1.5", "--warmup", "0",
+                  "--max-outstanding", "1"},
+                 &r, &out),
+            0)
+      << out;
   ExpectBalanced(r);
   EXPECT_GT(r["behind_schedule"].get<int64_t>(), 10);
   const double corrected = r["corrected_latency_ms"]["p99"], plain = r["latency_ms"]["p99"];
@@ -147,8 +171,11 @@ TEST_F(LoadTest, ReportsAreWritten) {
   const std::string html = (dir_ / "r.html").string(), csv = (dir_ / "r.csv").string();
   std::string out;
   ASSERT_EQ(RunCommand({ClientBinary(), "--target", server.target(), "load", "--quiet", "--model",
-                        "demo", "--rate", "100,200", "--duration", "0.5", "--warmup", "0",
-                        "--html", html, "--csv", csv}, &out), 0) << out;
+                        "demo", "--rate", "100,200", "--duration", "0.5", "--warmup", "0", "--html",
+                        html, "--csv", csv},
+                       &out),
+            0)
+      << out;
   std::stringstream page, table;
   page << std::ifstream(html).rdbuf();
   table << std::ifstream(csv).rdbuf();
