@@ -26,7 +26,8 @@ using internal::GemmShape;
 using internal::Mat;
 
 // Query rows per unit of work. A unit's score tile is kRowTile x S floats, so
-// memory for scores is O(threads x kRowTile x S), never O(B x H x L x S)
+// memory for scores is O(threads x kRowTile x S) at most (O(threads x
+// kRowTile x kKeyTile) on the fused path), never O(B x H x L x S)
 // (unless the caller asks for per-head weights, which are that size).
 constexpr int64_t kRowTile = 64;
 // Keys per tile of the fused path (no weights asked for).

@@ -32,6 +32,11 @@
 //   of ComputeOptions::check when it aborts, Internal for a oneDNN failure.
 //   Nothing throws.
 // - A query row whose keys are all masked gives zeros (output and weights).
+// - Memory: scores take O(B*H*L*S) only when per-head weights are asked for
+//   (they are the result). Otherwise each thread holds 64 query rows' scores
+//   at a time: whole rows of S keys below ComputeOptions::fused_min_keys,
+//   512-key tiles with an online softmax from there on; short sequences with
+//   many heads are batched into one product per group of batch entries.
 // - Thread-safety: ComputeAttention may be called from many threads at once.
 //   Each call uses OpenMP with at most ComputeOptions::max_threads threads
 //   (so callers decide how the machine's cores are shared: see Executor).
