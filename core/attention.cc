@@ -37,8 +37,8 @@ constexpr int64_t kKeyTile = 512;
 constexpr int64_t kCausalColumnStep = 64;
 // Heads with fewer multiply-adds than this (per row tile) are batched, in
 // groups of about kGroupWork multiply-adds a unit.
-constexpr double kSmallHeadWork = 1 << 17;
-constexpr double kGroupWork = 1 << 21;
+constexpr double kSmallHeadWork = 1 << 20;
+constexpr double kGroupWork = 1 << 22;
 // Below this many flops a unit of work, extra threads cost more than they give.
 constexpr double kMinFlopsPerThread = 4e6;
 
