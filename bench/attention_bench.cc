@@ -261,6 +261,7 @@ int Main(int argc, char** argv) {
   s.threads = static_cast<int>(a.GetInt("threads", 0).value_or(0));
   if (s.threads <= 0) s.threads = omp_get_num_procs();
   s.min_time = a.GetDouble("min-time", 2).value_or(2);
+  if (a.Has("write-model") && s.L <= 0) s.L = 1;  // only the weights are written
   if (s.E <= 0 || s.H <= 0 || s.L <= 0 || s.E % s.H != 0) {
     std::fprintf(stderr, "%s\nneed --seq, --embed and --heads (dividing --embed)\n", kUsage);
     return 2;

@@ -161,7 +161,7 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             model = os.path.join(tmp, "m512.safetensors")
             subprocess.run([os.path.join(opts.build, "bench", "attention-bench"), "--write-model", model,
-                            "--embed", "512", "--heads", "8", "--seq", "1"], check=True)
+                            "--embed", "512", "--heads", "8"], check=True)
             server = subprocess.Popen([os.path.join(opts.build, "server", "attention-server"),
                                        "--listen", "127.0.0.1:0", "--model", f"m512={model}",
                                        "--threads", str(opts.threads)],

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -48,7 +49,8 @@ common:
   --help                    this text
 
 .npy files: float32, float16 or bool, C order. A failed call prints the gRPC status code
-name and the server's message on stderr and exits 1; bad usage exits 2.
+name and the server's message on stderr and exits 1 (so does an unreadable input file, with
+its own message); bad usage (unknown option or command, bad option value) exits 2.
 )";
 
 const std::set<std::string> kSwitches = {"causal", "help", "stream", "quiet"};
@@ -63,6 +65,13 @@ int Failed(const absl::Status& s) {
   std::fprintf(stderr, "attention-client: %s: %s\n", absl::StatusCodeToString(s.code()).c_str(),
                std::string(s.message()).c_str());
   return 1;
+}
+
+// A problem found before calling: a bad option value is usage (exit 2); an
+// unreadable file is reported like a failed call (exit 1).
+int Local(const absl::Status& s) {
+  if (absl::StartsWith(s.message(), "--")) return Usage(std::string(s.message()));
+  return Failed(s);
 }
 
 absl::StatusOr<DType> WireDType(const CliArgs& args) {
@@ -187,7 +196,7 @@ int RunAttention(const CliArgs& args, AttentionClient& client, bool self) {
     absl::StatusOr<v1::Tensor> input = NpyTensor(args, "input", *wire);
     if (!input.ok()) return Failed(input.status());
     *req.mutable_input() = std::move(*input);
-    if (absl::Status s = FillOptions(args, req.mutable_options()); !s.ok()) return Failed(s);
+    if (absl::Status s = FillOptions(args, req.mutable_options()); !s.ok()) return Local(s);
     response = client.SelfAttention(req, call);
   } else {
     if (!args.Has("query") || !args.Has("key") || !args.Has("value")) {
@@ -203,7 +212,7 @@ int RunAttention(const CliArgs& args, AttentionClient& client, bool self) {
       if (!t.ok()) return Failed(t.status());
       *field = std::move(*t);
     }
-    if (absl::Status s = FillOptions(args, req.mutable_options()); !s.ok()) return Failed(s);
+    if (absl::Status s = FillOptions(args, req.mutable_options()); !s.ok()) return Local(s);
     response = client.Attention(req, call);
   }
   if (!response.ok()) return Failed(response.status());

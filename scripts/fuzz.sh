@@ -7,7 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-120}"
 scripts/install-deps.sh
-command -v clang++ >/dev/null || { apt-get install -y -qq clang >/dev/null; }
+if ! command -v clang++ >/dev/null; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends clang >/dev/null
+fi
 out="${BUILD_DIR:-build}/fuzz"
 mkdir -p "$out/corpus"
 cp tests/fixtures/*.safetensors tests/fixtures/models/*.safetensors "$out/corpus/" 2>/dev/null || true

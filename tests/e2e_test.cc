@@ -599,7 +599,8 @@ TEST_F(CliTest, FailuresPrintTheStatusAndExitNonZero) {
   EXPECT_THAT(out, HasSubstr("NOT_FOUND"));
   EXPECT_EQ(Cli({"self-attention", "--input", Path("missing.npy"), "--heads", "2"}, &out), 1);
   EXPECT_THAT(out, HasSubstr("cannot open file"));
-  EXPECT_EQ(Cli({"self-attention", "--input", path, "--weights", "some"}, &out), 1);
+  EXPECT_EQ(Cli({"self-attention", "--input", path, "--weights", "some"}, &out), 2);  // usage
+  EXPECT_THAT(out, HasSubstr("--weights some: expected none, average or per-head"));
   EXPECT_EQ(Cli({"frobnicate"}, &out), 2);
   std::string unreachable;
   EXPECT_EQ(RunCommand({ClientBinary(), "--target", "127.0.0.1:1", "health", "--timeout", "2"},
