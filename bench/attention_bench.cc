@@ -168,30 +168,6 @@ AttentionArgs MakeArgs(const Settings& s, const Data& d) {
   return a;
 }
 
-v1::AttentionOptions WireOptions(const Settings& s, const Data& d, const std::string& model) {
-  v1::AttentionOptions o;
-  o.set_num_heads(static_cast<int32_t>(s.H));
-  if (!s.projection) o.set_num_kv_heads(static_cast<int32_t>(s.Hkv));
-  o.set_causal(s.causal);
-  o.set_weights(s.weights == WeightsMode::kAveraged  ? v1::WEIGHTS_AVERAGED
-                : s.weights == WeightsMode::kPerHead ? v1::WEIGHTS_PER_HEAD
-                                                     : v1::WEIGHTS_NONE);
-  if (s.projection && !model.empty()) {
-    o.set_model(model);
-  } else if (s.projection) {
-    v1::Projection* p = o.mutable_projection();
-    *p->mutable_in_proj_weight() =
-        client::MakeTensor(d.in_w.shape, d.in_w.data.data(), DType::kFloat32);
-    *p->mutable_in_proj_bias() =
-        client::MakeTensor(d.in_b.shape, d.in_b.data.data(), DType::kFloat32);
-    *p->mutable_out_proj_weight() =
-        client::MakeTensor(d.out_w.shape, d.out_w.data.data(), DType::kFloat32);
-    *p->mutable_out_proj_bias() =
-        client::MakeTensor(d.out_b.shape, d.out_b.data.data(), DType::kFloat32);
-  }
-  return o;
-}
-
 std::string CaseName(const Settings& s) {
   return absl::StrCat("B=", s.B, " L=", s.L, " S=", s.S, " E=", s.E, " H=", s.H,
                       s.Hkv != s.H ? absl::StrCat(" Hkv=", s.Hkv) : "", s.self ? " self" : " cross",
@@ -305,7 +281,12 @@ int Main(int argc, char** argv) {
 
   if (a.Has("target")) {
     client::AttentionClient c(client::AttentionClient::Connect(a.Get("target")));
-    const v1::AttentionOptions o = WireOptions(s, d, a.Get("model"));
+    // The same options on the wire; the server's model instead of inline weights if named.
+    v1::AttentionOptions o = wire::ToWire(args);
+    if (s.projection && a.Has("model")) {
+      o.clear_projection();
+      o.set_model(a.Get("model"));
+    }
     v1::SelfAttentionRequest self_req;
     v1::AttentionRequest req;
     if (s.self) {

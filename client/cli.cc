@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "client/client.h"
 #include "client/load.h"
+#include "core/model.h"
 #include "core/safetensors.h"
 
 namespace attention {
@@ -94,26 +95,9 @@ absl::StatusOr<v1::Tensor> NpyTensor(const CliArgs& args, const std::string& fla
 absl::Status LoadProjection(const std::string& path, v1::AttentionOptions* options) {
   absl::StatusOr<SafetensorsFile> file = ReadSafetensors(path);
   if (!file.ok()) return file.status();
-  using Field = v1::Tensor* (v1::Projection::*)();
-  const std::map<std::string, Field> fields = {
-      {"in_proj_weight", &v1::Projection::mutable_in_proj_weight},
-      {"q_proj_weight", &v1::Projection::mutable_q_proj_weight},
-      {"k_proj_weight", &v1::Projection::mutable_k_proj_weight},
-      {"v_proj_weight", &v1::Projection::mutable_v_proj_weight},
-      {"in_proj_bias", &v1::Projection::mutable_in_proj_bias},
-      {"out_proj.weight", &v1::Projection::mutable_out_proj_weight},
-      {"out_proj.bias", &v1::Projection::mutable_out_proj_bias}};
-  v1::Projection* p = options->mutable_projection();
-  for (const auto& [name, view] : file->tensors) {
-    auto field = fields.find(name);
-    if (field == fields.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": unexpected tensor '", name, "'"));
-    }
-    v1::Tensor* t = (p->*(field->second))();
-    t->set_dtype(wire::ToWire(view.dtype));
-    for (int64_t d : view.shape) t->add_shape(d);
-    t->set_data(view.data, view.byte_size);
-  }
+  absl::StatusOr<ProjectionWeights> weights = ProjectionFromTensors(file->tensors, path);
+  if (!weights.ok()) return weights.status();
+  *options->mutable_projection() = wire::ToWire(*weights);
   if (options->num_heads() == 0) {
     auto heads = file->metadata.find("num_heads");
     int64_t h = 0;

@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "proto/tensor_view.h"
+#include "proto/convert.h"
 
 namespace attention {
 namespace client {

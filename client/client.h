@@ -28,7 +28,7 @@
 #include "client/npy.h"
 #include "core/tensor.h"
 #include "grpcpp/grpcpp.h"
-#include "proto/tensor_view.h"  // wire::ToWire, wire::View
+#include "proto/convert.h"  // wire::ToWire, wire::View
 
 namespace attention {
 namespace client {

@@ -99,32 +99,6 @@ struct Workload {
   size_t size() const { return rpc == "attention" ? attention.size() : self.size(); }
 };
 
-// The request's tensors as core views (for the reference).
-AttentionArgs ArgsOf(const v1::AttentionOptions& o, const v1::Tensor& q, const v1::Tensor* k,
-                     const v1::Tensor* v, std::vector<FloatTensor>& store,
-                     const ProjectionWeights* projection) {
-  store.reserve(3);
-  auto f = [&](const v1::Tensor& t) {
-    store.push_back(*ToFloat(t, "t"));
-    return store.back().view();
-  };
-  AttentionArgs a;
-  a.query = f(q);
-  a.self_attention = k == nullptr;
-  if (k != nullptr) {
-    a.key = f(*k);
-    a.value = f(*v);
-  }
-  a.num_heads = o.num_heads();
-  a.num_kv_heads = o.num_kv_heads();
-  a.causal = o.causal();
-  a.weights = o.weights() == v1::WEIGHTS_AVERAGED   ? WeightsMode::kAveraged
-              : o.weights() == v1::WEIGHTS_PER_HEAD ? WeightsMode::kPerHead
-                                                    : WeightsMode::kNone;
-  a.projection = projection;
-  return a;
-}
-
 absl::StatusOr<Workload> MakeWorkload(const CliArgs& args, AttentionClient& probe,
                                       double verify_percent) {
   Workload w;
@@ -266,15 +240,12 @@ absl::StatusOr<Workload> MakeWorkload(const CliArgs& args, AttentionClient& prob
     const ProjectionWeights* pw = weights_model ? &weights_model->weights() : nullptr;
     std::fprintf(stderr, "load: computing %zu reference result(s) for --verify...\n", w.size());
     for (size_t i = 0; i < w.size(); ++i) {
-      std::vector<FloatTensor> store;
-      AttentionArgs a;
-      if (w.rpc == "self-attention") {
-        const v1::SelfAttentionRequest& r = w.self[i];
-        a = ArgsOf(r.options(), r.input(), nullptr, nullptr, store, pw);
-      } else {
-        const v1::AttentionRequest& r = w.attention[i];
-        a = ArgsOf(r.options(), r.query(), &r.key(), &r.value(), store, pw);
-      }
+      AttentionArgs a;  // views of the request: exactly what the server reads
+      ProjectionWeights no_inline;
+      absl::Status read = w.rpc == "self-attention" ? wire::FromWire(w.self[i], &a, &no_inline)
+                                                    : wire::FromWire(w.attention[i], &a, &no_inline);
+      if (!read.ok()) return read;
+      a.projection = pw;
       if (pw != nullptr && a.num_heads == 0) a.num_heads = weights_model->info().num_heads;
       absl::StatusOr<ReferenceResult> ref = ReferenceAttention(a);
       if (!ref.ok()) {

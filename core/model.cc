@@ -8,19 +8,26 @@
 
 namespace attention {
 
-absl::StatusOr<std::unique_ptr<const Model>> ModelFromFile(const std::string& name,
-                                                           const SafetensorsFile& file,
-                                                           const std::string& source) {
-  auto model = std::unique_ptr<Model>(new Model);
-  ProjectionWeights& w = model->weights_;
-  const std::pair<const char*, std::optional<TensorView>*> slots[] = {
-      {"in_proj_weight", &w.in_proj_weight}, {"q_proj_weight", &w.q_proj_weight},
-      {"k_proj_weight", &w.k_proj_weight},   {"v_proj_weight", &w.v_proj_weight},
-      {"in_proj_bias", &w.in_proj_bias},     {"out_proj.weight", &w.out_proj_weight},
-      {"out_proj.bias", &w.out_proj_bias}};
-  for (const auto& [tensor_name, view] : file.tensors) {
-    std::optional<TensorView>* slot = nullptr;
-    for (const auto& [known, s] : slots) {
+namespace {
+
+// nn.MultiheadAttention's state_dict names and where they go.
+constexpr std::pair<const char*, std::optional<TensorView> ProjectionWeights::*> kStateDict[] = {
+    {"in_proj_weight", &ProjectionWeights::in_proj_weight},
+    {"q_proj_weight", &ProjectionWeights::q_proj_weight},
+    {"k_proj_weight", &ProjectionWeights::k_proj_weight},
+    {"v_proj_weight", &ProjectionWeights::v_proj_weight},
+    {"in_proj_bias", &ProjectionWeights::in_proj_bias},
+    {"out_proj.weight", &ProjectionWeights::out_proj_weight},
+    {"out_proj.bias", &ProjectionWeights::out_proj_bias}};
+
+}  // namespace
+
+absl::StatusOr<ProjectionWeights> ProjectionFromTensors(
+    const std::map<std::string, TensorView>& tensors, const std::string& source) {
+  ProjectionWeights w;
+  for (const auto& [tensor_name, view] : tensors) {
+    std::optional<TensorView> ProjectionWeights::*slot = nullptr;
+    for (const auto& [known, s] : kStateDict) {
       if (tensor_name == known) slot = s;
     }
     if (slot == nullptr) {
@@ -33,11 +40,26 @@ absl::StatusOr<std::unique_ptr<const Model>> ModelFromFile(const std::string& na
       return absl::InvalidArgumentError(
           absl::StrCat(source, ": tensor '", tensor_name, "' has dtype ", DTypeName(view.dtype)));
     }
+    w.*slot = view;
+  }
+  return w;
+}
+
+absl::StatusOr<std::unique_ptr<const Model>> ModelFromFile(const std::string& name,
+                                                           const SafetensorsFile& file,
+                                                           const std::string& source) {
+  absl::StatusOr<ProjectionWeights> views = ProjectionFromTensors(file.tensors, source);
+  if (!views.ok()) return views.status();
+  auto model = std::unique_ptr<Model>(new Model);
+  ProjectionWeights& w = model->weights_;
+  for (const auto& [tensor_name, slot] : kStateDict) {  // kept as float32
+    const std::optional<TensorView>& view = (*views).*slot;
+    if (!view) continue;
     FloatTensor& t = model->tensors_[tensor_name];
-    t.shape = view.shape;
-    t.data.resize(view.byte_size / DTypeSize(view.dtype));
-    ConvertToFloat32(view, t.data.data());
-    *slot = t.view();
+    t.shape = view->shape;
+    t.data.resize(view->byte_size / DTypeSize(view->dtype));
+    ConvertToFloat32(*view, t.data.data());
+    w.*slot = t.view();
   }
   absl::StatusOr<ProjectionShape> shape = ValidateProjection(w, "");
   if (!shape.ok()) {

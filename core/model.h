@@ -48,6 +48,12 @@ class Model {
   ProjectionWeights weights_;
 };
 
+// The projection weights among `tensors` (named as in the state_dict), as
+// views of them. InvalidArgument naming `source` for a tensor of any other
+// name or of a non-float dtype; shapes are ValidateProjection's business.
+absl::StatusOr<ProjectionWeights> ProjectionFromTensors(
+    const std::map<std::string, TensorView>& tensors, const std::string& source);
+
 // Reads and validates the model at `path`, naming it `name`.
 absl::StatusOr<std::unique_ptr<const Model>> LoadModel(const std::string& name,
                                                        const std::string& path);

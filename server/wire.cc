@@ -5,117 +5,43 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "proto/tensor_view.h"
+#include "proto/convert.h"
 
 namespace attention {
 namespace server {
 namespace {
 
 using wire::ToWire;
-using wire::View;
 
-// `*out` = a view of `t` when `present`.
-absl::Status Optional(bool present, const v1::Tensor& t, absl::string_view field,
-                      std::optional<TensorView>* out) {
-  if (!present) return absl::OkStatus();
-  absl::StatusOr<TensorView> v = View(t, field);
-  if (!v.ok()) return v.status();
-  *out = std::move(*v);
-  return absl::OkStatus();
-}
-
-absl::Status PrepareOptions(const v1::AttentionOptions& o, const ModelRegistry& models,
-                            Call* call) {
-  AttentionArgs& a = call->args;
-  a.num_heads = o.num_heads();
-  a.num_kv_heads = o.num_kv_heads();
-  if (o.num_heads() < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("options.num_heads: must not be negative (got ", o.num_heads(), ")"));
-  }
-  if (o.has_scale()) a.scale = o.scale();
-  a.causal = o.causal();
-  switch (o.weights()) {
-    case v1::WEIGHTS_NONE:
-      a.weights = WeightsMode::kNone;
-      break;
-    case v1::WEIGHTS_AVERAGED:
-      a.weights = WeightsMode::kAveraged;
-      break;
-    case v1::WEIGHTS_PER_HEAD:
-      a.weights = WeightsMode::kPerHead;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("options.weights: unknown mode ", static_cast<int>(o.weights())));
-  }
-  if (absl::Status s =
-          Optional(o.has_attn_mask(), o.attn_mask(), "options.attn_mask", &a.attn_mask);
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = Optional(o.has_key_padding_mask(), o.key_padding_mask(),
-                                "options.key_padding_mask", &a.key_padding_mask);
-      !s.ok()) {
-    return s;
-  }
-  if (!o.model().empty()) {
-    if (o.has_projection()) {
-      return absl::InvalidArgumentError("options: give a model or projection weights, not both");
-    }
-    const Model* m = models.Find(o.model());
-    if (m == nullptr) {
-      return absl::NotFoundError(absl::StrCat("options.model: no model '", o.model(),
-                                              "' on this server (it has: ", models.Names(), ")"));
-    }
-    if (a.num_heads == 0) {
-      a.num_heads = m->info().num_heads;
-    } else if (a.num_heads != m->info().num_heads) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("options.num_heads: ", a.num_heads, " does not match model '", o.model(),
-                       "' (", m->info().num_heads, " heads); send 0 or ", m->info().num_heads));
-    }
-    a.projection = &m->weights();
-    return absl::OkStatus();
-  }
+// Resolves options.model (NotFound when unknown) after wire::FromWire filled
+// everything else.
+absl::Status ResolveModel(const v1::AttentionOptions& o, const ModelRegistry& models,
+                          AttentionArgs& a) {
+  if (o.model().empty()) return absl::OkStatus();
   if (o.has_projection()) {
-    const v1::Projection& p = o.projection();
-    ProjectionWeights& w = call->projection;
-    const struct {
-      bool present;
-      const v1::Tensor& tensor;
-      const char* field;
-      std::optional<TensorView>* slot;
-    } fields[] = {
-        {p.has_in_proj_weight(), p.in_proj_weight(), "options.projection.in_proj_weight",
-         &w.in_proj_weight},
-        {p.has_q_proj_weight(), p.q_proj_weight(), "options.projection.q_proj_weight",
-         &w.q_proj_weight},
-        {p.has_k_proj_weight(), p.k_proj_weight(), "options.projection.k_proj_weight",
-         &w.k_proj_weight},
-        {p.has_v_proj_weight(), p.v_proj_weight(), "options.projection.v_proj_weight",
-         &w.v_proj_weight},
-        {p.has_in_proj_bias(), p.in_proj_bias(), "options.projection.in_proj_bias",
-         &w.in_proj_bias},
-        {p.has_out_proj_weight(), p.out_proj_weight(), "options.projection.out_proj_weight",
-         &w.out_proj_weight},
-        {p.has_out_proj_bias(), p.out_proj_bias(), "options.projection.out_proj_bias",
-         &w.out_proj_bias},
-    };
-    for (const auto& f : fields) {
-      if (absl::Status s = Optional(f.present, f.tensor, f.field, f.slot); !s.ok()) return s;
-    }
-    a.projection = &w;
+    return absl::InvalidArgumentError("options: give a model or projection weights, not both");
   }
+  const Model* m = models.Find(o.model());
+  if (m == nullptr) {
+    return absl::NotFoundError(absl::StrCat("options.model: no model '", o.model(),
+                                            "' on this server (it has: ", models.Names(), ")"));
+  }
+  if (a.num_heads == 0) {
+    a.num_heads = m->info().num_heads;
+  } else if (a.num_heads != m->info().num_heads) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("options.num_heads: ", a.num_heads, " does not match model '", o.model(),
+                     "' (", m->info().num_heads, " heads); send 0 or ", m->info().num_heads));
+  }
+  a.projection = &m->weights();
   return absl::OkStatus();
 }
 
-absl::Status Required(bool present, const v1::Tensor& t, absl::string_view field, TensorView* out) {
-  if (!present) return absl::InvalidArgumentError(absl::StrCat(field, ": missing"));
-  absl::StatusOr<TensorView> v = View(t, field);
-  if (!v.ok()) return v.status();
-  *out = std::move(*v);
-  return absl::OkStatus();
+template <typename Request>
+absl::Status Prepare(const Request& r, const ModelRegistry& models, Call* call) {
+  if (absl::Status s = wire::FromWire(r, &call->args, &call->projection); !s.ok()) return s;
+  call->output_dtype = call->args.query.dtype;
+  return ResolveModel(r.options(), models, call->args);
 }
 
 // Writes results into an AttentionResponse: float32 straight into the
@@ -209,24 +135,14 @@ std::string ModelRegistry::Names() const {
   return absl::StrJoin(names, ", ");
 }
 
-absl::Status PrepareCall(const v1::AttentionRequest& r, const ModelRegistry& models, Call* call) {
-  AttentionArgs& a = call->args;
-  if (absl::Status s = Required(r.has_query(), r.query(), "query", &a.query); !s.ok()) return s;
-  a.key.emplace();
-  a.value.emplace();
-  if (absl::Status s = Required(r.has_key(), r.key(), "key", &*a.key); !s.ok()) return s;
-  if (absl::Status s = Required(r.has_value(), r.value(), "value", &*a.value); !s.ok()) return s;
-  call->output_dtype = a.query.dtype;
-  return PrepareOptions(r.options(), models, call);
+absl::Status PrepareCall(const v1::AttentionRequest& r, const ModelRegistry& models,
+                         Call* call) {
+  return Prepare(r, models, call);
 }
 
 absl::Status PrepareCall(const v1::SelfAttentionRequest& r, const ModelRegistry& models,
                          Call* call) {
-  AttentionArgs& a = call->args;
-  a.self_attention = true;
-  if (absl::Status s = Required(r.has_input(), r.input(), "input", &a.query); !s.ok()) return s;
-  call->output_dtype = a.query.dtype;
-  return PrepareOptions(r.options(), models, call);
+  return Prepare(r, models, call);
 }
 
 absl::Status Compute(const Call& call, const ComputeOptions& options,

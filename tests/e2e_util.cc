@@ -7,31 +7,14 @@ namespace attention {
 namespace testing {
 namespace {
 
-void FillOptions(const Fixture& f, v1::AttentionOptions* o) {
-  const AttentionArgs& a = f.args;
-  o->set_num_heads(static_cast<int32_t>(a.num_heads));
-  o->set_num_kv_heads(static_cast<int32_t>(a.num_kv_heads));
-  if (a.scale) o->set_scale(*a.scale);
-  o->set_causal(a.causal);
-  if (a.attn_mask) *o->mutable_attn_mask() = ToProto(*a.attn_mask);
-  if (a.key_padding_mask) *o->mutable_key_padding_mask() = ToProto(*a.key_padding_mask);
-  o->set_weights(a.weights == WeightsMode::kAveraged  ? v1::WEIGHTS_AVERAGED
-                 : a.weights == WeightsMode::kPerHead ? v1::WEIGHTS_PER_HEAD
-                                                      : v1::WEIGHTS_NONE);
+// The fixture's options; a model name instead of weights when it names one.
+v1::AttentionOptions Options(const Fixture& f) {
+  v1::AttentionOptions o = wire::ToWire(f.args);
   if (!f.model.empty()) {
-    o->set_model(f.model);
-    return;
+    o.clear_projection();
+    o.set_model(f.model);
   }
-  if (a.projection == nullptr) return;
-  const ProjectionWeights& w = f.projection;
-  v1::Projection* p = o->mutable_projection();
-  if (w.in_proj_weight) *p->mutable_in_proj_weight() = ToProto(*w.in_proj_weight);
-  if (w.q_proj_weight) *p->mutable_q_proj_weight() = ToProto(*w.q_proj_weight);
-  if (w.k_proj_weight) *p->mutable_k_proj_weight() = ToProto(*w.k_proj_weight);
-  if (w.v_proj_weight) *p->mutable_v_proj_weight() = ToProto(*w.v_proj_weight);
-  if (w.in_proj_bias) *p->mutable_in_proj_bias() = ToProto(*w.in_proj_bias);
-  if (w.out_proj_weight) *p->mutable_out_proj_weight() = ToProto(*w.out_proj_weight);
-  if (w.out_proj_bias) *p->mutable_out_proj_bias() = ToProto(*w.out_proj_bias);
+  return o;
 }
 
 }  // namespace
@@ -50,7 +33,7 @@ v1::AttentionRequest ToAttentionRequest(const Fixture& f, DType wire) {
   *r.mutable_query() = ToProto(f.args.query, wire);
   *r.mutable_key() = ToProto(*f.args.key, wire);
   *r.mutable_value() = ToProto(*f.args.value, wire);
-  FillOptions(f, r.mutable_options());
+  *r.mutable_options() = Options(f);
   return r;
 }
 
@@ -58,7 +41,7 @@ v1::SelfAttentionRequest ToSelfAttentionRequest(const Fixture& f, DType wire) {
   v1::SelfAttentionRequest r;
   r.set_id(f.name);
   *r.mutable_input() = ToProto(f.args.query, wire);
-  FillOptions(f, r.mutable_options());
+  *r.mutable_options() = Options(f);
   return r;
 }
 

@@ -1,0 +1,205 @@
+#include "proto/convert.h"
+
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace attention {
+namespace wire {
+namespace {
+
+// `*out` = a view of `t` when `present`.
+absl::Status Optional(bool present, const v1::Tensor& t, absl::string_view field,
+                      std::optional<TensorView>* out) {
+  if (!present) return absl::OkStatus();
+  absl::StatusOr<TensorView> v = View(t, field);
+  if (!v.ok()) return v.status();
+  *out = std::move(*v);
+  return absl::OkStatus();
+}
+
+absl::Status Required(bool present, const v1::Tensor& t, absl::string_view field,
+                      TensorView* out) {
+  if (!present) return absl::InvalidArgumentError(absl::StrCat(field, ": missing"));
+  absl::StatusOr<TensorView> v = View(t, field);
+  if (!v.ok()) return v.status();
+  *out = std::move(*v);
+  return absl::OkStatus();
+}
+
+// The projection tensors of the wire message and of ProjectionWeights, by name.
+struct ProjectionField {
+  const char* name;
+  bool (v1::Projection::*has)() const;
+  const v1::Tensor& (v1::Projection::*get)() const;
+  v1::Tensor* (v1::Projection::*mutable_get)();
+  std::optional<TensorView> ProjectionWeights::*slot;
+};
+
+constexpr ProjectionField kProjectionFields[] = {
+    {"options.projection.in_proj_weight", &v1::Projection::has_in_proj_weight,
+     &v1::Projection::in_proj_weight, &v1::Projection::mutable_in_proj_weight,
+     &ProjectionWeights::in_proj_weight},
+    {"options.projection.q_proj_weight", &v1::Projection::has_q_proj_weight,
+     &v1::Projection::q_proj_weight, &v1::Projection::mutable_q_proj_weight,
+     &ProjectionWeights::q_proj_weight},
+    {"options.projection.k_proj_weight", &v1::Projection::has_k_proj_weight,
+     &v1::Projection::k_proj_weight, &v1::Projection::mutable_k_proj_weight,
+     &ProjectionWeights::k_proj_weight},
+    {"options.projection.v_proj_weight", &v1::Projection::has_v_proj_weight,
+     &v1::Projection::v_proj_weight, &v1::Projection::mutable_v_proj_weight,
+     &ProjectionWeights::v_proj_weight},
+    {"options.projection.in_proj_bias", &v1::Projection::has_in_proj_bias,
+     &v1::Projection::in_proj_bias, &v1::Projection::mutable_in_proj_bias,
+     &ProjectionWeights::in_proj_bias},
+    {"options.projection.out_proj_weight", &v1::Projection::has_out_proj_weight,
+     &v1::Projection::out_proj_weight, &v1::Projection::mutable_out_proj_weight,
+     &ProjectionWeights::out_proj_weight},
+    {"options.projection.out_proj_bias", &v1::Projection::has_out_proj_bias,
+     &v1::Projection::out_proj_bias, &v1::Projection::mutable_out_proj_bias,
+     &ProjectionWeights::out_proj_bias},
+};
+
+absl::Status OptionsFromWire(const v1::AttentionOptions& o, AttentionArgs* args,
+                             ProjectionWeights* inline_weights) {
+  AttentionArgs& a = *args;
+  if (o.num_heads() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("options.num_heads: must not be negative (got ", o.num_heads(), ")"));
+  }
+  a.num_heads = o.num_heads();
+  a.num_kv_heads = o.num_kv_heads();
+  if (o.has_scale()) a.scale = o.scale();
+  a.causal = o.causal();
+  switch (o.weights()) {
+    case v1::WEIGHTS_NONE:
+      a.weights = WeightsMode::kNone;
+      break;
+    case v1::WEIGHTS_AVERAGED:
+      a.weights = WeightsMode::kAveraged;
+      break;
+    case v1::WEIGHTS_PER_HEAD:
+      a.weights = WeightsMode::kPerHead;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("options.weights: unknown mode ", static_cast<int>(o.weights())));
+  }
+  if (absl::Status s =
+          Optional(o.has_attn_mask(), o.attn_mask(), "options.attn_mask", &a.attn_mask);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = Optional(o.has_key_padding_mask(), o.key_padding_mask(),
+                                "options.key_padding_mask", &a.key_padding_mask);
+      !s.ok()) {
+    return s;
+  }
+  if (!o.has_projection()) return absl::OkStatus();
+  const v1::Projection& p = o.projection();
+  for (const ProjectionField& f : kProjectionFields) {
+    if (absl::Status s = Optional((p.*f.has)(), (p.*f.get)(), f.name, &(inline_weights->*f.slot));
+        !s.ok()) {
+      return s;
+    }
+  }
+  a.projection = inline_weights;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<DType> FromWire(v1::DataType dtype, absl::string_view field) {
+  switch (dtype) {
+    case v1::FLOAT32:
+      return DType::kFloat32;
+    case v1::FLOAT16:
+      return DType::kFloat16;
+    case v1::BFLOAT16:
+      return DType::kBFloat16;
+    case v1::BOOL:
+      return DType::kBool;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": unknown dtype ", static_cast<int>(dtype)));
+  }
+}
+
+v1::DataType ToWire(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return v1::FLOAT32;
+    case DType::kFloat16:
+      return v1::FLOAT16;
+    case DType::kBFloat16:
+      return v1::BFLOAT16;
+    case DType::kBool:
+      return v1::BOOL;
+  }
+  return v1::FLOAT32;
+}
+
+absl::StatusOr<TensorView> View(const v1::Tensor& t, absl::string_view field) {
+  absl::StatusOr<DType> dtype = FromWire(t.dtype(), field);
+  if (!dtype.ok()) return dtype.status();
+  return TensorView{*dtype, {t.shape().begin(), t.shape().end()}, t.data().data(),
+                    t.data().size()};
+}
+
+v1::Tensor ToWire(const TensorView& view) {
+  v1::Tensor t;
+  t.set_dtype(ToWire(view.dtype));
+  t.mutable_shape()->Assign(view.shape.begin(), view.shape.end());
+  t.set_data(view.data, view.byte_size);
+  return t;
+}
+
+absl::Status FromWire(const v1::AttentionRequest& r, AttentionArgs* args,
+                      ProjectionWeights* inline_weights) {
+  if (absl::Status s = Required(r.has_query(), r.query(), "query", &args->query); !s.ok()) {
+    return s;
+  }
+  args->key.emplace();
+  args->value.emplace();
+  if (absl::Status s = Required(r.has_key(), r.key(), "key", &*args->key); !s.ok()) return s;
+  if (absl::Status s = Required(r.has_value(), r.value(), "value", &*args->value); !s.ok()) {
+    return s;
+  }
+  return OptionsFromWire(r.options(), args, inline_weights);
+}
+
+absl::Status FromWire(const v1::SelfAttentionRequest& r, AttentionArgs* args,
+                      ProjectionWeights* inline_weights) {
+  args->self_attention = true;
+  if (absl::Status s = Required(r.has_input(), r.input(), "input", &args->query); !s.ok()) {
+    return s;
+  }
+  return OptionsFromWire(r.options(), args, inline_weights);
+}
+
+v1::Projection ToWire(const ProjectionWeights& weights) {
+  v1::Projection p;
+  for (const ProjectionField& f : kProjectionFields) {
+    if (const std::optional<TensorView>& t = weights.*f.slot) *(p.*f.mutable_get)() = ToWire(*t);
+  }
+  return p;
+}
+
+v1::AttentionOptions ToWire(const AttentionArgs& a) {
+  v1::AttentionOptions o;
+  o.set_num_heads(static_cast<int32_t>(a.num_heads));
+  o.set_num_kv_heads(static_cast<int32_t>(a.num_kv_heads));
+  if (a.scale) o.set_scale(*a.scale);
+  o.set_causal(a.causal);
+  if (a.attn_mask) *o.mutable_attn_mask() = ToWire(*a.attn_mask);
+  if (a.key_padding_mask) *o.mutable_key_padding_mask() = ToWire(*a.key_padding_mask);
+  o.set_weights(a.weights == WeightsMode::kAveraged  ? v1::WEIGHTS_AVERAGED
+                : a.weights == WeightsMode::kPerHead ? v1::WEIGHTS_PER_HEAD
+                                                     : v1::WEIGHTS_NONE);
+  if (a.projection != nullptr) *o.mutable_projection() = ToWire(*a.projection);
+  return o;
+}
+
+}  // namespace wire
+}  // namespace attention
