@@ -33,7 +33,7 @@ absl::Status CheckAlive(grpc::CallbackServerContext* context, const std::atomic<
 // A bidirectional stream: each message an independent request, answered in
 // order. At most max_in_flight messages are between read and written.
 template <typename Request>
-class StreamReactor final : public grpc::ServerBidiReactor<Request, v1::AttentionResponse> {
+class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   StreamReactor(AttentionServiceImpl* service, grpc::CallbackServerContext* context)
       : service_(service), context_(context) {
@@ -50,23 +50,14 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, v1::Attentio
       return;
     }
     auto item = std::make_shared<Item>();
-    item->request.Swap(&incoming_);
-    item->response.set_id(item->request.id());
+    const absl::Status parsed = ParseRequest(incoming_, &item->request);
+    incoming_.Clear();
     items_.push_back(item);
-    ++computing_;
-    const bool queued = service_->executor()->TrySubmit([this, item] {
-      absl::Status s = service_->Run(item->request, context_, &cancelled_, &item->response);
-      std::unique_lock<std::mutex> lock(mu_);
-      if (!s.ok()) SetError(item->response, s);
+    if (!parsed.ok()) {  // answered like any failed message: the stream goes on
+      item->response = EncodeError("", parsed);
       item->done = true;
-      --computing_;
-      WriteNext();
-      FinishIfDone(lock);
-    });
-    if (!queued) {
-      --computing_;
-      SetError(item->response, Saturated(*service_->executor()));
-      item->done = true;
+    } else {
+      Submit(item);
     }
     WriteNext();
     ReadNext();
@@ -90,16 +81,28 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, v1::Attentio
  private:
   struct Item {
     Request request;
-    v1::AttentionResponse response;
+    grpc::ByteBuffer response;  // an encoded AttentionResponse once done
     bool done = false;
   };
 
-  static void SetError(v1::AttentionResponse& response, const absl::Status& s) {
-    response.clear_output();
-    response.clear_weights();
-    const grpc::Status g = ToGrpcStatus(s);
-    response.mutable_error()->set_code(g.error_code());
-    response.mutable_error()->set_message(g.error_message());
+  // Queues `item` for compute; called with mu_ held.
+  void Submit(const std::shared_ptr<Item>& item) {
+    ++computing_;
+    const bool queued = service_->executor()->TrySubmit([this, item] {
+      grpc::ByteBuffer response;
+      absl::Status s = service_->Run(item->request, context_, &cancelled_, &response);
+      std::unique_lock<std::mutex> lock(mu_);
+      item->response = s.ok() ? std::move(response) : EncodeError(item->request.id(), s);
+      item->done = true;
+      --computing_;
+      WriteNext();
+      FinishIfDone(lock);
+    });
+    if (!queued) {
+      --computing_;
+      item->response = EncodeError(item->request.id(), Saturated(*service_->executor()));
+      item->done = true;
+    }
   }
 
   // Reads the next message unless one is pending or max_in_flight are held.
@@ -133,7 +136,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, v1::Attentio
   AttentionServiceImpl* service_;
   grpc::CallbackServerContext* context_;
   std::mutex mu_;
-  Request incoming_;
+  grpc::ByteBuffer incoming_;
   std::deque<std::shared_ptr<Item>> items_;
   int computing_ = 0;
   bool reading_ = false;
@@ -153,7 +156,7 @@ AttentionServiceImpl::AttentionServiceImpl(const ModelRegistry* models, Executor
 template <typename Request>
 absl::Status AttentionServiceImpl::Run(const Request& request, grpc::CallbackServerContext* context,
                                        const std::atomic<bool>* cancelled,
-                                       v1::AttentionResponse* response) {
+                                       grpc::ByteBuffer* response) {
   if (absl::Status s = CheckAlive(context, cancelled); !s.ok()) return s;  // not computed
   Call call;
   if (absl::Status s = PrepareCall(request, *models_, &call); !s.ok()) return s;
@@ -164,15 +167,24 @@ absl::Status AttentionServiceImpl::Run(const Request& request, grpc::CallbackSer
   options.max_threads = executor_->threads_per_worker();
   options.max_memory_bytes = limits_.max_request_memory_bytes;
   options.check = [context, cancelled] { return CheckAlive(context, cancelled); };
-  return Compute(call, options, response);
+  return Compute(call, options, request.id(), response);
 }
 
 template <typename Request>
 grpc::ServerUnaryReactor* AttentionServiceImpl::Unary(grpc::CallbackServerContext* context,
-                                                      const Request* request,
-                                                      v1::AttentionResponse* response) {
+                                                      const grpc::ByteBuffer* request_bytes,
+                                                      grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  response->set_id(request->id());
+  auto request = std::make_shared<Request>();
+  const absl::Status parsed = ParseRequest(*request_bytes, request.get());
+  // gRPC keeps the received bytes until the call ends; once parsed they are
+  // not needed, so they go now and a queued request is held once, not twice.
+  // (The buffer is gRPC's own mutable object, handed to handlers as const.)
+  const_cast<grpc::ByteBuffer*>(request_bytes)->Clear();
+  if (!parsed.ok()) {
+    reactor->Finish(ToGrpcStatus(parsed));
+    return reactor;
+  }
   const bool queued = executor_->TrySubmit([this, context, request, response, reactor] {
     absl::Status s = Run(*request, context, nullptr, response);
     reactor->Finish(ToGrpcStatus(s));
@@ -182,23 +194,23 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Unary(grpc::CallbackServerContex
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::Attention(grpc::CallbackServerContext* context,
-                                                          const v1::AttentionRequest* request,
-                                                          v1::AttentionResponse* response) {
-  return Unary(context, request, response);
+                                                          const grpc::ByteBuffer* request,
+                                                          grpc::ByteBuffer* response) {
+  return Unary<v1::AttentionRequest>(context, request, response);
 }
 
-grpc::ServerUnaryReactor* AttentionServiceImpl::SelfAttention(
-    grpc::CallbackServerContext* context, const v1::SelfAttentionRequest* request,
-    v1::AttentionResponse* response) {
-  return Unary(context, request, response);
+grpc::ServerUnaryReactor* AttentionServiceImpl::SelfAttention(grpc::CallbackServerContext* context,
+                                                              const grpc::ByteBuffer* request,
+                                                              grpc::ByteBuffer* response) {
+  return Unary<v1::SelfAttentionRequest>(context, request, response);
 }
 
-grpc::ServerBidiReactor<v1::AttentionRequest, v1::AttentionResponse>*
-AttentionServiceImpl::StreamAttention(grpc::CallbackServerContext* context) {
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionServiceImpl::StreamAttention(
+    grpc::CallbackServerContext* context) {
   return new StreamReactor<v1::AttentionRequest>(this, context);
 }
 
-grpc::ServerBidiReactor<v1::SelfAttentionRequest, v1::AttentionResponse>*
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
 AttentionServiceImpl::StreamSelfAttention(grpc::CallbackServerContext* context) {
   return new StreamReactor<v1::SelfAttentionRequest>(this, context);
 }

@@ -29,38 +29,52 @@ struct ServiceLimits {
   int fault_delay_ms = 0;
 };
 
-class AttentionServiceImpl final : public v1::AttentionService::CallbackService {
+// The attention methods take and return raw bytes, parsed and encoded by
+// server/wire.h, so that result tensors go to the wire from the buffers the
+// core wrote them into (protobuf serialization would copy them once more);
+// ListModels stays typed.
+using ServiceBase = v1::AttentionService::WithRawCallbackMethod_Attention<
+    v1::AttentionService::WithRawCallbackMethod_SelfAttention<
+        v1::AttentionService::WithRawCallbackMethod_StreamAttention<
+            v1::AttentionService::WithRawCallbackMethod_StreamSelfAttention<
+                v1::AttentionService::WithCallbackMethod_ListModels<
+                    v1::AttentionService::Service>>>>>;
+
+class AttentionServiceImpl final : public ServiceBase {
  public:
   // `models` and `executor` must outlive the service.
   AttentionServiceImpl(const ModelRegistry* models, Executor* executor, ServiceLimits limits);
 
+  // AttentionRequest in, AttentionResponse out.
   grpc::ServerUnaryReactor* Attention(grpc::CallbackServerContext* context,
-                                      const v1::AttentionRequest* request,
-                                      v1::AttentionResponse* response) override;
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
+  // SelfAttentionRequest in, AttentionResponse out.
   grpc::ServerUnaryReactor* SelfAttention(grpc::CallbackServerContext* context,
-                                          const v1::SelfAttentionRequest* request,
-                                          v1::AttentionResponse* response) override;
-  grpc::ServerBidiReactor<v1::AttentionRequest, v1::AttentionResponse>* StreamAttention(
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* StreamAttention(
       grpc::CallbackServerContext* context) override;
-  grpc::ServerBidiReactor<v1::SelfAttentionRequest, v1::AttentionResponse>* StreamSelfAttention(
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* StreamSelfAttention(
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
                                        const v1::ListModelsRequest* request,
                                        v1::ListModelsResponse* response) override;
 
-  // Validates and computes one request (on an executor thread). `cancelled`
-  // is polled between units of work; the context's deadline too.
+  // Validates and computes one request into an encoded AttentionResponse (on
+  // an executor thread). `cancelled` is polled between units of work; the
+  // context's deadline too.
   template <typename Request>
   absl::Status Run(const Request& request, grpc::CallbackServerContext* context,
-                   const std::atomic<bool>* cancelled, v1::AttentionResponse* response);
+                   const std::atomic<bool>* cancelled, grpc::ByteBuffer* response);
 
   Executor* executor() { return executor_; }
   const ServiceLimits& limits() const { return limits_; }
 
  private:
   template <typename Request>
-  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, const Request* request,
-                                  v1::AttentionResponse* response);
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context,
+                                  const grpc::ByteBuffer* request, grpc::ByteBuffer* response);
 
   const ModelRegistry* models_;
   Executor* executor_;

@@ -1,10 +1,14 @@
 #include "server/wire.h"
 
+#include <cstdlib>
+#include <new>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "grpcpp/support/proto_buffer_reader.h"
+#include "grpcpp/support/slice.h"
 #include "proto/convert.h"
 
 namespace attention {
@@ -44,53 +48,133 @@ absl::Status Prepare(const Request& r, const ModelRegistry& models, Call* call) 
   return ResolveModel(r.options(), models, call->args);
 }
 
-// Writes results into an AttentionResponse: float32 straight into the
-// message's bytes; float16/bfloat16 output through one float32 buffer.
+// Protobuf's wire format, for framing responses around tensor bytes that are
+// not copied into a message: varints and length-delimited fields.
+void AppendVarint(uint64_t v, std::string* out) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+uint64_t VarintSize(uint64_t v) {
+  uint64_t n = 1;
+  for (; v >= 0x80; v >>= 7) ++n;
+  return n;
+}
+
+void AppendFieldHeader(int field, uint64_t length, std::string* out) {
+  AppendVarint((static_cast<uint64_t>(field) << 3) | 2, out);  // wire type 2: length-delimited
+  AppendVarint(length, out);
+}
+
+// A result tensor whose bytes gRPC sends as they are: 64-byte aligned memory,
+// left uninitialized (the core writes every element), owned by a slice and
+// freed when gRPC drops its last reference.
+struct SliceTensor {
+  DType dtype = DType::kFloat32;
+  std::vector<int64_t> shape;
+  grpc::Slice bytes;
+  char* data = nullptr;
+  bool present = false;
+
+  char* Allocate(DType d, const std::vector<int64_t>& s, size_t size) {
+    dtype = d;
+    shape = s;
+    present = true;
+    if (size == 0) return nullptr;
+    void* p = std::aligned_alloc(64, (size + 63) / 64 * 64);
+    if (p == nullptr) throw std::bad_alloc();
+    bytes = grpc::Slice(p, size, [](void* q) { std::free(q); });
+    data = static_cast<char*>(p);
+    return data;
+  }
+
+  // Appends this tensor as message field `field` (a v1::Tensor): its dtype and
+  // shape to `head`, then its bytes as a slice of their own.
+  void Encode(int field, std::string* head, std::vector<grpc::Slice>* slices) const {
+    v1::Tensor meta;
+    meta.set_dtype(ToWire(dtype));
+    meta.mutable_shape()->Assign(shape.begin(), shape.end());
+    const std::string m = meta.SerializeAsString();
+    const uint64_t n = bytes.size();
+    const uint64_t data_field = n == 0 ? 0 : VarintSize(v1::Tensor::kDataFieldNumber << 3) + VarintSize(n) + n;
+    AppendFieldHeader(field, m.size() + data_field, head);
+    head->append(m);
+    if (n == 0) return;
+    AppendFieldHeader(v1::Tensor::kDataFieldNumber, n, head);
+    slices->emplace_back(*head);
+    head->clear();
+    slices->push_back(bytes);  // a reference to the core's buffer
+  }
+};
+
+int64_t Elements(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;  // the core validated the shape
+  return n;
+}
+
+// The core's OutputBuffers for a response: float32 results are written
+// straight into the buffers that go on the wire; float16/bfloat16 output
+// through one float32 staging buffer (ConvertOutput).
 class ResponseOutputs final : public OutputBuffers {
  public:
-  ResponseOutputs(v1::AttentionResponse* response, DType output_dtype)
-      : response_(response), dtype_(output_dtype) {}
+  explicit ResponseOutputs(DType output_dtype) : dtype_(output_dtype) {}
 
   float* Output(const std::vector<int64_t>& shape) override {
-    v1::Tensor* t = response_->mutable_output();
-    const int64_t n = Fill(shape, dtype_, t);
-    if (dtype_ == DType::kFloat32) return Bytes(t, n);
+    const int64_t n = Elements(shape);
+    char* bytes = output_.Allocate(dtype_, shape, n * DTypeSize(dtype_));
+    if (dtype_ == DType::kFloat32) return reinterpret_cast<float*>(bytes);
     staging_.resize(n);
     return staging_.data();
   }
 
   float* Weights(const std::vector<int64_t>& shape) override {
-    v1::Tensor* t = response_->mutable_weights();
-    return Bytes(t, Fill(shape, DType::kFloat32, t));
+    const int64_t n = Elements(shape);
+    return reinterpret_cast<float*>(weights_.Allocate(DType::kFloat32, shape, n * sizeof(float)));
   }
 
-  // Converts a staged float16/bfloat16 output into the response.
-  void Finish() {
-    if (staging_.empty()) return;
-    std::string* data = response_->mutable_output()->mutable_data();
-    data->resize(staging_.size() * DTypeSize(dtype_));
-    ConvertFromFloat32(staging_.data(), staging_.size(), dtype_, data->data());
+  void ConvertOutput() {
+    if (!staging_.empty()) {
+      ConvertFromFloat32(staging_.data(), staging_.size(), dtype_, output_.data);
+    }
+  }
+
+  // An AttentionResponse in field order (id, output, weights).
+  grpc::ByteBuffer Encode(const std::string& id) const {
+    std::string head;
+    std::vector<grpc::Slice> slices;
+    if (!id.empty()) {
+      AppendFieldHeader(v1::AttentionResponse::kIdFieldNumber, id.size(), &head);
+      head.append(id);
+    }
+    if (output_.present) output_.Encode(v1::AttentionResponse::kOutputFieldNumber, &head, &slices);
+    if (weights_.present) {
+      weights_.Encode(v1::AttentionResponse::kWeightsFieldNumber, &head, &slices);
+    }
+    if (!head.empty() || slices.empty()) slices.emplace_back(head);
+    return grpc::ByteBuffer(slices.data(), slices.size());
   }
 
  private:
-  static int64_t Fill(const std::vector<int64_t>& shape, DType dtype, v1::Tensor* t) {
-    t->set_dtype(ToWire(dtype));
-    t->mutable_shape()->Assign(shape.begin(), shape.end());
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    return n;
-  }
-
-  static float* Bytes(v1::Tensor* t, int64_t n) {
-    std::string* data = t->mutable_data();
-    data->resize(n * sizeof(float));
-    return reinterpret_cast<float*>(data->data());  // operator new: aligned for float
-  }
-
-  v1::AttentionResponse* response_;
   DType dtype_;
+  SliceTensor output_;
+  SliceTensor weights_;
   std::vector<float> staging_;
 };
+
+template <typename Request>
+absl::Status Parse(const grpc::ByteBuffer& bytes, Request* request) {
+  grpc::ByteBuffer shared(bytes);  // the same slices, not a copy
+  grpc::ProtoBufferReader reader(&shared);
+  if (!request->ParseFromZeroCopyStream(&reader)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "request: not a valid ", Request::descriptor()->full_name(), " message"));
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -145,22 +229,35 @@ absl::Status PrepareCall(const v1::SelfAttentionRequest& r, const ModelRegistry&
   return Prepare(r, models, call);
 }
 
-absl::Status Compute(const Call& call, const ComputeOptions& options,
-                     v1::AttentionResponse* response) {
-  ResponseOutputs outputs(response, call.output_dtype);
-  absl::Status s = ComputeAttention(call.args, options, &outputs);
-  if (s.ok()) {
-    try {
-      outputs.Finish();
-    } catch (const std::bad_alloc&) {
-      s = absl::ResourceExhaustedError("out of memory converting the output");
-    }
+absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::AttentionRequest* request) {
+  return Parse(bytes, request);
+}
+
+absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::SelfAttentionRequest* request) {
+  return Parse(bytes, request);
+}
+
+absl::Status Compute(const Call& call, const ComputeOptions& options, const std::string& id,
+                     grpc::ByteBuffer* response) {
+  ResponseOutputs outputs(call.output_dtype);
+  if (absl::Status s = ComputeAttention(call.args, options, &outputs); !s.ok()) return s;
+  try {
+    outputs.ConvertOutput();
+    *response = outputs.Encode(id);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("out of memory encoding the response");
   }
-  if (!s.ok()) {
-    response->clear_output();
-    response->clear_weights();
-  }
-  return s;
+  return absl::OkStatus();
+}
+
+grpc::ByteBuffer EncodeError(const std::string& id, const absl::Status& status) {
+  v1::AttentionResponse r;
+  r.set_id(id);
+  const grpc::Status g = ToGrpcStatus(status);
+  r.mutable_error()->set_code(g.error_code());
+  r.mutable_error()->set_message(g.error_message());
+  grpc::Slice bytes(r.SerializeAsString());
+  return grpc::ByteBuffer(&bytes, 1);
 }
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {

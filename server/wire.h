@@ -1,7 +1,8 @@
 // The bridge between the wire API (attention.v1 messages) and the core:
 // requests become AttentionArgs (views of the request's bytes, no copies),
-// results are written straight into the response, and absl statuses become
-// gRPC statuses (in exactly one place: ToGrpcStatus).
+// results are written by the core into buffers that gRPC sends as they are
+// (no serialization copy), and absl statuses become gRPC statuses (in exactly
+// one place: ToGrpcStatus).
 #ifndef SERVER_WIRE_H_
 #define SERVER_WIRE_H_
 
@@ -15,6 +16,7 @@
 #include "attention/v1/attention.pb.h"
 #include "core/attention.h"
 #include "core/model.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/status.h"
 
 namespace attention {
@@ -49,10 +51,22 @@ absl::Status PrepareCall(const v1::AttentionRequest& request, const ModelRegistr
 absl::Status PrepareCall(const v1::SelfAttentionRequest& request, const ModelRegistry& models,
                          Call* call);
 
-// Computes `call` into `response` (output in call.output_dtype, weights
-// float32, both written in place into the response's bytes).
-absl::Status Compute(const Call& call, const ComputeOptions& options,
-                     v1::AttentionResponse* response);
+// Parses a request from the bytes gRPC received (the service's methods take
+// raw bytes so that responses can be sent without a copy). InvalidArgument
+// when the bytes are not such a message.
+absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::AttentionRequest* request);
+absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::SelfAttentionRequest* request);
+
+// Computes `call` and encodes the attention.v1.AttentionResponse (`id`, the
+// output in call.output_dtype, float32 weights when asked for) into
+// `response`. The core writes the tensors into 64-byte aligned buffers that
+// become the message's bytes fields as they are: gRPC sends them from there.
+absl::Status Compute(const Call& call, const ComputeOptions& options, const std::string& id,
+                     grpc::ByteBuffer* response);
+
+// An AttentionResponse carrying only `id` and `status` as its error (stream
+// messages that failed).
+grpc::ByteBuffer EncodeError(const std::string& id, const absl::Status& status);
 
 // The gRPC status for an absl status: same code, same message. Codes the
 // service never means to send (UNKNOWN) become INTERNAL.

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/test_util.h"
+#include "grpcpp/support/proto_buffer_reader.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -22,6 +23,15 @@ v1::Tensor FloatTensorProto(std::vector<int64_t> shape, float fill) {
   std::vector<float> data(n, fill);
   t.set_data(data.data(), data.size() * 4);
   return t;
+}
+
+// What a client's protobuf parser makes of an encoded response.
+v1::AttentionResponse Decode(const grpc::ByteBuffer& bytes) {
+  grpc::ByteBuffer copy(bytes);
+  grpc::ProtoBufferReader reader(&copy);
+  v1::AttentionResponse r;
+  EXPECT_TRUE(r.ParseFromZeroCopyStream(&reader));
+  return r;
 }
 
 std::unique_ptr<ModelRegistry> Demo() {
@@ -87,8 +97,9 @@ TEST(Wire, HalfOutputComesBackAsHalfAndWeightsAsFloat) {
   r.mutable_options()->set_weights(v1::WEIGHTS_PER_HEAD);
   Call call;
   ASSERT_TRUE(PrepareCall(r, *models, &call).ok());
-  v1::AttentionResponse response;
-  ASSERT_TRUE(Compute(call, {}, &response).ok());
+  grpc::ByteBuffer encoded;
+  ASSERT_TRUE(Compute(call, {}, "", &encoded).ok());
+  const v1::AttentionResponse response = Decode(encoded);
   EXPECT_EQ(response.output().dtype(), v1::FLOAT16);
   EXPECT_EQ(response.output().data().size(), 16u * 2);
   EXPECT_EQ(response.weights().dtype(), v1::FLOAT32);
@@ -96,6 +107,67 @@ TEST(Wire, HalfOutputComesBackAsHalfAndWeightsAsFloat) {
   float w;
   std::memcpy(&w, response.weights().data().data(), 4);
   EXPECT_GT(w, 0.0f);
+}
+
+// The response is framed around the core's buffers instead of serialized: a
+// protobuf parser must read back exactly what the core computed.
+TEST(Wire, EncodedResponseParsesToTheComputedTensors) {
+  std::unique_ptr<ModelRegistry> models = Demo();
+  v1::SelfAttentionRequest r;
+  r.set_id("request-7");
+  *r.mutable_input() = FloatTensorProto({3, 200, 64}, 0);  // 150 KiB out: > one varint byte
+  float* x = reinterpret_cast<float*>(r.mutable_input()->mutable_data()->data());
+  for (int i = 0; i < 3 * 200 * 64; ++i) x[i] = 0.01f * static_cast<float>(i % 97) - 0.4f;
+  r.mutable_options()->set_model("demo");
+  for (v1::WeightsMode mode : {v1::WEIGHTS_NONE, v1::WEIGHTS_AVERAGED}) {
+    r.mutable_options()->set_weights(mode);
+    Call call;
+    ASSERT_TRUE(PrepareCall(r, *models, &call).ok());
+    grpc::ByteBuffer bytes;
+    ASSERT_TRUE(Compute(call, {}, r.id(), &bytes).ok());
+    VectorOutputs expected;
+    ASSERT_TRUE(ComputeAttention(call.args, {}, &expected).ok());
+
+    const v1::AttentionResponse response = Decode(bytes);
+    EXPECT_EQ(response.id(), "request-7");
+    EXPECT_FALSE(response.has_error());
+    EXPECT_EQ(response.output().dtype(), v1::FLOAT32);
+    EXPECT_THAT(response.output().shape(), ::testing::ElementsAre(3, 200, 64));
+    ASSERT_EQ(response.output().data().size(), expected.output.data.size() * 4);
+    EXPECT_EQ(std::memcmp(response.output().data().data(), expected.output.data.data(),
+                          response.output().data().size()),
+              0);
+    EXPECT_EQ(response.has_weights(), mode == v1::WEIGHTS_AVERAGED);
+    if (mode == v1::WEIGHTS_AVERAGED) {
+      EXPECT_THAT(response.weights().shape(), ::testing::ElementsAre(3, 200, 200));
+      ASSERT_EQ(response.weights().data().size(), expected.weights.data.size() * 4);
+      EXPECT_EQ(std::memcmp(response.weights().data().data(), expected.weights.data.data(),
+                            response.weights().data().size()),
+                0);
+    }
+    // Byte for byte what protobuf itself would have written.
+    EXPECT_EQ(bytes.Length(), response.ByteSizeLong());
+  }
+}
+
+TEST(Wire, MalformedRequestBytesAreInvalidArgument) {
+  const std::string junk = "\x0a\xff\xff\xff\xff\x0f";  // a field longer than the message
+  grpc::Slice slice(junk);
+  grpc::ByteBuffer bytes(&slice, 1);
+  v1::AttentionRequest r;
+  absl::Status s = ParseRequest(bytes, &r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("request: not a valid attention.v1.AttentionRequest message"));
+}
+
+TEST(Wire, ErrorResponsesCarryIdAndStatus) {
+  const v1::AttentionResponse r =
+      Decode(EncodeError("s-3", absl::InvalidArgumentError("input: missing")));
+  EXPECT_EQ(r.id(), "s-3");
+  EXPECT_EQ(r.error().code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_EQ(r.error().message(), "input: missing");
+  EXPECT_FALSE(r.has_output());
 }
 
 TEST(Wire, ModelSpecsAreChecked) {
