@@ -7,9 +7,11 @@
 #include <omp.h>
 #include <signal.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <thread>
 
 #include "server/service.h"
 #include "server/wire.h"
@@ -104,7 +106,21 @@ int RunServer(const ServerConfig& config) {
   const auto deadline =
       std::chrono::system_clock::now() +
       std::chrono::milliseconds(static_cast<int64_t>(config.drain_seconds * 1000));
-  server->Shutdown(deadline);  // no new calls; running ones finish or are cancelled at deadline
+  // Shutdown refuses new calls at once and lets running ones finish until the
+  // deadline (then cancels them). It also waits for every client connection
+  // to close, so a client that merely keeps its channel open would hold the
+  // drain to the deadline: once no call of ours is left, the connections are
+  // closed. (Health Watch streams are not counted: they end here too.)
+  std::atomic<bool> shut_down{false};
+  std::thread stopper([&] {
+    server->Shutdown(deadline);
+    shut_down = true;
+  });
+  while (!shut_down) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (service.active_calls() == 0) grpc_server_cancel_all_calls(server->c_server());
+  }
+  stopper.join();
   executor.Shutdown();
   std::printf("attention-server: stopped\n");
   return 0;

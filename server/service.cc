@@ -30,13 +30,23 @@ absl::Status CheckAlive(grpc::CallbackServerContext* context, const std::atomic<
   return absl::OkStatus();
 }
 
+// A unary call's reactor, counted as active until gRPC is done with it.
+class UnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit UnaryReactor(AttentionServiceImpl* service) : scope_(service) {}
+  void OnDone() override { delete this; }
+
+ private:
+  AttentionServiceImpl::CallScope scope_;
+};
+
 // A bidirectional stream: each message an independent request, answered in
 // order. At most max_in_flight messages are between read and written.
 template <typename Request>
 class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   StreamReactor(AttentionServiceImpl* service, grpc::CallbackServerContext* context)
-      : service_(service), context_(context) {
+      : scope_(service), service_(service), context_(context) {
     reading_ = true;
     this->StartRead(&incoming_);
   }
@@ -133,6 +143,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
                            : grpc::Status::OK);
   }
 
+  AttentionServiceImpl::CallScope scope_;
   AttentionServiceImpl* service_;
   grpc::CallbackServerContext* context_;
   std::mutex mu_;
@@ -174,7 +185,7 @@ template <typename Request>
 grpc::ServerUnaryReactor* AttentionServiceImpl::Unary(grpc::CallbackServerContext* context,
                                                       const grpc::ByteBuffer* request_bytes,
                                                       grpc::ByteBuffer* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = new UnaryReactor(this);
   auto request = std::make_shared<Request>();
   const absl::Status parsed = ParseRequest(*request_bytes, request.get());
   // gRPC keeps the received bytes until the call ends; once parsed they are
@@ -215,7 +226,7 @@ AttentionServiceImpl::StreamSelfAttention(grpc::CallbackServerContext* context) 
   return new StreamReactor<v1::SelfAttentionRequest>(this, context);
 }
 
-grpc::ServerUnaryReactor* AttentionServiceImpl::ListModels(grpc::CallbackServerContext* context,
+grpc::ServerUnaryReactor* AttentionServiceImpl::ListModels(grpc::CallbackServerContext*,
                                                            const v1::ListModelsRequest*,
                                                            v1::ListModelsResponse* response) {
   for (const Model* m : models_->All()) {
@@ -233,7 +244,7 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ListModels(grpc::CallbackServerC
   l->set_compute_threads(executor_->workers() * executor_->threads_per_worker());
   l->set_max_queue(limits_.max_queue);
   l->set_max_stream_in_flight(limits_.max_stream_in_flight);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = new UnaryReactor(this);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

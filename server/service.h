@@ -71,6 +71,25 @@ class AttentionServiceImpl final : public ServiceBase {
   Executor* executor() { return executor_; }
   const ServiceLimits& limits() const { return limits_; }
 
+  // Calls being served (the attention methods and ListModels), each from its
+  // handler until gRPC is done with it (OnDone): once this is 0 after
+  // shutdown began, nothing is left but idle connections.
+  int active_calls() const { return active_calls_.load(); }
+
+  // Counts one call for as long as it lives (a member of its reactor).
+  class CallScope {
+   public:
+    explicit CallScope(AttentionServiceImpl* service) : count_(&service->active_calls_) {
+      ++*count_;
+    }
+    ~CallScope() { --*count_; }
+    CallScope(const CallScope&) = delete;
+    CallScope& operator=(const CallScope&) = delete;
+
+   private:
+    std::atomic<int>* count_;
+  };
+
  private:
   template <typename Request>
   grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context,
@@ -79,6 +98,7 @@ class AttentionServiceImpl final : public ServiceBase {
   const ModelRegistry* models_;
   Executor* executor_;
   ServiceLimits limits_;
+  std::atomic<int> active_calls_{0};
 };
 
 }  // namespace server
