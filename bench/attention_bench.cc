@@ -41,7 +41,8 @@ usage: attention-bench --batch B --seq L [--kv-seq S] --embed E --heads H [--kv-
   --min-time X   keep timing for X seconds (default 2), at least 5 runs
   --fused-min-keys N  without weights, the fused (online-softmax) path from N keys on
                  (default: the core's, 16384)
-  --roofline     also time oneDNN sgemm of the dominant GEMM's size, for the ratio to the limit
+  --roofline     also time oneDNN sgemm of the dominant GEMM's size, in turns with the case
+                 (blocks of calls), for the ratio to the limit (median of the turns' ratios)
   --target       also run the same case through a running attention-server (unary calls):
                  once with the typed client (serializes each request, parses each response),
                  once sending the request encoded once and measuring the response unparsed
@@ -107,18 +108,49 @@ double Flops(const Settings& s) {
 
 // oneDNN sgemm of the dominant GEMM: the packed in-projection [B*L, E] x [E, 3E]
 // with projections, else one head's scores [L, D] x [D, S].
-double RooflineGflops(const Settings& s) {
+// oneDNN sgemm of the dominant GEMM's size (the QKV projection with
+// projections, one head's scores without), timed in turns with the case
+// itself: each turn times a block of calls of each (the block's median: warm,
+// as in a loop of one kind), so a machine that speeds up or slows down during
+// the run moves both sides of a turn's ratio alike.
+struct Roofline {
+  double gflops = 0;  // sgemm, median over the turns
+  double ratio = 0;   // ours / sgemm in GFLOP/s, median of the turns' ratios
+};
+
+Roofline MeasureRoofline(const Settings& s, const std::function<bool()>& ours) {
   const int64_t M = s.projection ? s.B * s.L : s.L;
   const int64_t N = s.projection ? 3 * s.E : s.S;
   const int64_t K = s.projection ? s.E : s.E / s.H;
   std::vector<float> a(M * K, 0.5f), b(K * N, 0.25f), c(M * N);
-  Timing t = TimeIt(
-      [&] {
-        return dnnl::sgemm('N', 'N', M, N, K, 1.0f, a.data(), K, b.data(), N, 0.0f, c.data(), N) ==
-               dnnl::status::success;
-      },
-      std::min(1.0, s.min_time));
-  return 2.0 * M * N * K / (t.median_ms * 1e6);
+  auto sgemm = [&] {
+    return dnnl::sgemm('N', 'N', M, N, K, 1.0f, a.data(), K, b.data(), N, 0.0f, c.data(), N) ==
+           dnnl::status::success;
+  };
+  auto block_ms = [](const std::function<bool()>& f) {  // median of >= 5 calls, >= 50 ms
+    std::vector<double> ms;
+    const auto start = Clock::now();
+    while (ms.size() < 5 || std::chrono::duration<double>(Clock::now() - start).count() < 0.05) {
+      const auto t0 = Clock::now();
+      if (!f()) return -1.0;
+      ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    }
+    std::sort(ms.begin(), ms.end());
+    return ms[ms.size() / 2];
+  };
+  std::vector<double> rates, ratios;
+  const auto start = Clock::now();
+  while (ratios.size() < 5 || std::chrono::duration<double>(Clock::now() - start).count() < s.min_time) {
+    const double ours_ms = block_ms(ours);
+    const double sgemm_ms = block_ms(sgemm);
+    if (ours_ms <= 0 || sgemm_ms <= 0) return {};
+    const double rate = 2.0 * M * N * K / (sgemm_ms * 1e6);
+    rates.push_back(rate);
+    ratios.push_back(Flops(s) / (ours_ms * 1e6) / rate);
+  }
+  std::sort(rates.begin(), rates.end());
+  std::sort(ratios.begin(), ratios.end());
+  return {rates[rates.size() / 2], ratios[ratios.size() / 2]};
 }
 
 struct Data {
@@ -182,16 +214,16 @@ std::string CaseName(const Settings& s) {
                                                             : " w=per-head");
 }
 
-void Report(const Settings& s, const char* mode, const Timing& t, double roofline) {
+void Report(const Settings& s, const char* mode, const Timing& t, const Roofline& roofline = {}) {
   const double gflops = Flops(s) / (t.median_ms * 1e6);
   if (s.json) {
     std::printf(
         "{\"case\": \"%s\", \"mode\": \"%s\", \"threads\": %d, \"runs\": %d, "
         "\"ms_median\": %.4f, \"ms_p90\": %.4f, \"gflops\": %.3f, \"peak_rss_mb\": %.1f",
         CaseName(s).c_str(), mode, s.threads, t.runs, t.median_ms, t.p90_ms, gflops, PeakRssMb());
-    if (roofline > 0) {
-      std::printf(", \"roofline_gflops\": %.3f, \"roofline_ratio\": %.3f", roofline,
-                  gflops / roofline);
+    if (roofline.gflops > 0) {
+      std::printf(", \"roofline_gflops\": %.3f, \"roofline_ratio\": %.3f", roofline.gflops,
+                  roofline.ratio);
     }
     std::printf("}\n");
   } else {
@@ -199,8 +231,10 @@ void Report(const Settings& s, const char* mode, const Timing& t, double rooflin
         "%-12s %s  threads=%d runs=%d  median %.3f ms  p90 %.3f ms  %.1f GFLOP/s  "
         "peak RSS %.0f MB",
         mode, CaseName(s).c_str(), s.threads, t.runs, t.median_ms, t.p90_ms, gflops, PeakRssMb());
-    if (roofline > 0)
-      std::printf("  (sgemm %.1f GFLOP/s: %.0f%%)", roofline, 100 * gflops / roofline);
+    if (roofline.gflops > 0) {
+      std::printf("  (sgemm %.1f GFLOP/s; ours/sgemm %.0f%%)", roofline.gflops,
+                  100 * roofline.ratio);
+    }
     std::printf("\n");
   }
   std::fflush(stdout);
@@ -287,7 +321,9 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "attention-bench: %s\n", status.ToString().c_str());
     return 1;
   }
-  Report(s, "in-process", local, s.roofline ? RooflineGflops(s) : 0);
+  Report(s, "in-process", local,
+         s.roofline ? MeasureRoofline(s, [&] { return ComputeAttention(args, options, &out).ok(); })
+                    : Roofline{});
 
   if (a.Has("target")) {
     std::shared_ptr<grpc::Channel> channel = client::AttentionClient::Connect(a.Get("target"));
@@ -320,7 +356,7 @@ int Main(int argc, char** argv) {
         },
         s.min_time);
     if (!status.ok()) return TargetFailed(a.Get("target"), status);
-    Report(s, "end-to-end", remote, 0);
+    Report(s, "end-to-end", remote);
     // 2. The request encoded once and the response only measured, not parsed:
     // what the server costs when its client's work is done elsewhere (here
     // the client shares the server's cores, as a remote client would not).
@@ -357,7 +393,7 @@ int Main(int argc, char** argv) {
         },
         s.min_time);
     if (!status.ok()) return TargetFailed(a.Get("target"), status);
-    Report(s, "end-to-end-pre-encoded", raw, 0);
+    Report(s, "end-to-end-pre-encoded", raw);
     if (!s.json) {
       std::printf(
           "end-to-end throughput = %.0f%% of in-process (typed client), %.0f%% (pre-encoded "
