@@ -12,6 +12,7 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -30,7 +31,7 @@ constexpr char kUsage[] =
 
 usage: attention-bench --batch B --seq L [--kv-seq S] --embed E --heads H [--kv-heads G]
                        [--self] [--projection] [--causal] [--weights none|average|per-head]
-                       [--threads N] [--min-time SECONDS] [--json] [--roofline]
+                       [--threads N] [--min-time SECONDS] [--gap-ms N] [--json] [--roofline]
                        [--target HOST:PORT [--model NAME]]
        attention-bench --write-model PATH --embed E --heads H    (a random model file)
 
@@ -39,6 +40,8 @@ usage: attention-bench --batch B --seq L [--kv-seq S] --embed E --heads H [--kv-
                  the server's --model NAME, or the same weights sent inline without --model)
   --threads N    OpenMP threads (default: every core)
   --min-time X   keep timing for X seconds (default 2), at least 5 runs
+  --gap-ms N     sleep N ms before each timed call (not counted): the latency of a call that
+                 arrives at an idle process (or server)
   --fused-min-keys N  without weights, the fused (online-softmax) path from N keys on
                  (default: the core's, 16384)
   --roofline     also time oneDNN sgemm of the dominant GEMM's size, in turns with the case
@@ -64,6 +67,10 @@ struct Timing {
 
 using Clock = std::chrono::steady_clock;
 
+// Idle time before each timed call (--gap-ms): what a call costs on a
+// process that had nothing to do for a while.
+double g_gap_ms = 0;
+
 Timing TimeIt(const std::function<bool()>& run, double min_time) {
   for (int i = 0; i < 2; ++i) {
     if (!run()) return {-1, -1, 0};
@@ -71,6 +78,9 @@ Timing TimeIt(const std::function<bool()>& run, double min_time) {
   std::vector<double> ms;
   const auto start = Clock::now();
   while (ms.size() < 5 || std::chrono::duration<double>(Clock::now() - start).count() < min_time) {
+    if (g_gap_ms > 0) {
+      std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(g_gap_ms));
+    }
     const auto t0 = Clock::now();
     if (!run()) return {-1, -1, 0};
     ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
@@ -281,6 +291,7 @@ int Main(int argc, char** argv) {
   s.threads = static_cast<int>(a.GetInt("threads", 0).value_or(0));
   if (s.threads <= 0) s.threads = omp_get_num_procs();
   s.min_time = a.GetDouble("min-time", 2).value_or(2);
+  g_gap_ms = a.GetDouble("gap-ms", 0).value_or(0);
   if (a.Has("write-model") && s.L <= 0) s.L = 1;  // only the weights are written
   if (s.E <= 0 || s.H <= 0 || s.L <= 0 || s.E % s.H != 0) {
     std::fprintf(stderr, "%s\nneed --seq, --embed and --heads (dividing --embed)\n", kUsage);

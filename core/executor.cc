@@ -1,6 +1,8 @@
 #include "core/executor.h"
 
 #include <omp.h>
+#include <pthread.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -9,12 +11,37 @@
 
 namespace attention {
 
+namespace {
+
+// The CPUs this process may run on, in order.
+std::vector<int> AllowedCpus() {
+  std::vector<int> cpus;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  }
+  return cpus;
+}
+
+}  // namespace
+
 Executor::Executor(Options options) : max_queue_(options.max_queue) {
   const int workers = std::max(1, options.workers);
   const int cores = std::max(1, omp_get_num_procs());
   threads_per_worker_ =
       options.threads_per_worker > 0 ? options.threads_per_worker : std::max(1, cores / workers);
-  for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { Work(); });
+  if (options.pin_threads) {
+    std::vector<int> cpus = AllowedCpus();
+    if (static_cast<int>(cpus.size()) == workers * threads_per_worker_) {
+      pinned_ = std::move(cpus);
+      for (size_t i = 0; i < pinned_.size(); ++i) {
+        pinned_description_ += (i == 0 ? "" : ",") + std::to_string(pinned_[i]);
+      }
+    }
+  }
+  for (int i = 0; i < workers; ++i) threads_.emplace_back([this, i] { Work(i); });
 }
 
 Executor::~Executor() { Shutdown(); }
@@ -47,8 +74,19 @@ size_t Executor::queued() const {
   return queue_.size();
 }
 
-void Executor::Work() {
+void Executor::Work(int worker) {
   omp_set_num_threads(threads_per_worker_);
+  if (!pinned_.empty()) {
+    // OpenMP keeps this thread's team threads for later regions (of at most
+    // threads_per_worker_ threads), so pinning them once pins them for good.
+#pragma omp parallel num_threads(threads_per_worker_)
+    {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(pinned_[worker * threads_per_worker_ + omp_get_thread_num()], &set);
+      pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    }
+  }
   for (;;) {
     std::function<void()> task;
     {

@@ -1,8 +1,14 @@
 #include "core/executor.h"
 
+#include <omp.h>
+#include <pthread.h>
+#include <sched.h>
+
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 #include <thread>
 
@@ -60,6 +66,58 @@ TEST(Executor, SplitsCoresBetweenWorkers) {
   Executor ex({/*workers=*/2, /*threads_per_worker=*/0, /*max_queue=*/4});
   EXPECT_EQ(ex.workers(), 2);
   EXPECT_GE(ex.threads_per_worker(), 1);
+}
+
+int AllowedCpuCount() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  EXPECT_EQ(sched_getaffinity(0, sizeof(set), &set), 0);
+  return CPU_COUNT(&set);
+}
+
+// The CPUs each thread of an OpenMP team started inside a task may run on.
+std::vector<std::set<int>> TeamCpus(Executor& ex) {
+  std::vector<std::set<int>> cpus(ex.threads_per_worker());
+  std::promise<void> done;
+  auto task = [&] {
+#pragma omp parallel num_threads(ex.threads_per_worker())
+    {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      pthread_getaffinity_np(pthread_self(), sizeof(set), &set);
+      for (int c = 0; c < CPU_SETSIZE; ++c) {
+        if (CPU_ISSET(c, &set)) cpus[omp_get_thread_num()].insert(c);
+      }
+    }
+    done.set_value();
+  };
+  EXPECT_TRUE(ex.TrySubmit(task));
+  done.get_future().wait();
+  return cpus;
+}
+
+TEST(Executor, PinsEachComputeThreadToItsOwnCpuWhenItHasExactlyThat) {
+  const int n = AllowedCpuCount();
+  Executor ex({/*workers=*/1, /*threads_per_worker=*/n, /*max_queue=*/4});
+  EXPECT_FALSE(ex.pinned_cpus().empty());
+  std::set<int> used;
+  for (const std::set<int>& c : TeamCpus(ex)) {
+    EXPECT_EQ(c.size(), 1u);  // one CPU each
+    used.insert(c.begin(), c.end());
+  }
+  EXPECT_EQ(static_cast<int>(used.size()), n);  // all different
+  // Still pinned in later calls (OpenMP reuses the team's threads).
+  for (const std::set<int>& c : TeamCpus(ex)) EXPECT_EQ(c.size(), 1u);
+}
+
+TEST(Executor, DoesNotPinOnACpuSetOfAnotherSizeOrWhenAskedNotTo) {
+  const int n = AllowedCpuCount();
+  Executor more({/*workers=*/1, /*threads_per_worker=*/n + 1, /*max_queue=*/4});
+  EXPECT_TRUE(more.pinned_cpus().empty());
+  for (const std::set<int>& c : TeamCpus(more)) EXPECT_EQ(static_cast<int>(c.size()), n);
+  Executor off({/*workers=*/1, /*threads_per_worker=*/n, /*max_queue=*/4, /*pin_threads=*/false});
+  EXPECT_TRUE(off.pinned_cpus().empty());
+  for (const std::set<int>& c : TeamCpus(off)) EXPECT_EQ(static_cast<int>(c.size()), n);
 }
 
 }  // namespace

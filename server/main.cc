@@ -16,6 +16,8 @@ ABSL_FLAG(std::vector<std::string>, model, {},  // parsed by hand (repeatable)
           "or separate with commas to load several");
 ABSL_FLAG(int, threads, 0, "compute threads in all (0 = every core)");
 ABSL_FLAG(int, workers, 1, "requests computed at once; each gets threads/workers OpenMP threads");
+ABSL_FLAG(bool, pin_threads, true,
+          "pin each compute thread to its own CPU when the process may use exactly --threads CPUs");
 ABSL_FLAG(int, max_queue, 64,
           "requests waiting for compute; beyond that calls get RESOURCE_EXHAUSTED at once");
 ABSL_FLAG(int64_t, max_message_mb, 256, "largest request and response message, MiB");
@@ -44,6 +46,10 @@ flags:
   --threads N                   compute threads in all (default 0 = every core)
   --workers N                   requests computed at once, each with threads/workers OpenMP
                                 threads (default 1: one request at a time on every core)
+  --pin-threads=true|false      pin each compute thread to a CPU of its own, when the process may
+                                run on exactly --threads CPUs (a container's cpuset, a machine of
+                                that size; never on a larger, shared set). Default true: unpinned,
+                                small calls after an idle moment can take milliseconds longer
   --max-queue N                 requests waiting for compute; beyond that calls get
                                 RESOURCE_EXHAUSTED at once (default 64)
   --max-message-mb N            largest request and response message, MiB (default 256)
@@ -96,6 +102,7 @@ int main(int argc, char** argv) {
   }
   config.threads = absl::GetFlag(FLAGS_threads);
   config.workers = absl::GetFlag(FLAGS_workers);
+  config.pin_threads = absl::GetFlag(FLAGS_pin_threads);
   config.max_queue = absl::GetFlag(FLAGS_max_queue);
   config.max_message_mb = absl::GetFlag(FLAGS_max_message_mb);
   config.max_request_memory_mb = absl::GetFlag(FLAGS_max_request_memory_mb);

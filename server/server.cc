@@ -59,7 +59,7 @@ int RunServer(const ServerConfig& config) {
 
   const int threads = config.threads > 0 ? config.threads : omp_get_num_procs();
   Executor executor({config.workers, std::max(1, threads / config.workers),
-                     static_cast<size_t>(config.max_queue)});
+                     static_cast<size_t>(config.max_queue), config.pin_threads});
   ServiceLimits limits;
   limits.max_message_bytes = config.max_message_mb << 20;
   limits.max_request_memory_bytes = config.max_request_memory_mb << 20;
@@ -91,9 +91,10 @@ int RunServer(const ServerConfig& config) {
   const std::string host = config.listen.substr(0, config.listen.rfind(':'));
   std::printf(
       "attention-server: listening on %s:%d; models: %s; compute: %d worker(s) x %d "
-      "thread(s)\n",
+      "thread(s)%s\n",
       host.c_str(), port, (*models)->Names().c_str(), executor.workers(),
-      executor.threads_per_worker());
+      executor.threads_per_worker(),
+      executor.pinned_cpus().empty() ? "" : (" on CPUs " + executor.pinned_cpus()).c_str());
   std::fflush(stdout);
 
   int signal = 0;

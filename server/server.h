@@ -20,6 +20,7 @@ struct ServerConfig {
   std::vector<std::string> model_specs;  // NAME=PATH
   int threads = 0;                       // compute threads in all; 0 = every core
   int workers = 1;                       // requests computed at once
+  bool pin_threads = true;               // see Executor::Options::pin_threads
   int max_queue = 64;                    // requests waiting for compute
   int64_t max_message_mb = 256;
   int64_t max_request_memory_mb = 2048;
