@@ -29,7 +29,7 @@ using internal::Mat;
 // memory for scores is O(threads x kRowTile x S) at most (O(threads x
 // kRowTile x kKeyTile) on the fused path), never O(B x H x L x S)
 // (unless the caller asks for per-head weights, which are that size).
-constexpr int64_t kRowTile = 64;
+constexpr int64_t kRowTile = 128;
 // Keys per tile of the fused path (no weights asked for).
 constexpr int64_t kKeyTile = 512;
 // With causal masking a tile computes only the keys up to its last row,

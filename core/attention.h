@@ -33,7 +33,7 @@
 //   Nothing throws.
 // - A query row whose keys are all masked gives zeros (output and weights).
 // - Memory: scores take O(B*H*L*S) only when per-head weights are asked for
-//   (they are the result). Otherwise each thread holds 64 query rows' scores
+//   (they are the result). Otherwise each thread holds 128 query rows' scores
 //   at a time: whole rows of S keys below ComputeOptions::fused_min_keys,
 //   512-key tiles with an online softmax from there on; short sequences with
 //   many heads are batched into one product per group of batch entries.
@@ -128,7 +128,7 @@ struct ComputeOptions {
   int64_t max_memory_bytes = int64_t{1} << 30;
   // Without weights, calls with at least this many keys take the fused path
   // (one tile of keys at a time, online softmax: memory independent of S);
-  // shorter ones compute whole score rows, 64 at a time (faster: fewer,
+  // shorter ones compute whole score rows, 128 at a time (faster: fewer,
   // larger products). Both are exact; tests set 1 to exercise the fused one.
   int64_t fused_min_keys = 16384;
   // Called between units of work (possibly from several threads at once);
