@@ -361,9 +361,12 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
   p.threads = o.max_threads > 0 ? o.max_threads : omp_get_max_threads();
   const double units = a.weights == WeightsMode::kAveraged ? B * std::ceil(L / kRowTile)
                                                            : B * H * std::ceil(L / kRowTile);
-  p.threads =
-      static_cast<int>(std::max(1.0, std::min({static_cast<double>(p.threads), units,
-                                               std::floor(attention_flops / kMinFlopsPerThread)})));
+  // One thread, or the whole team: a team of another size makes libgomp let
+  // its spare threads exit and start new ones later, which costs thread starts
+  // and loses the CPU pinning of an Executor's threads (new threads inherit
+  // the master's CPU).
+  const double wanted = std::min(units, std::floor(attention_flops / kMinFlopsPerThread));
+  if (wanted < 2) p.threads = 1;
   double bytes = 0;
   auto converted = [](const TensorView& t) {
     double n = 1;
@@ -401,8 +404,7 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
     p.group = std::clamp<int64_t>(static_cast<int64_t>(kGroupWork / (H * per_head)), 1, p.B);
     const int64_t most = (p.B * tiles + p.threads - 1) / p.threads;  // keep threads busy
     p.group = std::max<int64_t>(1, std::min(p.group, most));
-    p.threads =
-        static_cast<int>(std::min<int64_t>(p.threads, (p.B + p.group - 1) / p.group * tiles));
+    if ((p.B + p.group - 1) / p.group * tiles < 2) p.threads = 1;  // one thread or the team
   }
   bytes += 4.0 * p.threads * ScratchPerThread(p, a.weights);
   p.info.memory_bytes = static_cast<int64_t>(std::min(bytes, 9e18));
@@ -495,11 +497,8 @@ int64_t KeysNeeded(const HeadsProblem& pr, int64_t i0, int64_t m) {
   return std::min(S, (i0 + m + kCausalColumnStep - 1) / kCausalColumnStep * kCausalColumnStep);
 }
 
-// Adds every mask to the scores of query row i of head h over keys
-// [j0, j0 + n) and returns the row's largest masked score (-inf when all of
-// them are masked).
 // The largest of n floats (-inf for none). std::max_element is one compare
-// at a time, a dependency chain: over every score row it cost ~15% of a
+// at a time, a dependency chain: over every score row it cost ~9% of a
 // (1, 2048, 512, 8) call; this reduction runs in SIMD lanes.
 float RowMax(const float* row, int64_t n) {
   float m = kNegInf;
@@ -508,6 +507,9 @@ float RowMax(const float* row, int64_t n) {
   return m;
 }
 
+// Adds every mask to the scores of query row i of head h over keys
+// [j0, j0 + n) and returns the row's largest masked score (-inf when all of
+// them are masked).
 float MaskRow(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n,
               float* row) {
   if (pr.attn_mask) AddMask(*pr.attn_mask, b, h, i, j0, n, row);

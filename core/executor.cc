@@ -5,6 +5,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <exception>
 #include <utility>
@@ -32,16 +33,20 @@ Executor::Executor(Options options) : max_queue_(options.max_queue) {
   const int cores = std::max(1, omp_get_num_procs());
   threads_per_worker_ =
       options.threads_per_worker > 0 ? options.threads_per_worker : std::max(1, cores / workers);
-  if (options.pin_threads) {
+  // OMP_PROC_BIND set by the user: OpenMP binds its threads itself.
+  if (options.pin_threads && omp_get_proc_bind() == omp_proc_bind_false) {
     std::vector<int> cpus = AllowedCpus();
-    if (static_cast<int>(cpus.size()) == workers * threads_per_worker_) {
-      pinned_ = std::move(cpus);
-      for (size_t i = 0; i < pinned_.size(); ++i) {
-        pinned_description_ += (i == 0 ? "" : ",") + std::to_string(pinned_[i]);
-      }
-    }
+    if (static_cast<int>(cpus.size()) == workers * threads_per_worker_) pinned_ = std::move(cpus);
   }
+  pin_failures_ = 0;
+  pending_pins_ = pinned_.empty() ? 0 : workers;
   for (int i = 0; i < workers; ++i) threads_.emplace_back([this, i] { Work(i); });
+  std::unique_lock<std::mutex> lock(mu_);
+  pinned_cv_.wait(lock, [this] { return pending_pins_ == 0; });  // every team is pinned
+  if (pin_failures_ > 0) pinned_.clear();
+  for (size_t i = 0; i < pinned_.size(); ++i) {
+    pinned_description_ += (i == 0 ? "" : ",") + std::to_string(pinned_[i]);
+  }
 }
 
 Executor::~Executor() { Shutdown(); }
@@ -77,15 +82,21 @@ size_t Executor::queued() const {
 void Executor::Work(int worker) {
   omp_set_num_threads(threads_per_worker_);
   if (!pinned_.empty()) {
-    // OpenMP keeps this thread's team threads for later regions (of at most
-    // threads_per_worker_ threads), so pinning them once pins them for good.
+    // OpenMP keeps this thread's team threads for later regions as long as
+    // they have the same size (ComputeAttention uses one thread or the whole
+    // team), so pinning them once pins them for good.
+    std::atomic<int> failures{0};
 #pragma omp parallel num_threads(threads_per_worker_)
     {
       cpu_set_t set;
       CPU_ZERO(&set);
       CPU_SET(pinned_[worker * threads_per_worker_ + omp_get_thread_num()], &set);
-      pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+      if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0) ++failures;
     }
+    std::lock_guard<std::mutex> lock(mu_);
+    pin_failures_ += failures.load();
+    --pending_pins_;
+    pinned_cv_.notify_all();
   }
   for (;;) {
     std::function<void()> task;

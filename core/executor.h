@@ -69,6 +69,9 @@ class Executor {
   int threads_per_worker_;
   std::vector<int> pinned_;  // CPU of worker w's OpenMP thread t: [w * threads + t]
   std::string pinned_description_;
+  std::condition_variable pinned_cv_;
+  int pending_pins_ = 0;  // workers still pinning their teams (guarded by mu_)
+  int pin_failures_ = 0;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> queue_;

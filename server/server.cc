@@ -110,16 +110,29 @@ int RunServer(const ServerConfig& config) {
   // Shutdown refuses new calls at once and lets running ones finish until the
   // deadline (then cancels them). It also waits for every client connection
   // to close, so a client that merely keeps its channel open would hold the
-  // drain to the deadline: once no call of ours is left, the connections are
-  // closed. (Health Watch streams are not counted: they end here too.)
+  // drain to the deadline: once no call of ours has been left for kQuiet,
+  // the connections are closed (health Watch and reflection streams are not
+  // counted: they end here too). kQuiet lets Shutdown begin and the clients
+  // read the last responses. A unary request still being received is not
+  // counted (gRPC hands it to the service only once it has all of it): if
+  // its upload outlasts kQuiet it is cancelled, as at the deadline.
+  constexpr auto kQuiet = std::chrono::milliseconds(250);
   std::atomic<bool> shut_down{false};
   std::thread stopper([&] {
     server->Shutdown(deadline);
     shut_down = true;
   });
+  auto quiet_since = std::chrono::steady_clock::now();
+  bool closed = false;
   while (!shut_down) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    if (service.active_calls() == 0) grpc_server_cancel_all_calls(server->c_server());
+    const auto now = std::chrono::steady_clock::now();
+    if (service.active_calls() > 0) {
+      quiet_since = now;
+    } else if (!closed && now - quiet_since >= kQuiet) {
+      grpc_server_cancel_all_calls(server->c_server());
+      closed = true;
+    }
   }
   stopper.join();
   executor.Shutdown();

@@ -52,6 +52,14 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   }
 
   void OnReadDone(bool ok) override {
+    // No other read starts before reading_ is cleared below, so incoming_ is
+    // parsed (it may be --max-message-mb large) without holding the lock.
+    auto item = std::make_shared<Item>();
+    absl::Status parsed;
+    if (ok) {
+      parsed = ParseRequest(incoming_, &item->request);
+      incoming_.Clear();
+    }
     std::unique_lock<std::mutex> lock(mu_);
     reading_ = false;
     if (!ok) reads_done_ = true;
@@ -59,9 +67,6 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       FinishIfDone(lock);
       return;
     }
-    auto item = std::make_shared<Item>();
-    const absl::Status parsed = ParseRequest(incoming_, &item->request);
-    incoming_.Clear();
     items_.push_back(item);
     if (!parsed.ok()) {  // answered like any failed message: the stream goes on
       item->response = EncodeError("", parsed);

@@ -1,5 +1,6 @@
 #include "server/wire.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <new>
 #include <utility>
@@ -83,7 +84,8 @@ struct SliceTensor {
     dtype = d;
     shape = s;
     present = true;
-    if (size == 0) return nullptr;
+    alignas(64) static char empty[64];
+    if (size == 0) return empty;  // nothing is written; not null (null means "no buffer")
     void* p = std::aligned_alloc(64, (size + 63) / 64 * 64);
     if (p == nullptr) throw std::bad_alloc();
     bytes = grpc::Slice(p, size, [](void* q) { std::free(q); });
@@ -99,7 +101,8 @@ struct SliceTensor {
     meta.mutable_shape()->Assign(shape.begin(), shape.end());
     const std::string m = meta.SerializeAsString();
     const uint64_t n = bytes.size();
-    const uint64_t data_field = n == 0 ? 0 : VarintSize(v1::Tensor::kDataFieldNumber << 3) + VarintSize(n) + n;
+    const uint64_t data_field =
+        n == 0 ? 0 : VarintSize((v1::Tensor::kDataFieldNumber << 3) | 2) + VarintSize(n) + n;
     AppendFieldHeader(field, m.size() + data_field, head);
     head->append(m);
     if (n == 0) return;
@@ -127,7 +130,7 @@ class ResponseOutputs final : public OutputBuffers {
     const int64_t n = Elements(shape);
     char* bytes = output_.Allocate(dtype_, shape, n * DTypeSize(dtype_));
     if (dtype_ == DType::kFloat32) return reinterpret_cast<float*>(bytes);
-    staging_.resize(n);
+    staging_.resize(std::max<int64_t>(n, 1));  // not null when empty
     return staging_.data();
   }
 
@@ -137,8 +140,9 @@ class ResponseOutputs final : public OutputBuffers {
   }
 
   void ConvertOutput() {
-    if (!staging_.empty()) {
-      ConvertFromFloat32(staging_.data(), staging_.size(), dtype_, output_.data);
+    if (output_.bytes.size() > 0 && !staging_.empty()) {
+      ConvertFromFloat32(staging_.data(), output_.bytes.size() / DTypeSize(dtype_), dtype_,
+                         output_.data);
     }
   }
 
@@ -169,7 +173,7 @@ template <typename Request>
 absl::Status Parse(const grpc::ByteBuffer& bytes, Request* request) {
   grpc::ByteBuffer shared(bytes);  // the same slices, not a copy
   grpc::ProtoBufferReader reader(&shared);
-  if (!request->ParseFromZeroCopyStream(&reader)) {
+  if (!reader.status().ok() || !request->ParseFromZeroCopyStream(&reader)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "request: not a valid ", Request::descriptor()->full_name(), " message"));
   }

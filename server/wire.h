@@ -60,7 +60,9 @@ absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::SelfAttentionReques
 // Computes `call` and encodes the attention.v1.AttentionResponse (`id`, the
 // output in call.output_dtype, float32 weights when asked for) into
 // `response`. The core writes the tensors into 64-byte aligned buffers that
-// become the message's bytes fields as they are: gRPC sends them from there.
+// become the message's bytes fields as they are: gRPC sends them from there
+// (float16/bfloat16 output is computed in float32 and converted into its
+// buffer once).
 absl::Status Compute(const Call& call, const ComputeOptions& options, const std::string& id,
                      grpc::ByteBuffer* response);
 
