@@ -10,7 +10,8 @@
 #include "absl/strings/str_split.h"
 #include "server/server.h"
 
-ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "HOST:PORT to listen on (port 0 picks a free one)");
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051",
+          "HOST:PORT to listen on (port 0 picks a free one), or unix:PATH");
 ABSL_FLAG(std::vector<std::string>, model, {},  // parsed by hand (repeatable)
           "NAME=PATH of a safetensors model (nn.MultiheadAttention weights); repeat the flag "
           "or separate with commas to load several");
@@ -40,7 +41,8 @@ usage: attention-server [flags]
   e.g. attention-server --listen 0.0.0.0:50051 --model demo=models/demo.safetensors
 
 flags:
-  --listen HOST:PORT            where to listen (default 0.0.0.0:50051; port 0 picks a free one)
+  --listen HOST:PORT            where to listen (default 0.0.0.0:50051; port 0 picks a free one);
+                                unix:PATH for a unix socket (a client on the same host)
   --model NAME=PATH             a safetensors model (nn.MultiheadAttention weights, written by
                                 scripts/export_model.py); repeat the flag to load several
   --threads N                   compute threads in all (default 0 = every core)

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <string>
 #include <thread>
 
 #include "server/service.h"
@@ -88,11 +89,15 @@ int RunServer(const ServerConfig& config) {
   health->SetServingStatus(true);
   health->SetServingStatus(kServiceName, true);
 
-  const std::string host = config.listen.substr(0, config.listen.rfind(':'));
+  // HOST:PORT with the port gRPC picked (port 0), or a unix: socket path as given.
+  const std::string address =
+      config.listen.rfind("unix:", 0) == 0
+          ? config.listen
+          : config.listen.substr(0, config.listen.rfind(':')) + ":" + std::to_string(port);
   std::printf(
-      "attention-server: listening on %s:%d; models: %s; compute: %d worker(s) x %d "
+      "attention-server: listening on %s; models: %s; compute: %d worker(s) x %d "
       "thread(s)%s\n",
-      host.c_str(), port, (*models)->Names().c_str(), executor.workers(),
+      address.c_str(), (*models)->Names().c_str(), executor.workers(),
       executor.threads_per_worker(),
       executor.pinned_cpus().empty() ? "" : (" on CPUs " + executor.pinned_cpus()).c_str());
   std::fflush(stdout);

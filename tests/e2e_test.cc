@@ -500,6 +500,21 @@ TEST(E2EShutdown, StreamsCancelledMidFlightDoNotBlockShutdown) {
   EXPECT_LT(took, 2.5);  // neither dead streams nor the idle channel hold the drain
 }
 
+// A sidecar's client can reach the server over a unix socket.
+TEST(E2EStartup, ServesOnAUnixSocket) {
+  const std::string path = ::testing::TempDir() + "attention_e2e_" + std::to_string(getpid()) + ".sock";
+  std::vector<std::string> flags = ModelFlags();
+  flags.push_back("--listen=unix:" + path);
+  ServerProcess server(flags);
+  ASSERT_TRUE(server.ok()) << server.Output();
+  EXPECT_EQ(server.target(), "unix:" + path);
+  AttentionClient c(AttentionClient::Connect(server.target()));
+  EXPECT_EQ(*c.Health("", {10}), "SERVING");
+  EXPECT_TRUE(c.SelfAttention(DemoRequest(4), {10}).ok());
+  EXPECT_EQ(server.Stop(SIGTERM, 15), 0) << server.Output();
+  std::remove(path.c_str());
+}
+
 TEST(E2EStartup, BadModelOrBusyPortExitsNonZeroWithOneLine) {
   std::string out;
   EXPECT_EQ(RunCommand(

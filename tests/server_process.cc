@@ -75,13 +75,13 @@ ServerProcess::ServerProcess(std::vector<std::string> flags) {
   argv.insert(argv.end(), flags.begin(), flags.end());
   pid_ = Spawn(argv, &out_fd_);
   if (pid_ < 0) return;
-  static const std::regex kListening("listening on 127\\.0\\.0\\.1:([0-9]+)");
+  static const std::regex kListening("listening on ([^;\\s]+);");
   const auto end = Clock::now() + std::chrono::seconds(30);
   while (Clock::now() < end) {
     Drain(out_fd_, &output_, 50);
     std::smatch m;
     if (std::regex_search(output_, m, kListening)) {
-      port_ = std::stoi(m[1]);
+      target_ = m[1];
       return;
     }
     int status;

@@ -1,5 +1,6 @@
 // Starts the real attention-server binary on 127.0.0.1 with a port the
-// kernel picks, for end-to-end tests; stops it with a signal.
+// kernel picks (or where a --listen flag says), for end-to-end tests; stops
+// it with a signal.
 #ifndef TESTS_SERVER_PROCESS_H_
 #define TESTS_SERVER_PROCESS_H_
 
@@ -13,13 +14,15 @@ namespace testing {
 
 class ServerProcess {
  public:
-  // Starts attention-server with `flags` (plus --listen 127.0.0.1:0) and
-  // waits for its "listening on" line. ok() tells whether it came up.
+  // Starts attention-server with --listen 127.0.0.1:0 and then `flags` (a
+  // --listen among them wins) and waits for its "listening on" line. ok()
+  // tells whether it came up.
   explicit ServerProcess(std::vector<std::string> flags);
   ~ServerProcess();  // SIGKILL if still running
 
-  bool ok() const { return port_ > 0; }
-  std::string target() const { return "127.0.0.1:" + std::to_string(port_); }
+  bool ok() const { return !target_.empty(); }
+  // The address it listens on, as a gRPC target (127.0.0.1:PORT, unix:PATH).
+  std::string target() const { return target_; }
   pid_t pid() const { return pid_; }
 
   // Sends `signal`, waits up to `timeout_s` for exit; returns the exit code,
@@ -31,7 +34,7 @@ class ServerProcess {
  private:
   pid_t pid_ = -1;
   int out_fd_ = -1;
-  int port_ = 0;
+  std::string target_;
   std::string output_;
 };
 
