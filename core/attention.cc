@@ -399,7 +399,7 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
   // batches): one batched product per group of batch entries and all heads,
   // instead of a few microseconds of primitive overhead per pair.
   const double per_head = std::min<double>(L, kRowTile) * S * (p.D + p.Dv);
-  if (a.weights == WeightsMode::kNone && !p.fused && per_head < kSmallHeadWork) {
+  if (a.weights != WeightsMode::kPerHead && !p.fused && per_head < kSmallHeadWork) {
     const int64_t tiles = (p.L + kRowTile - 1) / kRowTile;
     p.group = std::clamp<int64_t>(static_cast<int64_t>(kGroupWork / (H * per_head)), 1, p.B);
     const int64_t most = (p.B * tiles + p.threads - 1) / p.threads;  // keep threads busy
@@ -673,6 +673,21 @@ void AttendBatched(const HeadsProblem& pr, int64_t b0, int64_t nb, int64_t i0, f
   }
   internal::SoftmaxRows(nb * H * m, n, n, scratch);
   for (int64_t row : empty_rows) std::fill_n(scratch + row * n, n, 0.0f);
+  if (pr.weights == WeightsMode::kAveraged) {  // the mean over heads, keys past n zero
+    const float inv_h = 1.0f / static_cast<float>(H);
+    for (int64_t bi = 0; bi < nb; ++bi) {
+      for (int64_t r = 0; r < m; ++r) {
+        float* avg = pr.weights_out + ((b0 + bi) * p.L + i0 + r) * p.S;
+        const float* first = scratch + (bi * H * m + r) * n;
+        for (int64_t j = 0; j < n; ++j) avg[j] = first[j] * inv_h;
+        for (int64_t h = 1; h < H; ++h) {
+          const float* probs = scratch + ((bi * H + h) * m + r) * n;
+          for (int64_t j = 0; j < n; ++j) avg[j] += probs[j] * inv_h;
+        }
+        std::fill(avg + n, avg + p.S, 0.0f);
+      }
+    }
+  }
   internal::BatchedGemm(scores,
                         view({nb, Hkv, 1, n, p.Dv}, {vl.batch, vl.head, n * p.Dv, vl.row, 1}),
                         view({nb, Hkv, G, m, p.Dv}, {ol.batch, G * ol.head, ol.head, ol.row, 1}),
