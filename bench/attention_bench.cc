@@ -120,7 +120,7 @@ double Flops(const Settings& s) {
 // with projections, else one head's scores [L, D] x [D, S].
 // oneDNN sgemm of the dominant GEMM's size (the QKV projection with
 // projections, one head's scores without), timed in turns with the case
-// itself: each turn times a block of calls of each (the block's median: warm,
+// itself: each turn times a block of calls of each (TimeIt over 50 ms: warm,
 // as in a loop of one kind), so a machine that speeds up or slows down during
 // the run moves both sides of a turn's ratio alike.
 struct Roofline {
@@ -137,20 +137,11 @@ Roofline MeasureRoofline(const Settings& s, const std::function<bool()>& ours) {
     return dnnl::sgemm('N', 'N', M, N, K, 1.0f, a.data(), K, b.data(), N, 0.0f, c.data(), N) ==
            dnnl::status::success;
   };
-  auto block_ms = [](const std::function<bool()>& f) {  // median of >= 5 calls, >= 50 ms
-    std::vector<double> ms;
-    const auto start = Clock::now();
-    while (ms.size() < 5 || std::chrono::duration<double>(Clock::now() - start).count() < 0.05) {
-      const auto t0 = Clock::now();
-      if (!f()) return -1.0;
-      ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-    }
-    std::sort(ms.begin(), ms.end());
-    return ms[ms.size() / 2];
-  };
+  auto block_ms = [](const std::function<bool()>& f) { return TimeIt(f, 0.05).median_ms; };
   std::vector<double> rates, ratios;
   const auto start = Clock::now();
-  while (ratios.size() < 5 || std::chrono::duration<double>(Clock::now() - start).count() < s.min_time) {
+  auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - start).count(); };
+  while (ratios.size() < 5 || elapsed() < s.min_time) {
     const double ours_ms = block_ms(ours);
     const double sgemm_ms = block_ms(sgemm);
     if (ours_ms <= 0 || sgemm_ms <= 0) return {};

@@ -96,6 +96,24 @@ void ApplyOptions(const CallOptions& options, grpc::ClientContext* context) {
   }
 }
 
+namespace {
+
+// One unary call of a generated stub's method, its status as an absl::Status.
+template <typename Stub, typename Request, typename Response>
+absl::StatusOr<Response> UnaryCall(Stub* stub,
+                                   grpc::Status (Stub::*method)(grpc::ClientContext*,
+                                                                const Request&, Response*),
+                                   const Request& request, const CallOptions& options) {
+  grpc::ClientContext context;
+  ApplyOptions(options, &context);
+  Response response;
+  absl::Status s = FromGrpcStatus((stub->*method)(&context, request, &response));
+  if (!s.ok()) return s;
+  return response;
+}
+
+}  // namespace
+
 std::shared_ptr<grpc::Channel> AttentionClient::Connect(const std::string& target,
                                                         int64_t max_message_bytes,
                                                         bool round_robin) {
@@ -112,44 +130,28 @@ AttentionClient::AttentionClient(std::shared_ptr<grpc::Channel> channel)
 
 absl::StatusOr<v1::AttentionResponse> AttentionClient::Attention(
     const v1::AttentionRequest& request, const CallOptions& options) {
-  grpc::ClientContext context;
-  ApplyOptions(options, &context);
-  v1::AttentionResponse response;
-  absl::Status s = FromGrpcStatus(stub_->Attention(&context, request, &response));
-  if (!s.ok()) return s;
-  return response;
+  return UnaryCall(stub_.get(), &v1::AttentionService::Stub::Attention, request, options);
 }
 
 absl::StatusOr<v1::AttentionResponse> AttentionClient::SelfAttention(
     const v1::SelfAttentionRequest& request, const CallOptions& options) {
-  grpc::ClientContext context;
-  ApplyOptions(options, &context);
-  v1::AttentionResponse response;
-  absl::Status s = FromGrpcStatus(stub_->SelfAttention(&context, request, &response));
-  if (!s.ok()) return s;
-  return response;
+  return UnaryCall(stub_.get(), &v1::AttentionService::Stub::SelfAttention, request, options);
 }
 
 absl::StatusOr<v1::ListModelsResponse> AttentionClient::ListModels(const CallOptions& options) {
-  grpc::ClientContext context;
-  ApplyOptions(options, &context);
-  v1::ListModelsResponse response;
-  absl::Status s = FromGrpcStatus(stub_->ListModels(&context, {}, &response));
-  if (!s.ok()) return s;
-  return response;
+  return UnaryCall(stub_.get(), &v1::AttentionService::Stub::ListModels, v1::ListModelsRequest(),
+                   options);
 }
 
 absl::StatusOr<std::string> AttentionClient::Health(const std::string& service,
                                                     const CallOptions& options) {
   auto stub = grpc::health::v1::Health::NewStub(channel_);
-  grpc::ClientContext context;
-  ApplyOptions(options, &context);
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
-  grpc::health::v1::HealthCheckResponse response;
-  absl::Status s = FromGrpcStatus(stub->Check(&context, request, &response));
-  if (!s.ok()) return s;
-  return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
+  absl::StatusOr<grpc::health::v1::HealthCheckResponse> response =
+      UnaryCall(stub.get(), &grpc::health::v1::Health::Stub::Check, request, options);
+  if (!response.ok()) return response.status();
+  return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response->status());
 }
 
 namespace {

@@ -38,15 +38,19 @@ Executor::Executor(Options options) : max_queue_(options.max_queue) {
     std::vector<int> cpus = AllowedCpus();
     if (static_cast<int>(cpus.size()) == workers * threads_per_worker_) pinned_ = std::move(cpus);
   }
-  pin_failures_ = 0;
   pending_pins_ = pinned_.empty() ? 0 : workers;
   for (int i = 0; i < workers; ++i) threads_.emplace_back([this, i] { Work(i); });
   std::unique_lock<std::mutex> lock(mu_);
   pinned_cv_.wait(lock, [this] { return pending_pins_ == 0; });  // every team is pinned
   if (pin_failures_ > 0) pinned_.clear();
+}
+
+std::string Executor::pinned_cpus() const {
+  std::string cpus;
   for (size_t i = 0; i < pinned_.size(); ++i) {
-    pinned_description_ += (i == 0 ? "" : ",") + std::to_string(pinned_[i]);
+    cpus += (i == 0 ? "" : ",") + std::to_string(pinned_[i]);
   }
+  return cpus;
 }
 
 Executor::~Executor() { Shutdown(); }

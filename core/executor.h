@@ -59,7 +59,7 @@ class Executor {
   int workers() const { return static_cast<int>(threads_.size()); }
   int threads_per_worker() const { return threads_per_worker_; }
   // The CPUs compute threads are pinned to, worker by worker ("" unpinned).
-  const std::string& pinned_cpus() const { return pinned_description_; }
+  std::string pinned_cpus() const;
   size_t queued() const;
 
  private:
@@ -68,7 +68,6 @@ class Executor {
   const size_t max_queue_;
   int threads_per_worker_;
   std::vector<int> pinned_;  // CPU of worker w's OpenMP thread t: [w * threads + t]
-  std::string pinned_description_;
   std::condition_variable pinned_cv_;
   int pending_pins_ = 0;  // workers still pinning their teams (guarded by mu_)
   int pin_failures_ = 0;
