@@ -42,13 +42,24 @@ constexpr double kGroupWork = 1 << 22;
 // Below this many flops a unit of work, extra threads cost more than they give.
 constexpr double kMinFlopsPerThread = 4e6;
 
+// Row tiles (times query heads per key/value head) that read one head's
+// keys and values before they are packed into contiguous copies.
+constexpr int64_t kMinPackReuse = 4;
+
+// Row stride of packed K^T: S rounded up to a cache line, plus one, so
+// that rows are not a power of two apart (they would share cache sets).
+int64_t PackedKeyStride(int64_t S) { return (S + 15) / 16 * 16 + 16; }
+
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// Element strides of a [B, H, rows, dim] view with the last dim contiguous.
+// Element strides of a [B, H, rows, dim] view. The features of a row are
+// contiguous (dim = 1) except in keys packed as K^T (row = 1, dim =
+// PackedKeyStride(S)).
 struct HeadLayout {
   int64_t batch = 0;
   int64_t head = 0;
   int64_t row = 0;
+  int64_t dim = 1;
 };
 
 // A mask broadcast to [B, H, L, S] by element strides (0 = broadcast).
@@ -68,6 +79,7 @@ struct Plan {
   float scale = 1.0f;
   bool has_projection = false;
   bool fused = false;  // AttendRowsFused rather than AttendRows
+  bool pack_kv = false;  // K^T and V copied per head before the heads run
   int64_t group = 0;   // > 0: AttendBatched over this many batch entries a unit
   ProjectionShape proj;
   std::optional<MaskLayout> attn_mask;
@@ -84,6 +96,10 @@ int64_t ScratchPerThread(const Plan& p, WeightsMode weights) {
   if (p.group > 0) return p.group * p.H * std::min(kRowTile, p.L) * p.S;
   return weights == WeightsMode::kPerHead ? 0 : kRowTile * p.S;
 }
+
+// Floats of the packed copies of K^T and V (Plan::pack_kv).
+int64_t PackedKeyFloats(const Plan& p) { return p.B * p.Hkv * p.D * PackedKeyStride(p.S); }
+int64_t PackedValueFloats(const Plan& p) { return p.B * p.Hkv * p.S * p.Dv; }
 
 absl::Status Invalid(absl::string_view name, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(name, ": ", what));
@@ -406,6 +422,13 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
     p.group = std::max<int64_t>(1, std::min(p.group, most));
     if ((p.B + p.group - 1) / p.group * tiles < 2) p.threads = 1;  // one thread or the team
   }
+  // Whole score rows or key tiles read K^T and V through views with the
+  // stride of a projected row; when several row tiles (or grouped query
+  // heads) read the same head, one contiguous copy per head is cheaper than
+  // oneDNN's strided access in every product.
+  p.pack_kv = p.group == 0 && p.S >= o.pack_min_keys &&
+              (p.L + kRowTile - 1) / kRowTile * (p.H / p.Hkv) >= kMinPackReuse;
+  if (p.pack_kv) bytes += 4.0 * (PackedKeyFloats(p) + PackedValueFloats(p));
   bytes += 4.0 * p.threads * ScratchPerThread(p, a.weights);
   p.info.memory_bytes = static_cast<int64_t>(std::min(bytes, 9e18));
   p.info.flops = flops;
@@ -417,15 +440,69 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
   return p;
 }
 
-// Float storage that is not zero-filled: every element is written before it
-// is read, and clearing megabytes per call costs as much as small GEMMs.
-class Buffer {
+// Float storage for one call's intermediates (projections, packed heads,
+// score tiles), carved from a block kept per thread between calls. Fresh
+// allocations of these megabytes came back from the system on most calls
+// (free() trims the heap when that much is free at its top), so every call
+// page-faulted and had the kernel zero them: ~7000 faults a call at
+// (1, 2048, 512, 8) self-attention. Blocks over kKeptWorkspaceBytes are
+// allocated for the call and freed after it. Not zero-filled: every element
+// is written before it is read.
+constexpr int64_t kKeptWorkspaceBytes = int64_t{64} << 20;
+
+class Workspace {
  public:
-  explicit Buffer(int64_t n) : data_(n > 0 ? new float[n] : nullptr) {}
-  float* data() { return data_.get(); }
+  // Room for `floats` floats in total (Take rounds each piece up to 64 bytes).
+  explicit Workspace(int64_t floats) {
+    Kept& kept = ThisThread();
+    if (!kept.in_use && floats * 4 <= kKeptWorkspaceBytes) {
+      if (kept.floats < floats) {
+        kept.block.reset();  // the old block goes before the larger one comes
+        kept.block.reset(new float[floats]);
+        kept.floats = floats;
+      }
+      kept.in_use = true;
+      kept_ = &kept;
+      next_ = kept.block.get();
+    } else if (floats > 0) {
+      own_.reset(new float[floats]);
+      next_ = own_.get();
+    }
+    end_ = next_ + floats;
+  }
+  ~Workspace() {
+    if (kept_ != nullptr) kept_->in_use = false;
+  }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+
+  // The next n floats (nullptr for none).
+  float* Take(int64_t n) {
+    if (n <= 0) return nullptr;
+    float* p = next_;
+    next_ += Round(n);
+    if (next_ > end_) throw std::logic_error("workspace too small");  // a sizing bug
+    return p;
+  }
+
+  // What Take(n) uses of the total.
+  static int64_t Round(int64_t n) { return n <= 0 ? 0 : (n + 15) / 16 * 16; }
 
  private:
-  std::unique_ptr<float[]> data_;
+  struct Kept {
+    std::unique_ptr<float[]> block;
+    int64_t floats = 0;
+    bool in_use = false;
+  };
+  static Kept& ThisThread() {
+    thread_local Kept kept;
+    return kept;
+  }
+
+  Kept* kept_ = nullptr;
+  std::unique_ptr<float[]> own_;
+  float* next_ = nullptr;
+  float* end_ = nullptr;
 };
 
 // A float32 pointer to `t`'s elements: `t` itself when it is aligned float32,
@@ -528,7 +605,7 @@ void TileProbabilities(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0,
   const int64_t kvh = h / (pl.H / pl.Hkv);
   GemmShape qk;
   qk.a = Mat{m, pl.D, pr.ql.row, 1};
-  qk.b = Mat{pl.D, n, 1, pr.kl.row};  // K^T read in place
+  qk.b = Mat{pl.D, n, pr.kl.dim, pr.kl.row};  // K^T: in place, or packed
   qk.c = Mat{m, n, ld, 1};
   qk.scale = pl.scale;
   Gemm(qk, pr.q + b * pr.ql.batch + h * pr.ql.head + i0 * pr.ql.row,
@@ -704,16 +781,57 @@ class OmpThreadsScope {
   int saved_;
 };
 
+// Copies every key/value head of `pr` into contiguous blocks, K^T as
+// [B, Hkv, D, S] (rows PackedKeyStride apart) and V as [B, Hkv, S, Dv], and
+// points `pr` at them.
+void PackKeysValues(HeadsProblem& pr, float* kt, float* v) {
+  const Plan& p = *pr.plan;
+  const int64_t S = p.S, D = p.D, Dv = p.Dv, heads = p.B * p.Hkv;
+  const int64_t ld = PackedKeyStride(S);
+  constexpr int64_t kBlock = 16;  // keys a pass: a cache-friendly transpose
+#pragma omp parallel for num_threads(p.threads) schedule(static)
+  for (int64_t u = 0; u < heads; ++u) {
+    const int64_t b = u / p.Hkv, h = u % p.Hkv;
+    const float* ks = pr.k + b * pr.kl.batch + h * pr.kl.head;
+    const float* vs = pr.v + b * pr.vl.batch + h * pr.vl.head;
+    float* kd = kt + u * D * ld;
+    float* vd = v + u * S * Dv;
+    for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
+      const int64_t s1 = std::min(S, s0 + kBlock);
+      for (int64_t d = 0; d < D; ++d) {
+        for (int64_t s = s0; s < s1; ++s) kd[d * ld + s] = ks[s * pr.kl.row + d];
+      }
+    }
+    for (int64_t s = 0; s < S; ++s) std::copy_n(vs + s * pr.vl.row, Dv, vd + s * Dv);
+  }
+  pr.k = kt;
+  pr.kl = {p.Hkv * D * ld, D * ld, 1, ld};
+  pr.v = v;
+  pr.vl = {p.Hkv * S * Dv, S * Dv, Dv};
+}
+
+// Workspace floats AttendHeads takes.
+int64_t HeadsFloats(const Plan& p, WeightsMode weights) {
+  const int64_t packed =
+      p.pack_kv ? Workspace::Round(PackedKeyFloats(p)) + Workspace::Round(PackedValueFloats(p)) : 0;
+  return packed + Workspace::Round(p.threads * ScratchPerThread(p, weights));
+}
+
 // Runs every (batch, head, row tile) on an OpenMP team; single-threaded oneDNN
 // primitives inside. Errors (and the caller's check) stop the remaining units.
-absl::Status AttendHeads(const HeadsProblem& pr, const ComputeOptions& o) {
+absl::Status AttendHeads(HeadsProblem pr, const ComputeOptions& o, Workspace& ws) {
   const Plan& p = *pr.plan;
+  if (p.pack_kv) {
+    float* kt = ws.Take(PackedKeyFloats(p));
+    float* v = ws.Take(PackedValueFloats(p));
+    PackKeysValues(pr, kt, v);
+  }
   const int64_t tiles = (p.L + kRowTile - 1) / kRowTile;
   const bool averaged = pr.weights == WeightsMode::kAveraged;
   const int64_t groups = p.group > 0 ? (p.B + p.group - 1) / p.group : 0;
   const int64_t units = p.group > 0 ? groups * tiles : averaged ? p.B * tiles : p.B * p.H * tiles;
   const int64_t per_thread = ScratchPerThread(p, pr.weights);
-  Buffer scratch(p.threads * per_thread);
+  float* const scratch = ws.Take(p.threads * per_thread);
   std::atomic<bool> stop{false};
   std::mutex mu;
   absl::Status first_error;
@@ -737,7 +855,7 @@ absl::Status AttendHeads(const HeadsProblem& pr, const ComputeOptions& o) {
         }
       }
       float* tile_scratch =
-          scratch.data() == nullptr ? nullptr : scratch.data() + omp_get_thread_num() * per_thread;
+          scratch == nullptr ? nullptr : scratch + omp_get_thread_num() * per_thread;
       if (p.group > 0) {
         const int64_t b0 = (u / tiles) * p.group, i0 = (u % tiles) * kRowTile;
         AttendBatched(pr, b0, std::min(p.group, p.B - b0), i0, tile_scratch);
@@ -815,7 +933,8 @@ absl::Status Compute(const Plan& p, const AttentionArgs& a, const ComputeOptions
       pr.vl = {S * p.Ev, Dv, p.Ev};
       pr.ol = {L * H * Dv, Dv, H * Dv};
     }
-    return AttendHeads(pr, o);
+    Workspace ws(HeadsFloats(p, a.weights));
+    return AttendHeads(pr, o, ws);
   }
 
   // nn.MultiheadAttention: in-projection, heads, out-projection.
@@ -837,15 +956,18 @@ absl::Status Compute(const Plan& p, const AttentionArgs& a, const ComputeOptions
   const float* bo = f32(w.out_proj_bias, 6);
 
   const bool packed_self = a.self_attention && p.proj.packed;
-  Buffer projected(packed_self ? B * L * 3 * E : B * (L + 2 * S) * E);
-  Buffer concat(B * L * E);
+  const int64_t projected_floats = packed_self ? B * L * 3 * E : B * (L + 2 * S) * E;
+  Workspace ws(Workspace::Round(projected_floats) + Workspace::Round(B * L * E) +
+               HeadsFloats(p, a.weights));
+  float* const projected = ws.Take(projected_floats);
+  float* const concat = ws.Take(B * L * E);
   if (packed_self) {
     // One GEMM: [B*L, E] x [E, 3E]; heads read in place from the packed rows.
-    Project(B * L, E, 3 * E, q, in_w, in_b, projected.data(), 3 * E);
-    pr.q = projected.data(), pr.k = pr.q + E, pr.v = pr.q + 2 * E;
+    Project(B * L, E, 3 * E, q, in_w, in_b, projected, 3 * E);
+    pr.q = projected, pr.k = pr.q + E, pr.v = pr.q + 2 * E;
     pr.ql = pr.kl = pr.vl = {L * 3 * E, D, 3 * E};
   } else {
-    float* qp = projected.data();
+    float* qp = projected;
     float* kp = qp + B * L * E;
     float* vp = kp + B * S * E;
     Project(B * L, E, E, q, wq, bq, qp, E);
@@ -855,10 +977,10 @@ absl::Status Compute(const Plan& p, const AttentionArgs& a, const ComputeOptions
     pr.ql = {L * E, D, E};
     pr.kl = pr.vl = {S * E, D, E};
   }
-  pr.out = concat.data();
+  pr.out = concat;
   pr.ol = {L * E, Dv, E};
-  if (absl::Status s = AttendHeads(pr, o); !s.ok()) return s;
-  Project(B * L, E, E, concat.data(), wo, bo, out, E);
+  if (absl::Status s = AttendHeads(pr, o, ws); !s.ok()) return s;
+  Project(B * L, E, E, concat, wo, bo, out, E);
   return absl::OkStatus();
 }
 

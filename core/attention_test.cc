@@ -192,6 +192,7 @@ TEST(AttentionVsReference, RandomizedGrid) {
     ComputeOptions options;
     options.max_threads = 1 + seed % 2;
     options.fused_min_keys = seed % 3 == 0 ? 16384 : 1;  // both paths without weights
+    options.pack_min_keys = seed / 2 % 2 == 0 ? 2048 : 1;  // K^T, V read in place or packed
     ASSERT_TRUE(ComputeAttention(c.args, options, &got).ok());
     ASSERT_EQ(got.output.shape, want->output_shape);
     EXPECT_LE(RelativeMaxError(got.output.data.data(), want->output), 2e-5);
@@ -427,6 +428,7 @@ TEST(AttentionThreads, ConcurrentCallsMatchSerialOnes) {
   ComputeOptions o;
   o.max_threads = 2;
   o.fused_min_keys = 100;
+  o.pack_min_keys = 1;
   for (int i = 0; i < kCases; ++i) {
     MakeRandomCase(1000 + i, cases[i]);
     ASSERT_TRUE(ComputeAttention(cases[i].args, o, &serial[i]).ok());
