@@ -32,7 +32,7 @@ constexpr char kUsage[] =
 usage: attention-bench --batch B --seq L [--kv-seq S] --embed E --heads H [--kv-heads G]
                        [--self] [--projection] [--causal] [--weights none|average|per-head]
                        [--threads N] [--min-time SECONDS] [--gap-ms N] [--json] [--roofline]
-                       [--target HOST:PORT [--model NAME]]
+                       [--target HOST:PORT [--model NAME] [--vs-target HOST:PORT]]
        attention-bench --write-model PATH --embed E --heads H    (a random model file)
 
   --self         self-attention (query = key = value); otherwise cross-attention with S keys
@@ -44,11 +44,18 @@ usage: attention-bench --batch B --seq L [--kv-seq S] --embed E --heads H [--kv-
                  arrives at an idle process (or server)
   --fused-min-keys N  without weights, the fused (online-softmax) path from N keys on
                  (default: the core's, 16384)
+  --pack-min-keys N  from N keys, K^T and V copied per head before the heads run (default:
+                 the core's, 2048)
   --roofline     also time oneDNN sgemm of the dominant GEMM's size, in turns with the case
                  (blocks of calls), for the ratio to the limit (median of the turns' ratios)
   --target       also run the same case through a running attention-server (unary calls):
                  once with the typed client (serializes each request, parses each response),
-                 once sending the request encoded once and measuring the response unparsed
+                 once sending the request encoded once and measuring the response unparsed;
+                 then in turns with in-process calls (blocks of calls; the median of the
+                 turns' ratios is the figure that holds on a noisy machine): pre-encoded
+                 calls one at a time, and 8 calls with 2 in flight (throughput)
+  --vs-target    a second server, timed against --target in turns (pre-encoded calls): to
+                 compare two builds or configurations of the server
   --json         one JSON object a line instead of the table
 )";
 
@@ -241,6 +248,111 @@ void Report(const Settings& s, const char* mode, const Timing& t, const Roofline
   std::fflush(stdout);
 }
 
+// One unary call of `method` with a request already encoded; the response
+// is received whole but not parsed (only its size is checked).
+absl::Status PreEncodedCall(grpc::GenericStub& stub, const std::string& method,
+                            const grpc::ByteBuffer& request, size_t output_bytes) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  grpc::ByteBuffer response;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status st;
+  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response, [&](grpc::Status r) {
+    std::lock_guard<std::mutex> lock(mu);
+    st = std::move(r);
+    done = true;
+    cv.notify_one();
+  });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return done; });
+  absl::Status status = client::FromGrpcStatus(st);
+  if (status.ok() && response.Length() < output_bytes) {
+    status = absl::InternalError("a response shorter than the output");
+  }
+  return status;
+}
+
+// `calls` pre-encoded calls with up to `in_flight` of them outstanding at
+// once (a client that sends the next request before the last answer is
+// back): what a server sustains, its transfers overlapping its computation.
+absl::Status PipelinedCalls(grpc::GenericStub& stub, const std::string& method,
+                            const grpc::ByteBuffer& request, size_t output_bytes, int in_flight,
+                            int calls) {
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable cv;
+    int started = 0, finished = 0;
+    absl::Status status;
+  } shared;
+  struct Call {
+    grpc::ClientContext ctx;
+    grpc::ByteBuffer response;
+  };
+  std::function<void()> start = [&] {  // with shared.mu held
+    ++shared.started;
+    auto* call = new Call;
+    call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    stub.UnaryCall(&call->ctx, method, grpc::StubOptions(), &request, &call->response,
+                   [&, call](grpc::Status r) {
+                     absl::Status s = client::FromGrpcStatus(r);
+                     if (s.ok() && call->response.Length() < output_bytes) {
+                       s = absl::InternalError("a response shorter than the output");
+                     }
+                     delete call;
+                     std::lock_guard<std::mutex> lock(shared.mu);
+                     if (!s.ok() && shared.status.ok()) shared.status = s;
+                     ++shared.finished;
+                     if (shared.started < calls && shared.status.ok()) start();
+                     shared.cv.notify_one();
+                   });
+  };
+  std::unique_lock<std::mutex> lock(shared.mu);
+  while (shared.started < std::min(in_flight, calls)) start();
+  shared.cv.wait(lock, [&] { return shared.finished == shared.started; });
+  return shared.status;
+}
+
+// Blocks of calls of `a` and `b` in turns (each TimeIt over 0.25 s) for at
+// least min_time: the median over the turns of b's time / a's, and the
+// smallest and largest. A machine that drifts moves both sides of a turn.
+struct Turns {
+  double median = 0, low = 0, high = 0;
+  int turns = 0;
+};
+
+Turns InTurns(const std::function<bool()>& a, const std::function<bool()>& b, double min_time) {
+  std::vector<double> ratios;
+  const auto start = Clock::now();
+  while (ratios.size() < 5 ||
+         std::chrono::duration<double>(Clock::now() - start).count() < min_time) {
+    const double ta = TimeIt(a, 0.25).median_ms;
+    const double tb = TimeIt(b, 0.25).median_ms;
+    if (ta <= 0 || tb <= 0) return {};
+    ratios.push_back(tb / ta);
+  }
+  std::sort(ratios.begin(), ratios.end());
+  return {ratios[ratios.size() / 2], ratios.front(), ratios.back(),
+          static_cast<int>(ratios.size())};
+}
+
+// A ratio measured in turns; `inverse` reports a / b (a share of a's speed).
+void ReportTurns(const Settings& s, const char* mode, const char* what, const Turns& t,
+                 bool inverse) {
+  const double median = inverse ? 1 / t.median : t.median;
+  const double low = inverse ? 1 / t.high : t.low, high = inverse ? 1 / t.low : t.high;
+  if (s.json) {
+    std::printf(
+        "{\"case\": \"%s\", \"mode\": \"%s\", \"threads\": %d, \"turns\": %d, "
+        "\"ratio_median\": %.4f, \"ratio_min\": %.4f, \"ratio_max\": %.4f}\n",
+        CaseName(s).c_str(), mode, s.threads, t.turns, median, low, high);
+  } else {
+    std::printf("%s in %d turns: median %.3f (%.3f to %.3f)\n", what, t.turns, median, low, high);
+  }
+  std::fflush(stdout);
+}
+
 int TargetFailed(const std::string& target, const absl::Status& status) {
   std::fprintf(stderr, "attention-bench: %s: %s\n", target.c_str(), status.ToString().c_str());
   return 1;
@@ -311,6 +423,7 @@ int Main(int argc, char** argv) {
   options.max_threads = s.threads;
   options.max_memory_bytes = int64_t{1} << 40;
   if (a.Has("fused-min-keys")) options.fused_min_keys = a.GetInt("fused-min-keys", 0).value_or(0);
+  if (a.Has("pack-min-keys")) options.pack_min_keys = a.GetInt("pack-min-keys", 0).value_or(0);
   VectorOutputs out;
   absl::Status status;
   Timing local = TimeIt(
@@ -369,31 +482,11 @@ int Main(int argc, char** argv) {
     grpc::GenericStub generic(channel);
     const std::string method = s.self ? "/attention.v1.AttentionService/SelfAttention"
                                       : "/attention.v1.AttentionService/Attention";
-    Timing raw = TimeIt(
-        [&] {
-          grpc::ClientContext ctx;
-          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-          grpc::ByteBuffer response;
-          std::mutex mu;
-          std::condition_variable cv;
-          bool done = false;
-          grpc::Status st;
-          generic.UnaryCall(&ctx, method, grpc::StubOptions(), &request_bytes, &response,
-                            [&](grpc::Status r) {
-                              std::lock_guard<std::mutex> lock(mu);
-                              st = std::move(r);
-                              done = true;
-                              cv.notify_one();
-                            });
-          std::unique_lock<std::mutex> lock(mu);
-          cv.wait(lock, [&] { return done; });
-          status = client::FromGrpcStatus(st);
-          if (status.ok() && response.Length() < output_bytes) {
-            status = absl::InternalError("a response shorter than the output");
-          }
-          return status.ok();
-        },
-        s.min_time);
+    auto raw_call = [&] {
+      status = PreEncodedCall(generic, method, request_bytes, output_bytes);
+      return status.ok();
+    };
+    Timing raw = TimeIt(raw_call, s.min_time);
     if (!status.ok()) return TargetFailed(a.Get("target"), status);
     Report(s, "end-to-end-pre-encoded", raw);
     if (!s.json) {
@@ -401,6 +494,46 @@ int Main(int argc, char** argv) {
           "end-to-end throughput = %.0f%% of in-process (typed client), %.0f%% (pre-encoded "
           "request, response not parsed)\n",
           100 * local.median_ms / remote.median_ms, 100 * local.median_ms / raw.median_ms);
+    }
+    // The same ratio from blocks in turns (in-process, then pre-encoded end to
+    // end): robust to the machine drifting between the two windows above.
+    const Turns e2e = InTurns([&] { return ComputeAttention(args, options, &out).ok(); },
+                              raw_call, s.min_time);
+    if (!status.ok()) return TargetFailed(a.Get("target"), status);
+    ReportTurns(s, "end-to-end-in-turns", "end-to-end throughput (pre-encoded, 1 call in flight) / in-process throughput", e2e,
+                true);
+    // Throughput with two calls outstanding, in turns with in-process calls
+    // (blocks of 8 calls each side).
+    constexpr int kPipelined = 8;
+    const Turns pipelined = InTurns(
+        [&] {
+          for (int i = 0; i < kPipelined; ++i) {
+            if (!ComputeAttention(args, options, &out).ok()) return false;
+          }
+          return true;
+        },
+        [&] {
+          status = PipelinedCalls(generic, method, request_bytes, output_bytes, 2, kPipelined);
+          return status.ok();
+        },
+        s.min_time);
+    if (!status.ok()) return TargetFailed(a.Get("target"), status);
+    ReportTurns(s, "end-to-end-2-in-flight",
+                "end-to-end throughput with 2 calls in flight / in-process throughput", pipelined,
+                true);
+    if (a.Has("vs-target")) {
+      grpc::GenericStub other(client::AttentionClient::Connect(a.Get("vs-target")));
+      absl::Status other_status;
+      const Turns vs = InTurns(raw_call,
+                               [&] {
+                                 other_status =
+                                     PreEncodedCall(other, method, request_bytes, output_bytes);
+                                 return other_status.ok();
+                               },
+                               s.min_time);
+      if (!status.ok()) return TargetFailed(a.Get("target"), status);
+      if (!other_status.ok()) return TargetFailed(a.Get("vs-target"), other_status);
+      ReportTurns(s, "vs-target", "--vs-target time / --target time (pre-encoded)", vs, false);
     }
   }
   return 0;

@@ -3,13 +3,16 @@
 side by side with the speedup (markdown, for bench/README.md).
 
     /usr/bin/python3 bench/compare_torch.py [--build build] [--threads 2] [--min-time 2]
-                                            [--only SUBSTRING] [--skip-torch]
+                                            [--rounds 3] [--only SUBSTRING] [--skip-torch]
 
 Needs python3-torch and libopenblas0-pthread (scripts/install-deps.sh --torch) and a built
 tree (scripts/build.sh). PyTorch runs nn.MultiheadAttention(batch_first=True) in eval mode
 under inference_mode with need_weights matched; cases without projections run the same math by
 hand (1.13 has no public scaled_dot_product_attention). Both sides get the same thread count
 (torch.set_num_threads plus OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, set before torch loads).
+Each case runs in rounds, ours then PyTorch, --min-time each: the table gives the median time of
+each side and the median of the rounds' speedups (with their range), so a machine that drifts
+between the two windows moves one round, not the figure.
 """
 
 import argparse
@@ -88,6 +91,11 @@ def torch_case(torch, c, weights, min_time):
     return timed(run, min_time)
 
 
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
 def bench_args(c, weights):
     name, B, L, S, E, H, Hkv, self_attn, projection, causal, _ = c
     args = ["--batch", str(B), "--seq", str(L), "--kv-seq", str(S), "--embed", str(E),
@@ -113,6 +121,7 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--min-time", type=float, default=2.0)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="")
     ap.add_argument("--skip-torch", action="store_true")
     opts = ap.parse_args()
@@ -123,7 +132,7 @@ def main():
     print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()}: {os.cpu_count()} cores, "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads {opts.threads}, min-time {opts.min_time} s\n")
-    print("| case (B, L, E, H) | weights | PyTorch ms | ours ms | speedup | ours GFLOP/s | roofline | peak RSS MB |")
+    print("| case (B, L, E, H) | weights | PyTorch ms | ours ms | speedup (rounds' range) | ours GFLOP/s | roofline | peak RSS MB |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for c in SUITE:
         name, B, L, S, E, H, Hkv = c[:7]
@@ -132,10 +141,16 @@ def main():
             if opts.only and opts.only not in label:
                 continue
             row = ours(opts.build, bench_args(c, weights), opts.threads, opts.min_time, ["--roofline"])[0]
-            t = float("nan") if opts.skip_torch else torch_case(torch, c, weights, opts.min_time)
-            print(f"| {label} | {weights} | {t:.2f} | {row['ms_median']:.2f} | "
-                  f"{t / row['ms_median']:.2f}x | {row['gflops']:.1f} | "
-                  f"{100 * row['roofline_ratio']:.0f}% | {row['peak_rss_mb']:.0f} |", flush=True)
+            ms, torch_ms = [], []
+            for _ in range(max(1, opts.rounds)):
+                ms.append(ours(opts.build, bench_args(c, weights), opts.threads, opts.min_time)[0]["ms_median"])
+                torch_ms.append(float("nan") if opts.skip_torch else
+                                torch_case(torch, c, weights, opts.min_time))
+            speedups = sorted(t / m for t, m in zip(torch_ms, ms))
+            print(f"| {label} | {weights} | {median(torch_ms):.2f} | {median(ms):.2f} | "
+                  f"{median(speedups):.2f}x ({speedups[0]:.2f}-{speedups[-1]:.2f}) | "
+                  f"{row['gflops']:.1f} | {100 * row['roofline_ratio']:.0f}% | "
+                  f"{row['peak_rss_mb']:.0f} |", flush=True)
 
     if not opts.only or "long" in opts.only:
         # O(L) memory: PyTorch would need B*H*L*S*4 = 32 GiB for the scores alone.
@@ -172,13 +187,20 @@ def main():
                 rows = ours(opts.build, ["--batch", "8", "--seq", "128", "--embed", "512", "--heads", "8",
                                          "--self", "--projection"], opts.threads, opts.min_time,
                             ["--target", f"127.0.0.1:{port}", "--model", "m512"])
-                local, remote, raw = rows[0], rows[1], rows[2]
+                by_mode = {r["mode"]: r for r in rows}
+                local, remote, raw = by_mode["in-process"], by_mode["end-to-end"], by_mode["end-to-end-pre-encoded"]
+                one, two = by_mode["end-to-end-in-turns"], by_mode["end-to-end-2-in-flight"]
                 print(f"\nserver overhead at (8, 128, 512, 8) self-attention with a model: in-process "
                       f"{local['ms_median']:.2f} ms, end to end over loopback {remote['ms_median']:.2f} ms "
                       f"with the typed client, {raw['ms_median']:.2f} ms with the request encoded once and "
                       f"the response not parsed: end-to-end throughput = "
                       f"{100 * local['ms_median'] / remote['ms_median']:.0f}% and "
-                      f"{100 * local['ms_median'] / raw['ms_median']:.0f}% of in-process")
+                      f"{100 * local['ms_median'] / raw['ms_median']:.0f}% of in-process.\n"
+                      f"In turns with in-process calls (pre-encoded): one call at a time "
+                      f"{100 * one['ratio_median']:.0f}% ({100 * one['ratio_min']:.0f}-"
+                      f"{100 * one['ratio_max']:.0f}% over {one['turns']} turns), two calls in flight "
+                      f"{100 * two['ratio_median']:.0f}% ({100 * two['ratio_min']:.0f}-"
+                      f"{100 * two['ratio_max']:.0f}% over {two['turns']} turns) of in-process throughput")
             finally:
                 server.terminate()
                 server.wait(timeout=30)
