@@ -30,14 +30,18 @@ constexpr char kUsage[] =
     R"(attention-bench: times multi-head attention in-process (and through a server).
 
 usage: attention-bench --batch B --seq L [--kv-seq S] --embed E --heads H [--kv-heads G]
-                       [--self] [--projection] [--causal] [--weights none|average|per-head]
+                       [--self] [--projection [--unprepared]] [--causal]
+                       [--weights none|average|per-head]
                        [--threads N] [--min-time SECONDS] [--gap-ms N] [--json] [--roofline]
                        [--target HOST:PORT [--model NAME] [--vs-target HOST:PORT]]
        attention-bench --write-model PATH --embed E --heads H    (a random model file)
 
   --self         self-attention (query = key = value); otherwise cross-attention with S keys
-  --projection   nn.MultiheadAttention projections (in-process: random weights; with --target:
-                 the server's --model NAME, or the same weights sent inline without --model)
+  --projection   nn.MultiheadAttention projections (in-process: random weights, prepared once
+                 as a server's model is; with --target: the server's --model NAME, or the same
+                 weights sent inline without --model)
+  --unprepared   in-process weights not prepared: read as given on every call, as weights
+                 sent inline in a request are
   --threads N    OpenMP threads (default: every core)
   --min-time X   keep timing for X seconds (default 2), at least 5 runs
   --gap-ms N     sleep N ms before each timed call (not counted): the latency of a call that
@@ -165,6 +169,7 @@ struct Data {
   FloatTensor q, k, v;
   FloatTensor in_w, in_b, out_w, out_b;
   ProjectionWeights projection;
+  std::shared_ptr<const PreparedProjection> prepared;
 };
 
 void MakeData(const Settings& s, Data& d) {
@@ -360,7 +365,7 @@ int TargetFailed(const std::string& target, const absl::Status& status) {
 
 int Main(int argc, char** argv) {
   absl::StatusOr<client::CliArgs> parsed =
-      client::ParseArgs(argc, argv, {"self", "projection", "causal", "json", "roofline", "help"});
+      client::ParseArgs(argc, argv, {"self", "projection", "causal", "json", "roofline", "unprepared", "help"});
   if (!parsed.ok() || parsed->Switch("help") || !parsed->command.empty()) {
     std::fprintf(parsed.ok() && parsed->Switch("help") ? stdout : stderr, "%s%s\n", kUsage,
                  parsed.ok() ? "" : std::string(parsed.status().message()).c_str());
@@ -418,6 +423,16 @@ int Main(int argc, char** argv) {
     return 0;
   }
   MakeData(s, d);
+  if (s.projection && !a.Switch("unprepared")) {  // as a model's weights are, once
+    absl::StatusOr<std::shared_ptr<const PreparedProjection>> prepared =
+        PrepareProjection(d.projection);
+    if (!prepared.ok()) {
+      std::fprintf(stderr, "attention-bench: %s\n", prepared.status().ToString().c_str());
+      return 1;
+    }
+    d.prepared = *std::move(prepared);
+    d.projection.prepared = d.prepared.get();
+  }
   const AttentionArgs args = MakeArgs(s, d);
   ComputeOptions options;
   options.max_threads = s.threads;

@@ -19,6 +19,12 @@
 #include "oneapi/dnnl/dnnl.hpp"
 
 namespace attention {
+
+struct PreparedProjection {
+  // B of each projection's product, reordered (nullptr: read in place).
+  std::shared_ptr<const internal::PackedMatrix> in, q, k, v, out;
+};
+
 namespace {
 
 using internal::Gemm;
@@ -884,16 +890,23 @@ absl::Status AttendHeads(HeadsProblem pr, const ComputeOptions& o, Workspace& ws
   return first_error;
 }
 
-// out[rows, E] = x[rows, in] * w^T (+ bias); w is [E, in] row-major (read in
-// place as a transposed view).
+// w^T for w [e, in] row-major: the B of a projection, read in place.
+Mat ProjectionB(int64_t in, int64_t e) { return Mat{in, e, 1, in}; }
+
+// out[rows, E] = x[rows, in] * w^T (+ bias); w is [E, in] row-major, read
+// from `prepared` when that was made from it.
 void Project(int64_t rows, int64_t in, int64_t e, const float* x, const float* w, const float* bias,
-             float* out, int64_t out_stride) {
+             float* out, int64_t out_stride, const internal::PackedMatrix* prepared) {
   GemmShape g;
   g.a = Mat{rows, in, in, 1};
-  g.b = Mat{in, e, 1, in};
+  g.b = ProjectionB(in, e);
   g.c = Mat{rows, e, out_stride, 1};
   g.bias = bias != nullptr;
-  Gemm(g, x, w, out, bias);
+  if (prepared != nullptr) {
+    internal::GemmPacked(g, x, w, *prepared, out, bias);
+  } else {
+    Gemm(g, x, w, out, bias);
+  }
 }
 
 absl::Status Compute(const Plan& p, const AttentionArgs& a, const ComputeOptions& o,
@@ -955,6 +968,8 @@ absl::Status Compute(const Plan& p, const AttentionArgs& a, const ComputeOptions
   const float* wo = f32(w.out_proj_weight, 5);
   const float* bo = f32(w.out_proj_bias, 6);
 
+  const PreparedProjection no_preparation;
+  const PreparedProjection& pp = w.prepared != nullptr ? *w.prepared : no_preparation;
   const bool packed_self = a.self_attention && p.proj.packed;
   const int64_t projected_floats = packed_self ? B * L * 3 * E : B * (L + 2 * S) * E;
   Workspace ws(Workspace::Round(projected_floats) + Workspace::Round(B * L * E) +
@@ -963,16 +978,16 @@ absl::Status Compute(const Plan& p, const AttentionArgs& a, const ComputeOptions
   float* const concat = ws.Take(B * L * E);
   if (packed_self) {
     // One GEMM: [B*L, E] x [E, 3E]; heads read in place from the packed rows.
-    Project(B * L, E, 3 * E, q, in_w, in_b, projected, 3 * E);
+    Project(B * L, E, 3 * E, q, in_w, in_b, projected, 3 * E, pp.in.get());
     pr.q = projected, pr.k = pr.q + E, pr.v = pr.q + 2 * E;
     pr.ql = pr.kl = pr.vl = {L * 3 * E, D, 3 * E};
   } else {
     float* qp = projected;
     float* kp = qp + B * L * E;
     float* vp = kp + B * S * E;
-    Project(B * L, E, E, q, wq, bq, qp, E);
-    Project(B * S, p.proj.kdim, E, k, wk, bk, kp, E);
-    Project(B * S, p.proj.vdim, E, v, wv, bv, vp, E);
+    Project(B * L, E, E, q, wq, bq, qp, E, pp.q.get());
+    Project(B * S, p.proj.kdim, E, k, wk, bk, kp, E, pp.k.get());
+    Project(B * S, p.proj.vdim, E, v, wv, bv, vp, E, pp.v.get());
     pr.q = qp, pr.k = kp, pr.v = vp;
     pr.ql = {L * E, D, E};
     pr.kl = pr.vl = {S * E, D, E};
@@ -980,7 +995,7 @@ absl::Status Compute(const Plan& p, const AttentionArgs& a, const ComputeOptions
   pr.out = concat;
   pr.ol = {L * E, Dv, E};
   if (absl::Status s = AttendHeads(pr, o, ws); !s.ok()) return s;
-  Project(B * L, E, E, concat, wo, bo, out, E);
+  Project(B * L, E, E, concat, wo, bo, out, E, pp.out.get());
   return absl::OkStatus();
 }
 
@@ -1040,6 +1055,39 @@ absl::StatusOr<ProjectionShape> ValidateProjection(const ProjectionWeights& w,
   ps.in_bias = w.in_proj_bias.has_value();
   ps.out_bias = w.out_proj_bias.has_value();
   return ps;
+}
+
+absl::StatusOr<std::shared_ptr<const PreparedProjection>> PrepareProjection(
+    const ProjectionWeights& w) {
+  absl::StatusOr<ProjectionShape> shape = ValidateProjection(w, "");
+  if (!shape.ok()) return shape.status();
+  const int64_t E = shape->embed_dim;
+  // B of w^T for rows [offset, offset + e) of an [*, in] weight.
+  auto pack = [](const std::optional<TensorView>& t, int64_t in, int64_t e, int64_t offset)
+      -> std::shared_ptr<const internal::PackedMatrix> {
+    if (t->dtype != DType::kFloat32 || reinterpret_cast<uintptr_t>(t->data) % alignof(float) != 0) {
+      return nullptr;  // converted by each call, so never the data a call reads
+    }
+    return internal::PackMatrix(ProjectionB(in, e),
+                                static_cast<const float*>(t->data) + offset * in);
+  };
+  auto prepared = std::make_shared<PreparedProjection>();
+  try {
+    if (shape->packed) {
+      prepared->in = pack(w.in_proj_weight, E, 3 * E, 0);
+      prepared->q = pack(w.in_proj_weight, E, E, 0);
+      prepared->k = pack(w.in_proj_weight, E, E, E);
+      prepared->v = pack(w.in_proj_weight, E, E, 2 * E);
+    } else {
+      prepared->q = pack(w.q_proj_weight, E, E, 0);
+      prepared->k = pack(w.k_proj_weight, shape->kdim, E, 0);
+      prepared->v = pack(w.v_proj_weight, shape->vdim, E, 0);
+    }
+    prepared->out = pack(w.out_proj_weight, E, E, 0);
+  } catch (const dnnl::error& e) {
+    return absl::InternalError(absl::StrCat("oneDNN: ", e.what()));
+  }
+  return std::shared_ptr<const PreparedProjection>(std::move(prepared));
 }
 
 float* VectorOutputs::Output(const std::vector<int64_t>& shape) {

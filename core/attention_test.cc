@@ -193,6 +193,14 @@ TEST(AttentionVsReference, RandomizedGrid) {
     options.max_threads = 1 + seed % 2;
     options.fused_min_keys = seed % 3 == 0 ? 16384 : 1;  // both paths without weights
     options.pack_min_keys = seed / 2 % 2 == 0 ? 2048 : 1;  // K^T, V read in place or packed
+    std::shared_ptr<const PreparedProjection> prepared;
+    if (c.args.projection != nullptr && seed % 5 < 3) {  // as a model's weights are
+      absl::StatusOr<std::shared_ptr<const PreparedProjection>> p =
+          PrepareProjection(c.projection);
+      ASSERT_TRUE(p.ok()) << p.status();
+      prepared = *p;
+      c.projection.prepared = prepared.get();
+    }
     ASSERT_TRUE(ComputeAttention(c.args, options, &got).ok());
     ASSERT_EQ(got.output.shape, want->output_shape);
     EXPECT_LE(RelativeMaxError(got.output.data.data(), want->output), 2e-5);
@@ -201,6 +209,34 @@ TEST(AttentionVsReference, RandomizedGrid) {
       EXPECT_LE(RelativeMaxError(got.weights.data.data(), want->weights), 2e-5);
     }
   }
+}
+
+// A PreparedProjection made from other weights (same shapes) is not used:
+// the call computes from the weights it is given.
+TEST(AttentionVsReference, PreparedWeightsOfOtherDataAreIgnored) {
+  RandomCase c;
+  int seed = 0;
+  do {
+    c = RandomCase();
+    MakeRandomCase(seed++, c);
+  } while (c.args.projection == nullptr || !c.projection.in_proj_weight ||
+           c.projection.in_proj_weight->dtype != DType::kFloat32);
+  SCOPED_TRACE(c.description);
+  std::mt19937 rng(5);
+  const TensorView& in_w = *c.projection.in_proj_weight;
+  const TensorView& out_w = *c.projection.out_proj_weight;
+  FloatTensor other_in = RandomTensor(in_w.shape, rng), other_out = RandomTensor(out_w.shape, rng);
+  ProjectionWeights other = c.projection;
+  other.in_proj_weight = other_in.view();
+  other.out_proj_weight = other_out.view();
+  absl::StatusOr<std::shared_ptr<const PreparedProjection>> wrong = PrepareProjection(other);
+  ASSERT_TRUE(wrong.ok()) << wrong.status();
+  c.projection.prepared = wrong->get();
+  absl::StatusOr<ReferenceResult> want = ReferenceAttention(c.args);
+  ASSERT_TRUE(want.ok()) << want.status();
+  VectorOutputs got;
+  ASSERT_TRUE(ComputeAttention(c.args, {}, &got).ok());
+  EXPECT_LE(RelativeMaxError(got.output.data.data(), want->output), 2e-5);
 }
 
 TEST(AttentionVsReference, FullyMaskedRowsAreZeroNotNaN) {

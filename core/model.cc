@@ -83,6 +83,13 @@ absl::StatusOr<std::unique_ptr<const Model>> ModelFromFile(const std::string& na
         absl::StrCat(source, ": __metadata__ num_heads '", heads->second,
                      "' must be a positive divisor of embed_dim ", info.embed_dim));
   }
+  absl::StatusOr<std::shared_ptr<const PreparedProjection>> prepared = PrepareProjection(w);
+  if (!prepared.ok()) {
+    return absl::Status(prepared.status().code(),
+                        absl::StrCat(source, ": ", prepared.status().message()));
+  }
+  model->prepared_ = *std::move(prepared);
+  w.prepared = model->prepared_.get();
   return std::unique_ptr<const Model>(std::move(model));
 }
 

@@ -36,7 +36,8 @@ struct ModelInfo {
 class Model {
  public:
   const ModelInfo& info() const { return info_; }
-  // Views of the weights this Model owns; valid as long as the Model.
+  // Views of the weights this Model owns, prepared for the matrix kernels
+  // once (PrepareProjection); valid as long as the Model.
   const ProjectionWeights& weights() const { return weights_; }
 
  private:
@@ -46,6 +47,7 @@ class Model {
   ModelInfo info_;
   std::map<std::string, FloatTensor> tensors_;
   ProjectionWeights weights_;
+  std::shared_ptr<const PreparedProjection> prepared_;
 };
 
 // The projection weights among `tensors` (named as in the state_dict), as

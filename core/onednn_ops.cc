@@ -44,6 +44,7 @@ dnnl::memory::desc MatMd(const Mat& m) {
 struct Cached {
   dnnl::primitive primitive;
   dnnl::memory::desc a, b, c, bias, scratchpad;
+  bool usable = true;  // GemmPacked: false when the kernel wants another layout of B
 };
 
 using Key = std::vector<int64_t>;
@@ -87,40 +88,109 @@ int32_t FloatBits(float f) {
 
 }  // namespace
 
+namespace {
+
+Key GemmKey(int64_t kind, const GemmShape& s) {
+  return {kind,     s.a.rows,       s.a.cols,       s.a.row_stride, s.a.col_stride,
+          s.b.cols, s.b.row_stride, s.b.col_stride, s.c.row_stride, FloatBits(s.scale),
+          s.bias,   s.accumulate};
+}
+
+// The matmul of `s`, with B described by `b` (its plain layout, a packed one,
+// or format any to learn the kernel's layout).
+dnnl::matmul::primitive_desc GemmPd(const GemmShape& s, const dnnl::memory::desc& b, Cached& e) {
+  e.a = MatMd(s.a);
+  e.b = b;
+  e.c = MatMd(s.c);
+  if (s.bias) e.bias = dnnl::memory::desc({1, s.b.cols}, dt::f32, {s.b.cols, 1});
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (s.scale != 1.0f) attr.set_output_scales(0, {s.scale});
+  if (s.accumulate) {
+    dnnl::post_ops ops;
+    ops.append_sum(1.0f);
+    attr.set_post_ops(ops);
+  }
+  dnnl::matmul::desc desc =
+      s.bias ? dnnl::matmul::desc(e.a, e.b, e.bias, e.c) : dnnl::matmul::desc(e.a, e.b, e.c);
+  return dnnl::matmul::primitive_desc(desc, attr, Engine());
+}
+
+void RunGemm(const Cached& p, bool bias, const float* a, const float* b, float* c,
+             const float* bias_data) {
+  const dnnl::engine& eng = Engine();
+  std::unordered_map<int, dnnl::memory> args = {
+      {DNNL_ARG_SRC, dnnl::memory(p.a, eng, const_cast<float*>(a))},
+      {DNNL_ARG_WEIGHTS, dnnl::memory(p.b, eng, const_cast<float*>(b))},
+      {DNNL_ARG_DST, dnnl::memory(p.c, eng, c)},
+      {DNNL_ARG_SCRATCHPAD, Scratchpad(p.scratchpad)}};
+  if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(p.bias, eng, const_cast<float*>(bias_data)));
+  p.primitive.execute(ThreadStream(), args);
+  ThreadStream().wait();
+}
+
+// Rows of A the packed layout is chosen for (the kernel's blocking of B does
+// not depend on them; GemmPacked checks that it matches).
+constexpr int64_t kPackRows = 256;
+
+}  // namespace
+
+struct PackedMatrix {
+  Mat plain;
+  const float* plain_data = nullptr;
+  dnnl::memory packed;  // owns its buffer
+};
+
 void Gemm(const GemmShape& s, const float* a, const float* b, float* c, const float* bias) {
-  const Key key = {0,        s.a.rows,       s.a.cols,       s.a.row_stride, s.a.col_stride,
-                   s.b.cols, s.b.row_stride, s.b.col_stride, s.c.row_stride, FloatBits(s.scale),
-                   s.bias,   s.accumulate};
-  std::shared_ptr<const Cached> p = Cache().Get(key, [&] {
+  std::shared_ptr<const Cached> p = Cache().Get(GemmKey(0, s), [&] {
     Cached e;
-    e.a = MatMd(s.a);
-    e.b = MatMd(s.b);
-    e.c = MatMd(s.c);
-    if (s.bias) e.bias = dnnl::memory::desc({1, s.b.cols}, dt::f32, {s.b.cols, 1});
-    dnnl::primitive_attr attr;
-    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    if (s.scale != 1.0f) attr.set_output_scales(0, {s.scale});
-    if (s.accumulate) {
-      dnnl::post_ops ops;
-      ops.append_sum(1.0f);
-      attr.set_post_ops(ops);
-    }
-    dnnl::matmul::desc desc =
-        s.bias ? dnnl::matmul::desc(e.a, e.b, e.bias, e.c) : dnnl::matmul::desc(e.a, e.b, e.c);
-    dnnl::matmul::primitive_desc pd(desc, attr, Engine());
+    dnnl::matmul::primitive_desc pd = GemmPd(s, MatMd(s.b), e);
     e.scratchpad = pd.scratchpad_desc();
     e.primitive = dnnl::matmul(pd);
     return e;
   });
-  const dnnl::engine& eng = Engine();
-  std::unordered_map<int, dnnl::memory> args = {
-      {DNNL_ARG_SRC, dnnl::memory(p->a, eng, const_cast<float*>(a))},
-      {DNNL_ARG_WEIGHTS, dnnl::memory(p->b, eng, const_cast<float*>(b))},
-      {DNNL_ARG_DST, dnnl::memory(p->c, eng, c)},
-      {DNNL_ARG_SCRATCHPAD, Scratchpad(p->scratchpad)}};
-  if (s.bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(p->bias, eng, const_cast<float*>(bias)));
-  p->primitive.execute(ThreadStream(), args);
+  RunGemm(*p, s.bias, a, b, c, bias);
+}
+
+std::shared_ptr<const PackedMatrix> PackMatrix(const Mat& b, const float* data) {
+  GemmShape s;
+  s.a = Mat{kPackRows, b.rows, b.rows, 1};
+  s.b = b;
+  s.c = Mat{kPackRows, b.cols, b.cols, 1};
+  Cached unused;
+  const dnnl::memory::desc any({b.rows, b.cols}, dt::f32, dnnl::memory::format_tag::any);
+  const dnnl::memory::desc want = GemmPd(s, any, unused).weights_desc();
+  if (want == MatMd(b)) return nullptr;
+  auto m = std::make_shared<PackedMatrix>();
+  m->plain = b;
+  m->plain_data = data;
+  m->packed = dnnl::memory(want, Engine());
+  dnnl::memory src(MatMd(b), Engine(), const_cast<float*>(data));
+  dnnl::reorder(src, m->packed).execute(ThreadStream(), src, m->packed);
   ThreadStream().wait();
+  return m;
+}
+
+void GemmPacked(const GemmShape& s, const float* a, const float* b_plain, const PackedMatrix& b,
+                float* c, const float* bias) {
+  const Mat& m = b.plain;
+  if (b_plain != b.plain_data || m.rows != s.b.rows || m.cols != s.b.cols ||
+      m.row_stride != s.b.row_stride || m.col_stride != s.b.col_stride) {
+    return Gemm(s, a, b_plain, c, bias);
+  }
+  std::shared_ptr<const Cached> p = Cache().Get(GemmKey(3, s), [&] {
+    Cached e;
+    const dnnl::memory::desc any({s.b.rows, s.b.cols}, dt::f32, dnnl::memory::format_tag::any);
+    e.usable = GemmPd(s, any, e).weights_desc() == b.packed.get_desc();
+    if (e.usable) {
+      dnnl::matmul::primitive_desc pd = GemmPd(s, b.packed.get_desc(), e);
+      e.scratchpad = pd.scratchpad_desc();
+      e.primitive = dnnl::matmul(pd);
+    }
+    return e;
+  });
+  if (!p->usable) return Gemm(s, a, b_plain, c, bias);
+  RunGemm(*p, s.bias, a, static_cast<const float*>(b.packed.get_data_handle()), c, bias);
 }
 
 void BatchedGemm(const BatchMat& a, const BatchMat& b, const BatchMat& c, float scale,

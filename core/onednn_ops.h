@@ -14,6 +14,7 @@
 #define CORE_ONEDNN_OPS_H_
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace attention {
@@ -39,6 +40,21 @@ struct GemmShape {
 };
 
 void Gemm(const GemmShape& shape, const float* a, const float* b, float* c, const float* bias);
+
+// B of products whose B stays the same from call to call (a model's
+// weights), reordered once into the blocked layout oneDNN's matmul kernel
+// reads (else the kernel repacks B on every call). Keeps a pointer to the
+// plain data it was made from, which must outlive it.
+struct PackedMatrix;
+
+// nullptr when B is fine as it is (the kernel reads the plain layout).
+std::shared_ptr<const PackedMatrix> PackMatrix(const Mat& b, const float* data);
+
+// Gemm(shape, a, b, c, bias) reading B from `packed` when it was made from
+// this b (same data and layout) and this shape's kernel reads its layout;
+// otherwise from b itself.
+void GemmPacked(const GemmShape& shape, const float* a, const float* b, const PackedMatrix& packed,
+                float* c, const float* bias);
 
 // A strided tensor [batch dims..., rows, cols] for batched products; a batch
 // dimension of size 1 in one operand broadcasts over the other's (give it a
