@@ -1094,7 +1094,7 @@ float* VectorOutputs::Output(const std::vector<int64_t>& shape) {
   output.shape = shape;
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
-  output.data.assign(n, 0.0f);
+  output.data.resize(n);
   return output.data.data();
 }
 
@@ -1102,7 +1102,7 @@ float* VectorOutputs::Weights(const std::vector<int64_t>& shape) {
   weights.shape = shape;
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
-  weights.data.assign(n, 0.0f);
+  weights.data.resize(n);
   return weights.data.data();
 }
 

@@ -176,7 +176,8 @@ class OutputBuffers {
   virtual float* Weights(const std::vector<int64_t>& shape) = 0;
 };
 
-// OutputBuffers that own their floats.
+// OutputBuffers that own their floats. Reused for calls of the same shapes
+// they are not cleared again (every element is overwritten).
 class VectorOutputs final : public OutputBuffers {
  public:
   float* Output(const std::vector<int64_t>& shape) override;
