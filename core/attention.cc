@@ -464,6 +464,7 @@ class Workspace {
     if (!kept.in_use && floats * 4 <= kKeptWorkspaceBytes) {
       if (kept.floats < floats) {
         kept.block.reset();  // the old block goes before the larger one comes
+        kept.floats = 0;     // (and none is kept if that allocation throws)
         kept.block.reset(new float[floats]);
         kept.floats = floats;
       }
