@@ -295,8 +295,9 @@ absl::Status PipelinedCalls(grpc::GenericStub& stub, const std::string& method,
     grpc::ClientContext ctx;
     grpc::ByteBuffer response;
   };
-  std::function<void()> start = [&] {  // with shared.mu held
-    ++shared.started;
+  // Starts one call that shared.started already counts; its completion
+  // starts the next (outside the lock) while calls remain.
+  std::function<void()> start = [&] {
     auto* call = new Call;
     call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
     stub.UnaryCall(&call->ctx, method, grpc::StubOptions(), &request, &call->response,
@@ -306,15 +307,25 @@ absl::Status PipelinedCalls(grpc::GenericStub& stub, const std::string& method,
                        s = absl::InternalError("a response shorter than the output");
                      }
                      delete call;
-                     std::lock_guard<std::mutex> lock(shared.mu);
-                     if (!s.ok() && shared.status.ok()) shared.status = s;
-                     ++shared.finished;
-                     if (shared.started < calls && shared.status.ok()) start();
-                     shared.cv.notify_one();
+                     bool another = false;
+                     {
+                       std::lock_guard<std::mutex> lock(shared.mu);
+                       if (!s.ok() && shared.status.ok()) shared.status = s;
+                       ++shared.finished;
+                       another = shared.started < calls && shared.status.ok();
+                       if (another) ++shared.started;
+                       shared.cv.notify_one();
+                     }
+                     if (another) start();  // shared lives on: finished < started
                    });
   };
+  const int first = std::min(in_flight, calls);
+  {
+    std::lock_guard<std::mutex> lock(shared.mu);
+    shared.started = first;
+  }
+  for (int i = 0; i < first; ++i) start();
   std::unique_lock<std::mutex> lock(shared.mu);
-  while (shared.started < std::min(in_flight, calls)) start();
   shared.cv.wait(lock, [&] { return shared.finished == shared.started; });
   return shared.status;
 }
@@ -345,6 +356,10 @@ Turns InTurns(const std::function<bool()>& a, const std::function<bool()>& b, do
 // A ratio measured in turns; `inverse` reports a / b (a share of a's speed).
 void ReportTurns(const Settings& s, const char* mode, const char* what, const Turns& t,
                  bool inverse) {
+  if (t.turns == 0) {  // a side failed (its status is reported by the caller)
+    std::fprintf(stderr, "attention-bench: %s: a call failed, no figure\n", mode);
+    return;
+  }
   const double median = inverse ? 1 / t.median : t.median;
   const double low = inverse ? 1 / t.high : t.low, high = inverse ? 1 / t.low : t.high;
   if (s.json) {

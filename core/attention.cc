@@ -52,8 +52,8 @@ constexpr double kMinFlopsPerThread = 4e6;
 // keys and values before they are packed into contiguous copies.
 constexpr int64_t kMinPackReuse = 4;
 
-// Row stride of packed K^T: S rounded up to a cache line, plus one, so
-// that rows are not a power of two apart (they would share cache sets).
+// Row stride of packed K^T: S rounded up to 16 floats (64 bytes), plus 16,
+// so that rows are not a power of two apart (they would share cache sets).
 int64_t PackedKeyStride(int64_t S) { return (S + 15) / 16 * 16 + 16; }
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -432,10 +432,15 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
   // stride of a projected row; when several row tiles (or grouped query
   // heads) read the same head, one contiguous copy per head is cheaper than
   // oneDNN's strided access in every product.
-  p.pack_kv = p.group == 0 && p.S >= o.pack_min_keys &&
-              (p.L + kRowTile - 1) / kRowTile * (p.H / p.Hkv) >= kMinPackReuse;
-  if (p.pack_kv) bytes += 4.0 * (PackedKeyFloats(p) + PackedValueFloats(p));
+  // Only a speed-up: never the reason a request goes over the memory limit.
   bytes += 4.0 * p.threads * ScratchPerThread(p, a.weights);
+  const double packed_bytes =
+      4.0 * (static_cast<double>(p.B) * p.Hkv * p.D * PackedKeyStride(p.S) +
+             static_cast<double>(p.B) * p.Hkv * p.S * p.Dv);
+  p.pack_kv = p.group == 0 && p.S >= o.pack_min_keys &&
+              (p.L + kRowTile - 1) / kRowTile * (p.H / p.Hkv) >= kMinPackReuse &&
+              bytes + packed_bytes <= static_cast<double>(o.max_memory_bytes);
+  if (p.pack_kv) bytes += packed_bytes;
   p.info.memory_bytes = static_cast<int64_t>(std::min(bytes, 9e18));
   p.info.flops = flops;
   if (bytes > static_cast<double>(o.max_memory_bytes)) {
@@ -674,8 +679,9 @@ void AttendRows(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, float*
 }
 
 // Query rows [i0, i0 + m) of head h without weights, flash-attention style:
-// one tile of keys at a time with an online softmax, so memory is
-// O(kRowTile x kKeyTile) whatever S is, and causal masking skips whole tiles.
+// one tile of keys at a time with an online softmax, so score memory is
+// O(kRowTile x kKeyTile) whatever S is (K and V may be packed copies, O(S)),
+// and causal masking skips whole tiles.
 // For tile t, oneDNN's softmax gives p_t = exp(s - m_t) / l_t with m_t the
 // row's largest score there; its largest entry is exp(0) / l_t, which gives
 // l_t. With the running maximum M, denominator Z and unnormalised output O:
@@ -1072,8 +1078,9 @@ absl::StatusOr<std::shared_ptr<const PreparedProjection>> PrepareProjection(
     return internal::PackMatrix(ProjectionB(in, e),
                                 static_cast<const float*>(t->data) + offset * in);
   };
-  auto prepared = std::make_shared<PreparedProjection>();
+  std::shared_ptr<PreparedProjection> prepared;
   try {
+    prepared = std::make_shared<PreparedProjection>();
     if (shape->packed) {
       prepared->in = pack(w.in_proj_weight, E, 3 * E, 0);
       prepared->q = pack(w.in_proj_weight, E, E, 0);
@@ -1087,6 +1094,8 @@ absl::StatusOr<std::shared_ptr<const PreparedProjection>> PrepareProjection(
     prepared->out = pack(w.out_proj_weight, E, E, 0);
   } catch (const dnnl::error& e) {
     return absl::InternalError(absl::StrCat("oneDNN: ", e.what()));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("out of memory preparing the projection weights");
   }
   return std::shared_ptr<const PreparedProjection>(std::move(prepared));
 }

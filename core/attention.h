@@ -104,9 +104,10 @@ absl::StatusOr<ProjectionShape> ValidateProjection(const ProjectionWeights& weig
                                                    absl::string_view prefix);
 
 // The projection weights reordered once for oneDNN's matmul kernels
-// (opaque). It refers to the views' float32 data, which must outlive it; a
-// call uses a prepared matrix only if it was made from the very data and
-// layout the call reads (anything else is computed from the views).
+// (opaque): a copy, so the views' data must outlive it and must not change
+// while it exists. A call uses a prepared matrix only if it was made from
+// the same address and layout the call reads (weights at other addresses
+// are computed from the views).
 
 // Validates `weights` (as ValidateProjection) and prepares them. Weights
 // that are not aligned float32 are left to each call (converted there).

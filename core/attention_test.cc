@@ -239,6 +239,54 @@ TEST(AttentionVsReference, PreparedWeightsOfOtherDataAreIgnored) {
   EXPECT_LE(RelativeMaxError(got.output.data.data(), want->output), 2e-5);
 }
 
+// Long enough for K^T and V to be packed (4+ row tiles) in the projected
+// layouts too: packed self-attention rows (stride 3E) and separate K and V
+// projections (kdim, vdim other than E).
+TEST(AttentionVsReference, PackedKeysAndValuesOfProjectedHeads) {
+  std::mt19937 rng(11);
+  const int64_t L = 520, S = 530, E = 32;
+  FloatTensor x = RandomTensor({1, L, E}, rng);
+  FloatTensor k = RandomTensor({1, S, 6}, rng), v = RandomTensor({1, S, 12}, rng);
+  FloatTensor in_w = RandomTensor({3 * E, E}, rng, 0.2f), in_b = RandomTensor({3 * E}, rng);
+  FloatTensor q_w = RandomTensor({E, E}, rng, 0.2f), k_w = RandomTensor({E, 6}, rng, 0.4f);
+  FloatTensor v_w = RandomTensor({E, 12}, rng, 0.3f), out_w = RandomTensor({E, E}, rng, 0.2f);
+  ProjectionWeights packed, separate;
+  packed.in_proj_weight = in_w.view();
+  separate.q_proj_weight = q_w.view();
+  separate.k_proj_weight = k_w.view();
+  separate.v_proj_weight = v_w.view();
+  for (ProjectionWeights* w : {&packed, &separate}) {
+    w->in_proj_bias = in_b.view();
+    w->out_proj_weight = out_w.view();
+  }
+  for (bool self : {true, false}) {
+    for (WeightsMode weights : {WeightsMode::kNone, WeightsMode::kAveraged}) {
+      SCOPED_TRACE(absl::StrCat("self=", self, " weights=", static_cast<int>(weights)));
+      AttentionArgs a;
+      a.self_attention = self;
+      a.query = x.view();
+      if (!self) {
+        a.key = k.view();
+        a.value = v.view();
+      }
+      a.num_heads = 2;
+      a.projection = self ? &packed : &separate;
+      a.weights = weights;
+      absl::StatusOr<ReferenceResult> want = ReferenceAttention(a);
+      ASSERT_TRUE(want.ok()) << want.status();
+      ComputeOptions o;
+      o.pack_min_keys = 1;
+      o.max_threads = 2;
+      PoisonedOutputs got;
+      ASSERT_TRUE(ComputeAttention(a, o, &got).ok());
+      EXPECT_LE(RelativeMaxError(got.output.data.data(), want->output), 2e-5);
+      if (!want->weights.empty()) {
+        EXPECT_LE(RelativeMaxError(got.weights.data.data(), want->weights), 2e-5);
+      }
+    }
+  }
+}
+
 TEST(AttentionVsReference, FullyMaskedRowsAreZeroNotNaN) {
   std::mt19937 rng(7);
   FloatTensor q = RandomTensor({1, 4, 8}, rng);
@@ -428,15 +476,41 @@ TEST(AttentionLimits, HugeScoresAreRefusedBeforeAllocating) {
   EXPECT_THAT(std::string(s.message()), HasSubstr("over the per-request memory limit"));
 }
 
-TEST(AttentionLimits, LongSequenceWithoutWeightsFitsInLittleMemory) {
+// Self-attention [1, L, E] for planning only: the view claims data it does
+// not have (PlanAttention reads shapes, never the elements).
+AttentionArgs PlanOnlySelfAttention(int64_t L, int64_t E, int64_t heads) {
+  static const uint8_t kNoData = 0;
   AttentionArgs a;
-  std::vector<uint8_t> dummy(1);
   a.self_attention = true;
-  a.query = TensorView{DType::kFloat32, {1, 32768, 512}, dummy.data(), 32768 * 512 * 4};
-  a.num_heads = 8;
+  a.query = TensorView{DType::kFloat32, {1, L, E}, &kNoData, static_cast<size_t>(L * E * 4)};
+  a.num_heads = heads;
+  return a;
+}
+
+TEST(AttentionLimits, LongSequenceWithoutWeightsFitsInLittleMemory) {
+  const AttentionArgs a = PlanOnlySelfAttention(32768, 512, 8);
   absl::StatusOr<AttentionPlanInfo> info = PlanAttention(a, {});
   ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_LT(info->memory_bytes, int64_t{256} << 20);  // output 64 MiB + row tiles
+  // output 64 MiB + packed K^T and V 128 MiB + key tiles (no O(L x S) scores)
+  EXPECT_LT(info->memory_bytes, int64_t{256} << 20);
+}
+
+// Packing K^T and V is a speed-up: a request that fits the memory limit
+// without it is computed without it, not refused.
+TEST(AttentionLimits, PackingNeverPushesARequestOverTheLimit) {
+  const AttentionArgs a = PlanOnlySelfAttention(4096, 512, 8);
+  ComputeOptions unpacked;
+  unpacked.pack_min_keys = int64_t{1} << 40;
+  absl::StatusOr<AttentionPlanInfo> without = PlanAttention(a, unpacked);
+  ASSERT_TRUE(without.ok()) << without.status();
+  ComputeOptions o;
+  absl::StatusOr<AttentionPlanInfo> with = PlanAttention(a, o);
+  ASSERT_TRUE(with.ok()) << with.status();
+  ASSERT_GT(with->memory_bytes, without->memory_bytes);  // packed when there is room
+  o.max_memory_bytes = without->memory_bytes;
+  absl::StatusOr<AttentionPlanInfo> tight = PlanAttention(a, o);
+  ASSERT_TRUE(tight.ok()) << tight.status();
+  EXPECT_EQ(tight->memory_bytes, without->memory_bytes);
 }
 
 TEST(AttentionCheck, AbortsWithTheCallersStatus) {

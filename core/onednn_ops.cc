@@ -189,7 +189,9 @@ void GemmPacked(const GemmShape& s, const float* a, const float* b_plain, const 
     }
     return e;
   });
-  if (!p->usable) return Gemm(s, a, b_plain, c, bias);
+  // The primitive was made for the first packed B of this shape; another
+  // (say, packed under other settings) must match its layout to be read.
+  if (!p->usable || p->b != b.packed.get_desc()) return Gemm(s, a, b_plain, c, bias);
   RunGemm(*p, s.bias, a, static_cast<const float*>(b.packed.get_data_handle()), c, bias);
 }
 
