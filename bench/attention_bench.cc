@@ -127,13 +127,37 @@ double Flops(const Settings& s) {
   return attention + projection;
 }
 
-// oneDNN sgemm of the dominant GEMM: the packed in-projection [B*L, E] x [E, 3E]
-// with projections, else one head's scores [L, D] x [D, S].
-// oneDNN sgemm of the dominant GEMM's size (the QKV projection with
-// projections, one head's scores without), timed in turns with the case
-// itself: each turn times a block of calls of each (TimeIt over 50 ms: warm,
-// as in a loop of one kind), so a machine that speeds up or slows down during
-// the run moves both sides of a turn's ratio alike.
+// Blocks of calls of `a` and `b` in turns (each a TimeIt over `block`
+// seconds: warm, as in a loop of one kind) for at least min_time: the median
+// over the turns of b's time / a's, the smallest and largest, and b's median
+// time. A machine that speeds up or slows down moves both sides of a turn.
+struct Turns {
+  double median = 0, low = 0, high = 0;
+  int turns = 0;
+  double b_ms = 0;
+};
+
+Turns InTurns(const std::function<bool()>& a, const std::function<bool()>& b, double min_time,
+              double block = 0.25) {
+  std::vector<double> ratios, b_ms;
+  const auto start = Clock::now();
+  while (ratios.size() < 5 ||
+         std::chrono::duration<double>(Clock::now() - start).count() < min_time) {
+    const double ta = TimeIt(a, block).median_ms;
+    const double tb = TimeIt(b, block).median_ms;
+    if (ta <= 0 || tb <= 0) return {};
+    ratios.push_back(tb / ta);
+    b_ms.push_back(tb);
+  }
+  std::sort(ratios.begin(), ratios.end());
+  std::sort(b_ms.begin(), b_ms.end());
+  return {ratios[ratios.size() / 2], ratios.front(), ratios.back(),
+          static_cast<int>(ratios.size()), b_ms[b_ms.size() / 2]};
+}
+
+// oneDNN sgemm of the dominant GEMM's size (the packed in-projection
+// [B*L, E] x [E, 3E] with projections, one head's scores [L, D] x [D, S]
+// without), timed in turns with the case itself (blocks of 50 ms).
 struct Roofline {
   double gflops = 0;  // sgemm, median over the turns
   double ratio = 0;   // ours / sgemm in GFLOP/s, median of the turns' ratios
@@ -148,21 +172,11 @@ Roofline MeasureRoofline(const Settings& s, const std::function<bool()>& ours) {
     return dnnl::sgemm('N', 'N', M, N, K, 1.0f, a.data(), K, b.data(), N, 0.0f, c.data(), N) ==
            dnnl::status::success;
   };
-  auto block_ms = [](const std::function<bool()>& f) { return TimeIt(f, 0.05).median_ms; };
-  std::vector<double> rates, ratios;
-  const auto start = Clock::now();
-  auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - start).count(); };
-  while (ratios.size() < 5 || elapsed() < s.min_time) {
-    const double ours_ms = block_ms(ours);
-    const double sgemm_ms = block_ms(sgemm);
-    if (ours_ms <= 0 || sgemm_ms <= 0) return {};
-    const double rate = 2.0 * M * N * K / (sgemm_ms * 1e6);
-    rates.push_back(rate);
-    ratios.push_back(Flops(s) / (ours_ms * 1e6) / rate);
-  }
-  std::sort(rates.begin(), rates.end());
-  std::sort(ratios.begin(), ratios.end());
-  return {rates[rates.size() / 2], ratios[ratios.size() / 2]};
+  const Turns t = InTurns(ours, sgemm, s.min_time, 0.05);
+  if (t.turns == 0) return {};
+  const double sgemm_flops = 2.0 * M * N * K;
+  // A turn's ratio of rates is Flops / sgemm_flops x (sgemm's time / ours).
+  return {sgemm_flops / (t.b_ms * 1e6), Flops(s) / sgemm_flops * t.median};
 }
 
 struct Data {
@@ -253,35 +267,11 @@ void Report(const Settings& s, const char* mode, const Timing& t, const Roofline
   std::fflush(stdout);
 }
 
-// One unary call of `method` with a request already encoded; the response
-// is received whole but not parsed (only its size is checked).
-absl::Status PreEncodedCall(grpc::GenericStub& stub, const std::string& method,
-                            const grpc::ByteBuffer& request, size_t output_bytes) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  grpc::ByteBuffer response;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  grpc::Status st;
-  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response, [&](grpc::Status r) {
-    std::lock_guard<std::mutex> lock(mu);
-    st = std::move(r);
-    done = true;
-    cv.notify_one();
-  });
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return done; });
-  absl::Status status = client::FromGrpcStatus(st);
-  if (status.ok() && response.Length() < output_bytes) {
-    status = absl::InternalError("a response shorter than the output");
-  }
-  return status;
-}
-
-// `calls` pre-encoded calls with up to `in_flight` of them outstanding at
-// once (a client that sends the next request before the last answer is
-// back): what a server sustains, its transfers overlapping its computation.
+// `calls` calls of `method` with a request already encoded, up to
+// `in_flight` of them outstanding at once (more than one: a client that sends
+// the next request before the last answer is back, so the server's transfers
+// overlap its computation). Responses are received whole but not parsed
+// (only their size is checked).
 absl::Status PipelinedCalls(grpc::GenericStub& stub, const std::string& method,
                             const grpc::ByteBuffer& request, size_t output_bytes, int in_flight,
                             int calls) {
@@ -328,29 +318,6 @@ absl::Status PipelinedCalls(grpc::GenericStub& stub, const std::string& method,
   std::unique_lock<std::mutex> lock(shared.mu);
   shared.cv.wait(lock, [&] { return shared.finished == shared.started; });
   return shared.status;
-}
-
-// Blocks of calls of `a` and `b` in turns (each TimeIt over 0.25 s) for at
-// least min_time: the median over the turns of b's time / a's, and the
-// smallest and largest. A machine that drifts moves both sides of a turn.
-struct Turns {
-  double median = 0, low = 0, high = 0;
-  int turns = 0;
-};
-
-Turns InTurns(const std::function<bool()>& a, const std::function<bool()>& b, double min_time) {
-  std::vector<double> ratios;
-  const auto start = Clock::now();
-  while (ratios.size() < 5 ||
-         std::chrono::duration<double>(Clock::now() - start).count() < min_time) {
-    const double ta = TimeIt(a, 0.25).median_ms;
-    const double tb = TimeIt(b, 0.25).median_ms;
-    if (ta <= 0 || tb <= 0) return {};
-    ratios.push_back(tb / ta);
-  }
-  std::sort(ratios.begin(), ratios.end());
-  return {ratios[ratios.size() / 2], ratios.front(), ratios.back(),
-          static_cast<int>(ratios.size())};
 }
 
 // A ratio measured in turns; `inverse` reports a / b (a share of a's speed).
@@ -513,7 +480,7 @@ int Main(int argc, char** argv) {
     const std::string method = s.self ? "/attention.v1.AttentionService/SelfAttention"
                                       : "/attention.v1.AttentionService/Attention";
     auto raw_call = [&] {
-      status = PreEncodedCall(generic, method, request_bytes, output_bytes);
+      status = PipelinedCalls(generic, method, request_bytes, output_bytes, 1, 1);
       return status.ok();
     };
     Timing raw = TimeIt(raw_call, s.min_time);
@@ -530,8 +497,9 @@ int Main(int argc, char** argv) {
     const Turns e2e = InTurns([&] { return ComputeAttention(args, options, &out).ok(); },
                               raw_call, s.min_time);
     if (!status.ok()) return TargetFailed(a.Get("target"), status);
-    ReportTurns(s, "end-to-end-in-turns", "end-to-end throughput (pre-encoded, 1 call in flight) / in-process throughput", e2e,
-                true);
+    ReportTurns(s, "end-to-end-in-turns",
+                "end-to-end throughput (pre-encoded, 1 call in flight) / in-process throughput",
+                e2e, true);
     // Throughput with two calls outstanding, in turns with in-process calls
     // (blocks of 8 calls each side).
     constexpr int kPipelined = 8;
@@ -556,8 +524,8 @@ int Main(int argc, char** argv) {
       absl::Status other_status;
       const Turns vs = InTurns(raw_call,
                                [&] {
-                                 other_status =
-                                     PreEncodedCall(other, method, request_bytes, output_bytes);
+                                 other_status = PipelinedCalls(other, method, request_bytes,
+                                                               output_bytes, 1, 1);
                                  return other_status.ok();
                                },
                                s.min_time);

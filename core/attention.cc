@@ -434,9 +434,7 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
   // oneDNN's strided access in every product.
   // Only a speed-up: never the reason a request goes over the memory limit.
   bytes += 4.0 * p.threads * ScratchPerThread(p, a.weights);
-  const double packed_bytes =
-      4.0 * (static_cast<double>(p.B) * p.Hkv * p.D * PackedKeyStride(p.S) +
-             static_cast<double>(p.B) * p.Hkv * p.S * p.Dv);
+  const double packed_bytes = 4.0 * (PackedKeyFloats(p) + PackedValueFloats(p));
   p.pack_kv = p.group == 0 && p.S >= o.pack_min_keys &&
               (p.L + kRowTile - 1) / kRowTile * (p.H / p.Hkv) >= kMinPackReuse &&
               bytes + packed_bytes <= static_cast<double>(o.max_memory_bytes);

@@ -86,10 +86,6 @@ int32_t FloatBits(float f) {
   return i;
 }
 
-}  // namespace
-
-namespace {
-
 Key GemmKey(int64_t kind, const GemmShape& s) {
   return {kind,     s.a.rows,       s.a.cols,       s.a.row_stride, s.a.col_stride,
           s.b.cols, s.b.row_stride, s.b.col_stride, s.c.row_stride, FloatBits(s.scale),
