@@ -137,10 +137,12 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   }
 
   // Finishes the call once nothing is pending. Finish may run OnDone (which
-  // deletes this) at once, so it is called after the lock is released.
+  // deletes this) at once, so it is called after the lock is released. A
+  // cancelled stream finishes too: a read that completed after the cancel
+  // starts no other, so no read would ever report the end of the stream.
   void FinishIfDone(std::unique_lock<std::mutex>& lock) {
     if (finished_ || reading_ || writing_ || computing_ > 0 || !items_.empty()) return;
-    if (!reads_done_ && !broken_) return;
+    if (!reads_done_ && !broken_ && !cancelled_) return;
     finished_ = true;
     const bool cancelled = broken_ || cancelled_;
     lock.unlock();
