@@ -1,13 +1,12 @@
 #include "server/service.h"
 
 #include <chrono>
-#include <deque>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/stream_flow.h"
 
 namespace attention {
 namespace server {
@@ -41,128 +40,63 @@ class UnaryReactor final : public grpc::ServerUnaryReactor {
 };
 
 // A bidirectional stream: each message an independent request, answered in
-// order. At most max_in_flight messages are between read and written.
+// order. When to read, write, compute and finish is StreamFlow's to decide.
 template <typename Request>
-class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
+                            private StreamFlow {
  public:
   StreamReactor(AttentionServiceImpl* service, grpc::CallbackServerContext* context)
-      : scope_(service), service_(service), context_(context) {
-    reading_ = true;
-    this->StartRead(&incoming_);
+      : StreamFlow(service->limits().max_stream_in_flight),
+        scope_(service),
+        service_(service),
+        context_(context) {
+    Begin();
   }
 
   void OnReadDone(bool ok) override {
-    // No other read starts before reading_ is cleared below, so incoming_ is
-    // parsed (it may be --max-message-mb large) without holding the lock.
-    auto item = std::make_shared<Item>();
-    absl::Status parsed;
+    // The flow starts no other read before this one is reported, so incoming_
+    // is parsed (it may be --max-message-mb large) outside the flow's lock.
+    std::shared_ptr<Item> item;
     if (ok) {
-      parsed = ParseRequest(incoming_, &item->request);
+      item = std::make_shared<Item>();
+      if (absl::Status parsed = ParseRequest(incoming_, &item->request); !parsed.ok()) {
+        item->response = EncodeError("", parsed);  // answered like any failed message
+        item->answered = true;
+      }
       incoming_.Clear();
     }
-    std::unique_lock<std::mutex> lock(mu_);
-    reading_ = false;
-    if (!ok) reads_done_ = true;
-    if (!ok || broken_ || cancelled_) {  // nobody to answer: compute nothing more
-      FinishIfDone(lock);
-      return;
-    }
-    items_.push_back(item);
-    if (!parsed.ok()) {  // answered like any failed message: the stream goes on
-      item->response = EncodeError("", parsed);
-      item->done = true;
-    } else {
-      Submit(item);
-    }
-    WriteNext();
-    ReadNext();
-    FinishIfDone(lock);
+    ReadDone(std::move(item));
   }
-
-  void OnWriteDone(bool ok) override {
-    std::unique_lock<std::mutex> lock(mu_);
-    writing_ = false;
-    items_.pop_front();
-    if (!ok) broken_ = true;  // the client is gone: drop what is left
-    WriteNext();
-    ReadNext();
-    FinishIfDone(lock);
-  }
-
-  void OnCancel() override { cancelled_ = true; }
-
+  void OnWriteDone(bool ok) override { WriteDone(ok); }
+  void OnCancel() override { Cancelled(); }
   void OnDone() override { delete this; }
 
  private:
-  struct Item {
+  struct Item : Slot {
     Request request;
-    grpc::ByteBuffer response;  // an encoded AttentionResponse once done
-    bool done = false;
   };
 
-  // Queues `item` for compute; called with mu_ held.
-  void Submit(const std::shared_ptr<Item>& item) {
-    ++computing_;
+  void IssueRead() override { this->StartRead(&incoming_); }
+  void IssueWrite(const Slot& slot) override { this->StartWrite(&slot.response); }
+  bool IssueCompute(const std::shared_ptr<Slot>& slot) override {
+    auto item = std::static_pointer_cast<Item>(slot);
     const bool queued = service_->executor()->TrySubmit([this, item] {
       grpc::ByteBuffer response;
-      absl::Status s = service_->Run(item->request, context_, &cancelled_, &response);
-      std::unique_lock<std::mutex> lock(mu_);
-      item->response = s.ok() ? std::move(response) : EncodeError(item->request.id(), s);
-      item->done = true;
-      --computing_;
-      WriteNext();
-      FinishIfDone(lock);
+      absl::Status s = service_->Run(item->request, context_, cancelled(), &response);
+      Computed(item, s.ok() ? std::move(response) : EncodeError(item->request.id(), s));
     });
-    if (!queued) {
-      --computing_;
-      item->response = EncodeError(item->request.id(), Saturated(*service_->executor()));
-      item->done = true;
-    }
+    if (!queued) item->response = EncodeError(item->request.id(), Saturated(*service_->executor()));
+    return queued;
   }
-
-  // Reads the next message unless one is pending or max_in_flight are held.
-  void ReadNext() {
-    if (reading_ || reads_done_ || broken_) return;
-    if (static_cast<int>(items_.size()) >= service_->limits().max_stream_in_flight) return;
-    reading_ = true;
-    this->StartRead(&incoming_);
-  }
-
-  // Writes the oldest response once it is computed (responses keep request order).
-  void WriteNext() {
-    while (broken_ && !writing_ && !items_.empty() && items_.front()->done) items_.pop_front();
-    if (broken_ || writing_ || items_.empty() || !items_.front()->done) return;
-    writing_ = true;
-    this->StartWrite(&items_.front()->response);
-  }
-
-  // Finishes the call once nothing is pending. Finish may run OnDone (which
-  // deletes this) at once, so it is called after the lock is released. A
-  // cancelled stream finishes too: a read that completed after the cancel
-  // starts no other, so no read would ever report the end of the stream.
-  void FinishIfDone(std::unique_lock<std::mutex>& lock) {
-    if (finished_ || reading_ || writing_ || computing_ > 0 || !items_.empty()) return;
-    if (!reads_done_ && !broken_ && !cancelled_) return;
-    finished_ = true;
-    const bool cancelled = broken_ || cancelled_;
-    lock.unlock();
-    this->Finish(cancelled ? grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled")
+  void IssueFinish(bool cut) override {
+    this->Finish(cut ? grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled")
                            : grpc::Status::OK);
   }
 
   AttentionServiceImpl::CallScope scope_;
   AttentionServiceImpl* service_;
   grpc::CallbackServerContext* context_;
-  std::mutex mu_;
   grpc::ByteBuffer incoming_;
-  std::deque<std::shared_ptr<Item>> items_;
-  int computing_ = 0;
-  bool reading_ = false;
-  bool reads_done_ = false;
-  bool writing_ = false;
-  bool broken_ = false;
-  bool finished_ = false;
-  std::atomic<bool> cancelled_{false};
 };
 
 }  // namespace

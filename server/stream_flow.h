@@ -1,0 +1,110 @@
+// The bookkeeping of one bidirectional stream of independent requests, apart
+// from gRPC so that every order of its events can be tested. gRPC reports
+// reads, writes and the client's cancellation from its threads, the executor
+// reports computations from its own, in any order (a read may even complete
+// with a message after the cancellation). Whatever the order, the flow
+//   - has at most one read and one write pending (gRPC's rule),
+//   - holds at most `max_in_flight` messages between read and written, so a
+//     client that stops reading stops the server reading too,
+//   - answers every message it read, in the order read, while the client
+//     listens (once a write fails or the client cancelled, nobody hears more:
+//     nothing more is computed),
+//   - finishes exactly once, as soon as no read, write or computation is
+//     pending (a computation refers to the stream until it reports back).
+//
+// A reactor derives from it and supplies the actions:
+//
+//   class Reactor : public grpc::ServerBidiReactor<B, B>, private StreamFlow {
+//     void OnReadDone(bool ok) override { ReadDone(ok, ok ? ParseIntoASlot() : nullptr); }
+//     void IssueRead() override { StartRead(&incoming_); }
+//     ...
+//   };
+//
+// Thread-safe: events may come from any thread. The Issue* actions run with
+// the flow's lock held (they must only start work, never wait for it), except
+// IssueFinish, which runs without it and may delete the object.
+#ifndef SERVER_STREAM_FLOW_H_
+#define SERVER_STREAM_FLOW_H_
+
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <mutex>
+
+#include "grpcpp/support/byte_buffer.h"
+
+namespace attention {
+namespace server {
+
+class StreamFlow {
+ public:
+  // One message between read and written. A reactor derives its own (with
+  // the parsed request) and fills `response` when the message is answered.
+  struct Slot {
+    virtual ~Slot() = default;
+    grpc::ByteBuffer response;  // an encoded response once answered
+    bool answered = false;      // guarded by the flow's lock once the flow has the slot
+  };
+
+  explicit StreamFlow(int max_in_flight);
+  virtual ~StreamFlow() = default;
+  StreamFlow(const StreamFlow&) = delete;
+  StreamFlow& operator=(const StreamFlow&) = delete;
+
+  // Events.
+  // The stream opened: starts the first read.
+  void Begin();
+  // The pending read completed. `slot` is the message read (ok); null when
+  // the read failed (the client's writes are done, or the call is over). A
+  // slot already answered (say, with a parse error) is written as it is;
+  // otherwise it is computed (IssueCompute).
+  void ReadDone(std::shared_ptr<Slot> slot);
+  // The pending write completed; `ok` false when the client is gone.
+  void WriteDone(bool ok);
+  // The computation of `slot` ended with `response`.
+  void Computed(const std::shared_ptr<Slot>& slot, grpc::ByteBuffer response);
+  // The client cancelled (or the deadline passed).
+  void Cancelled();
+
+  // True once Cancelled() was called; computations poll it.
+  const std::atomic<bool>* cancelled() const { return &cancelled_; }
+
+ protected:
+  // Actions.
+  // Starts a read whose completion is reported with ReadDone.
+  virtual void IssueRead() = 0;
+  // Starts writing slot.response; completion is reported with WriteDone.
+  virtual void IssueWrite(const Slot& slot) = 0;
+  // Queues the computation of `slot`, which reports back with Computed.
+  // Returns false, with slot->response set to the error, when it cannot be
+  // queued; the slot is then answered.
+  virtual bool IssueCompute(const std::shared_ptr<Slot>& slot) = 0;
+  // Ends the stream (once); `cancelled` when the client did not hear the
+  // end. Runs without the lock; may delete this object.
+  virtual void IssueFinish(bool cancelled) = 0;
+
+ private:
+  // Once a write failed or the client cancelled nobody hears more: nothing
+  // more is read, computed or written.
+  bool Cut() const { return broken_ || cancelled_; }
+  void ReadNext();
+  void WriteNext();
+  // Called last by every event: it may unlock and finish.
+  void FinishIfDone(std::unique_lock<std::mutex>& lock);
+
+  const int max_in_flight_;
+  std::mutex mu_;
+  std::deque<std::shared_ptr<Slot>> slots_;  // read, not yet written, in order
+  int computing_ = 0;
+  bool reading_ = false;
+  bool reads_done_ = false;
+  bool writing_ = false;
+  bool broken_ = false;  // a write failed: the client hears nothing more
+  bool finished_ = false;
+  std::atomic<bool> cancelled_{false};
+};
+
+}  // namespace server
+}  // namespace attention
+
+#endif  // SERVER_STREAM_FLOW_H_

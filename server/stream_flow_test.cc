@@ -1,0 +1,270 @@
+#include "server/stream_flow.h"
+
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "grpcpp/support/slice.h"
+#include "gtest/gtest.h"
+
+namespace attention {
+namespace server {
+namespace {
+
+grpc::ByteBuffer Text(const std::string& s) {
+  grpc::Slice slice(s);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+std::string TextOf(const grpc::ByteBuffer& b) {
+  std::vector<grpc::Slice> slices;
+  if (!b.Dump(&slices).ok()) return "<unreadable>";
+  std::string s;
+  for (const grpc::Slice& x : slices) s.append(reinterpret_cast<const char*>(x.begin()), x.size());
+  return s;
+}
+
+// A stream whose actions are recorded instead of sent to gRPC, with gRPC's
+// rules checked as they happen: the tests play gRPC and the executor.
+class RecordingStream final : public StreamFlow {
+ public:
+  struct Message : Slot {
+    int index = 0;
+  };
+
+  explicit RecordingStream(int max_in_flight) : StreamFlow(max_in_flight), max_(max_in_flight) {}
+
+  // A message read: answered at once when `malformed` (as a parse error is).
+  static std::shared_ptr<Slot> NewMessage(int index, bool malformed) {
+    auto m = std::make_shared<Message>();
+    m->index = index;
+    if (malformed) {
+      m->response = Text("bad " + std::to_string(index));
+      m->answered = true;
+    }
+    return m;
+  }
+  static std::string AnswerOf(int index) { return "answer " + std::to_string(index); }
+
+  // Plays the executor: the computation issued k-th among those pending ends.
+  void Compute(size_t k) {
+    std::shared_ptr<Slot> s = computing_[k];
+    computing_.erase(computing_.begin() + k);
+    Computed(s, Text(AnswerOf(static_cast<Message&>(*s).index)));
+  }
+  // Plays gRPC: the pending write ends.
+  void EndWrite(bool ok) {
+    write_pending_ = false;
+    if (!ok) write_failed_ = true;
+    if (ok) heard_.push_back(writing_);
+    ++writes_done_;
+    WriteDone(ok);
+  }
+  void EndRead(std::shared_ptr<Slot> slot) {
+    read_pending_ = false;
+    if (slot != nullptr) ++reads_;
+    ReadDone(std::move(slot));
+  }
+
+  bool read_pending() const { return read_pending_; }
+  bool write_pending() const { return write_pending_; }
+  size_t computing() const { return computing_.size(); }
+  int computations_issued() const { return computations_issued_; }
+  int finishes() const { return finishes_; }
+  bool finished_cut() const { return finished_cut_; }
+  const std::vector<std::string>& heard() const { return heard_; }  // responses written ok
+  const std::string& violation() const { return violation_; }       // first rule broken
+  bool refuse_computations = false;                                  // as a full executor does
+
+ private:
+  void Violate(const std::string& what) {
+    if (violation_.empty()) violation_ = what;
+  }
+  void IssueRead() override {
+    if (read_pending_) Violate("a second read while one is pending");
+    if (finishes_ > 0) Violate("a read after Finish");
+    if (reads_ - writes_done_ >= max_) Violate("a read beyond max_in_flight");
+    read_pending_ = true;
+  }
+  void IssueWrite(const Slot& slot) override {
+    if (write_pending_) Violate("a second write while one is pending");
+    if (finishes_ > 0) Violate("a write after Finish");
+    const int index = static_cast<const Message&>(slot).index;
+    if (index != next_write_) Violate("a write out of order: " + std::to_string(index));
+    ++next_write_;
+    writing_ = TextOf(slot.response);
+    write_pending_ = true;
+  }
+  bool IssueCompute(const std::shared_ptr<Slot>& slot) override {
+    ++computations_issued_;
+    if (cancelled()->load() || write_failed_) Violate("a computation nobody will hear");
+    if (refuse_computations) {
+      slot->response = Text("refused " + std::to_string(static_cast<Message&>(*slot).index));
+      return false;
+    }
+    computing_.push_back(slot);
+    return true;
+  }
+  void IssueFinish(bool cut) override {
+    if (finishes_ > 0) Violate("Finish twice");
+    if (read_pending_ || write_pending_ || !computing_.empty()) {
+      Violate("Finish with a read, write or computation pending");
+    }
+    ++finishes_;
+    finished_cut_ = cut;
+  }
+
+  const int max_;
+  bool read_pending_ = false;
+  bool write_pending_ = false;
+  bool write_failed_ = false;
+  std::vector<std::shared_ptr<Slot>> computing_;
+  int computations_issued_ = 0;
+  int reads_ = 0;
+  int writes_done_ = 0;
+  int next_write_ = 0;
+  std::string writing_;
+  std::vector<std::string> heard_;
+  int finishes_ = 0;
+  bool finished_cut_ = false;
+  std::string violation_;
+};
+
+// The race that hung shutdown: the read pending when the client cancelled
+// completes with a message. Nothing computes it and the stream finishes.
+TEST(StreamFlow, AReadCompletingAfterTheCancellationFinishesTheStream) {
+  RecordingStream s(4);
+  s.Begin();
+  ASSERT_TRUE(s.read_pending());
+  s.Cancelled();
+  EXPECT_EQ(s.finishes(), 0);  // the read is pending
+  s.EndRead(RecordingStream::NewMessage(0, false));
+  EXPECT_EQ(s.computations_issued(), 0);
+  EXPECT_FALSE(s.read_pending());
+  EXPECT_EQ(s.finishes(), 1);
+  EXPECT_TRUE(s.finished_cut());
+  EXPECT_EQ(s.violation(), "");
+}
+
+TEST(StreamFlow, ACancellationWhileComputingFinishesWhenTheComputationReports) {
+  RecordingStream s(4);
+  s.Begin();
+  s.EndRead(RecordingStream::NewMessage(0, false));
+  ASSERT_EQ(s.computing(), 1u);
+  ASSERT_TRUE(s.read_pending());
+  s.Cancelled();
+  s.EndRead(nullptr);  // reads fail after a cancellation
+  EXPECT_EQ(s.finishes(), 0);  // the computation still refers to the stream
+  EXPECT_TRUE(s.cancelled()->load());
+  s.Compute(0);
+  EXPECT_FALSE(s.write_pending());  // nobody hears it
+  EXPECT_EQ(s.finishes(), 1);
+  EXPECT_TRUE(s.finished_cut());
+  EXPECT_EQ(s.violation(), "");
+}
+
+TEST(StreamFlow, AnswersInOrderAndFinishesOkAfterTheClientsLastMessage) {
+  RecordingStream s(2);
+  s.Begin();
+  s.EndRead(RecordingStream::NewMessage(0, false));
+  s.EndRead(RecordingStream::NewMessage(1, true));  // malformed: answered at once
+  EXPECT_FALSE(s.read_pending());                   // two in flight: reading stops
+  EXPECT_FALSE(s.write_pending());                  // 0 comes first
+  s.Compute(0);
+  ASSERT_TRUE(s.write_pending());
+  s.EndWrite(true);
+  EXPECT_TRUE(s.read_pending());  // room again
+  ASSERT_TRUE(s.write_pending());
+  s.EndWrite(true);
+  s.EndRead(nullptr);  // the client's writes are done
+  EXPECT_EQ(s.finishes(), 1);
+  EXPECT_FALSE(s.finished_cut());
+  EXPECT_THAT(s.heard(), ::testing::ElementsAre("answer 0", "bad 1"));
+  EXPECT_EQ(s.violation(), "");
+}
+
+TEST(StreamFlow, ARefusedComputationIsAnsweredWithItsError) {
+  RecordingStream s(4);
+  s.refuse_computations = true;
+  s.Begin();
+  s.EndRead(RecordingStream::NewMessage(0, false));
+  ASSERT_TRUE(s.write_pending());
+  s.EndWrite(true);
+  s.EndRead(nullptr);
+  EXPECT_THAT(s.heard(), ::testing::ElementsAre("refused 0"));
+  EXPECT_EQ(s.finishes(), 1);
+  EXPECT_EQ(s.violation(), "");
+}
+
+// gRPC and the executor report in any order; random orders, many of them,
+// each checked against the rules (as they happen) and the outcome.
+TEST(StreamFlow, EveryOrderOfEventsKeepsTheRulesAndEnds) {
+  for (uint32_t seed = 0; seed < 20000; ++seed) {
+    std::mt19937 rng(seed);
+    auto chance = [&rng](int percent) {
+      return std::uniform_int_distribution<int>(0, 99)(rng) < percent;
+    };
+    const int max_in_flight = 1 + static_cast<int>(rng() % 4);
+    const int messages = static_cast<int>(rng() % 8);
+    const bool will_cancel = chance(40);
+    const bool will_drop = !will_cancel && chance(20);  // a write fails: the connection broke
+    RecordingStream s(max_in_flight);
+    s.refuse_computations = chance(10);
+    s.Begin();
+    int sent = 0;
+    bool cancelled = false;
+    bool dropped = false;
+    for (int step = 0; step < 1000; ++step) {
+      // The events that could happen now.
+      std::vector<int> events;
+      if (s.read_pending()) events.push_back(0);
+      if (s.write_pending()) events.push_back(1);
+      if (s.computing() > 0) events.push_back(2);
+      if (will_cancel && !cancelled && s.finishes() == 0) events.push_back(3);
+      if (events.empty()) break;
+      switch (events[rng() % events.size()]) {
+        case 0: {
+          // After a cancellation a read may still deliver a message.
+          const bool more = sent < messages && (!cancelled || chance(50));
+          s.EndRead(more ? RecordingStream::NewMessage(sent, chance(15)) : nullptr);
+          sent += more;
+          break;
+        }
+        case 1: {
+          const bool fail = (cancelled && chance(70)) || (will_drop && chance(30));
+          dropped |= fail;
+          s.EndWrite(!fail);
+          break;
+        }
+        case 2:
+          s.Compute(rng() % s.computing());
+          break;
+        case 3:
+          cancelled = true;
+          s.Cancelled();
+          break;
+      }
+      ASSERT_EQ(s.violation(), "") << "seed " << seed;
+    }
+    ASSERT_EQ(s.finishes(), 1) << "seed " << seed << ": the stream never finished";
+    ASSERT_FALSE(s.read_pending() || s.write_pending() || s.computing() > 0) << "seed " << seed;
+    if (!cancelled && !dropped) {
+      ASSERT_FALSE(s.finished_cut()) << "seed " << seed;
+      ASSERT_EQ(static_cast<int>(s.heard().size()), messages) << "seed " << seed;
+    } else {
+      ASSERT_TRUE(s.finished_cut()) << "seed " << seed;
+    }
+    for (size_t i = 0; i < s.heard().size(); ++i) {  // in order, each its own answer
+      const std::string& h = s.heard()[i];
+      const std::string n = std::to_string(i);
+      ASSERT_TRUE(h == "answer " + n || h == "bad " + n || h == "refused " + n)
+          << "seed " << seed << ": heard " << h << " at " << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace server
+}  // namespace attention
