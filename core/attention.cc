@@ -87,6 +87,10 @@ struct Plan {
   bool fused = false;  // AttendRowsFused rather than AttendRows
   bool pack_kv = false;  // K^T and V copied per head before the heads run
   int64_t group = 0;   // > 0: AttendBatched over this many batch entries a unit
+  // Averaged weights on the row path: units of work split each row tile's
+  // heads this many ways, each share summing into its own partial average
+  // (added up after the heads ran), when row tiles are fewer than threads.
+  int64_t head_splits = 1;
   ProjectionShape proj;
   std::optional<MaskLayout> attn_mask;
   std::optional<MaskLayout> key_padding_mask;
@@ -102,6 +106,9 @@ int64_t ScratchPerThread(const Plan& p, WeightsMode weights) {
   if (p.group > 0) return p.group * p.H * std::min(kRowTile, p.L) * p.S;
   return weights == WeightsMode::kPerHead ? 0 : kRowTile * p.S;
 }
+
+// Floats of the partial averages beyond the first (Plan::head_splits).
+int64_t PartialAverageFloats(const Plan& p) { return (p.head_splits - 1) * p.B * p.L * p.S; }
 
 // Floats of the packed copies of K^T and V (Plan::pack_kv).
 int64_t PackedKeyFloats(const Plan& p) { return p.B * p.Hkv * p.D * PackedKeyStride(p.S); }
@@ -381,8 +388,12 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
   const double attention_flops = 2.0 * B * H * L * S * (p.D + p.Dv);
   double flops = attention_flops;
   p.threads = o.max_threads > 0 ? o.max_threads : omp_get_max_threads();
-  const double units = a.weights == WeightsMode::kAveraged ? B * std::ceil(L / kRowTile)
-                                                           : B * H * std::ceil(L / kRowTile);
+  const double tiles = std::ceil(L / kRowTile);
+  if (a.weights == WeightsMode::kAveraged && B * tiles < p.threads) {
+    p.head_splits = std::min<int64_t>(p.H, p.threads);
+  }
+  const double units = a.weights == WeightsMode::kAveraged ? B * tiles * p.head_splits
+                                                           : B * H * tiles;
   // One thread, or the whole team: a team of another size makes libgomp let
   // its spare threads exit and start new ones later, which costs thread starts
   // and loses the CPU pinning of an Executor's threads (new threads inherit
@@ -427,7 +438,10 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
     const int64_t most = (p.B * tiles + p.threads - 1) / p.threads;  // keep threads busy
     p.group = std::max<int64_t>(1, std::min(p.group, most));
     if ((p.B + p.group - 1) / p.group * tiles < 2) p.threads = 1;  // one thread or the team
+    p.head_splits = 1;  // the batched path averages every head of its scores itself
   }
+  if (p.threads == 1) p.head_splits = 1;
+  bytes += 4.0 * PartialAverageFloats(p);
   // Whole score rows or key tiles read K^T and V through views with the
   // stride of a projected row; when several row tiles (or grouped query
   // heads) read the same head, one contiguous copy per head is cheaper than
@@ -825,7 +839,8 @@ void PackKeysValues(HeadsProblem& pr, float* kt, float* v) {
 int64_t HeadsFloats(const Plan& p, WeightsMode weights) {
   const int64_t packed =
       p.pack_kv ? Workspace::Round(PackedKeyFloats(p)) + Workspace::Round(PackedValueFloats(p)) : 0;
-  return packed + Workspace::Round(p.threads * ScratchPerThread(p, weights));
+  return packed + Workspace::Round(PartialAverageFloats(p)) +
+         Workspace::Round(p.threads * ScratchPerThread(p, weights));
 }
 
 // Runs every (batch, head, row tile) on an OpenMP team; single-threaded oneDNN
@@ -840,7 +855,10 @@ absl::Status AttendHeads(HeadsProblem pr, const ComputeOptions& o, Workspace& ws
   const int64_t tiles = (p.L + kRowTile - 1) / kRowTile;
   const bool averaged = pr.weights == WeightsMode::kAveraged;
   const int64_t groups = p.group > 0 ? (p.B + p.group - 1) / p.group : 0;
-  const int64_t units = p.group > 0 ? groups * tiles : averaged ? p.B * tiles : p.B * p.H * tiles;
+  const int64_t splits = p.head_splits;
+  const int64_t units =
+      p.group > 0 ? groups * tiles : averaged ? p.B * tiles * splits : p.B * p.H * tiles;
+  float* const partials = splits > 1 ? ws.Take(PartialAverageFloats(p)) : nullptr;
   const int64_t per_thread = ScratchPerThread(p, pr.weights);
   float* const scratch = ws.Take(p.threads * per_thread);
   std::atomic<bool> stop{false};
@@ -871,10 +889,15 @@ absl::Status AttendHeads(HeadsProblem pr, const ComputeOptions& o, Workspace& ws
         const int64_t b0 = (u / tiles) * p.group, i0 = (u % tiles) * kRowTile;
         AttendBatched(pr, b0, std::min(p.group, p.B - b0), i0, tile_scratch);
       } else if (averaged) {
-        const int64_t b = u / tiles, i0 = (u % tiles) * kRowTile;
+        const int64_t share = u % splits, b = u / splits / tiles;
+        const int64_t i0 = (u / splits % tiles) * kRowTile;
         const int64_t rows = std::min(kRowTile, p.L - i0);
-        std::fill_n(pr.weights_out + (b * p.L + i0) * p.S, rows * p.S, 0.0f);
-        for (int64_t h = 0; h < p.H; ++h) AttendRows(pr, b, h, i0, tile_scratch);
+        HeadsProblem part = pr;  // share 0 sums into the output, others into their partials
+        if (share > 0) part.weights_out = partials + (share - 1) * p.B * p.L * p.S;
+        std::fill_n(part.weights_out + (b * p.L + i0) * p.S, rows * p.S, 0.0f);
+        for (int64_t h = share * p.H / splits; h < (share + 1) * p.H / splits; ++h) {
+          AttendRows(part, b, h, i0, tile_scratch);
+        }
       } else {
         const int64_t b = u / (p.H * tiles), h = (u / tiles) % p.H;
         const int64_t i0 = (u % tiles) * kRowTile;
@@ -890,6 +913,15 @@ absl::Status AttendHeads(HeadsProblem pr, const ComputeOptions& o, Workspace& ws
       fail(absl::ResourceExhaustedError("out of memory"));
     } catch (const std::exception& e) {  // nothing may leave an OpenMP region
       fail(absl::InternalError(e.what()));
+    }
+  }
+  if (partials != nullptr && first_error.ok()) {
+    const int64_t n = p.B * p.L * p.S;
+#pragma omp parallel for num_threads(p.threads) schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t share = 1; share < splits; ++share) {
+        pr.weights_out[i] += partials[(share - 1) * n + i];
+      }
     }
   }
   return first_error;

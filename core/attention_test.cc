@@ -287,6 +287,38 @@ TEST(AttentionVsReference, PackedKeysAndValuesOfProjectedHeads) {
   }
 }
 
+// Averaged weights of fewer row tiles than threads: each tile's heads are
+// shared among the threads (3 heads two ways: 1 and 2), each share summing
+// its own partial average.
+TEST(AttentionVsReference, AveragedWeightsOfOneRowTileShareHeadsAmongThreads) {
+  std::mt19937 rng(13);
+  const int64_t L = 100, S = 300, E = 120;
+  FloatTensor q = RandomTensor({1, L, E}, rng), k = RandomTensor({1, S, E}, rng);
+  FloatTensor v = RandomTensor({1, S, E}, rng);
+  std::vector<uint8_t> padding(S, 0);
+  for (int64_t j = 250; j < S; ++j) padding[j] = 1;
+  for (bool causal : {false, true}) {
+    SCOPED_TRACE(absl::StrCat("causal=", causal));
+    AttentionArgs a;
+    a.self_attention = false;
+    a.query = q.view();
+    a.key = k.view();
+    a.value = v.view();
+    a.num_heads = 3;
+    a.causal = causal;
+    a.key_padding_mask = TensorView{DType::kBool, {1, S}, padding.data(), padding.size()};
+    a.weights = WeightsMode::kAveraged;
+    absl::StatusOr<ReferenceResult> want = ReferenceAttention(a);
+    ASSERT_TRUE(want.ok()) << want.status();
+    ComputeOptions o;
+    o.max_threads = 2;
+    PoisonedOutputs got;
+    ASSERT_TRUE(ComputeAttention(a, o, &got).ok());
+    EXPECT_LE(RelativeMaxError(got.output.data.data(), want->output), 2e-5);
+    EXPECT_LE(RelativeMaxError(got.weights.data.data(), want->weights), 2e-5);
+  }
+}
+
 TEST(AttentionVsReference, FullyMaskedRowsAreZeroNotNaN) {
   std::mt19937 rng(7);
   FloatTensor q = RandomTensor({1, 4, 8}, rng);
