@@ -319,6 +319,29 @@ TEST(AttentionVsReference, AveragedWeightsOfOneRowTileShareHeadsAmongThreads) {
   }
 }
 
+// A call whose intermediates (here K^T and V packed: 4 query heads read one
+// key/value head of 2^20 keys) take more than the 64 MiB a thread keeps
+// between calls: its workspace is allocated for the call alone.
+TEST(AttentionVsReference, IntermediatesLargerThanTheKeptWorkspace) {
+  std::mt19937 rng(17);
+  const int64_t S = int64_t{1} << 20, D = 8;
+  FloatTensor q = RandomTensor({1, 4, 1, D}, rng), k = RandomTensor({1, 1, S, D}, rng);
+  FloatTensor v = RandomTensor({1, 1, S, D}, rng);
+  AttentionArgs a;
+  a.self_attention = false;
+  a.query = q.view();
+  a.key = k.view();
+  a.value = v.view();
+  a.num_kv_heads = 1;
+  absl::StatusOr<ReferenceResult> want = ReferenceAttention(a);
+  ASSERT_TRUE(want.ok()) << want.status();
+  for (int call = 0; call < 2; ++call) {  // the kept block is left as it was
+    PoisonedOutputs got;
+    ASSERT_TRUE(ComputeAttention(a, {}, &got).ok());
+    EXPECT_LE(RelativeMaxError(got.output.data.data(), want->output), 2e-5);
+  }
+}
+
 TEST(AttentionVsReference, FullyMaskedRowsAreZeroNotNaN) {
   std::mt19937 rng(7);
   FloatTensor q = RandomTensor({1, 4, 8}, rng);
