@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -482,14 +483,14 @@ class Workspace {
       if (kept.floats < floats) {
         kept.block.reset();  // the old block goes before the larger one comes
         kept.floats = 0;     // (and none is kept if that allocation throws)
-        kept.block.reset(new float[floats]);
+        kept.block = Allocate(floats);
         kept.floats = floats;
       }
       kept.in_use = true;
       kept_ = &kept;
       next_ = kept.block.get();
     } else if (floats > 0) {
-      own_.reset(new float[floats]);
+      own_ = Allocate(floats);
       next_ = own_.get();
     }
     end_ = next_ + floats;
@@ -513,8 +514,19 @@ class Workspace {
   static int64_t Round(int64_t n) { return n <= 0 ? 0 : (n + 15) / 16 * 16; }
 
  private:
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  using Block = std::unique_ptr<float[], Free>;
+  // 64-byte aligned (cache lines; AVX-512 vectors), like the pieces Take
+  // hands out. Throws std::bad_alloc.
+  static Block Allocate(int64_t floats) {
+    void* p = std::aligned_alloc(64, static_cast<size_t>(Round(floats)) * sizeof(float));
+    if (p == nullptr) throw std::bad_alloc();
+    return Block(static_cast<float*>(p));
+  }
   struct Kept {
-    std::unique_ptr<float[]> block;
+    Block block;
     int64_t floats = 0;
     bool in_use = false;
   };
@@ -524,7 +536,7 @@ class Workspace {
   }
 
   Kept* kept_ = nullptr;
-  std::unique_ptr<float[]> own_;
+  Block own_;
   float* next_ = nullptr;
   float* end_ = nullptr;
 };
