@@ -390,8 +390,8 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
   double flops = attention_flops;
   p.threads = o.max_threads > 0 ? o.max_threads : omp_get_max_threads();
   const double tiles = std::ceil(L / kRowTile);
-  if (a.weights == WeightsMode::kAveraged && B * tiles < p.threads) {
-    p.head_splits = std::min<int64_t>(p.H, p.threads);
+  if (a.weights == WeightsMode::kAveraged && B * tiles < p.threads) {  // shares for idle threads
+    p.head_splits = std::min<int64_t>(p.H, static_cast<int64_t>(std::ceil(p.threads / (B * tiles))));
   }
   const double units = a.weights == WeightsMode::kAveraged ? B * tiles * p.head_splits
                                                            : B * H * tiles;
@@ -442,13 +442,19 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
     p.head_splits = 1;  // the batched path averages every head of its scores itself
   }
   if (p.threads == 1) p.head_splits = 1;
+  bytes += 4.0 * p.threads * ScratchPerThread(p, a.weights);
+  // Head shares are only a speed-up too: fewer of them (or none) rather than
+  // a request over the memory limit.
+  while (p.head_splits > 1 &&
+         bytes + 4.0 * PartialAverageFloats(p) > static_cast<double>(o.max_memory_bytes)) {
+    --p.head_splits;
+  }
   bytes += 4.0 * PartialAverageFloats(p);
   // Whole score rows or key tiles read K^T and V through views with the
   // stride of a projected row; when several row tiles (or grouped query
   // heads) read the same head, one contiguous copy per head is cheaper than
   // oneDNN's strided access in every product.
   // Only a speed-up: never the reason a request goes over the memory limit.
-  bytes += 4.0 * p.threads * ScratchPerThread(p, a.weights);
   const double packed_bytes = 4.0 * (PackedKeyFloats(p) + PackedValueFloats(p));
   p.pack_kv = p.group == 0 && p.S >= o.pack_min_keys &&
               (p.L + kRowTile - 1) / kRowTile * (p.H / p.Hkv) >= kMinPackReuse &&

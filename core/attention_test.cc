@@ -568,6 +568,22 @@ TEST(AttentionLimits, PackingNeverPushesARequestOverTheLimit) {
   EXPECT_EQ(tight->memory_bytes, without->memory_bytes);
 }
 
+// Sharing a row tile's heads among idle threads (averaged weights) costs a
+// partial average per extra share: fewer shares, never a refused request.
+TEST(AttentionLimits, HeadSharesNeverPushARequestOverTheLimit) {
+  AttentionArgs a = PlanOnlySelfAttention(128, 512, 8);  // one row tile
+  a.weights = WeightsMode::kAveraged;
+  ComputeOptions o;
+  o.max_threads = 4;  // 4 shares of 2 heads
+  absl::StatusOr<AttentionPlanInfo> shared = PlanAttention(a, o);
+  ASSERT_TRUE(shared.ok()) << shared.status();
+  o.max_memory_bytes = shared->memory_bytes - 1;
+  absl::StatusOr<AttentionPlanInfo> tight = PlanAttention(a, o);
+  ASSERT_TRUE(tight.ok()) << tight.status();
+  EXPECT_LE(tight->memory_bytes, o.max_memory_bytes);
+  EXPECT_GE(tight->memory_bytes, shared->memory_bytes - 3 * 128 * 128 * 4);  // one share less
+}
+
 TEST(AttentionCheck, AbortsWithTheCallersStatus) {
   Base b;
   VectorOutputs out;
