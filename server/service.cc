@@ -1,7 +1,9 @@
 #include "server/service.h"
 
 #include <chrono>
+#include <exception>
 #include <memory>
+#include <new>
 #include <thread>
 #include <utility>
 
@@ -110,16 +112,24 @@ absl::Status AttentionServiceImpl::Run(const Request& request, grpc::CallbackSer
                                        const std::atomic<bool>* cancelled,
                                        grpc::ByteBuffer* response) {
   if (absl::Status s = CheckAlive(context, cancelled); !s.ok()) return s;  // not computed
-  Call call;
-  if (absl::Status s = PrepareCall(request, *models_, &call); !s.ok()) return s;
-  if (limits_.fault_delay_ms > 0) {  // test-only: a computation that stalls
-    std::this_thread::sleep_for(std::chrono::milliseconds(limits_.fault_delay_ms));
+  // Nothing may escape: the caller's Finish (or the stream's Computed) must
+  // follow, or the call would never end.
+  try {
+    Call call;
+    if (absl::Status s = PrepareCall(request, *models_, &call); !s.ok()) return s;
+    if (limits_.fault_delay_ms > 0) {  // test-only: a computation that stalls
+      std::this_thread::sleep_for(std::chrono::milliseconds(limits_.fault_delay_ms));
+    }
+    ComputeOptions options;
+    options.max_threads = executor_->threads_per_worker();
+    options.max_memory_bytes = limits_.max_request_memory_bytes;
+    options.check = [context, cancelled] { return CheckAlive(context, cancelled); };
+    return Compute(call, options, request.id(), response);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("out of memory computing the request");
+  } catch (const std::exception& e) {
+    return absl::InternalError(e.what());
   }
-  ComputeOptions options;
-  options.max_threads = executor_->threads_per_worker();
-  options.max_memory_bytes = limits_.max_request_memory_bytes;
-  options.check = [context, cancelled] { return CheckAlive(context, cancelled); };
-  return Compute(call, options, request.id(), response);
 }
 
 template <typename Request>

@@ -63,7 +63,7 @@ class AttentionServiceImpl final : public ServiceBase {
 
   // Validates and computes one request into an encoded AttentionResponse (on
   // an executor thread). `cancelled` is polled between units of work; the
-  // context's deadline too.
+  // context's deadline too. Never throws (out of memory: ResourceExhausted).
   template <typename Request>
   absl::Status Run(const Request& request, grpc::CallbackServerContext* context,
                    const std::atomic<bool>* cancelled, grpc::ByteBuffer* response);

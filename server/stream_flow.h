@@ -15,7 +15,7 @@
 // A reactor derives from it and supplies the actions:
 //
 //   class Reactor : public grpc::ServerBidiReactor<B, B>, private StreamFlow {
-//     void OnReadDone(bool ok) override { ReadDone(ok, ok ? ParseIntoASlot() : nullptr); }
+//     void OnReadDone(bool ok) override { ReadDone(ok ? ParseIntoASlot() : nullptr); }
 //     void IssueRead() override { StartRead(&incoming_); }
 //     ...
 //   };
