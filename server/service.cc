@@ -84,7 +84,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     auto item = std::static_pointer_cast<Item>(slot);
     const bool queued = service_->executor()->TrySubmit([this, item] {
       grpc::ByteBuffer response;
-      absl::Status s = service_->Run(item->request, context_, cancelled(), &response);
+      absl::Status s = service_->Run(item->request, context_, cut(), &response);
       Computed(item, s.ok() ? std::move(response) : EncodeError(item->request.id(), s));
     });
     if (!queued) item->response = EncodeError(item->request.id(), Saturated(*service_->executor()));

@@ -18,7 +18,7 @@ void StreamFlow::ReadDone(std::shared_ptr<Slot> slot) {
   if (slot == nullptr) reads_done_ = true;
   // Nobody hears an answer once a write failed or the client cancelled: the
   // message is not computed (a read can complete after the cancellation).
-  if (slot != nullptr && !Cut()) {
+  if (slot != nullptr && !cut_) {
     slots_.push_back(slot);
     if (!slot->answered) {
       ++computing_;
@@ -37,7 +37,7 @@ void StreamFlow::WriteDone(bool ok) {
   std::unique_lock<std::mutex> lock(mu_);
   writing_ = false;
   slots_.pop_front();
-  if (!ok) broken_ = true;
+  if (!ok) cut_ = true;
   WriteNext();
   ReadNext();
   FinishIfDone(lock);
@@ -53,20 +53,20 @@ void StreamFlow::Computed(const std::shared_ptr<Slot>& slot, grpc::ByteBuffer re
 }
 
 void StreamFlow::Cancelled() {
-  cancelled_ = true;
+  cut_ = true;
   std::unique_lock<std::mutex> lock(mu_);
   FinishIfDone(lock);
 }
 
 void StreamFlow::ReadNext() {
-  if (reading_ || reads_done_ || Cut()) return;
+  if (reading_ || reads_done_ || cut_) return;
   if (static_cast<int>(slots_.size()) >= max_in_flight_) return;
   reading_ = true;
   IssueRead();
 }
 
 void StreamFlow::WriteNext() {
-  if (writing_ || Cut() || slots_.empty() || !slots_.front()->answered) return;
+  if (writing_ || cut_ || slots_.empty() || !slots_.front()->answered) return;
   writing_ = true;
   IssueWrite(*slots_.front());
 }
@@ -75,7 +75,7 @@ void StreamFlow::FinishIfDone(std::unique_lock<std::mutex>& lock) {
   if (finished_ || reading_ || writing_ || computing_ > 0) return;
   // A cut stream ends at once (the answers left are dropped: nobody hears
   // them); otherwise once the client's writes are done and every answer is out.
-  const bool cut = Cut();
+  const bool cut = cut_;
   if (!cut && (!reads_done_ || !slots_.empty())) return;
   finished_ = true;
   slots_.clear();

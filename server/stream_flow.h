@@ -66,8 +66,9 @@ class StreamFlow {
   // The client cancelled (or the deadline passed).
   void Cancelled();
 
-  // True once Cancelled() was called; computations poll it.
-  const std::atomic<bool>* cancelled() const { return &cancelled_; }
+  // True once nobody will hear more (the client cancelled or a write
+  // failed): computations poll it and stop early.
+  const std::atomic<bool>* cut() const { return &cut_; }
 
  protected:
   // Actions.
@@ -84,9 +85,6 @@ class StreamFlow {
   virtual void IssueFinish(bool cancelled) = 0;
 
  private:
-  // Once a write failed or the client cancelled nobody hears more: nothing
-  // more is read, computed or written.
-  bool Cut() const { return broken_ || cancelled_; }
   void ReadNext();
   void WriteNext();
   // Called last by every event: it may unlock and finish.
@@ -99,9 +97,10 @@ class StreamFlow {
   bool reading_ = false;
   bool reads_done_ = false;
   bool writing_ = false;
-  bool broken_ = false;  // a write failed: the client hears nothing more
   bool finished_ = false;
-  std::atomic<bool> cancelled_{false};
+  // Once a write failed or the client cancelled nobody hears more: nothing
+  // more is read, computed or written.
+  std::atomic<bool> cut_{false};
 };
 
 }  // namespace server

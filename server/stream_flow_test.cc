@@ -86,13 +86,13 @@ class RecordingStream final : public StreamFlow {
     if (read_pending_) Violate("a second read while one is pending");
     if (finishes_ > 0) Violate("a read after Finish");
     if (reads_ - writes_done_ >= max_) Violate("a read beyond max_in_flight");
-    if (cancelled()->load() || write_failed_) Violate("a read nobody will answer");
+    if (cut()->load() || write_failed_) Violate("a read nobody will answer");
     read_pending_ = true;
   }
   void IssueWrite(const Slot& slot) override {
     if (write_pending_) Violate("a second write while one is pending");
     if (finishes_ > 0) Violate("a write after Finish");
-    if (cancelled()->load() || write_failed_) Violate("a write nobody will hear");
+    if (cut()->load() || write_failed_) Violate("a write nobody will hear");
     const int index = static_cast<const Message&>(slot).index;
     if (index != next_write_) Violate("a write out of order: " + std::to_string(index));
     ++next_write_;
@@ -101,7 +101,7 @@ class RecordingStream final : public StreamFlow {
   }
   bool IssueCompute(const std::shared_ptr<Slot>& slot) override {
     ++computations_issued_;
-    if (cancelled()->load() || write_failed_) Violate("a computation nobody will hear");
+    if (cut()->load() || write_failed_) Violate("a computation nobody will hear");
     if (refuse_computations) {
       slot->response = Text("refused " + std::to_string(static_cast<Message&>(*slot).index));
       return false;
@@ -159,7 +159,7 @@ TEST(StreamFlow, ACancellationWhileComputingFinishesWhenTheComputationReports) {
   s.Cancelled();
   s.EndRead(nullptr);  // reads fail after a cancellation
   EXPECT_EQ(s.finishes(), 0);  // the computation still refers to the stream
-  EXPECT_TRUE(s.cancelled()->load());
+  EXPECT_TRUE(s.cut()->load());
   s.Compute(0);
   EXPECT_FALSE(s.write_pending());  // nobody hears it
   EXPECT_EQ(s.finishes(), 1);
@@ -253,6 +253,9 @@ TEST(StreamFlow, EveryOrderOfEventsKeepsTheRulesAndEnds) {
           writes_ok_after_cancel += cancelled && !fail;
           cut |= fail;
           s.EndWrite(!fail);
+          if (fail) {
+            ASSERT_TRUE(s.cut()->load()) << "seed " << seed << ": computations go on";
+          }
           break;
         }
         case 2:
