@@ -12,7 +12,8 @@ hand (1.13 has no public scaled_dot_product_attention). Both sides get the same 
 (torch.set_num_threads plus OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, set before torch loads).
 Each case runs in rounds, ours then PyTorch, --min-time each: the table gives the median time of
 each side and the median of the rounds' speedups (with their range), so a machine that drifts
-between the two windows moves one round, not the figure.
+between the two windows moves one round, not the figure. The run ends with the performance
+goals judged on its own figures (met / NOT met, with the figure that decided).
 """
 
 import argparse
@@ -116,6 +117,58 @@ def ours(build, args, threads, min_time, extra=()):
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
+# Cases dominated by the projections (the roofline goal): attention is a small part of their work.
+PROJECTION_DOMINATED = {(1, 128, 512, 8), (8, 128, 512, 8), (32, 64, 256, 4)}
+
+
+class Goals:
+    """The performance issue's goals, judged on this run's figures (None: not run)."""
+
+    def __init__(self):
+        self.speedups = []   # (median speedup, case)
+        self.rooflines = []  # (ratio to sgemm, case)
+        self.long_rss_mb = None
+        self.causal_ratio = None
+        self.threads_ratio = None
+        self.server = None   # (in turns, typed, pre-encoded, 2 in flight)
+
+    def report(self):
+        def line(goal, ok, figures):
+            verdict = "not run" if ok is None else ("met" if ok else "NOT met")
+            print(f"- {goal}: {verdict}{' (' + figures + ')' if figures else ''}")
+
+        print("\ngoals in this run:")
+        if self.speedups:
+            low = min(self.speedups)
+            line(">= 2x PyTorch in every case", low[0] >= 2, f"lowest {low[0]:.2f}x, {low[1]}")
+        else:
+            line(">= 2x PyTorch in every case", None, "")
+        if self.rooflines:
+            low = min(self.rooflines)
+            line("projection-dominated cases >= 75% of the roofline", low[0] >= 0.75,
+                 f"lowest {100 * low[0]:.0f}%, {low[1]}")
+        else:
+            line("projection-dominated cases >= 75% of the roofline", None, "")
+        rss = self.long_rss_mb
+        line("32768 tokens without weights under 1 GiB peak RSS", None if rss is None else rss < 1024,
+             "" if rss is None else f"{rss:.0f} MB")
+        c = self.causal_ratio
+        line("causal close to half the time of non-causal (<= 0.6)", None if c is None else c <= 0.6,
+             "" if c is None else f"{c:.2f}")
+        t = self.threads_ratio
+        line("2 threads never slower than 1 at (1, 128, 512, 8)", None if t is None else t <= 1.0,
+             "" if t is None else f"{t:.2f} of one thread's time")
+        if self.server:
+            turns, typed, raw, two = self.server
+            line("server end to end >= 90% of in-process at (8, 128, 512, 8)", turns >= 0.9,
+                 f"in turns one call at a time {100 * turns:.0f}%; typed client {100 * typed:.0f}%, "
+                 f"pre-encoded {100 * raw:.0f}%, two in flight {100 * two:.0f}%")
+        else:
+            line("server end to end >= 90% of in-process at (8, 128, 512, 8)", None, "")
+        print("- 8 concurrent clients within 15% of one: measured by attention-client load "
+              "(bench/README.md, Load)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -132,6 +185,7 @@ def main():
     print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()}: {os.cpu_count()} cores, "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads {opts.threads}, min-time {opts.min_time} s\n")
+    goals = Goals()
     print("| case (B, L, E, H) | weights | PyTorch ms | ours ms | speedup (rounds' range) | ours GFLOP/s | roofline | peak RSS MB |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for c in SUITE:
@@ -147,6 +201,10 @@ def main():
                 torch_ms.append(float("nan") if opts.skip_torch else
                                 torch_case(torch, c, weights, opts.min_time))
             speedups = sorted(t / m for t, m in zip(torch_ms, ms))
+            if not opts.skip_torch:
+                goals.speedups.append((median(speedups), f"{label} {weights}"))
+            if (B, L, E, H) in PROJECTION_DOMINATED:
+                goals.rooflines.append((row["roofline_ratio"], f"{label} {weights}"))
             print(f"| {label} | {weights} | {median(torch_ms):.2f} | {median(ms):.2f} | "
                   f"{median(speedups):.2f}x ({speedups[0]:.2f}-{speedups[-1]:.2f}) | "
                   f"{row['gflops']:.1f} | {100 * row['roofline_ratio']:.0f}% | "
@@ -158,16 +216,21 @@ def main():
                    opts.threads, 0)[0]
         print(f"| long self-attention, no projection (1, 32768, 512, 8) | none | (32 GiB of scores) | "
               f"{row['ms_median']:.0f} | - | {row['gflops']:.1f} | - | {row['peak_rss_mb']:.0f} |")
+        goals.long_rss_mb = row["peak_rss_mb"]
+        causal_ms = {}
         for causal in (False, True):
             args = ["--seq", "4096", "--embed", "1024", "--heads", "16", "--self"] + (["--causal"] if causal else [])
             r = ours(opts.build, args, opts.threads, opts.min_time)[0]
+            causal_ms[causal] = r["ms_median"]
             print(f"| causal skip: (1, 4096, 1024, 16) no projection, causal={causal} | none | - | "
                   f"{r['ms_median']:.2f} | - | {r['gflops']:.1f} | - | {r['peak_rss_mb']:.0f} |")
+        goals.causal_ratio = causal_ms[True] / causal_ms[False]
 
     if not opts.only or "threads" in opts.only:
         base = ["--seq", "128", "--embed", "512", "--heads", "8", "--self", "--projection"]
         one = ours(opts.build, base, 1, opts.min_time)[0]
         two = ours(opts.build, base, 2, opts.min_time)[0]
+        goals.threads_ratio = two["ms_median"] / one["ms_median"]
         print(f"\nthreads at (1, 128, 512, 8): 1 thread {one['ms_median']:.3f} ms, "
               f"2 threads {two['ms_median']:.3f} ms (2 threads / 1 thread = "
               f"{two['ms_median'] / one['ms_median']:.2f} of the time)")
@@ -190,6 +253,8 @@ def main():
                 by_mode = {r["mode"]: r for r in rows}
                 local, remote, raw = by_mode["in-process"], by_mode["end-to-end"], by_mode["end-to-end-pre-encoded"]
                 one, two = by_mode["end-to-end-in-turns"], by_mode["end-to-end-2-in-flight"]
+                goals.server = (one["ratio_median"], local["ms_median"] / remote["ms_median"],
+                                local["ms_median"] / raw["ms_median"], two["ratio_median"])
                 print(f"\nserver overhead at (8, 128, 512, 8) self-attention with a model: in-process "
                       f"{local['ms_median']:.2f} ms, end to end over loopback {remote['ms_median']:.2f} ms "
                       f"with the typed client, {raw['ms_median']:.2f} ms with the request encoded once and "
@@ -204,6 +269,8 @@ def main():
             finally:
                 server.terminate()
                 server.wait(timeout=30)
+
+    goals.report()
 
 
 if __name__ == "__main__":
