@@ -155,9 +155,10 @@ Turns InTurns(const std::function<bool()>& a, const std::function<bool()>& b, do
           static_cast<int>(ratios.size()), b_ms[b_ms.size() / 2]};
 }
 
-// oneDNN sgemm of the dominant GEMM's size (the packed in-projection
-// [B*L, E] x [E, 3E] with projections, one head's scores [L, D] x [D, S]
-// without), timed in turns with the case itself (blocks of 50 ms).
+// oneDNN sgemm of the dominant GEMM's size (the in-projections' work as one
+// [B*L, E] x [E, 3E] product with projections, one head's scores
+// [L, D] x [D, S] without), timed in turns with the case itself (blocks of
+// 50 ms).
 struct Roofline {
   double gflops = 0;  // sgemm, median over the turns
   double ratio = 0;   // ours / sgemm in GFLOP/s, median of the turns' ratios

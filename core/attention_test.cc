@@ -287,6 +287,16 @@ TEST(AttentionVsReference, PackedKeysAndValuesOfProjectedHeads) {
   }
 }
 
+// Cross-attention of views of q, k and v (which must outlive the args).
+AttentionArgs CrossAttention(const FloatTensor& q, const FloatTensor& k, const FloatTensor& v) {
+  AttentionArgs a;
+  a.self_attention = false;
+  a.query = q.view();
+  a.key = k.view();
+  a.value = v.view();
+  return a;
+}
+
 // Averaged weights of fewer row tiles than threads: each tile's heads are
 // shared among the threads (3 heads two ways: 1 and 2), each share summing
 // its own partial average.
@@ -299,11 +309,7 @@ TEST(AttentionVsReference, AveragedWeightsOfOneRowTileShareHeadsAmongThreads) {
   for (int64_t j = 250; j < S; ++j) padding[j] = 1;
   for (bool causal : {false, true}) {
     SCOPED_TRACE(absl::StrCat("causal=", causal));
-    AttentionArgs a;
-    a.self_attention = false;
-    a.query = q.view();
-    a.key = k.view();
-    a.value = v.view();
+    AttentionArgs a = CrossAttention(q, k, v);
     a.num_heads = 3;
     a.causal = causal;
     a.key_padding_mask = TensorView{DType::kBool, {1, S}, padding.data(), padding.size()};
@@ -327,11 +333,7 @@ TEST(AttentionVsReference, IntermediatesLargerThanTheKeptWorkspace) {
   const int64_t S = int64_t{1} << 20, D = 8;
   FloatTensor q = RandomTensor({1, 4, 1, D}, rng), k = RandomTensor({1, 1, S, D}, rng);
   FloatTensor v = RandomTensor({1, 1, S, D}, rng);
-  AttentionArgs a;
-  a.self_attention = false;
-  a.query = q.view();
-  a.key = k.view();
-  a.value = v.view();
+  AttentionArgs a = CrossAttention(q, k, v);
   a.num_kv_heads = 1;
   absl::StatusOr<ReferenceResult> want = ReferenceAttention(a);
   ASSERT_TRUE(want.ok()) << want.status();
@@ -346,12 +348,8 @@ TEST(AttentionVsReference, FullyMaskedRowsAreZeroNotNaN) {
   std::mt19937 rng(7);
   FloatTensor q = RandomTensor({1, 4, 8}, rng);
   std::vector<uint8_t> mask = {1, 1, 1, 0, 1, 0, 1, 1, 1, 0, 0, 0};  // [L=4, S=3]
-  AttentionArgs a;
-  a.self_attention = false;
   FloatTensor k = RandomTensor({1, 3, 8}, rng);
-  a.query = q.view();
-  a.key = k.view();
-  a.value = k.view();
+  AttentionArgs a = CrossAttention(q, k, k);
   a.num_heads = 2;
   a.attn_mask = TensorView{DType::kBool, {4, 3}, mask.data(), mask.size()};
   a.weights = WeightsMode::kPerHead;
