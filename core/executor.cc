@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdio>
 #include <exception>
+#include <string>
 #include <utility>
 
 namespace attention {
@@ -38,10 +39,10 @@ Executor::Executor(Options options) : max_queue_(options.max_queue) {
     std::vector<int> cpus = AllowedCpus();
     if (static_cast<int>(cpus.size()) == workers * threads_per_worker_) pinned_ = std::move(cpus);
   }
-  pending_pins_ = pinned_.empty() ? 0 : workers;
+  pending_starts_ = workers;
   for (int i = 0; i < workers; ++i) threads_.emplace_back([this, i] { Work(i); });
   std::unique_lock<std::mutex> lock(mu_);
-  pinned_cv_.wait(lock, [this] { return pending_pins_ == 0; });  // every team is pinned
+  started_cv_.wait(lock, [this] { return pending_starts_ == 0; });  // every team is up
   if (pin_failures_ > 0) pinned_.clear();
 }
 
@@ -85,22 +86,29 @@ size_t Executor::queued() const {
 
 void Executor::Work(int worker) {
   omp_set_num_threads(threads_per_worker_);
-  if (!pinned_.empty()) {
+  {
+    // The team starts now: each thread named "compute-W.T" (worker W, OpenMP
+    // thread T; top -H, perf and /proc show it) and pinned when pinning.
     // OpenMP keeps this thread's team threads for later regions as long as
     // they have the same size (ComputeAttention uses one thread or the whole
-    // team), so pinning them once pins them for good.
+    // team), so this holds for good.
     std::atomic<int> failures{0};
 #pragma omp parallel num_threads(threads_per_worker_)
     {
-      cpu_set_t set;
-      CPU_ZERO(&set);
-      CPU_SET(pinned_[worker * threads_per_worker_ + omp_get_thread_num()], &set);
-      if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0) ++failures;
+      const int t = omp_get_thread_num();
+      const std::string name = "compute-" + std::to_string(worker) + "." + std::to_string(t);
+      pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());  // at most 15 chars
+      if (!pinned_.empty()) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(pinned_[worker * threads_per_worker_ + t], &set);
+        if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0) ++failures;
+      }
     }
     std::lock_guard<std::mutex> lock(mu_);
     pin_failures_ += failures.load();
-    --pending_pins_;
-    pinned_cv_.notify_all();
+    --pending_starts_;
+    started_cv_.notify_all();
   }
   for (;;) {
     std::function<void()> task;

@@ -42,6 +42,8 @@ class Executor {
     bool pin_threads = true;
   };
 
+  // Starts the workers and their OpenMP teams (every compute thread named
+  // "compute-W.T": worker W, OpenMP thread T) and returns when all are up.
   explicit Executor(Options options);
   ~Executor();
   Executor(const Executor&) = delete;
@@ -68,8 +70,8 @@ class Executor {
   const size_t max_queue_;
   int threads_per_worker_;
   std::vector<int> pinned_;  // CPU of worker w's OpenMP thread t: [w * threads + t]
-  std::condition_variable pinned_cv_;
-  int pending_pins_ = 0;  // workers still pinning their teams (guarded by mu_)
+  std::condition_variable started_cv_;
+  int pending_starts_ = 0;  // workers still starting their teams (guarded by mu_)
   int pin_failures_ = 0;
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -10,7 +10,9 @@
 #include <mutex>
 #include <set>
 #include <stdexcept>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -75,25 +77,49 @@ int AllowedCpuCount() {
   return CPU_COUNT(&set);
 }
 
-// The CPUs each thread of an OpenMP team started inside a task may run on.
-std::vector<std::set<int>> TeamCpus(Executor& ex) {
-  std::vector<std::set<int>> cpus(ex.threads_per_worker());
+// What `look` returns on each thread of an OpenMP team started inside a task
+// (as the core starts them), by thread number.
+template <typename T, typename Look>
+std::vector<T> OnTeam(Executor& ex, Look look) {
+  std::vector<T> seen(ex.threads_per_worker());
   std::promise<void> done;
   auto task = [&] {
 #pragma omp parallel num_threads(ex.threads_per_worker())
-    {
-      cpu_set_t set;
-      CPU_ZERO(&set);
-      pthread_getaffinity_np(pthread_self(), sizeof(set), &set);
-      for (int c = 0; c < CPU_SETSIZE; ++c) {
-        if (CPU_ISSET(c, &set)) cpus[omp_get_thread_num()].insert(c);
-      }
-    }
+    seen[omp_get_thread_num()] = look();
     done.set_value();
   };
   EXPECT_TRUE(ex.TrySubmit(task));
   done.get_future().wait();
-  return cpus;
+  return seen;
+}
+
+// The CPUs each thread of a task's OpenMP team may run on.
+std::vector<std::set<int>> TeamCpus(Executor& ex) {
+  return OnTeam<std::set<int>>(ex, [] {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    pthread_getaffinity_np(pthread_self(), sizeof(set), &set);
+    std::set<int> cpus;
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &set)) cpus.insert(c);
+    }
+    return cpus;
+  });
+}
+
+std::vector<std::string> TeamNames(Executor& ex) {
+  return OnTeam<std::string>(ex, [] {
+    char name[16] = {};
+    pthread_getname_np(pthread_self(), name, sizeof(name));
+    return std::string(name);
+  });
+}
+
+TEST(Executor, NamesEachComputeThreadPinnedOrNot) {
+  for (bool pin : {true, false}) {
+    Executor ex({/*workers=*/1, /*threads_per_worker=*/2, /*max_queue=*/4, pin});
+    EXPECT_EQ(TeamNames(ex), (std::vector<std::string>{"compute-0.0", "compute-0.1"})) << pin;
+  }
 }
 
 TEST(Executor, PinsEachComputeThreadToItsOwnCpuWhenItHasExactlyThat) {
