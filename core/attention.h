@@ -103,14 +103,13 @@ struct ProjectionShape {
 absl::StatusOr<ProjectionShape> ValidateProjection(const ProjectionWeights& weights,
                                                    absl::string_view prefix);
 
-// The projection weights reordered once for oneDNN's matmul kernels
-// (opaque): a copy, so the views' data must outlive it and must not change
-// while it exists. A call uses a prepared matrix only if it was made from
-// the same address and layout the call reads (weights at other addresses
-// are computed from the views).
-
-// Validates `weights` (as ValidateProjection) and prepares them. Weights
-// that are not aligned float32 are left to each call (converted there).
+// Validates `weights` (as ValidateProjection) and returns them reordered once
+// for oneDNN's matmul kernels (opaque): a copy, so the views' data must
+// outlive it and must not change while it exists. A call uses a prepared
+// matrix only if it was made from the same address and layout the call reads
+// (weights at other addresses, and calls whose kernel wants another layout,
+// are computed from the views). Weights that are not aligned float32 are left
+// to each call (converted there).
 absl::StatusOr<std::shared_ptr<const PreparedProjection>> PrepareProjection(
     const ProjectionWeights& weights);
 
