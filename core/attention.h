@@ -17,9 +17,9 @@
 //
 // Self-attention: set `self_attention = true` and leave key/value empty; the
 // query (named "input" in errors) is also the key and the value. With
-// projection weights (a Model or inline tensors) the full nn.MultiheadAttention
-// forward runs: in-projection (one GEMM for self-attention), heads, attention,
-// out-projection.
+// projection weights (a Model or inline tensors; see projection.h) the full
+// nn.MultiheadAttention forward runs: in-projection (three products: Q, K and
+// V), heads, attention, out-projection.
 //
 // Contracts:
 // - Inputs are caller-owned views; contiguous float32 inputs are read in place,
@@ -55,6 +55,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "core/projection.h"
 #include "core/tensor.h"
 
 namespace attention {
@@ -64,54 +65,6 @@ enum class WeightsMode {
   kAveraged,  // [B, L, S]: mean over heads (average_attn_weights=True)
   kPerHead,   // [B, H, L, S]
 };
-
-struct PreparedProjection;  // below
-
-// nn.MultiheadAttention's parameters, named as in its state_dict. Either the
-// packed in_proj_weight [3E, E] or q_proj_weight [E, E], k_proj_weight
-// [E, kdim] and v_proj_weight [E, vdim]; in_proj_bias [3E] and out_proj_bias
-// [E] are optional; out_proj_weight [E, E] is required. Views, not owned.
-// `prepared` (optional, from PrepareProjection of these same views) holds the
-// weights reordered for the matrix kernels (oneDNN otherwise repacks them
-// on every call): 0.93 of the time at (1, 128, 512, 8), 0.96-0.97 at
-// (8, 128, 512, 8) and (32, 64, 256, 4). Weights that stay the same across
-// calls (a model's) are worth preparing once.
-struct ProjectionWeights {
-  std::optional<TensorView> in_proj_weight;
-  std::optional<TensorView> q_proj_weight;
-  std::optional<TensorView> k_proj_weight;
-  std::optional<TensorView> v_proj_weight;
-  std::optional<TensorView> in_proj_bias;
-  std::optional<TensorView> out_proj_weight;
-  std::optional<TensorView> out_proj_bias;
-  const PreparedProjection* prepared = nullptr;
-};
-
-// What ValidateProjection learns from the weights' shapes.
-struct ProjectionShape {
-  int64_t embed_dim = 0;
-  int64_t kdim = 0;
-  int64_t vdim = 0;
-  bool packed = false;  // in_proj_weight rather than q/k/v_proj_weight
-  bool in_bias = false;
-  bool out_bias = false;
-};
-
-// Checks dtypes (float), byte lengths and shapes of `weights`. Errors are
-// InvalidArgument naming the tensor as `prefix` + its state_dict name (with
-// prefix "options.projection." the names read as the wire fields).
-absl::StatusOr<ProjectionShape> ValidateProjection(const ProjectionWeights& weights,
-                                                   absl::string_view prefix);
-
-// Validates `weights` (as ValidateProjection) and returns them reordered once
-// for oneDNN's matmul kernels (opaque): a copy, so the views' data must
-// outlive it and must not change while it exists. A call uses a prepared
-// matrix only if it was made from the same address and layout the call reads
-// (weights at other addresses, and calls whose kernel wants another layout,
-// are computed from the views). Weights that are not aligned float32 are left
-// to each call (converted there).
-absl::StatusOr<std::shared_ptr<const PreparedProjection>> PrepareProjection(
-    const ProjectionWeights& weights);
 
 // One attention call. Shapes, as in PyTorch (batch first):
 //   rank 3: query [B, L, Eq], key [B, S, Ek], value [B, S, Ev]
@@ -156,9 +109,9 @@ struct ComputeOptions {
   // From this many keys, when several row tiles (or grouped query heads)
   // read the same key/value head, K^T and V are first copied per head into
   // contiguous blocks (B * Hkv * S * (D + Dv) floats more; skipped when they
-  // would take the request over max_memory_bytes): 0.94 of the time
-  // at (1, 2048, 512, 8), 0.87 on the fused path at 16384 keys; shorter
-  // sequences gain nothing or lose. Exact either way; tests set 1.
+  // would take the request over max_memory_bytes): contiguous reads are
+  // faster than strided ones once that many keys are read several times;
+  // shorter sequences gain nothing or lose. Exact either way; tests set 1.
   int64_t pack_min_keys = 2048;
   // Called between units of work (possibly from several threads at once);
   // a non-OK status aborts the call with that status (deadline, cancel).

@@ -50,8 +50,7 @@ T Pick(std::mt19937& rng, std::initializer_list<T> values) {
 bool Chance(std::mt19937& rng, double p) { return std::bernoulli_distribution(p)(rng); }
 
 TensorView MakeMask(RandomCase& c, std::vector<int64_t> shape, bool as_bool, std::mt19937& rng) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  const int64_t n = ShapeProduct(shape);
   if (as_bool) {
     std::vector<uint8_t>& m = c.bools.emplace_back(n);
     const double p = Pick(rng, {0.1, 0.5, 0.9});
@@ -173,8 +172,7 @@ class PoisonedOutputs final : public OutputBuffers {
 
  private:
   static float* Poison(const std::vector<int64_t>& shape, FloatTensor* t) {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
+    const int64_t n = ShapeProduct(shape);
     t->shape = shape;
     t->data.assign(n, std::numeric_limits<float>::quiet_NaN());
     return t->data.data();

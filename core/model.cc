@@ -8,27 +8,13 @@
 
 namespace attention {
 
-namespace {
-
-// nn.MultiheadAttention's state_dict names and where they go.
-constexpr std::pair<const char*, std::optional<TensorView> ProjectionWeights::*> kStateDict[] = {
-    {"in_proj_weight", &ProjectionWeights::in_proj_weight},
-    {"q_proj_weight", &ProjectionWeights::q_proj_weight},
-    {"k_proj_weight", &ProjectionWeights::k_proj_weight},
-    {"v_proj_weight", &ProjectionWeights::v_proj_weight},
-    {"in_proj_bias", &ProjectionWeights::in_proj_bias},
-    {"out_proj.weight", &ProjectionWeights::out_proj_weight},
-    {"out_proj.bias", &ProjectionWeights::out_proj_bias}};
-
-}  // namespace
-
 absl::StatusOr<ProjectionWeights> ProjectionFromTensors(
     const std::map<std::string, TensorView>& tensors, const std::string& source) {
   ProjectionWeights w;
   for (const auto& [tensor_name, view] : tensors) {
     std::optional<TensorView> ProjectionWeights::*slot = nullptr;
-    for (const auto& [known, s] : kStateDict) {
-      if (tensor_name == known) slot = s;
+    for (const ProjectionTensor& t : kProjectionTensors) {
+      if (tensor_name == t.state_dict_name) slot = t.member;
     }
     if (slot == nullptr) {
       return absl::InvalidArgumentError(
@@ -52,14 +38,14 @@ absl::StatusOr<std::unique_ptr<const Model>> ModelFromFile(const std::string& na
   if (!views.ok()) return views.status();
   auto model = std::unique_ptr<Model>(new Model);
   ProjectionWeights& w = model->weights_;
-  for (const auto& [tensor_name, slot] : kStateDict) {  // kept as float32
-    const std::optional<TensorView>& view = (*views).*slot;
+  for (const ProjectionTensor& p : kProjectionTensors) {  // kept as float32
+    const std::optional<TensorView>& view = (*views).*p.member;
     if (!view) continue;
-    FloatTensor& t = model->tensors_[tensor_name];
+    FloatTensor& t = model->tensors_[p.state_dict_name];
     t.shape = view->shape;
     t.data.resize(view->byte_size / DTypeSize(view->dtype));
     ConvertToFloat32(*view, t.data.data());
-    w.*slot = t.view();
+    w.*p.member = t.view();
   }
   absl::StatusOr<ProjectionShape> shape = ValidateProjection(w, "");
   if (!shape.ok()) {

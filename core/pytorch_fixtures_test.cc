@@ -48,6 +48,7 @@ TEST_P(PyTorchFixtureTest, CoreMatchesPyTorch) {
     EXPECT_LE(RelativeMaxError(out.weights.data.data(), {want_w.begin(), want_w.end()}),
               kTolerance);
   } else {
+    EXPECT_TRUE(out.weights.shape.empty());
     EXPECT_TRUE(out.weights.data.empty());
   }
 }
@@ -60,8 +61,18 @@ TEST_P(PyTorchFixtureTest, ReferenceMatchesPyTorch) {
   absl::StatusOr<ReferenceResult> ref = ReferenceAttention((*f)->args);
   ASSERT_TRUE(ref.ok()) << ref.status();
   const std::vector<float> want = testing::ToFloats(*(*f)->expected_output);
+  ASSERT_EQ(ref->output_shape, (*f)->expected_output->shape);
   std::vector<float> got(ref->output.begin(), ref->output.end());
   EXPECT_LE(RelativeMaxError(got.data(), {want.begin(), want.end()}), kTolerance);
+  if ((*f)->expected_weights != nullptr) {
+    const std::vector<float> want_w = testing::ToFloats(*(*f)->expected_weights);
+    ASSERT_EQ(ref->weights_shape, (*f)->expected_weights->shape);
+    std::vector<float> got_w(ref->weights.begin(), ref->weights.end());
+    EXPECT_LE(RelativeMaxError(got_w.data(), {want_w.begin(), want_w.end()}), kTolerance);
+  } else {
+    EXPECT_TRUE(ref->weights_shape.empty());
+    EXPECT_TRUE(ref->weights.empty());
+  }
 }
 
 std::string CaseName(const ::testing::TestParamInfo<std::string>& info) {

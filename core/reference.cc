@@ -8,9 +8,7 @@ namespace attention {
 namespace {
 
 std::vector<double> ToDouble(const TensorView& t) {
-  int64_t n = 1;
-  for (int64_t d : t.shape) n *= d;
-  std::vector<float> f(n);
+  std::vector<float> f(ShapeProduct(t.shape));
   ConvertToFloat32(t, f.data());
   return std::vector<double>(f.begin(), f.end());
 }

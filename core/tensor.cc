@@ -1,5 +1,6 @@
 #include "core/tensor.h"
 
+#include <cstdint>
 #include <cstring>
 
 #include "absl/status/status.h"
@@ -72,6 +73,30 @@ absl::StatusOr<int64_t> CheckedElements(const TensorView& view, absl::string_vie
   return n;
 }
 
+absl::Status CheckFloatTensor(const TensorView& view, absl::string_view name) {
+  if (!IsFloat(view.dtype)) {
+    return InvalidField(name, absl::StrCat("dtype ", DTypeName(view.dtype),
+                                           " is not supported; use FLOAT32, FLOAT16 or BFLOAT16"));
+  }
+  return CheckedElements(view, name).status();
+}
+
+absl::Status InvalidField(absl::string_view name, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(name, ": ", what));
+}
+
+bool ReadableAsFloat32(const TensorView& view) {
+  return view.dtype == DType::kFloat32 &&
+         reinterpret_cast<uintptr_t>(view.data) % alignof(float) == 0;
+}
+
+const float* AsFloat32(const TensorView& view, std::vector<float>& storage) {
+  if (ReadableAsFloat32(view)) return static_cast<const float*>(view.data);
+  storage.resize(ShapeProduct(view.shape));
+  ConvertToFloat32(view, storage.data());
+  return storage.data();
+}
+
 namespace {
 
 uint32_t FloatBits(float f) {
@@ -140,8 +165,7 @@ uint16_t FloatToBFloat16(float f) {
 }
 
 void ConvertToFloat32(const TensorView& view, float* out) {
-  int64_t n = 1;
-  for (int64_t d : view.shape) n *= d;
+  const int64_t n = ShapeProduct(view.shape);
   switch (view.dtype) {
     case DType::kFloat32:
       std::memcpy(out, view.data, n * sizeof(float));

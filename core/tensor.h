@@ -64,6 +64,31 @@ absl::StatusOr<int64_t> CheckedProduct(absl::Span<const int64_t> shape, absl::st
 // elements x DTypeSize and that data is non-null.
 absl::StatusOr<int64_t> CheckedElements(const TensorView& view, absl::string_view name);
 
+// CheckedElements, and a float dtype (FLOAT32, FLOAT16 or BFLOAT16): else
+// InvalidArgument "NAME: dtype BOOL is not supported; ...".
+absl::Status CheckFloatTensor(const TensorView& view, absl::string_view name);
+
+// InvalidArgument "NAME: WHAT": the form of every validation error.
+absl::Status InvalidField(absl::string_view name, absl::string_view what);
+
+// The product of a shape already validated (CheckedProduct): no checks. T =
+// double for figures that may exceed int64 (products over several tensors'
+// dimensions, as memory estimates take them).
+template <typename T = int64_t>
+T ShapeProduct(absl::Span<const int64_t> shape) {
+  T n = 1;
+  for (int64_t d : shape) n *= static_cast<T>(d);
+  return n;
+}
+
+// Whether float32 compute reads the view's bytes in place: aligned FLOAT32.
+bool ReadableAsFloat32(const TensorView& view);
+
+// A float32 pointer to the elements of `view` (validated, float dtype): the
+// view's own bytes when ReadableAsFloat32, else a converted copy kept in
+// `storage` (valid while `storage` is, unchanged).
+const float* AsFloat32(const TensorView& view, std::vector<float>& storage);
+
 // "[2,7,64]".
 std::string ShapeString(absl::Span<const int64_t> shape);
 

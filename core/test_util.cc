@@ -63,13 +63,7 @@ absl::StatusOr<std::unique_ptr<Fixture>> LoadFixture(const std::string& path) {
   a.attn_mask = opt("attn_mask");
   a.key_padding_mask = opt("key_padding_mask");
   ProjectionWeights& p = f->projection;
-  p.in_proj_weight = opt("in_proj_weight");
-  p.q_proj_weight = opt("q_proj_weight");
-  p.k_proj_weight = opt("k_proj_weight");
-  p.v_proj_weight = opt("v_proj_weight");
-  p.in_proj_bias = opt("in_proj_bias");
-  p.out_proj_weight = opt("out_proj.weight");
-  p.out_proj_bias = opt("out_proj.bias");
+  for (const ProjectionTensor& t : kProjectionTensors) p.*t.member = opt(t.state_dict_name);
   if (p.out_proj_weight) a.projection = &p;
   f->model = meta("model", "");
   f->expected_output = st.Find("expected_output");
@@ -81,8 +75,7 @@ absl::StatusOr<std::unique_ptr<Fixture>> LoadFixture(const std::string& path) {
 
 FloatTensor RandomTensor(std::vector<int64_t> shape, std::mt19937& rng, float scale) {
   FloatTensor t;
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  const int64_t n = ShapeProduct(shape);
   t.shape = std::move(shape);
   std::uniform_real_distribution<float> dist(-scale, scale);
   t.data.resize(n);
@@ -91,9 +84,7 @@ FloatTensor RandomTensor(std::vector<int64_t> shape, std::mt19937& rng, float sc
 }
 
 std::vector<float> ToFloats(const TensorView& view) {
-  int64_t n = 1;
-  for (int64_t d : view.shape) n *= d;
-  std::vector<float> out(n);
+  std::vector<float> out(ShapeProduct(view.shape));
   ConvertToFloat32(view, out.data());
   return out;
 }

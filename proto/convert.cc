@@ -1,9 +1,14 @@
 #include "proto/convert.h"
 
+#include <array>
+#include <cstdlib>
+#include <iterator>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/message.h"
 
 namespace attention {
 namespace wire {
@@ -19,8 +24,7 @@ absl::Status Optional(bool present, const v1::Tensor& t, absl::string_view field
   return absl::OkStatus();
 }
 
-absl::Status Required(bool present, const v1::Tensor& t, absl::string_view field,
-                      TensorView* out) {
+absl::Status Required(bool present, const v1::Tensor& t, absl::string_view field, TensorView* out) {
   if (!present) return absl::InvalidArgumentError(absl::StrCat(field, ": missing"));
   absl::StatusOr<TensorView> v = View(t, field);
   if (!v.ok()) return v.status();
@@ -28,38 +32,22 @@ absl::Status Required(bool present, const v1::Tensor& t, absl::string_view field
   return absl::OkStatus();
 }
 
-// The projection tensors of the wire message and of ProjectionWeights, by name.
-struct ProjectionField {
-  const char* name;
-  bool (v1::Projection::*has)() const;
-  const v1::Tensor& (v1::Projection::*get)() const;
-  v1::Tensor* (v1::Projection::*mutable_get)();
-  std::optional<TensorView> ProjectionWeights::*slot;
-};
+// The field of attention.v1.Projection for each of kProjectionTensors (same
+// order), found once by name.
+using ProjectionFields =
+    std::array<const google::protobuf::FieldDescriptor*, std::size(kProjectionTensors)>;
 
-constexpr ProjectionField kProjectionFields[] = {
-    {"options.projection.in_proj_weight", &v1::Projection::has_in_proj_weight,
-     &v1::Projection::in_proj_weight, &v1::Projection::mutable_in_proj_weight,
-     &ProjectionWeights::in_proj_weight},
-    {"options.projection.q_proj_weight", &v1::Projection::has_q_proj_weight,
-     &v1::Projection::q_proj_weight, &v1::Projection::mutable_q_proj_weight,
-     &ProjectionWeights::q_proj_weight},
-    {"options.projection.k_proj_weight", &v1::Projection::has_k_proj_weight,
-     &v1::Projection::k_proj_weight, &v1::Projection::mutable_k_proj_weight,
-     &ProjectionWeights::k_proj_weight},
-    {"options.projection.v_proj_weight", &v1::Projection::has_v_proj_weight,
-     &v1::Projection::v_proj_weight, &v1::Projection::mutable_v_proj_weight,
-     &ProjectionWeights::v_proj_weight},
-    {"options.projection.in_proj_bias", &v1::Projection::has_in_proj_bias,
-     &v1::Projection::in_proj_bias, &v1::Projection::mutable_in_proj_bias,
-     &ProjectionWeights::in_proj_bias},
-    {"options.projection.out_proj_weight", &v1::Projection::has_out_proj_weight,
-     &v1::Projection::out_proj_weight, &v1::Projection::mutable_out_proj_weight,
-     &ProjectionWeights::out_proj_weight},
-    {"options.projection.out_proj_bias", &v1::Projection::has_out_proj_bias,
-     &v1::Projection::out_proj_bias, &v1::Projection::mutable_out_proj_bias,
-     &ProjectionWeights::out_proj_bias},
-};
+const ProjectionFields& WireProjectionFields() {
+  static const ProjectionFields fields = [] {
+    ProjectionFields f;
+    for (size_t i = 0; i < f.size(); ++i) {
+      f[i] = v1::Projection::descriptor()->FindFieldByName(kProjectionTensors[i].field_name);
+      if (f[i] == nullptr) std::abort();  // the table and the .proto disagree
+    }
+    return f;
+  }();
+  return fields;
+}
 
 absl::Status OptionsFromWire(const v1::AttentionOptions& o, AttentionArgs* args,
                              ProjectionWeights* inline_weights) {
@@ -98,8 +86,14 @@ absl::Status OptionsFromWire(const v1::AttentionOptions& o, AttentionArgs* args,
   }
   if (!o.has_projection()) return absl::OkStatus();
   const v1::Projection& p = o.projection();
-  for (const ProjectionField& f : kProjectionFields) {
-    if (absl::Status s = Optional((p.*f.has)(), (p.*f.get)(), f.name, &(inline_weights->*f.slot));
+  const google::protobuf::Reflection& r = *p.GetReflection();
+  for (size_t i = 0; i < std::size(kProjectionTensors); ++i) {
+    const google::protobuf::FieldDescriptor* f = WireProjectionFields()[i];
+    if (!r.HasField(p, f)) continue;
+    const ProjectionTensor& t = kProjectionTensors[i];
+    if (absl::Status s = Optional(true, static_cast<const v1::Tensor&>(r.GetMessage(p, f)),
+                                  absl::StrCat("options.projection.", t.field_name),
+                                  &(inline_weights->*t.member));
         !s.ok()) {
       return s;
     }
@@ -143,8 +137,7 @@ v1::DataType ToWire(DType dtype) {
 absl::StatusOr<TensorView> View(const v1::Tensor& t, absl::string_view field) {
   absl::StatusOr<DType> dtype = FromWire(t.dtype(), field);
   if (!dtype.ok()) return dtype.status();
-  return TensorView{*dtype, {t.shape().begin(), t.shape().end()}, t.data().data(),
-                    t.data().size()};
+  return TensorView{*dtype, {t.shape().begin(), t.shape().end()}, t.data().data(), t.data().size()};
 }
 
 v1::Tensor ToWire(const TensorView& view) {
@@ -180,8 +173,11 @@ absl::Status FromWire(const v1::SelfAttentionRequest& r, AttentionArgs* args,
 
 v1::Projection ToWire(const ProjectionWeights& weights) {
   v1::Projection p;
-  for (const ProjectionField& f : kProjectionFields) {
-    if (const std::optional<TensorView>& t = weights.*f.slot) *(p.*f.mutable_get)() = ToWire(*t);
+  const google::protobuf::Reflection& r = *p.GetReflection();
+  for (size_t i = 0; i < std::size(kProjectionTensors); ++i) {
+    if (const std::optional<TensorView>& t = weights.*kProjectionTensors[i].member) {
+      *static_cast<v1::Tensor*>(r.MutableMessage(&p, WireProjectionFields()[i])) = ToWire(*t);
+    }
   }
   return p;
 }

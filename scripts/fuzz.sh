@@ -17,7 +17,8 @@ out="${BUILD_DIR:-build}/fuzz"
 mkdir -p "$out/corpus"
 cp tests/fixtures/*.safetensors tests/fixtures/models/*.safetensors "$out/corpus/" 2>/dev/null || true
 clang++ -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fopenmp -I. \
-  tests/fuzz/fuzz_inputs.cc core/attention.cc core/onednn_ops.cc core/safetensors.cc \
+  tests/fuzz/fuzz_inputs.cc core/attention.cc core/attention_kernels.cc core/attention_plan.cc \
+  core/guard.cc core/onednn_ops.cc core/projection.cc core/safetensors.cc core/workspace.cc \
   core/tensor.cc client/npy.cc \
   -ldnnl -labsl_status -labsl_statusor -labsl_strings -labsl_str_format_internal \
   -labsl_cord -labsl_cordz_info -labsl_cord_internal -labsl_cordz_functions -labsl_cordz_handle \

@@ -50,13 +50,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   a.attn_mask = Get(*file, "attn_mask");
   a.key_padding_mask = Get(*file, "key_padding_mask");
   attention::ProjectionWeights p;
-  p.in_proj_weight = Get(*file, "in_proj_weight");
-  p.q_proj_weight = Get(*file, "q_proj_weight");
-  p.k_proj_weight = Get(*file, "k_proj_weight");
-  p.v_proj_weight = Get(*file, "v_proj_weight");
-  p.in_proj_bias = Get(*file, "in_proj_bias");
-  p.out_proj_weight = Get(*file, "out_proj.weight");
-  p.out_proj_bias = Get(*file, "out_proj.bias");
+  for (const attention::ProjectionTensor& t : attention::kProjectionTensors) {
+    p.*t.member = Get(*file, t.state_dict_name);
+  }
   if (p.out_proj_weight) a.projection = &p;
   attention::ComputeOptions options;
   options.max_memory_bytes = 16 << 20;

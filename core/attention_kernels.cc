@@ -1,0 +1,387 @@
+#include "core/attention_kernels.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "core/guard.h"
+#include "core/onednn_ops.h"
+
+namespace attention {
+namespace internal {
+namespace {
+
+// With causal masking a tile computes only the keys up to its last row,
+// rounded up to this many columns (bounds the number of distinct shapes).
+constexpr int64_t kCausalColumnStep = 64;
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Adds `mask` at (b, h, i, j0..j0+n) to `row`.
+void AddMask(const Mask& mask, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* row) {
+  const MaskLayout& l = mask.layout;
+  const int64_t base = b * l.batch + h * l.head + i * l.row + j0 * l.col;
+  if (mask.bools != nullptr) {
+    const uint8_t* m = mask.bools + base;
+    for (int64_t j = 0; j < n; ++j) {
+      if (m[j * l.col]) row[j] = kNegInf;
+    }
+  } else {
+    const float* m = mask.floats + base;
+    for (int64_t j = 0; j < n; ++j) row[j] += m[j * l.col];
+  }
+}
+
+// Keys a tile of query rows [i0, i0 + m) needs: all S, or with causal
+// masking those up to its last row, rounded up to kCausalColumnStep.
+int64_t KeysNeeded(const HeadsProblem& pr, int64_t i0, int64_t m) {
+  const int64_t S = pr.plan->S;
+  if (!pr.causal) return S;
+  return std::min(S, RoundUp(i0 + m, kCausalColumnStep));
+}
+
+// The largest of n floats (-inf for none). std::max_element is one compare
+// at a time, a dependency chain: over every score row it cost ~9% of a
+// (1, 2048, 512, 8) call; this reduction runs in SIMD lanes.
+float RowMax(const float* row, int64_t n) {
+  float m = kNegInf;
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) m = m > row[j] ? m : row[j];  // std::max: not vectorized
+  return m;
+}
+
+// Adds every mask to the scores of query row i of head h over keys
+// [j0, j0 + n) and returns the row's largest masked score (-inf when all of
+// them are masked).
+float MaskRow(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n,
+              float* row) {
+  if (pr.attn_mask) AddMask(*pr.attn_mask, b, h, i, j0, n, row);
+  if (pr.key_padding_mask) AddMask(*pr.key_padding_mask, b, h, i, j0, n, row);
+  if (pr.causal) std::fill(row + std::clamp<int64_t>(i + 1 - j0, 0, n), row + n, kNegInf);
+  return RowMax(row, n);
+}
+
+// Probabilities of query rows [i0, i0 + m) of head h over keys [j0, j0 + n)
+// into `p` (row stride ld): scaled scores, masks, softmax over those n keys.
+// row_max[r] is row r's largest masked score; a row whose n keys are all
+// masked has row_max -inf and becomes zeros.
+void TileProbabilities(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, int64_t m,
+                       int64_t j0, int64_t n, float* p, int64_t ld, float* row_max) {
+  const Plan& pl = *pr.plan;
+  const int64_t kvh = h / (pl.H / pl.Hkv);
+  GemmShape qk;
+  qk.a = Mat{m, pl.D, pr.ql.row, 1};
+  qk.b = Mat{pl.D, n, pr.kl.dim, pr.kl.row};  // K^T: in place, or packed
+  qk.c = Mat{m, n, ld, 1};
+  qk.scale = pl.scale;
+  Gemm(qk, pr.q + b * pr.ql.batch + h * pr.ql.head + i0 * pr.ql.row,
+       pr.k + b * pr.kl.batch + kvh * pr.kl.head + j0 * pr.kl.row, p, nullptr);
+  bool any_empty = false;
+  for (int64_t r = 0; r < m; ++r) {
+    row_max[r] = MaskRow(pr, b, h, i0 + r, j0, n, p + r * ld);
+    any_empty |= row_max[r] == kNegInf;
+  }
+  internal::SoftmaxRows(m, n, ld, p);
+  for (int64_t r = 0; r < m && any_empty; ++r) {
+    if (row_max[r] == kNegInf) std::fill(p + r * ld, p + r * ld + n, 0.0f);
+  }
+}
+
+// out (row stride out_row) = P x V for m query rows of head h over keys
+// [j0, j0 + n).
+void ApplyValues(const HeadsProblem& pr, int64_t b, int64_t h, int64_t m, int64_t j0, int64_t n,
+                 const float* p, int64_t ld, float* out, int64_t out_row) {
+  const Plan& pl = *pr.plan;
+  const int64_t kvh = h / (pl.H / pl.Hkv);
+  GemmShape pv;
+  pv.a = Mat{m, n, ld, 1};
+  pv.b = Mat{n, pl.Dv, pr.vl.row, 1};
+  pv.c = Mat{m, pl.Dv, out_row, 1};
+  Gemm(pv, p, pr.v + b * pr.vl.batch + kvh * pr.vl.head + j0 * pr.vl.row, out, nullptr);
+}
+
+float* OutputRows(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0) {
+  return pr.out + b * pr.ol.batch + h * pr.ol.head + i0 * pr.ol.row;
+}
+
+// Query rows [i0, i0 + m) of head h with whole score rows, for calls that
+// return attention weights. `scratch` holds kRowTile x S floats (unused for
+// per-head weights, whose rows are computed in place in the output).
+void AttendRows(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, float* scratch) {
+  const Plan& p = *pr.plan;
+  const int64_t m = std::min(kRowTile, p.L - i0);
+  const int64_t n = KeysNeeded(pr, i0, m);
+  float* probs = scratch;
+  int64_t ld = n;
+  if (pr.weights == WeightsMode::kPerHead) {
+    probs = pr.weights_out + ((b * p.H + h) * p.L + i0) * p.S;
+    ld = p.S;
+  }
+  float row_max[kRowTile];
+  TileProbabilities(pr, b, h, i0, m, 0, n, probs, ld, row_max);
+  if (pr.weights == WeightsMode::kPerHead && n < p.S) {
+    for (int64_t r = 0; r < m; ++r) std::fill(probs + r * ld + n, probs + (r + 1) * ld, 0.0f);
+  }
+  if (pr.weights == WeightsMode::kAveraged) {
+    const float inv_h = 1.0f / static_cast<float>(p.H);
+    float* avg = pr.weights_out + (b * p.L + i0) * p.S;
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t j = 0; j < n; ++j) avg[r * p.S + j] += probs[r * ld + j] * inv_h;
+    }
+  }
+  ApplyValues(pr, b, h, m, 0, n, probs, ld, OutputRows(pr, b, h, i0), pr.ol.row);
+}
+
+// Query rows [i0, i0 + m) of head h without weights, flash-attention style:
+// one tile of keys at a time with an online softmax, so score memory is
+// O(kRowTile x kKeyTile) whatever S is (K and V may be packed copies, O(S)),
+// and causal masking skips whole tiles.
+// For tile t, oneDNN's softmax gives p_t = exp(s - m_t) / l_t with m_t the
+// row's largest score there; its largest entry is exp(0) / l_t, which gives
+// l_t. With the running maximum M, denominator Z and unnormalised output O:
+//   M' = max(M, m_t), a = exp(M - M'), c = l_t exp(m_t - M'),
+//   O' = a O + c (p_t V_t), Z' = a Z + c; the output row is O / Z (zeros
+//   when every key was masked: Z = 0).
+void AttendRowsFused(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, float* scratch) {
+  const Plan& p = *pr.plan;
+  const int64_t m = std::min(kRowTile, p.L - i0);
+  const int64_t keys = KeysNeeded(pr, i0, m);
+  const int64_t dv = p.Dv;
+  float* probs = scratch;                    // kRowTile x kKeyTile
+  float* acc = probs + kRowTile * kKeyTile;  // kRowTile x Dv
+  float* tile_out = acc + kRowTile * dv;     // kRowTile x Dv
+  float run_max[kRowTile], denom[kRowTile], tile_max[kRowTile];
+  std::fill_n(run_max, m, kNegInf);
+  std::fill_n(denom, m, 0.0f);
+  std::fill_n(acc, m * dv, 0.0f);
+  for (int64_t j0 = 0; j0 < keys; j0 += kKeyTile) {
+    const int64_t n = std::min(kKeyTile, keys - j0);
+    TileProbabilities(pr, b, h, i0, m, j0, n, probs, n, tile_max);
+    ApplyValues(pr, b, h, m, j0, n, probs, n, tile_out, dv);
+    for (int64_t r = 0; r < m; ++r) {
+      if (tile_max[r] == kNegInf) continue;  // every key of this tile masked
+      const float* row = probs + r * n;
+      const float l_t = 1.0f / RowMax(row, n);
+      const float new_max = std::max(run_max[r], tile_max[r]);
+      const float a = run_max[r] == kNegInf ? 0.0f : std::exp(run_max[r] - new_max);
+      const float c = l_t * std::exp(tile_max[r] - new_max);
+      for (int64_t d = 0; d < dv; ++d) {
+        acc[r * dv + d] = a * acc[r * dv + d] + c * tile_out[r * dv + d];
+      }
+      denom[r] = a * denom[r] + c;
+      run_max[r] = new_max;
+    }
+  }
+  float* out = OutputRows(pr, b, h, i0);
+  for (int64_t r = 0; r < m; ++r) {
+    const float inv = denom[r] > 0 ? 1.0f / denom[r] : 0.0f;
+    for (int64_t d = 0; d < dv; ++d) out[r * pr.ol.row + d] = acc[r * dv + d] * inv;
+  }
+}
+
+// Query rows [i0, i0 + m) of every head of batch entries [b0, b0 + nb), no
+// weights: two batched products over [nb, Hkv, G, m, *] (query head h =
+// kv * G + g reads key/value head kv by broadcasting), masks and softmax on
+// the nb x H x m score rows in `scratch`.
+void AttendBatched(const HeadsProblem& pr, int64_t b0, int64_t nb, int64_t i0, float* scratch) {
+  const Plan& p = *pr.plan;
+  const int64_t m = std::min(kRowTile, p.L - i0);
+  const int64_t n = KeysNeeded(pr, i0, m);
+  const int64_t H = p.H, Hkv = p.Hkv, G = p.H / p.Hkv;
+  const HeadLayout &ql = pr.ql, &kl = pr.kl, &vl = pr.vl, &ol = pr.ol;
+  // [nb, Hkv, G, rows, cols]; without grouped heads (G = 1) the group
+  // dimension is left out, which lets oneDNN pick its faster brgemm kernel.
+  auto view = [G](std::vector<int64_t> dims, std::vector<int64_t> strides) {
+    if (G == 1) {
+      dims.erase(dims.begin() + 2);
+      strides.erase(strides.begin() + 2);
+    }
+    return internal::BatchMat{std::move(dims), std::move(strides)};
+  };
+  const internal::BatchMat scores =
+      view({nb, Hkv, G, m, n}, {Hkv * G * m * n, G * m * n, m * n, n, 1});
+  internal::BatchedGemm(view({nb, Hkv, G, m, p.D}, {ql.batch, G * ql.head, ql.head, ql.row, 1}),
+                        view({nb, Hkv, 1, p.D, n}, {kl.batch, kl.head, p.D * n, 1, kl.row}), scores,
+                        p.scale, pr.q + b0 * ql.batch + i0 * ql.row, pr.k + b0 * kl.batch, scratch);
+  const bool masked = pr.causal || pr.attn_mask || pr.key_padding_mask;
+  std::vector<int64_t> empty_rows;
+  for (int64_t bi = 0; bi < nb && masked; ++bi) {
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t row = (bi * H + h) * m + r;
+        if (MaskRow(pr, b0 + bi, h, i0 + r, 0, n, scratch + row * n) == kNegInf) {
+          empty_rows.push_back(row);
+        }
+      }
+    }
+  }
+  internal::SoftmaxRows(nb * H * m, n, n, scratch);
+  for (int64_t row : empty_rows) std::fill_n(scratch + row * n, n, 0.0f);
+  if (pr.weights == WeightsMode::kAveraged) {  // the mean over heads, keys past n zero
+    const float inv_h = 1.0f / static_cast<float>(H);
+    for (int64_t bi = 0; bi < nb; ++bi) {
+      for (int64_t r = 0; r < m; ++r) {
+        float* avg = pr.weights_out + ((b0 + bi) * p.L + i0 + r) * p.S;
+        const float* first = scratch + (bi * H * m + r) * n;
+        for (int64_t j = 0; j < n; ++j) avg[j] = first[j] * inv_h;
+        for (int64_t h = 1; h < H; ++h) {
+          const float* probs = scratch + ((bi * H + h) * m + r) * n;
+          for (int64_t j = 0; j < n; ++j) avg[j] += probs[j] * inv_h;
+        }
+        std::fill(avg + n, avg + p.S, 0.0f);
+      }
+    }
+  }
+  internal::BatchedGemm(scores,
+                        view({nb, Hkv, 1, n, p.Dv}, {vl.batch, vl.head, n * p.Dv, vl.row, 1}),
+                        view({nb, Hkv, G, m, p.Dv}, {ol.batch, G * ol.head, ol.head, ol.row, 1}),
+                        1.0f, scratch, pr.v + b0 * vl.batch, pr.out + b0 * ol.batch + i0 * ol.row);
+}
+
+// Copies every key/value head of `pr` into contiguous blocks, K^T as
+// [B, Hkv, D, S] (rows PackedKeyStride apart) and V as [B, Hkv, S, Dv], and
+// points `pr` at them.
+void PackKeysValues(HeadsProblem& pr, float* kt, float* v) {
+  const Plan& p = *pr.plan;
+  const int64_t S = p.S, D = p.D, Dv = p.Dv, heads = p.B * p.Hkv;
+  const int64_t ld = PackedKeyStride(S);
+  constexpr int64_t kBlock = 16;  // keys a pass: a cache-friendly transpose
+#pragma omp parallel for num_threads(p.threads) schedule(static)
+  for (int64_t u = 0; u < heads; ++u) {
+    const int64_t b = u / p.Hkv, h = u % p.Hkv;
+    const float* ks = pr.k + b * pr.kl.batch + h * pr.kl.head;
+    const float* vs = pr.v + b * pr.vl.batch + h * pr.vl.head;
+    float* kd = kt + u * D * ld;
+    float* vd = v + u * S * Dv;
+    for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
+      const int64_t s1 = std::min(S, s0 + kBlock);
+      for (int64_t d = 0; d < D; ++d) {
+        for (int64_t s = s0; s < s1; ++s) kd[d * ld + s] = ks[s * pr.kl.row + d];
+      }
+    }
+    for (int64_t s = 0; s < S; ++s) std::copy_n(vs + s * pr.vl.row, Dv, vd + s * Dv);
+  }
+  pr.k = kt;
+  pr.kl = {p.Hkv * D * ld, D * ld, 1, ld};
+  pr.v = v;
+  pr.vl = {p.Hkv * S * Dv, S * Dv, Dv};
+}
+
+// Unit of work u of AttendHeads (row tiles a batch entry: `tiles`): a
+// group's row tile on the batched path, a head share's row tile with
+// averaged weights (into the output's average or `partials`), else one
+// head's row tile.
+void RunUnit(const HeadsProblem& pr, int64_t u, int64_t tiles, float* partials,
+             float* tile_scratch) {
+  const Plan& p = *pr.plan;
+  const int64_t splits = p.head_splits;
+  if (p.group > 0) {
+    const int64_t b0 = (u / tiles) * p.group, i0 = (u % tiles) * kRowTile;
+    AttendBatched(pr, b0, std::min(p.group, p.B - b0), i0, tile_scratch);
+  } else if (pr.weights == WeightsMode::kAveraged) {
+    const int64_t share = u % splits, b = u / splits / tiles;
+    const int64_t i0 = (u / splits % tiles) * kRowTile;
+    const int64_t rows = std::min(kRowTile, p.L - i0);
+    HeadsProblem part = pr;  // share 0 sums into the output, others into their partials
+    if (share > 0) part.weights_out = partials + (share - 1) * p.B * p.L * p.S;
+    std::fill_n(part.weights_out + (b * p.L + i0) * p.S, rows * p.S, 0.0f);
+    for (int64_t h = share * p.H / splits; h < (share + 1) * p.H / splits; ++h) {
+      AttendRows(part, b, h, i0, tile_scratch);
+    }
+  } else {
+    const int64_t b = u / (p.H * tiles), h = (u / tiles) % p.H;
+    const int64_t i0 = (u % tiles) * kRowTile;
+    if (p.fused) {
+      AttendRowsFused(pr, b, h, i0, tile_scratch);
+    } else {
+      AttendRows(pr, b, h, i0, tile_scratch);
+    }
+  }
+}
+
+}  // namespace
+
+std::optional<Mask> PrepareMask(const std::optional<MaskLayout>& layout,
+                                std::vector<float>& storage) {
+  if (!layout) return std::nullopt;
+  Mask m{*layout};
+  if (layout->view->dtype == DType::kBool) {
+    m.bools = static_cast<const uint8_t*>(layout->view->data);
+  } else {
+    m.floats = AsFloat32(*layout->view, storage);
+  }
+  return m;
+}
+
+int64_t HeadsFloats(const Plan& p, WeightsMode weights) {
+  const int64_t packed =
+      p.pack_kv ? Workspace::Round(PackedKeyFloats(p)) + Workspace::Round(PackedValueFloats(p)) : 0;
+  return packed + Workspace::Round(PartialAverageFloats(p)) +
+         Workspace::Round(p.threads * ScratchPerThread(p, weights));
+}
+
+// Runs every (batch, head, row tile) on an OpenMP team; single-threaded oneDNN
+// primitives inside. Errors (and the caller's check) stop the remaining units.
+absl::Status AttendHeads(HeadsProblem pr, const ComputeOptions& o, Workspace& ws) {
+  const Plan& p = *pr.plan;
+  if (p.pack_kv) {
+    float* kt = ws.Take(PackedKeyFloats(p));
+    float* v = ws.Take(PackedValueFloats(p));
+    PackKeysValues(pr, kt, v);
+  }
+  const int64_t tiles = CeilDiv(p.L, kRowTile);
+  const bool averaged = pr.weights == WeightsMode::kAveraged;
+  const int64_t groups = p.group > 0 ? CeilDiv(p.B, p.group) : 0;
+  const int64_t splits = p.head_splits;
+  const int64_t units = p.group > 0 ? groups * tiles
+                        : averaged  ? p.B * tiles * splits
+                                    : p.B * p.H * tiles;
+  float* const partials = splits > 1 ? ws.Take(PartialAverageFloats(p)) : nullptr;
+  const int64_t per_thread = ScratchPerThread(p, pr.weights);
+  float* const scratch = ws.Take(p.threads * per_thread);
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  absl::Status first_error;
+  auto fail = [&](absl::Status s) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (first_error.ok()) first_error = std::move(s);
+    stop = true;
+  };
+  // Primitives inside run on their calling thread: with a team of one the
+  // region is inactive, and oneDNN would otherwise start a nested team.
+  OmpThreadsScope single_threaded_primitives(1);
+#pragma omp parallel for num_threads(p.threads) schedule(dynamic, 1)
+  for (int64_t u = 0; u < units; ++u) {
+    if (stop.load(std::memory_order_relaxed)) continue;
+    // Nothing may leave an OpenMP region: an error stops the other units.
+    absl::Status s = GuardStatus([&] {
+      if (o.check) {
+        if (absl::Status c = o.check(); !c.ok()) return c;
+      }
+      RunUnit(pr, u, tiles, partials,
+              scratch == nullptr ? nullptr : scratch + omp_get_thread_num() * per_thread);
+      return absl::OkStatus();
+    });
+    if (!s.ok()) fail(std::move(s));
+  }
+  if (partials != nullptr && first_error.ok()) {
+    const int64_t n = p.B * p.L * p.S;
+#pragma omp parallel for num_threads(p.threads) schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t share = 1; share < splits; ++share) {
+        pr.weights_out[i] += partials[(share - 1) * n + i];
+      }
+    }
+  }
+  return first_error;
+}
+
+}  // namespace internal
+}  // namespace attention
