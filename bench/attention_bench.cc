@@ -151,8 +151,8 @@ Turns InTurns(const std::function<bool()>& a, const std::function<bool()>& b, do
   }
   std::sort(ratios.begin(), ratios.end());
   std::sort(b_ms.begin(), b_ms.end());
-  return {ratios[ratios.size() / 2], ratios.front(), ratios.back(),
-          static_cast<int>(ratios.size()), b_ms[b_ms.size() / 2]};
+  return {ratios[ratios.size() / 2], ratios.front(), ratios.back(), static_cast<int>(ratios.size()),
+          b_ms[b_ms.size() / 2]};
 }
 
 // oneDNN sgemm of the dominant GEMM's size (the in-projections' work as one
@@ -290,7 +290,7 @@ absl::Status PipelinedCalls(grpc::GenericStub& stub, const std::string& method,
   // starts the next (outside the lock) while calls remain.
   std::function<void()> start = [&] {
     auto* call = new Call;
-    call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    client::ApplyOptions({60}, &call->ctx);
     stub.UnaryCall(&call->ctx, method, grpc::StubOptions(), &request, &call->response,
                    [&, call](grpc::Status r) {
                      absl::Status s = client::FromGrpcStatus(r);
@@ -346,24 +346,133 @@ int TargetFailed(const std::string& target, const absl::Status& status) {
   return 1;
 }
 
-int Main(int argc, char** argv) {
-  absl::StatusOr<client::CliArgs> parsed =
-      client::ParseArgs(argc, argv, {"self", "projection", "causal", "json", "roofline", "unprepared", "help"});
-  if (!parsed.ok() || parsed->Switch("help") || !parsed->command.empty()) {
-    std::fprintf(parsed.ok() && parsed->Switch("help") ? stdout : stderr, "%s%s\n", kUsage,
-                 parsed.ok() ? "" : std::string(parsed.status().message()).c_str());
-    return parsed.ok() && parsed->Switch("help") ? 0 : 2;
+// The same case (`d`, `args`) through the server at --target (and
+// --vs-target): typed calls, pre-encoded calls, and both in turns with
+// in-process calls; `local` is the in-process timing. Returns the exit code.
+int RunAgainstTarget(const client::CliArgs& a, const Settings& s, const Data& d,
+                     const AttentionArgs& args, const ComputeOptions& options, VectorOutputs& out,
+                     const Timing& local) {
+  absl::Status status;
+  std::shared_ptr<grpc::Channel> channel = client::AttentionClient::Connect(a.Get("target"));
+  client::AttentionClient c(channel);
+  // The same options on the wire; the server's model instead of inline weights if named.
+  v1::AttentionOptions o = wire::ToWire(args);
+  if (s.projection && a.Has("model")) {
+    o.clear_projection();
+    o.set_model(a.Get("model"));
   }
-  const client::CliArgs& a = *parsed;
+  v1::SelfAttentionRequest self_req;
+  v1::AttentionRequest req;
+  if (s.self) {
+    *self_req.mutable_input() = client::MakeTensor(d.q.shape, d.q.data.data(), DType::kFloat32);
+    *self_req.mutable_options() = o;
+  } else {
+    *req.mutable_query() = client::MakeTensor(d.q.shape, d.q.data.data(), DType::kFloat32);
+    *req.mutable_key() = client::MakeTensor(d.k.shape, d.k.data.data(), DType::kFloat32);
+    *req.mutable_value() = client::MakeTensor(d.v.shape, d.v.data.data(), DType::kFloat32);
+    *req.mutable_options() = o;
+  }
+  // 1. The typed client, as an application uses it: each call serializes the
+  // request and parses the response.
+  Timing remote = TimeIt(
+      [&] {
+        absl::StatusOr<v1::AttentionResponse> r =
+            s.self ? c.SelfAttention(self_req, {60}) : c.Attention(req, {60});
+        status = r.status();
+        return r.ok();
+      },
+      s.min_time);
+  if (!status.ok()) return TargetFailed(a.Get("target"), status);
+  Report(s, "end-to-end", remote);
+  // 2. The request encoded once and the response only measured, not parsed:
+  // what the server costs when its client's work is done elsewhere (here
+  // the client shares the server's cores, as a remote client would not).
+  const std::string encoded = s.self ? self_req.SerializeAsString() : req.SerializeAsString();
+  grpc::Slice slice(encoded);
+  const grpc::ByteBuffer request_bytes(&slice, 1);
+  const size_t output_bytes = out.output.data.size() * sizeof(float);
+  grpc::GenericStub generic(channel);
+  const std::string method = s.self ? "/attention.v1.AttentionService/SelfAttention"
+                                    : "/attention.v1.AttentionService/Attention";
+  auto raw_call = [&] {
+    status = PipelinedCalls(generic, method, request_bytes, output_bytes, 1, 1);
+    return status.ok();
+  };
+  Timing raw = TimeIt(raw_call, s.min_time);
+  if (!status.ok()) return TargetFailed(a.Get("target"), status);
+  Report(s, "end-to-end-pre-encoded", raw);
+  if (!s.json) {
+    std::printf(
+        "end-to-end throughput = %.0f%% of in-process (typed client), %.0f%% (pre-encoded "
+        "request, response not parsed)\n",
+        100 * local.median_ms / remote.median_ms, 100 * local.median_ms / raw.median_ms);
+  }
+  // The same ratio from blocks in turns (in-process, then pre-encoded end to
+  // end): robust to the machine drifting between the two windows above.
+  const Turns e2e =
+      InTurns([&] { return ComputeAttention(args, options, &out).ok(); }, raw_call, s.min_time);
+  if (!status.ok()) return TargetFailed(a.Get("target"), status);
+  ReportTurns(s, "end-to-end-in-turns",
+              "end-to-end throughput (pre-encoded, 1 call in flight) / in-process throughput", e2e,
+              true);
+  // Throughput with two calls outstanding, in turns with in-process calls
+  // (blocks of 8 calls each side).
+  constexpr int kPipelined = 8;
+  const Turns pipelined = InTurns(
+      [&] {
+        for (int i = 0; i < kPipelined; ++i) {
+          if (!ComputeAttention(args, options, &out).ok()) return false;
+        }
+        return true;
+      },
+      [&] {
+        status = PipelinedCalls(generic, method, request_bytes, output_bytes, 2, kPipelined);
+        return status.ok();
+      },
+      s.min_time);
+  if (!status.ok()) return TargetFailed(a.Get("target"), status);
+  ReportTurns(s, "end-to-end-2-in-flight",
+              "end-to-end throughput with 2 calls in flight / in-process throughput", pipelined,
+              true);
+  if (a.Has("vs-target")) {
+    grpc::GenericStub other(client::AttentionClient::Connect(a.Get("vs-target")));
+    absl::Status other_status;
+    const Turns vs = InTurns(
+        raw_call,
+        [&] {
+          other_status = PipelinedCalls(other, method, request_bytes, output_bytes, 1, 1);
+          return other_status.ok();
+        },
+        s.min_time);
+    if (!status.ok()) return TargetFailed(a.Get("target"), status);
+    if (!other_status.ok()) return TargetFailed(a.Get("vs-target"), other_status);
+    ReportTurns(s, "vs-target", "--vs-target time / --target time (pre-encoded)", vs, false);
+  }
+  return 0;
+}
+
+int Usage(const std::string& problem) {
+  std::fprintf(stderr, "attention-bench: %s\n(attention-bench --help for usage)\n",
+               problem.c_str());
+  return 2;
+}
+
+// The settings of `a` (checked) and the process-wide --gap-ms. Errors:
+// InvalidArgument naming the flag (an unknown option, a bad number or mode).
+absl::StatusOr<Settings> ParseSettings(const client::CliArgs& a) {
+  if (absl::Status st =
+          a.CheckKnown({"batch", "seq", "kv-seq", "embed", "heads", "kv-heads", "weights",
+                        "threads", "min-time", "gap-ms", "fused-min-keys", "pack-min-keys",
+                        "target", "model", "vs-target", "write-model"});
+      !st.ok()) {
+    return st;
+  }
   Settings s{};
   int64_t* ints[] = {&s.B, &s.L, &s.S, &s.E, &s.H, &s.Hkv};
   const char* names[] = {"batch", "seq", "kv-seq", "embed", "heads", "kv-heads"};
   for (int i = 0; i < 6; ++i) {
     absl::StatusOr<int64_t> v = a.GetInt(names[i], 0);
-    if (!v.ok()) {
-      std::fprintf(stderr, "%s\n", std::string(v.status().message()).c_str());
-      return 2;
-    }
+    if (!v.ok()) return v.status();
     *ints[i] = *v;
   }
   if (s.S == 0) s.S = s.L;
@@ -375,15 +484,36 @@ int Main(int argc, char** argv) {
   s.causal = a.Switch("causal");
   s.json = a.Switch("json");
   s.roofline = a.Switch("roofline");
-  const std::string w = a.Get("weights", "none");
-  s.weights = w == "average"    ? WeightsMode::kAveraged
-              : w == "per-head" ? WeightsMode::kPerHead
-                                : WeightsMode::kNone;
-  s.threads = static_cast<int>(a.GetInt("threads", 0).value_or(0));
+  absl::StatusOr<WeightsMode> weights = client::ParseWeightsMode(a.Get("weights", "none"));
+  absl::StatusOr<int64_t> threads = a.GetInt("threads", 0);
+  absl::StatusOr<double> min_time = a.GetDouble("min-time", 2);
+  absl::StatusOr<double> gap_ms = a.GetDouble("gap-ms", 0);
+  for (const absl::Status& st :
+       {weights.status(), threads.status(), min_time.status(), gap_ms.status()}) {
+    if (!st.ok()) return st;
+  }
+  s.weights = *weights;
+  s.threads = static_cast<int>(*threads);
   if (s.threads <= 0) s.threads = omp_get_num_procs();
-  s.min_time = a.GetDouble("min-time", 2).value_or(2);
-  g_gap_ms = a.GetDouble("gap-ms", 0).value_or(0);
+  s.min_time = *min_time;
+  g_gap_ms = *gap_ms;
   if (a.Has("write-model") && s.L <= 0) s.L = 1;  // only the weights are written
+  return s;
+}
+
+int Main(int argc, char** argv) {
+  absl::StatusOr<client::CliArgs> parsed = client::ParseArgs(
+      argc, argv, {"self", "projection", "causal", "json", "roofline", "unprepared", "help"});
+  if (!parsed.ok()) return Usage(std::string(parsed.status().message()));
+  if (parsed->Switch("help")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (!parsed->command.empty()) return Usage("unexpected argument '" + parsed->command + "'");
+  const client::CliArgs& a = *parsed;
+  absl::StatusOr<Settings> settings = ParseSettings(a);
+  if (!settings.ok()) return Usage(std::string(settings.status().message()));
+  Settings s = *settings;
   if (s.E <= 0 || s.H <= 0 || s.L <= 0 || s.E % s.H != 0) {
     std::fprintf(stderr, "%s\nneed --seq, --embed and --heads (dividing --embed)\n", kUsage);
     return 2;
@@ -420,8 +550,14 @@ int Main(int argc, char** argv) {
   ComputeOptions options;
   options.max_threads = s.threads;
   options.max_memory_bytes = int64_t{1} << 40;
-  if (a.Has("fused-min-keys")) options.fused_min_keys = a.GetInt("fused-min-keys", 0).value_or(0);
-  if (a.Has("pack-min-keys")) options.pack_min_keys = a.GetInt("pack-min-keys", 0).value_or(0);
+  for (const auto& [flag, field] :
+       {std::pair<const char*, int64_t*>{"fused-min-keys", &options.fused_min_keys},
+        {"pack-min-keys", &options.pack_min_keys}}) {
+    if (!a.Has(flag)) continue;
+    absl::StatusOr<int64_t> v = a.GetInt(flag, 0);
+    if (!v.ok()) return Usage(std::string(v.status().message()));
+    *field = *v;
+  }
   VectorOutputs out;
   absl::Status status;
   Timing local = TimeIt(
@@ -438,103 +574,7 @@ int Main(int argc, char** argv) {
          s.roofline ? MeasureRoofline(s, [&] { return ComputeAttention(args, options, &out).ok(); })
                     : Roofline{});
 
-  if (a.Has("target")) {
-    std::shared_ptr<grpc::Channel> channel = client::AttentionClient::Connect(a.Get("target"));
-    client::AttentionClient c(channel);
-    // The same options on the wire; the server's model instead of inline weights if named.
-    v1::AttentionOptions o = wire::ToWire(args);
-    if (s.projection && a.Has("model")) {
-      o.clear_projection();
-      o.set_model(a.Get("model"));
-    }
-    v1::SelfAttentionRequest self_req;
-    v1::AttentionRequest req;
-    if (s.self) {
-      *self_req.mutable_input() = client::MakeTensor(d.q.shape, d.q.data.data(), DType::kFloat32);
-      *self_req.mutable_options() = o;
-    } else {
-      *req.mutable_query() = client::MakeTensor(d.q.shape, d.q.data.data(), DType::kFloat32);
-      *req.mutable_key() = client::MakeTensor(d.k.shape, d.k.data.data(), DType::kFloat32);
-      *req.mutable_value() = client::MakeTensor(d.v.shape, d.v.data.data(), DType::kFloat32);
-      *req.mutable_options() = o;
-    }
-    // 1. The typed client, as an application uses it: each call serializes the
-    // request and parses the response.
-    Timing remote = TimeIt(
-        [&] {
-          absl::StatusOr<v1::AttentionResponse> r =
-              s.self ? c.SelfAttention(self_req, {60}) : c.Attention(req, {60});
-          status = r.status();
-          return r.ok();
-        },
-        s.min_time);
-    if (!status.ok()) return TargetFailed(a.Get("target"), status);
-    Report(s, "end-to-end", remote);
-    // 2. The request encoded once and the response only measured, not parsed:
-    // what the server costs when its client's work is done elsewhere (here
-    // the client shares the server's cores, as a remote client would not).
-    const std::string encoded = s.self ? self_req.SerializeAsString() : req.SerializeAsString();
-    grpc::Slice slice(encoded);
-    const grpc::ByteBuffer request_bytes(&slice, 1);
-    const size_t output_bytes = out.output.data.size() * sizeof(float);
-    grpc::GenericStub generic(channel);
-    const std::string method = s.self ? "/attention.v1.AttentionService/SelfAttention"
-                                      : "/attention.v1.AttentionService/Attention";
-    auto raw_call = [&] {
-      status = PipelinedCalls(generic, method, request_bytes, output_bytes, 1, 1);
-      return status.ok();
-    };
-    Timing raw = TimeIt(raw_call, s.min_time);
-    if (!status.ok()) return TargetFailed(a.Get("target"), status);
-    Report(s, "end-to-end-pre-encoded", raw);
-    if (!s.json) {
-      std::printf(
-          "end-to-end throughput = %.0f%% of in-process (typed client), %.0f%% (pre-encoded "
-          "request, response not parsed)\n",
-          100 * local.median_ms / remote.median_ms, 100 * local.median_ms / raw.median_ms);
-    }
-    // The same ratio from blocks in turns (in-process, then pre-encoded end to
-    // end): robust to the machine drifting between the two windows above.
-    const Turns e2e = InTurns([&] { return ComputeAttention(args, options, &out).ok(); },
-                              raw_call, s.min_time);
-    if (!status.ok()) return TargetFailed(a.Get("target"), status);
-    ReportTurns(s, "end-to-end-in-turns",
-                "end-to-end throughput (pre-encoded, 1 call in flight) / in-process throughput",
-                e2e, true);
-    // Throughput with two calls outstanding, in turns with in-process calls
-    // (blocks of 8 calls each side).
-    constexpr int kPipelined = 8;
-    const Turns pipelined = InTurns(
-        [&] {
-          for (int i = 0; i < kPipelined; ++i) {
-            if (!ComputeAttention(args, options, &out).ok()) return false;
-          }
-          return true;
-        },
-        [&] {
-          status = PipelinedCalls(generic, method, request_bytes, output_bytes, 2, kPipelined);
-          return status.ok();
-        },
-        s.min_time);
-    if (!status.ok()) return TargetFailed(a.Get("target"), status);
-    ReportTurns(s, "end-to-end-2-in-flight",
-                "end-to-end throughput with 2 calls in flight / in-process throughput", pipelined,
-                true);
-    if (a.Has("vs-target")) {
-      grpc::GenericStub other(client::AttentionClient::Connect(a.Get("vs-target")));
-      absl::Status other_status;
-      const Turns vs = InTurns(raw_call,
-                               [&] {
-                                 other_status = PipelinedCalls(other, method, request_bytes,
-                                                               output_bytes, 1, 1);
-                                 return other_status.ok();
-                               },
-                               s.min_time);
-      if (!status.ok()) return TargetFailed(a.Get("target"), status);
-      if (!other_status.ok()) return TargetFailed(a.Get("vs-target"), other_status);
-      ReportTurns(s, "vs-target", "--vs-target time / --target time (pre-encoded)", vs, false);
-    }
-  }
+  if (a.Has("target")) return RunAgainstTarget(a, s, d, args, options, out, local);
   return 0;
 }
 

@@ -46,6 +46,13 @@ absl::StatusOr<std::vector<double>> CliArgs::GetList(const std::string& name,
   return out;
 }
 
+absl::Status CliArgs::CheckKnown(const std::set<std::string>& known) const {
+  for (const auto& [name, value] : values) {
+    if (!known.count(name)) return absl::InvalidArgumentError("unknown option --" + name);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<CliArgs> ParseArgs(int argc, char** argv, const std::set<std::string>& switches) {
   CliArgs args;
   for (int i = 1; i < argc; ++i) {
@@ -70,6 +77,22 @@ absl::StatusOr<CliArgs> ParseArgs(int argc, char** argv, const std::set<std::str
     }
   }
   return args;
+}
+
+absl::StatusOr<WeightsMode> ParseWeightsMode(absl::string_view value) {
+  if (value == "none") return WeightsMode::kNone;
+  if (value == "average" || value == "averaged") return WeightsMode::kAveraged;
+  if (value == "per-head") return WeightsMode::kPerHead;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--weights ", value, ": expected none, average or per-head"));
+}
+
+absl::StatusOr<DType> ParseWireDType(absl::string_view value) {
+  if (value == "float32") return DType::kFloat32;
+  if (value == "float16") return DType::kFloat16;
+  if (value == "bfloat16") return DType::kBFloat16;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--wire-dtype ", value, ": expected float32, float16 or bfloat16"));
 }
 
 }  // namespace client

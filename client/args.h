@@ -1,5 +1,14 @@
 // A small command-line parser shared by attention-client and attention-bench:
-// "COMMAND --name value --name=value --switch".
+// "COMMAND --name value --name=value --switch", and the parsers of the option
+// values both tools take (--weights, --wire-dtype), so each is spelled once.
+//
+//   absl::StatusOr<CliArgs> args = ParseArgs(argc, argv, {"causal", "help"});
+//   if (absl::Status s = args->CheckKnown({"heads", "weights"}); !s.ok()) ...  // usage
+//   absl::StatusOr<WeightsMode> w = ParseWeightsMode(args->Get("weights", "none"));
+//
+// Errors are InvalidArgument with a message that starts with the flag
+// ("--weights avarage: expected none, average or per-head"): the tools print
+// it and exit 2 (bad usage).
 #ifndef CLIENT_ARGS_H_
 #define CLIENT_ARGS_H_
 
@@ -10,6 +19,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "core/attention.h"  // WeightsMode
+#include "core/tensor.h"     // DType
 
 namespace attention {
 namespace client {
@@ -27,11 +39,20 @@ struct CliArgs {
   // Comma-separated integers ("1,2,4,8"); `fallback` when absent.
   absl::StatusOr<std::vector<double>> GetList(const std::string& name,
                                               std::vector<double> fallback) const;
+  // InvalidArgument "unknown option --NAME" for the first option in `values`
+  // not in `known`. An unknown switch lands there too ("--x 3" takes "3" as
+  // its value), or fails ParseArgs when nothing follows it.
+  absl::Status CheckKnown(const std::set<std::string>& known) const;
 };
 
 // Parses argv[1..]. Names in `switches` take no value; every other option
 // takes one. Errors: InvalidArgument ("--heads needs a value", a second bare word).
 absl::StatusOr<CliArgs> ParseArgs(int argc, char** argv, const std::set<std::string>& switches);
+
+// --weights: "none", "average" (or "averaged") or "per-head".
+absl::StatusOr<WeightsMode> ParseWeightsMode(absl::string_view value);
+// --wire-dtype: "float32", "float16" or "bfloat16".
+absl::StatusOr<DType> ParseWireDType(absl::string_view value);
 
 }  // namespace client
 }  // namespace attention

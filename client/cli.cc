@@ -75,15 +75,6 @@ int Local(const absl::Status& s) {
   return Failed(s);
 }
 
-absl::StatusOr<DType> WireDType(const CliArgs& args) {
-  const std::string w = args.Get("wire-dtype", "float32");
-  if (w == "float32") return DType::kFloat32;
-  if (w == "float16") return DType::kFloat16;
-  if (w == "bfloat16") return DType::kBFloat16;
-  return absl::InvalidArgumentError(
-      absl::StrCat("--wire-dtype ", w, ": expected float32, float16 or bfloat16"));
-}
-
 absl::StatusOr<v1::Tensor> NpyTensor(const CliArgs& args, const std::string& flag, DType wire) {
   absl::StatusOr<NpyArray> a = ReadNpy(args.Get(flag));
   if (!a.ok()) return a.status();
@@ -131,17 +122,9 @@ absl::Status FillOptions(const CliArgs& args, v1::AttentionOptions* o) {
   }
   if (!args.Has("attn-mask")) o->clear_attn_mask();
   if (!args.Has("key-padding-mask")) o->clear_key_padding_mask();
-  const std::string w = args.Get("weights", "none");
-  if (w == "none") {
-    o->set_weights(v1::WEIGHTS_NONE);
-  } else if (w == "average" || w == "averaged") {
-    o->set_weights(v1::WEIGHTS_AVERAGED);
-  } else if (w == "per-head") {
-    o->set_weights(v1::WEIGHTS_PER_HEAD);
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--weights ", w, ": expected none, average or per-head"));
-  }
+  absl::StatusOr<WeightsMode> weights = ParseWeightsMode(args.Get("weights", "none"));
+  if (!weights.ok()) return weights.status();
+  o->set_weights(WireWeightsMode(*weights));
   o->set_model(args.Get("model"));
   if (args.Has("projection")) return LoadProjection(args.Get("projection"), o);
   return absl::OkStatus();
@@ -167,7 +150,7 @@ absl::Status WriteResults(const CliArgs& args, const v1::AttentionResponse& r) {
 }
 
 int RunAttention(const CliArgs& args, AttentionClient& client, bool self) {
-  absl::StatusOr<DType> wire = WireDType(args);
+  absl::StatusOr<DType> wire = ParseWireDType(args.Get("wire-dtype", "float32"));
   if (!wire.ok()) return Usage(std::string(wire.status().message()));
   absl::StatusOr<double> timeout = args.GetDouble("timeout", 0);
   if (!timeout.ok()) return Usage(std::string(timeout.status().message()));

@@ -40,6 +40,18 @@ v1::Tensor MakeBoolTensor(const std::vector<int64_t>& shape, const uint8_t* data
   return t;
 }
 
+v1::WeightsMode WireWeightsMode(WeightsMode mode) {
+  switch (mode) {
+    case WeightsMode::kAveraged:
+      return v1::WEIGHTS_AVERAGED;
+    case WeightsMode::kPerHead:
+      return v1::WEIGHTS_PER_HEAD;
+    case WeightsMode::kNone:
+      break;
+  }
+  return v1::WEIGHTS_NONE;
+}
+
 v1::Tensor FromNpy(const NpyArray& a, DType wire) {
   if (a.dtype == DType::kBool || a.dtype == wire) {
     v1::Tensor t;

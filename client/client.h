@@ -38,6 +38,8 @@ namespace v1 = ::attention::v1;
 // A wire tensor of `shape` from float32 `data`, converted to `wire` dtype
 // (FLOAT32, FLOAT16 or BFLOAT16).
 v1::Tensor MakeTensor(const std::vector<int64_t>& shape, const float* data, DType wire);
+// The wire enum of a weights mode (--weights, see ParseWeightsMode).
+v1::WeightsMode WireWeightsMode(WeightsMode mode);
 // A BOOL tensor (one byte per element, nonzero = true).
 v1::Tensor MakeBoolTensor(const std::vector<int64_t>& shape, const uint8_t* data);
 // A wire tensor from a .npy array: bool stays BOOL, floats become `wire`.
@@ -94,7 +96,8 @@ class AttentionClient {
   std::unique_ptr<v1::AttentionService::Stub> stub_;
 };
 
-// Sets the deadline of `context` from `options`.
+// Sets the deadline of `context` from `options` (none when timeout_seconds
+// is 0): the one place a timeout in seconds becomes a gRPC deadline.
 void ApplyOptions(const CallOptions& options, grpc::ClientContext* context);
 
 }  // namespace client

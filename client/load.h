@@ -1,4 +1,4 @@
-// attention-client load: the load tester (see load.cc for the design).
+// attention-client load: the load tester (load.cc names the files of its parts).
 #ifndef CLIENT_LOAD_H_
 #define CLIENT_LOAD_H_
 

@@ -1,6 +1,7 @@
 // attention-client load against a real server on 127.0.0.1: counts balance in
 // every mode, --verify catches a wrong reference, and open-loop latency is
-// corrected for coordinated omission when the server stalls.
+// corrected for coordinated omission when the server stalls; bad flag values
+// of the load tool and of attention-bench are usage errors.
 #include <signal.h>
 
 #include <cstdio>
@@ -188,6 +189,49 @@ TEST_F(LoadTest, ReportsAreWritten) {
   std::string bad;
   EXPECT_EQ(RunCommand({ClientBinary(), "load", "--rate", "10", "--concurrency", "2"}, &bad), 2);
   EXPECT_THAT(bad, HasSubstr("not both"));
+}
+
+// A flag, a bad value and the message it must draw.
+struct BadFlag {
+  std::string flag, value, message;
+};
+
+// Runs `command` with each bad flag appended: a usage error (exit 2) whose
+// message names the flag, before any call.
+void ExpectUsageErrors(const std::vector<std::string>& command, const std::vector<BadFlag>& bad) {
+  for (const BadFlag& b : bad) {
+    std::vector<std::string> argv = command;
+    argv.insert(argv.end(), {b.flag, b.value});
+    std::string out;
+    EXPECT_EQ(RunCommand(argv, &out), 2) << b.flag << " " << out;
+    EXPECT_THAT(out, HasSubstr(b.message));
+  }
+}
+
+// Every tool parses --weights, --wire-dtype and --rpc the same way.
+TEST_F(LoadTest, BadFlagValuesAreRejected) {
+  ExpectUsageErrors(
+      {ClientBinary(), "--target", "127.0.0.1:1", "load", "--quiet", "--duration", "1", "--warmup",
+       "0"},
+      {{"--weights", "avarage", "--weights avarage: expected none, average or per-head"},
+       {"--wire-dtype", "float64", "--wire-dtype float64: expected float32, float16 or bfloat16"},
+       {"--rpc", "selfattention",
+        "--rpc selfattention: expected attention, self-attention or health"},
+       {"--anything", "3", "unknown option --anything"}});
+}
+
+TEST_F(LoadTest, BenchRejectsUnknownFlagsAndBadValues) {
+  const std::vector<std::string> bench = {
+      ATTENTION_BENCH_BIN, "--seq", "4", "--embed", "8", "--heads", "2", "--min-time", "0"};
+  ExpectUsageErrors(
+      bench, {{"--anything", "3", "unknown option --anything"},
+              {"--weights", "avarage", "--weights avarage: expected none, average or per-head"},
+              {"--threads", "two", "--threads two: not an integer"},
+              {"--min-time", "1s", "--min-time 1s: not a number"},
+              {"--fused-min-keys", "x", "--fused-min-keys x: not an integer"}});
+  std::string out;  // the same case with good flags runs
+  EXPECT_EQ(RunCommand(bench, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("in-process"));
 }
 
 }  // namespace

@@ -1,0 +1,84 @@
+// attention-client load: the recorder, the ledger of a level of a load test.
+// Every request sent is counted once by Sent() and settled exactly once, by
+// Done() (as OK or as its error code), or by Lost() (a stream message never
+// answered, or answered out of order); so sent = ok + errors when a level
+// ends, LOST being one of the error codes. Latencies go into histograms:
+// from the actual send always, and from the time the request was due (open
+// loop: corrected for coordinated omission). --verify's share of the OK
+// responses is checked against the workload's references.
+//
+//   Recorder rec(workload, /*verify_percent=*/10);
+//   rec.Sent({due_us, sent_us});
+//   rec.Done(status, &response, index, {due_us, sent_us, done_us});
+//   LoadResult r = rec.Snapshot();
+//
+// Thread-safe: the drivers call it from many threads at once.
+#ifndef CLIENT_LOAD_RECORDER_H_
+#define CLIENT_LOAD_RECORDER_H_
+
+#include <atomic>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "client/load_report.h"
+#include "client/load_workload.h"
+
+namespace attention {
+namespace client {
+
+// When one request was due, sent and answered: microseconds since its level
+// began. due_us < 0 in closed loop, where a request is due when it is sent.
+struct RequestTimes {
+  double due_us = -1;
+  double sent_us = 0;
+  double done_us = 0;
+};
+
+class Recorder {
+ public:
+  // An open-loop request sent more than this late counts as behind schedule.
+  static constexpr double kBehindScheduleUs = 1000;
+
+  // `w` (its references and tolerance) must outlive the recorder;
+  // `verify_percent` (0..100) of the OK responses are checked.
+  Recorder(const Workload& w, double verify_percent) : w_(w), verify_(verify_percent / 100) {}
+
+  // One request sent; with a due time (open loop), behind schedule when it
+  // left more than kBehindScheduleUs after it.
+  void Sent(const RequestTimes& t = {});
+
+  // One request settled with `s`. `response` (nullptr for health checks) is
+  // the response of pool entry `index`; a stream message's error inside an
+  // OK status counts as that error. Records the latency done - sent, and
+  // done - due when due_us >= 0.
+  void Done(const grpc::Status& s, const v1::AttentionResponse* response, size_t index,
+            const RequestTimes& t);
+
+  // `count` requests whose response never came, or came out of order: counted
+  // as lost and as the error code LOST; `why` is kept when it is the first.
+  void Lost(const std::string& why, int64_t count = 1);
+
+  // A stream response that answered no outstanding message (not a request:
+  // counted apart, and it fails the run like a lost one).
+  void Unexpected(const std::string& why);
+
+  // A copy of the figures so far (for the progress line and the report).
+  LoadResult Snapshot();
+
+ private:
+  // Why `r` differs from `want` beyond the tolerance, or nullopt.
+  std::optional<std::string> Check(const v1::AttentionResponse& r, const ReferenceResult& want);
+
+  const Workload& w_;
+  const double verify_;
+  std::atomic<int64_t> sent_{0};
+  std::atomic<int64_t> verify_counter_{0};
+  std::mutex mu_;
+  LoadResult r_;
+};
+
+}  // namespace client
+}  // namespace attention
+
+#endif  // CLIENT_LOAD_RECORDER_H_

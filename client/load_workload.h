@@ -1,0 +1,67 @@
+// attention-client load: what the load tester sends. A Workload is a small
+// pool of requests built once from the command line (random data of the
+// given shapes, or .npy tensors), with the naive reference's result of each
+// when --verify asks for checks, and the figures the report derives from a
+// request (its size, its FLOPs, a one-line description).
+//
+//   absl::StatusOr<RpcKind> rpc = ParseRpcKind(args.Get("rpc", "self-attention"));
+//   absl::StatusOr<Workload> w = MakeWorkload(args, *rpc, probe, /*verify_percent=*/10);
+//   const v1::SelfAttentionRequest& r = w->self[i % w->size()];
+#ifndef CLIENT_LOAD_WORKLOAD_H_
+#define CLIENT_LOAD_WORKLOAD_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "client/args.h"
+#include "client/client.h"
+#include "core/reference.h"
+
+namespace attention {
+namespace client {
+
+// The RPC a load test calls (--rpc).
+enum class RpcKind {
+  kAttention,      // AttentionService/Attention (or StreamAttention)
+  kSelfAttention,  // AttentionService/SelfAttention (or StreamSelfAttention)
+  kHealth,         // grpc.health.v1.Health/Check
+};
+
+// --rpc: "attention", "self-attention" or "health"; InvalidArgument naming
+// the flag otherwise.
+absl::StatusOr<RpcKind> ParseRpcKind(absl::string_view value);
+// The --rpc spelling of `kind`.
+const char* RpcKindName(RpcKind kind);
+
+// The requests of a load test. Immutable once made: the drivers read it from
+// many threads at once.
+struct Workload {
+  RpcKind rpc = RpcKind::kSelfAttention;
+  std::vector<v1::AttentionRequest> attention;  // the pool when rpc is kAttention
+  std::vector<v1::SelfAttentionRequest> self;   // the pool otherwise (one empty entry for health)
+  std::vector<ReferenceResult> references;      // per pool entry, when verifying; else empty
+  double tolerance = 1e-4;                      // relative max error a check allows (wire dtype)
+  double request_bytes = 0;                     // serialized size of one request
+  double flops = 0;                             // per request (bench/README.md's formula)
+  std::string description;                      // one line for the report
+
+  // Entries in the pool (>= 1 once made): request i sends entry i % size().
+  size_t size() const { return rpc == RpcKind::kAttention ? attention.size() : self.size(); }
+};
+
+// Builds the workload of `args` (shapes, --model, --weights, --wire-dtype,
+// .npy inputs). With --model it asks the server (through `probe`) for the
+// model's shape; with verify_percent > 0 it computes the reference of every
+// pool entry (reading the model's weights from --model-file). Errors:
+// InvalidArgument for bad flags or a case the reference refuses (usage),
+// NotFound for a model the server lacks, the call's status when the server
+// cannot be asked, an .npy file's read error.
+absl::StatusOr<Workload> MakeWorkload(const CliArgs& args, RpcKind rpc, AttentionClient& probe,
+                                      double verify_percent);
+
+}  // namespace client
+}  // namespace attention
+
+#endif  // CLIENT_LOAD_WORKLOAD_H_
