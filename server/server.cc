@@ -15,7 +15,7 @@
 #include <thread>
 
 #include "server/service.h"
-#include "server/wire.h"
+#include "server/model_registry.h"
 
 namespace attention {
 namespace server {
