@@ -54,7 +54,7 @@ name and the server's message on stderr and exits 1 (so does an unreadable input
 its own message); bad usage (unknown option or command, bad option value) exits 2.
 )";
 
-const std::set<std::string> kSwitches = {"causal", "help", "stream", "quiet"};
+const std::set<std::string> kSwitches = {"causal", "help", "stream", "quiet", "tls"};
 
 int Usage(const std::string& problem) {
   std::fprintf(stderr, "attention-client: %s\n(attention-client --help for usage)\n",
@@ -227,7 +227,10 @@ int RunCli(int argc, char** argv) {
   const CliArgs& args = *parsed;
   if (args.command == "load") return RunLoad(args);
   if (args.switches.count("help") || args.command.empty()) {
-    std::fputs(kUsage, args.command.empty() && !args.switches.count("help") ? stderr : stdout);
+    FILE* out = args.command.empty() && !args.switches.count("help") ? stderr : stdout;
+    std::fputs(kUsage, out);
+    std::fputs("\n", out);
+    std::fputs(kSecurityUsage, out);
     return args.switches.count("help") ? 0 : 2;
   }
   static const std::map<std::string, std::set<std::string>> kKnown = {
@@ -244,11 +247,14 @@ int RunCli(int argc, char** argv) {
   for (const auto& [name, value] : args.values) {
     const bool is_call = args.command == "attention" || args.command == "self-attention";
     if (!known->second.count(name) && name != "target" && name != "timeout" &&
-        !(is_call && shared.count(name))) {
+        !IsSecurityFlag(name) && !(is_call && shared.count(name))) {
       return Usage("unknown option --" + name + " for " + args.command);
     }
   }
-  AttentionClient client(AttentionClient::Connect(args.Get("target", "localhost:50051")));
+  absl::StatusOr<ChannelSecurity> security = SecurityFromArgs(args);
+  if (!security.ok()) return Usage(std::string(security.status().message()));
+  AttentionClient client(AttentionClient::Connect(args.Get("target", "localhost:50051"),
+                                                  int64_t{256} << 20, false, *security));
   if (args.command == "attention") return RunAttention(args, client, false);
   if (args.command == "self-attention") return RunAttention(args, client, true);
   if (args.command == "models") return RunModels(args, client);

@@ -5,6 +5,8 @@
 #include <mutex>
 #include <thread>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "proto/convert.h"
@@ -95,9 +97,28 @@ absl::StatusOr<NpyArray> ToNpy(const v1::Tensor& t, const std::string& name) {
   return a;
 }
 
+namespace {
+
+// gRPC reports a failed TLS handshake (an untrusted or misnamed server
+// certificate, a refused client certificate) as UNAVAILABLE with these words.
+bool IsTlsFailure(const std::string& message) {
+  const std::string m = absl::AsciiStrToLower(message);
+  return absl::StrContains(m, "handshake") || absl::StrContains(m, "peer certificate") ||
+         absl::StrContains(m, "certificate verify");
+}
+
+}  // namespace
+
 absl::Status FromGrpcStatus(const grpc::Status& s) {
   if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+  const auto code = static_cast<absl::StatusCode>(s.error_code());
+  if (code == absl::StatusCode::kUnavailable &&
+      IsTlsFailure(s.error_message())) {
+    return absl::Status(code, absl::StrCat("TLS handshake failed (check --tls-ca, "
+                                           "--tls-server-name and the client certificate): ",
+                                           s.error_message()));
+  }
+  return absl::Status(code, s.error_message());
 }
 
 void ApplyOptions(const CallOptions& options, grpc::ClientContext* context) {
@@ -128,13 +149,14 @@ absl::StatusOr<Response> UnaryCall(Stub* stub,
 
 std::shared_ptr<grpc::Channel> AttentionClient::Connect(const std::string& target,
                                                         int64_t max_message_bytes,
-                                                        bool round_robin) {
+                                                        bool round_robin,
+                                                        const ChannelSecurity& security) {
   grpc::ChannelArguments args;
   const int limit = static_cast<int>(std::min<int64_t>(max_message_bytes, INT32_MAX));
   args.SetMaxReceiveMessageSize(limit);
   args.SetMaxSendMessageSize(limit);
   if (round_robin) args.SetLoadBalancingPolicyName("round_robin");
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(target, MakeChannelCredentials(security, &args), args);
 }
 
 AttentionClient::AttentionClient(std::shared_ptr<grpc::Channel> channel)

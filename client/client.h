@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "attention/v1/attention.grpc.pb.h"
 #include "client/npy.h"
+#include "client/security.h"
 #include "core/tensor.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/convert.h"  // wire::ToWire, wire::View
@@ -51,6 +52,8 @@ absl::StatusOr<FloatTensor> ToFloat(const v1::Tensor& tensor, const std::string&
 // As .npy: FLOAT32 and FLOAT16 kept, BFLOAT16 widened to float32.
 absl::StatusOr<NpyArray> ToNpy(const v1::Tensor& tensor, const std::string& name);
 
+// The call's status with the same code and message; a failed TLS handshake
+// (which gRPC reports as UNAVAILABLE) says so first.
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
 struct CallOptions {
@@ -61,10 +64,12 @@ class AttentionClient {
  public:
   // A channel to `target` (HOST:PORT, or any gRPC target such as
   // dns:///name:port) with message limits large enough for big tensors.
-  // `round_robin` balances calls over every address the name resolves to.
+  // `round_robin` balances calls over every address the name resolves to;
+  // `security` (client/security.h) says TLS, certificates and token.
   static std::shared_ptr<grpc::Channel> Connect(const std::string& target,
                                                 int64_t max_message_bytes = int64_t{256} << 20,
-                                                bool round_robin = false);
+                                                bool round_robin = false,
+                                                const ChannelSecurity& security = {});
 
   explicit AttentionClient(std::shared_ptr<grpc::Channel> channel);
 

@@ -9,10 +9,10 @@ build_pkgs=(
   build-essential cmake pkg-config
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libabsl-dev libdnnl-dev ocl-icd-opencl-dev opencl-c-headers
-  nlohmann-json3-dev libgtest-dev libgmock-dev
+  nlohmann-json3-dev libgtest-dev libgmock-dev libssl-dev openssl
   python3 python3-numpy
 )
-runtime_pkgs=(libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libdnnl2 libgomp1)
+runtime_pkgs=(libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libdnnl2 libgomp1 libssl3)
 torch_pkgs=(python3-torch libopenblas0-pthread)
 
 want=()

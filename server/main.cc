@@ -29,6 +29,11 @@ ABSL_FLAG(int, max_stream_in_flight, 4,
           "messages of one stream read but not yet answered (flow control)");
 ABSL_FLAG(double, drain_seconds, 10,
           "on SIGTERM/SIGINT, how long running calls may take before they are cancelled");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS (with --tls-key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require client certificates it signed");
+ABSL_FLAG(std::string, auth_token_file, "", "bearer tokens, one a line (needs TLS)");
+ABSL_FLAG(bool, reflection, true, "serve gRPC server reflection");
 ABSL_FLAG(int, fault_delay_ms, 0, "TEST ONLY: sleep this long before each computation");
 
 namespace {
@@ -61,6 +66,20 @@ flags:
   --drain-seconds X             on SIGTERM/SIGINT: health turns NOT_SERVING, new calls are
                                 refused, running calls get X seconds before they are cancelled
                                 (default 10); then the server exits 0
+security (files are re-read when they change: rotation without a restart):
+  --tls-cert PATH --tls-key PATH
+                                serve TLS with this PEM certificate chain and private key
+                                (default: plaintext; start-up fails on unreadable or mismatched
+                                files)
+  --tls-client-ca PATH          also require a client certificate signed by a CA in this PEM
+                                bundle (mutual TLS)
+  --auth-token-file PATH        require 'authorization: Bearer TOKEN' on every call but health
+                                checks (UNAUTHENTICATED otherwise); one token a line, blank lines
+                                and # comments ignored. Needs TLS: a token sent in plaintext can
+                                be read by anyone on the path
+  --reflection=true|false       serve gRPC server reflection (default true; behind tokens when
+                                they are required)
+
   --fault-delay-ms N            TEST ONLY: sleep N ms before each computation (default 0)
   --help                        this text
 )";
@@ -110,6 +129,11 @@ int main(int argc, char** argv) {
   config.max_request_memory_mb = absl::GetFlag(FLAGS_max_request_memory_mb);
   config.max_stream_in_flight = absl::GetFlag(FLAGS_max_stream_in_flight);
   config.drain_seconds = absl::GetFlag(FLAGS_drain_seconds);
+  config.security.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  config.security.tls_key = absl::GetFlag(FLAGS_tls_key);
+  config.security.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  config.security.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  config.reflection = absl::GetFlag(FLAGS_reflection);
   config.fault_delay_ms = absl::GetFlag(FLAGS_fault_delay_ms);
   return attention::server::RunServer(config);
 }

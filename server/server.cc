@@ -4,18 +4,22 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
 #include <omp.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "server/service.h"
-#include "server/wire.h"
+#include "server/model_registry.h"
 
 namespace attention {
 namespace server {
@@ -31,6 +35,20 @@ void GrpcLog(gpr_log_func_args* args) {
     std::fprintf(stderr, "attention-server: grpc: %s\n", args->message);
   }
 }
+
+// Linking gRPC's reflection library registers its plugin for every server;
+// --reflection=false takes it out of this server's builder.
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments* /*args*/) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->erase(std::remove_if(plugins->begin(), plugins->end(),
+                                  [](const std::unique_ptr<grpc::ServerBuilderPlugin>& p) {
+                                    return p->name() == "proto_server_reflection";
+                                  }),
+                   plugins->end());
+  }
+};
 
 int Fail(const std::string& message) {
   std::fprintf(stderr, "attention-server: error: %s\n", message.c_str());
@@ -55,6 +73,9 @@ int RunServer(const ServerConfig& config) {
         "flags: --threads >= 0, --workers >= 1, --max-queue >= 0, --max-message-mb >= 1, "
         "--max-request-memory-mb >= 1, --max-stream-in-flight >= 1, --drain-seconds >= 0");
   }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeServerCredentials(config.security);
+  if (!credentials.ok()) return Fail(std::string(credentials.status().message()));
   absl::StatusOr<std::unique_ptr<ModelRegistry>> models = ModelRegistry::Load(config.model_specs);
   if (!models.ok()) return Fail(std::string(models.status().message()));
 
@@ -72,9 +93,10 @@ int RunServer(const ServerConfig& config) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  if (!config.reflection) builder.SetOption(std::make_unique<WithoutReflection>());
   int port = 0;
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a busy port is an error
-  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(config.listen, *credentials, &port);
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(std::min<int64_t>(limits.max_message_bytes, INT32_MAX)));
   builder.SetMaxSendMessageSize(
@@ -95,9 +117,9 @@ int RunServer(const ServerConfig& config) {
           ? config.listen
           : config.listen.substr(0, config.listen.rfind(':')) + ":" + std::to_string(port);
   std::printf(
-      "attention-server: listening on %s; models: %s; compute: %d worker(s) x %d "
+      "attention-server: listening on %s; %s; models: %s; compute: %d worker(s) x %d "
       "thread(s)%s\n",
-      address.c_str(), (*models)->Names().c_str(), executor.workers(),
+      address.c_str(), DescribeSecurity(config.security).c_str(), (*models)->Names().c_str(), executor.workers(),
       executor.threads_per_worker(),
       executor.pinned_cpus().empty() ? "" : (" on CPUs " + executor.pinned_cpus()).c_str());
   std::fflush(stdout);

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "server/security.h"
+
 namespace attention {
 namespace server {
 
@@ -26,6 +28,8 @@ struct ServerConfig {
   int64_t max_request_memory_mb = 2048;
   int max_stream_in_flight = 4;
   double drain_seconds = 10;
+  SecurityConfig security;  // TLS, client certificates, tokens
+  bool reflection = true;   // serve grpc.reflection
   int fault_delay_ms = 0;  // test-only
 };
 

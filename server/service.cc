@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/response.h"
 #include "server/stream_flow.h"
 
 namespace attention {

@@ -1,40 +1,32 @@
 // The bridge between the wire API (attention.v1 messages) and the core:
-// requests become AttentionArgs (views of the request's bytes, no copies),
-// results are written by the core into buffers that gRPC sends as they are
-// (no serialization copy), and absl statuses become gRPC statuses (in exactly
-// one place: ToGrpcStatus).
+// request bytes are parsed, requests become AttentionArgs (views of the
+// request's bytes, no copies) with their model resolved, and Compute runs the
+// core into a framed response (server/response.h). The models live in
+// server/model_registry.h; statuses become gRPC statuses in
+// server/grpc_status.h.
+//
+// Usage (what the service does for each request):
+//
+//   v1::SelfAttentionRequest request;
+//   absl::Status s = ParseRequest(bytes, &request);
+//   Call call;
+//   if (s.ok()) s = PrepareCall(request, models, &call);
+//   if (s.ok()) s = Compute(call, options, request.id(), &response);
 #ifndef SERVER_WIRE_H_
 #define SERVER_WIRE_H_
 
-#include <map>
-#include <memory>
 #include <string>
-#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "attention/v1/attention.pb.h"
 #include "core/attention.h"
-#include "core/model.h"
 #include "grpcpp/support/byte_buffer.h"
-#include "grpcpp/support/status.h"
+#include "server/grpc_status.h"
+#include "server/model_registry.h"
 
 namespace attention {
 namespace server {
-
-// The preloaded models, by name. Immutable after construction: share freely.
-class ModelRegistry {
- public:
-  // Loads "NAME=PATH" specs; the first error names the spec and the problem.
-  static absl::StatusOr<std::unique_ptr<ModelRegistry>> Load(const std::vector<std::string>& specs);
-  // nullptr when unknown.
-  const Model* Find(const std::string& name) const;
-  std::vector<const Model*> All() const;
-  std::string Names() const;  // "demo, big" (for error messages)
-
- private:
-  std::map<std::string, std::unique_ptr<const Model>> models_;
-};
 
 // A request as the core sees it. Views point into the request message, which
 // must outlive the call (and must not change).
@@ -65,14 +57,6 @@ absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::SelfAttentionReques
 // buffer once).
 absl::Status Compute(const Call& call, const ComputeOptions& options, const std::string& id,
                      grpc::ByteBuffer* response);
-
-// An AttentionResponse carrying only `id` and `status` as its error (stream
-// messages that failed).
-grpc::ByteBuffer EncodeError(const std::string& id, const absl::Status& status);
-
-// The gRPC status for an absl status: same code, same message. Codes the
-// service never means to send (UNKNOWN) become INTERNAL.
-grpc::Status ToGrpcStatus(const absl::Status& status);
 
 }  // namespace server
 }  // namespace attention

@@ -6,6 +6,7 @@
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/response.h"
 
 namespace attention {
 namespace server {
@@ -99,14 +100,24 @@ TEST(Wire, HalfOutputComesBackAsHalfAndWeightsAsFloat) {
   ASSERT_TRUE(PrepareCall(r, *models, &call).ok());
   grpc::ByteBuffer encoded;
   ASSERT_TRUE(Compute(call, {}, "", &encoded).ok());
+  VectorOutputs expected;  // the same call in float32
+  ASSERT_TRUE(ComputeAttention(call.args, {}, &expected).ok());
+
   const v1::AttentionResponse response = Decode(encoded);
   EXPECT_EQ(response.output().dtype(), v1::FLOAT16);
-  EXPECT_EQ(response.output().data().size(), 16u * 2);
+  EXPECT_THAT(response.output().shape(), ::testing::ElementsAre(2, 8));
+  ASSERT_EQ(response.output().data().size(), 16u * 2);
+  std::vector<uint16_t> half(16);
+  std::memcpy(half.data(), response.output().data().data(), 32);
+  for (int i = 0; i < 16; ++i) {  // the float32 result rounded once to half
+    EXPECT_EQ(half[i], FloatToHalf(expected.output.data[i])) << "element " << i;
+  }
   EXPECT_EQ(response.weights().dtype(), v1::FLOAT32);
-  EXPECT_EQ(response.weights().data().size(), 2u * 2 * 2 * 4);
-  float w;
-  std::memcpy(&w, response.weights().data().data(), 4);
-  EXPECT_GT(w, 0.0f);
+  EXPECT_THAT(response.weights().shape(), ::testing::ElementsAre(2, 2, 2));
+  ASSERT_EQ(response.weights().data().size(), expected.weights.data.size() * 4);
+  EXPECT_EQ(std::memcmp(response.weights().data().data(), expected.weights.data.data(),
+                        response.weights().data().size()),
+            0);
 }
 
 // The response is framed around the core's buffers instead of serialized: a
