@@ -88,17 +88,17 @@ def _read(path):
         return f.read()
 
 
-def _precision_field():
-    return pb.AttentionOptions.DESCRIPTOR.fields_by_name.get("precision")
-
-
-_warned_precision = []
+# AttentionOptions.precision, once the proto has it (the contract adds it; the
+# server does not have it yet). Until then bfloat16 is computed as float32.
+_PRECISION_FIELD = pb.AttentionOptions.DESCRIPTOR.fields_by_name.get("precision")
+_warned_precision = False
 
 
 def _options(heads=0, kv_heads=0, scale=None, causal=False, attn_mask=None,
              key_padding_mask=None, model="", projection=None, weights="none",
              precision="float32"):
     """AttentionOptions of the calls' keyword arguments (see Client.attention)."""
+    global _warned_precision
     o = pb.AttentionOptions(num_heads=int(heads), num_kv_heads=int(kv_heads),
                             causal=bool(causal), model=model or "")
     if scale is not None:
@@ -124,12 +124,11 @@ def _options(heads=0, kv_heads=0, scale=None, causal=False, attn_mask=None,
                     to_wire(tensor, f"projection.{name}", natural_wire_dtype(tensor)))
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
-    field = _precision_field()
-    if field is not None:
-        setattr(o, "precision", field.enum_type.values_by_name["PRECISION_" + precision.upper()]
-                .number)
+    if _PRECISION_FIELD is not None:
+        value = _PRECISION_FIELD.enum_type.values_by_name["PRECISION_" + precision.upper()]
+        setattr(o, _PRECISION_FIELD.name, value.number)
     elif precision != "float32" and not _warned_precision:
-        _warned_precision.append(True)
+        _warned_precision = True
         warnings.warn("precision='bfloat16' is not in this proto yet: computing in float32",
                       stacklevel=3)
     return o

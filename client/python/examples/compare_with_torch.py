@@ -14,7 +14,8 @@ mha = torch.nn.MultiheadAttention(embed_dim=64, num_heads=4, batch_first=True).e
 path = os.path.join(tempfile.mkdtemp(), "mine.safetensors")
 export_mha(mha, path)
 target = "127.0.0.1:" + (sys.argv[1] if len(sys.argv) > 1 else "50061")
-server = subprocess.Popen(["build/server/attention-server", "--listen", target, "--model", "mine=" + path])
+server_bin = os.environ.get("ATTENTION_SERVER_BIN", "build/server/attention-server")
+server = subprocess.Popen([server_bin, "--listen", target, "--model", "mine=" + path])
 try:
     remote = RemoteMultiheadAttention.from_module(mha, target, "mine", retries=20)  # waits for start-up
     x = torch.randn(2, 10, 64)

@@ -4,6 +4,8 @@ torch tensors into Client, against a real attention-server. Every test skips
 where python3-torch is not installed."""
 
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -11,7 +13,7 @@ from unittest import mock
 
 import numpy as np
 
-from util import MODEL_FLAGS, SOURCE_DIR, Server, assert_close
+from util import MODEL_FLAGS, SOURCE_DIR, Server, assert_close, free_port
 
 try:
     import torch
@@ -177,15 +179,35 @@ class TransformerTest(unittest.TestCase):
         self.assertEqual(forward.call_count, 3)
 
     def test_encoder_stack(self):
-        encoder = nn.TransformerEncoder(self.layer(), num_layers=2, enable_nested_tensor=False)
-        encoder.eval()
+        encoder = nn.TransformerEncoder(self.layer(), num_layers=2).eval()
         x = torch.randn(2, 12, 64)
+        kpm = torch.zeros(2, 12, dtype=torch.bool)
+        kpm[1, 7:] = True
         with torch.no_grad():
             expected = encoder(x)
+            expected_masked = encoder(x, src_key_padding_mask=kpm)
         for layer in encoder.layers:  # both layers are clones of the served one
             layer.self_attn = Remote.from_module(layer.self_attn, SERVER.target, "layer")
         with torch.no_grad():
             close(self, encoder(x), expected)
+            got = encoder(x, src_key_padding_mask=kpm)
+        # The fast path (nested tensors) leaves padded positions zero; compare the others.
+        assert_close(self, got[0].numpy(), expected_masked[0].numpy())
+        assert_close(self, got[1, :7].numpy(), expected_masked[1, :7].numpy())
+
+
+@unittest.skipIf(torch is None, NO_TORCH)
+class ExampleTest(unittest.TestCase):
+    def test_example_shows_the_modules_numbers(self):
+        example = os.path.join(SOURCE_DIR, "client", "python", "examples", "compare_with_torch.py")
+        env = {**os.environ, "PYTHONPATH": os.path.join(SOURCE_DIR, "client", "python")}
+        run = subprocess.run([sys.executable, example, str(free_port())], cwd=SOURCE_DIR, env=env,
+                             capture_output=True, text=True, timeout=120)
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+        m = re.search(r"output ([0-9.e+-]+), weights ([0-9.e+-]+)", run.stdout)
+        self.assertIsNotNone(m, run.stdout)
+        self.assertLess(float(m.group(1)), 1e-4)
+        self.assertLess(float(m.group(2)), 1e-4)
 
 
 @unittest.skipIf(torch is None, NO_TORCH)
