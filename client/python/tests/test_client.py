@@ -378,7 +378,8 @@ class TokenAndTlsTest(unittest.TestCase):
             self.assertEqual(client.health(), "SERVING")
         self.assertEqual(self.handler.metadata[-1]["authorization"], "Bearer t")
         # Without a client certificate the handshake fails; without the CA the
-        # server is not trusted; both are UNAVAILABLE.
+        # server is not trusted; both are UNAVAILABLE (gRPC logs the two
+        # handshake failures on stderr).
         for kwargs in ({"tls_ca": path("ca.pem")}, {"tls": True}):
             with Client(target, tls_server_name="attention.test", **kwargs) as client:
                 with self.assertRaises(Error) as e:
