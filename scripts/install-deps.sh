@@ -10,7 +10,7 @@ build_pkgs=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libabsl-dev libdnnl-dev ocl-icd-opencl-dev opencl-c-headers
   nlohmann-json3-dev libgtest-dev libgmock-dev libssl-dev openssl
-  python3 python3-numpy
+  python3 python3-numpy python3-grpcio python3-protobuf
 )
 runtime_pkgs=(libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libdnnl2 libgomp1 libssl3)
 torch_pkgs=(python3-torch libopenblas0-pthread)
