@@ -1,6 +1,6 @@
 # Attention Service: multi-stage build on Debian 12.
 #   docker build -t attention-service .
-#   docker run --rm -p 50051:50051 attention-service           # serves the demo model
+#   docker run --rm -p 50051:50051 -p 9090:9090 attention-service   # the demo model; metrics on 9090
 #   docker run --rm -p 50051:50051 -v $PWD/models:/models attention-service \
 #       --listen 0.0.0.0:50051 --model mine=/models/mine.safetensors
 # Every build step calls the project's own scripts, the ones CI runs.
@@ -20,9 +20,10 @@ RUN /tmp/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/install-d
 COPY --from=build /src/build/server/attention-server /src/build/client/attention-client /usr/local/bin/
 COPY --from=build /src/models /opt/attention/models
 USER 10001
-EXPOSE 50051
+EXPOSE 50051 9090
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
   CMD ["attention-client", "--target", "127.0.0.1:50051", "health", "--timeout", "3"]
 ENTRYPOINT ["attention-server"]
-CMD ["--listen", "0.0.0.0:50051", "--model", "demo=/opt/attention/models/demo.safetensors"]
+CMD ["--listen", "0.0.0.0:50051", "--admin-listen", "0.0.0.0:9090", \
+     "--model", "demo=/opt/attention/models/demo.safetensors"]

@@ -34,6 +34,9 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require client certificates it signed");
 ABSL_FLAG(std::string, auth_token_file, "", "bearer tokens, one a line (needs TLS)");
 ABSL_FLAG(bool, reflection, true, "serve gRPC server reflection");
+ABSL_FLAG(std::string, admin_listen, "",
+          "HOST:PORT of the admin HTTP endpoint (/metrics, /healthz, /readyz); empty: none");
+ABSL_FLAG(std::string, access_log, "", "file to append one JSON line per call to, - for stdout");
 ABSL_FLAG(int, fault_delay_ms, 0, "TEST ONLY: sleep this long before each computation");
 
 namespace {
@@ -45,11 +48,13 @@ grpc.health.v1.Health and server reflection over gRPC.
 usage: attention-server [flags]
   e.g. attention-server --listen 0.0.0.0:50051 --model demo=models/demo.safetensors
 
-flags:
+listening:
   --listen HOST:PORT            where to listen (default 0.0.0.0:50051; port 0 picks a free one);
                                 unix:PATH for a unix socket (a client on the same host)
   --model NAME=PATH             a safetensors model (nn.MultiheadAttention weights, written by
                                 scripts/export_model.py); repeat the flag to load several
+
+compute:
   --threads N                   compute threads in all (default 0 = every core)
   --workers N                   requests computed at once, each with threads/workers OpenMP
                                 threads (default 1: one request at a time on every core)
@@ -57,6 +62,8 @@ flags:
                                 run on exactly --threads CPUs (a container's cpuset, a machine of
                                 that size; never on a larger, shared set). Default true: unpinned,
                                 small calls after an idle moment can take milliseconds longer
+
+limits:
   --max-queue N                 requests waiting for compute; beyond that calls get
                                 RESOURCE_EXHAUSTED at once (default 64)
   --max-message-mb N            largest request and response message, MiB (default 256)
@@ -66,6 +73,18 @@ flags:
   --drain-seconds X             on SIGTERM/SIGINT: health turns NOT_SERVING, new calls are
                                 refused, running calls get X seconds before they are cancelled
                                 (default 10); then the server exits 0
+
+observability:
+  --admin-listen HOST:PORT      plain HTTP endpoint for probes and scrapers (default: none):
+                                GET /metrics (Prometheus text format), /healthz (200 while
+                                alive), /readyz (200 serving, 503 starting or draining). Port 0
+                                picks a free one (printed at start). Keep it off public networks
+  --access-log PATH|-           one JSON object a line per call and per stream message (time,
+                                peer, rpc, model, shapes, code, bytes, queue and compute ms),
+                                appended to PATH or written to stdout (-); never tensor data.
+                                Lines the writer cannot keep up with are dropped and counted
+                                (attention_access_log_dropped_total). Default: none
+
 security (files are re-read when they change: rotation without a restart):
   --tls-cert PATH --tls-key PATH
                                 serve TLS with this PEM certificate chain and private key
@@ -80,6 +99,7 @@ security (files are re-read when they change: rotation without a restart):
   --reflection=true|false       serve gRPC server reflection (default true; behind tokens when
                                 they are required)
 
+testing:
   --fault-delay-ms N            TEST ONLY: sleep N ms before each computation (default 0)
   --help                        this text
 )";
@@ -102,7 +122,10 @@ int main(int argc, char** argv) {
       std::fputs(kHelp, stdout);
       return 0;
     }
-    if (arg == "--model" && i + 1 < argc) {
+    if (arg == "--access_log" && i + 1 < argc) {
+      // As one argument: absl takes a separate "-" for a mistyped flag.
+      normalized.push_back(arg + "=" + argv[++i]);
+    } else if (arg == "--model" && i + 1 < argc) {
       models.push_back(argv[++i]);
     } else if (arg.rfind("--model=", 0) == 0) {
       models.push_back(arg.substr(8));
@@ -134,6 +157,8 @@ int main(int argc, char** argv) {
   config.security.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   config.security.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
   config.reflection = absl::GetFlag(FLAGS_reflection);
+  config.admin_listen = absl::GetFlag(FLAGS_admin_listen);
+  config.access_log = absl::GetFlag(FLAGS_access_log);
   config.fault_delay_ms = absl::GetFlag(FLAGS_fault_delay_ms);
   return attention::server::RunServer(config);
 }

@@ -18,14 +18,23 @@
 #include <thread>
 #include <vector>
 
+#include "server/access_log.h"
+#include "server/admin_http.h"
+#include "server/metrics.h"
 #include "server/service.h"
 #include "server/model_registry.h"
+#include "server/service_metrics.h"
 
 namespace attention {
 namespace server {
 namespace {
 
 constexpr char kServiceName[] = "attention.v1.AttentionService";
+// Access log lines that may wait for the writer (about 300 bytes each).
+constexpr size_t kAccessLogBuffer = 8192;
+
+// What /readyz reports.
+enum class Phase { kStarting, kServing, kDraining };
 
 // gRPC's own log lines: none while starting (we print one clear line instead),
 // errors only afterwards.
@@ -76,6 +85,43 @@ int RunServer(const ServerConfig& config) {
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
       MakeServerCredentials(config.security);
   if (!credentials.ok()) return Fail(std::string(credentials.status().message()));
+  // The admin endpoint comes first, so that probes see the server starting
+  // (alive, not ready) while the models load.
+  Registry registry;
+  AddProcessMetrics(&registry);
+  std::atomic<Phase> phase{Phase::kStarting};
+  std::unique_ptr<AccessLog> access_log;  // declared first: destroyed after what writes to it
+  std::unique_ptr<AdminServer> admin;
+  if (!config.admin_listen.empty()) {
+    AdminServer::Handlers handlers;
+    handlers.metrics = [&registry] { return registry.Exposition(); };
+    handlers.not_ready = [&phase]() -> std::string {
+      switch (phase.load()) {
+        case Phase::kStarting:
+          return "starting";
+        case Phase::kDraining:
+          return "draining";
+        case Phase::kServing:
+          break;
+      }
+      return "";
+    };
+    absl::StatusOr<std::unique_ptr<AdminServer>> started =
+        AdminServer::Start(config.admin_listen, std::move(handlers));
+    if (!started.ok()) return Fail(std::string(started.status().message()));
+    admin = std::move(*started);
+    const std::string host = config.admin_listen.substr(0, config.admin_listen.rfind(':'));
+    std::printf("attention-server: admin endpoint on http://%s:%d (/metrics /healthz /readyz)\n",
+                host.c_str(), admin->port());
+    std::fflush(stdout);
+  }
+  if (!config.access_log.empty()) {
+    absl::StatusOr<std::unique_ptr<AccessLog>> opened =
+        AccessLog::Open(config.access_log, kAccessLogBuffer);
+    if (!opened.ok()) return Fail(std::string(opened.status().message()));
+    access_log = std::move(*opened);
+  }
+
   absl::StatusOr<std::unique_ptr<ModelRegistry>> models = ModelRegistry::Load(config.model_specs);
   if (!models.ok()) return Fail(std::string(models.status().message()));
 
@@ -88,7 +134,13 @@ int RunServer(const ServerConfig& config) {
   limits.max_stream_in_flight = config.max_stream_in_flight;
   limits.max_queue = config.max_queue;
   limits.fault_delay_ms = config.fault_delay_ms;
-  AttentionServiceImpl service(models->get(), &executor, limits);
+  ServiceMetrics::Options metrics_options;
+  for (const Model* m : (*models)->All()) metrics_options.models.push_back(m->info().name);
+  metrics_options.max_request_memory_bytes = limits.max_request_memory_bytes;
+  metrics_options.max_message_bytes = limits.max_message_bytes;
+  metrics_options.max_queue = limits.max_queue;
+  ServiceMetrics metrics(&registry, metrics_options, access_log.get());
+  AttentionServiceImpl service(models->get(), &executor, limits, &metrics);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -110,6 +162,7 @@ int RunServer(const ServerConfig& config) {
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(true);
   health->SetServingStatus(kServiceName, true);
+  phase = Phase::kServing;
 
   // HOST:PORT with the port gRPC picked (port 0), or a unix: socket path as given.
   const std::string address =
@@ -129,6 +182,7 @@ int RunServer(const ServerConfig& config) {
   std::printf("attention-server: %s: draining (up to %.0f s)\n",
               signal == SIGINT ? "SIGINT" : "SIGTERM", config.drain_seconds);
   std::fflush(stdout);
+  phase = Phase::kDraining;
   health->SetServingStatus(false);
   health->SetServingStatus(kServiceName, false);
   const auto deadline =

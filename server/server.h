@@ -28,14 +28,18 @@ struct ServerConfig {
   int64_t max_request_memory_mb = 2048;
   int max_stream_in_flight = 4;
   double drain_seconds = 10;
-  SecurityConfig security;  // TLS, client certificates, tokens
-  bool reflection = true;   // serve grpc.reflection
-  int fault_delay_ms = 0;  // test-only
+  SecurityConfig security;   // TLS, client certificates, tokens
+  bool reflection = true;    // serve grpc.reflection
+  std::string admin_listen;  // HOST:PORT of the admin HTTP endpoint; empty: none
+  std::string access_log;    // a file to append to, "-" for stdout; empty: none
+  int fault_delay_ms = 0;    // test-only
 };
 
 // Runs the server until SIGTERM or SIGINT, then drains: health NOT_SERVING,
 // no new calls, in-flight calls get drain_seconds to finish (then they are
-// cancelled). Returns the process exit code: 0 after a drain, 1 when it could
+// cancelled). With admin_listen, the admin endpoint (server/admin_http.h)
+// listens from before the models load until the drain ends: /readyz answers
+// 503 while starting and draining. Returns the process exit code: 0 after a drain, 1 when it could
 // not start (the reason printed as one line on stderr).
 int RunServer(const ServerConfig& config);
 

@@ -1,6 +1,7 @@
 #include "server/service.h"
 
 #include <chrono>
+#include <cstdio>
 #include <exception>
 #include <memory>
 #include <new>
@@ -8,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "server/response.h"
 #include "server/stream_flow.h"
 
@@ -32,6 +34,26 @@ absl::Status CheckAlive(grpc::CallbackServerContext* context, const std::atomic<
   return absl::OkStatus();
 }
 
+// Queues `compute` on the executor with its time in the queue and computing
+// recorded in `call` (which `compute` keeps alive); `done` then gets its
+// status, on the executor thread. False when the queue is full (the refusal
+// recorded; neither runs).
+bool SubmitTimed(AttentionServiceImpl* service, CallRecord* call,
+                 std::function<absl::Status()> compute,
+                 std::function<void(const absl::Status&)> done) {
+  ServiceMetrics* metrics = service->metrics();
+  metrics->Enqueued(call);
+  const bool queued = service->executor()->TrySubmit(
+      [metrics, call, compute = std::move(compute), done = std::move(done)] {
+        metrics->ComputeBegins(call);
+        const absl::Status s = compute();
+        metrics->ComputeEnds(call, s);
+        done(s);
+      });
+  if (!queued) metrics->EnqueueFailed(call);
+  return queued;
+}
+
 // A unary call's reactor, counted as active until gRPC is done with it.
 class UnaryReactor final : public grpc::ServerUnaryReactor {
  public:
@@ -48,13 +70,18 @@ template <typename Request>
 class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
                             private StreamFlow {
  public:
-  StreamReactor(AttentionServiceImpl* service, grpc::CallbackServerContext* context)
+  StreamReactor(AttentionServiceImpl* service, grpc::CallbackServerContext* context,
+                const char* rpc)
       : StreamFlow(service->limits().max_stream_in_flight),
         scope_(service),
         service_(service),
-        context_(context) {
+        context_(context),
+        rpc_(rpc),
+        peer_(context->peer()) {
+    service_->metrics()->StreamOpened(rpc_);
     Begin();
   }
+  ~StreamReactor() override { service_->metrics()->StreamClosed(rpc_); }
 
   void OnReadDone(bool ok) override {
     // The flow starts no other read before this one is reported, so incoming_
@@ -62,9 +89,14 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     std::shared_ptr<Item> item;
     if (ok) {
       item = std::make_shared<Item>();
+      item->call = service_->metrics()->Begin(rpc_, peer_, incoming_.Length());
+      item->call.stream_message = messages_++;
       if (absl::Status parsed = ParseRequest(incoming_, &item->request); !parsed.ok()) {
         item->response = EncodeError("", parsed);  // answered like any failed message
         item->answered = true;
+        service_->metrics()->Finish(item->call, parsed, item->response.Length());
+      } else {
+        DescribeRequest(item->request, &item->call);
       }
       incoming_.Clear();
     }
@@ -77,18 +109,27 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
  private:
   struct Item : Slot {
     Request request;
+    CallRecord call;
   };
 
   void IssueRead() override { this->StartRead(&incoming_); }
   void IssueWrite(const Slot& slot) override { this->StartWrite(&slot.response); }
   bool IssueCompute(const std::shared_ptr<Slot>& slot) override {
     auto item = std::static_pointer_cast<Item>(slot);
-    const bool queued = service_->executor()->TrySubmit([this, item] {
-      grpc::ByteBuffer response;
-      absl::Status s = service_->Run(item->request, context_, cut(), &response);
-      Computed(item, s.ok() ? std::move(response) : EncodeError(item->request.id(), s));
-    });
-    if (!queued) item->response = EncodeError(item->request.id(), Saturated(*service_->executor()));
+    auto response = std::make_shared<grpc::ByteBuffer>();
+    const bool queued = SubmitTimed(
+        service_, &item->call,
+        [this, item, response] { return service_->Run(item->request, context_, cut(), response.get()); },
+        [this, item, response](const absl::Status& s) {
+          grpc::ByteBuffer answer = s.ok() ? std::move(*response) : EncodeError(item->request.id(), s);
+          service_->metrics()->Finish(item->call, s, answer.Length());
+          Computed(item, std::move(answer));
+        });
+    if (!queued) {
+      const absl::Status saturated = Saturated(*service_->executor());
+      item->response = EncodeError(item->request.id(), saturated);
+      service_->metrics()->Finish(item->call, saturated, item->response.Length());
+    }
     return queued;
   }
   void IssueFinish(bool cut) override {
@@ -99,14 +140,17 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   AttentionServiceImpl::CallScope scope_;
   AttentionServiceImpl* service_;
   grpc::CallbackServerContext* context_;
+  const char* const rpc_;
+  const std::string peer_;
+  int64_t messages_ = 0;  // read so far (only OnReadDone touches it: one read at a time)
   grpc::ByteBuffer incoming_;
 };
 
 }  // namespace
 
 AttentionServiceImpl::AttentionServiceImpl(const ModelRegistry* models, Executor* executor,
-                                           ServiceLimits limits)
-    : models_(models), executor_(executor), limits_(limits) {}
+                                           ServiceLimits limits, ServiceMetrics* metrics)
+    : models_(models), executor_(executor), limits_(limits), metrics_(metrics) {}
 
 template <typename Request>
 absl::Status AttentionServiceImpl::Run(const Request& request, grpc::CallbackServerContext* context,
@@ -127,6 +171,16 @@ absl::Status AttentionServiceImpl::Run(const Request& request, grpc::CallbackSer
     options.check = [context, cancelled] { return CheckAlive(context, cancelled); };
     return Compute(call, options, request.id(), response);
   } catch (const std::bad_alloc&) {
+    CallRecord described;
+    DescribeRequest(request, &described);
+    std::string shapes;
+    for (const auto& [name, dims] : described.shapes) {
+      absl::StrAppend(&shapes, shapes.empty() ? "" : " ", name, "[", absl::StrJoin(dims, ","), "]");
+    }
+    std::fprintf(stderr,
+                 "attention-server: error: out of memory computing a request (model \"%s\", %s); "
+                 "lower --max-request-memory-mb or --workers, or give the server more memory\n",
+                 described.model.c_str(), shapes.c_str());
     return absl::ResourceExhaustedError("out of memory computing the request");
   } catch (const std::exception& e) {
     return absl::InternalError(e.what());
@@ -134,10 +188,18 @@ absl::Status AttentionServiceImpl::Run(const Request& request, grpc::CallbackSer
 }
 
 template <typename Request>
-grpc::ServerUnaryReactor* AttentionServiceImpl::Unary(grpc::CallbackServerContext* context,
+grpc::ServerUnaryReactor* AttentionServiceImpl::Unary(const char* rpc,
+                                                      grpc::CallbackServerContext* context,
                                                       const grpc::ByteBuffer* request_bytes,
                                                       grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = new UnaryReactor(this);
+  auto call = std::make_shared<CallRecord>(
+      metrics_->Begin(rpc, context->peer(), static_cast<int64_t>(request_bytes->Length())));
+  // Counted before the client can see the answer.
+  auto finish = [this, reactor, call](const absl::Status& s, int64_t bytes_out) {
+    metrics_->Finish(*call, s, bytes_out);
+    reactor->Finish(ToGrpcStatus(s));
+  };
   auto request = std::make_shared<Request>();
   const absl::Status parsed = ParseRequest(*request_bytes, request.get());
   // gRPC keeps the received bytes until the call ends; once parsed they are
@@ -145,40 +207,43 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Unary(grpc::CallbackServerContex
   // (The buffer is gRPC's own mutable object, handed to handlers as const.)
   const_cast<grpc::ByteBuffer*>(request_bytes)->Clear();
   if (!parsed.ok()) {
-    reactor->Finish(ToGrpcStatus(parsed));
+    finish(parsed, 0);
     return reactor;
   }
-  const bool queued = executor_->TrySubmit([this, context, request, response, reactor] {
-    absl::Status s = Run(*request, context, nullptr, response);
-    reactor->Finish(ToGrpcStatus(s));
-  });
-  if (!queued) reactor->Finish(ToGrpcStatus(Saturated(*executor_)));
+  DescribeRequest(*request, call.get());
+  const bool queued = SubmitTimed(
+      this, call.get(),
+      [this, context, request, response, call] { return Run(*request, context, nullptr, response); },
+      [response, finish](const absl::Status& s) {
+        finish(s, s.ok() ? static_cast<int64_t>(response->Length()) : 0);
+      });
+  if (!queued) finish(Saturated(*executor_), 0);
   return reactor;
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::Attention(grpc::CallbackServerContext* context,
                                                           const grpc::ByteBuffer* request,
                                                           grpc::ByteBuffer* response) {
-  return Unary<v1::AttentionRequest>(context, request, response);
+  return Unary<v1::AttentionRequest>("Attention", context, request, response);
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::SelfAttention(grpc::CallbackServerContext* context,
                                                               const grpc::ByteBuffer* request,
                                                               grpc::ByteBuffer* response) {
-  return Unary<v1::SelfAttentionRequest>(context, request, response);
+  return Unary<v1::SelfAttentionRequest>("SelfAttention", context, request, response);
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionServiceImpl::StreamAttention(
     grpc::CallbackServerContext* context) {
-  return new StreamReactor<v1::AttentionRequest>(this, context);
+  return new StreamReactor<v1::AttentionRequest>(this, context, "StreamAttention");
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
 AttentionServiceImpl::StreamSelfAttention(grpc::CallbackServerContext* context) {
-  return new StreamReactor<v1::SelfAttentionRequest>(this, context);
+  return new StreamReactor<v1::SelfAttentionRequest>(this, context, "StreamSelfAttention");
 }
 
-grpc::ServerUnaryReactor* AttentionServiceImpl::ListModels(grpc::CallbackServerContext*,
+grpc::ServerUnaryReactor* AttentionServiceImpl::ListModels(grpc::CallbackServerContext* context,
                                                            const v1::ListModelsRequest*,
                                                            v1::ListModelsResponse* response) {
   for (const Model* m : models_->All()) {
@@ -197,6 +262,8 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ListModels(grpc::CallbackServerC
   l->set_max_queue(limits_.max_queue);
   l->set_max_stream_in_flight(limits_.max_stream_in_flight);
   grpc::ServerUnaryReactor* reactor = new UnaryReactor(this);
+  metrics_->Finish(metrics_->Begin("ListModels", context->peer(), 0), absl::OkStatus(),
+                   static_cast<int64_t>(response->ByteSizeLong()));
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

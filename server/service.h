@@ -6,6 +6,9 @@
 // `max_stream_in_flight` messages read but not yet written, so a client that
 // stops reading stops the server reading too (HTTP/2 flow control does the
 // rest) instead of making it buffer without bound.
+//
+// Every call, and every message of a stream, is reported to ServiceMetrics
+// (counters, latency histograms, the access log) once answered.
 #ifndef SERVER_SERVICE_H_
 #define SERVER_SERVICE_H_
 
@@ -14,6 +17,7 @@
 
 #include "attention/v1/attention.grpc.pb.h"
 #include "core/executor.h"
+#include "server/service_metrics.h"
 #include "server/wire.h"
 
 namespace attention {
@@ -42,8 +46,9 @@ using ServiceBase = v1::AttentionService::WithRawCallbackMethod_Attention<
 
 class AttentionServiceImpl final : public ServiceBase {
  public:
-  // `models` and `executor` must outlive the service.
-  AttentionServiceImpl(const ModelRegistry* models, Executor* executor, ServiceLimits limits);
+  // `models`, `executor` and `metrics` must outlive the service.
+  AttentionServiceImpl(const ModelRegistry* models, Executor* executor, ServiceLimits limits,
+                       ServiceMetrics* metrics);
 
   // AttentionRequest in, AttentionResponse out.
   grpc::ServerUnaryReactor* Attention(grpc::CallbackServerContext* context,
@@ -69,6 +74,7 @@ class AttentionServiceImpl final : public ServiceBase {
                    const std::atomic<bool>* cancelled, grpc::ByteBuffer* response);
 
   Executor* executor() { return executor_; }
+  ServiceMetrics* metrics() { return metrics_; }
   const ServiceLimits& limits() const { return limits_; }
 
   // Calls being served (the attention methods and ListModels), each from its
@@ -92,12 +98,13 @@ class AttentionServiceImpl final : public ServiceBase {
 
  private:
   template <typename Request>
-  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context,
+  grpc::ServerUnaryReactor* Unary(const char* rpc, grpc::CallbackServerContext* context,
                                   const grpc::ByteBuffer* request, grpc::ByteBuffer* response);
 
   const ModelRegistry* models_;
   Executor* executor_;
   ServiceLimits limits_;
+  ServiceMetrics* metrics_;
   std::atomic<int> active_calls_{0};
 };
 

@@ -1,8 +1,7 @@
 #include "server/wire.h"
 
-#include <new>
-
 #include "absl/strings/str_cat.h"
+#include "core/guard.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "proto/convert.h"
 #include "server/response.h"
@@ -77,12 +76,12 @@ absl::Status Compute(const Call& call, const ComputeOptions& options, const std:
                      grpc::ByteBuffer* response) {
   ResponseOutputs outputs(call.output_dtype);
   if (absl::Status s = ComputeAttention(call.args, options, &outputs); !s.ok()) return s;
-  try {
-    *response = outputs.Encode(id);
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError("out of memory encoding the response");
-  }
-  return absl::OkStatus();
+  return GuardStatus(
+      [&] {
+        *response = outputs.Encode(id);
+        return absl::OkStatus();
+      },
+      "out of memory encoding the response");
 }
 
 }  // namespace server

@@ -1,0 +1,62 @@
+// The access log: lines (one JSON object each, made by the caller) appended
+// to a file or stdout by a writer thread of its own, so that a call never
+// waits for the disk. Lines wait in a bounded buffer; when it is full (the
+// disk or the pipe is slower than the calls) a line is dropped and counted,
+// never waited for.
+//
+//   absl::StatusOr<std::unique_ptr<AccessLog>> log = AccessLog::Open("-", 4096);
+//   (*log)->Append(R"({"rpc":"Attention","code":"OK"})");
+//   (*log)->dropped();   // lines lost to a full buffer so far
+//
+// Thread-safe. The destructor writes what is buffered and stops the thread.
+#ifndef SERVER_ACCESS_LOG_H_
+#define SERVER_ACCESS_LOG_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+
+namespace attention {
+namespace server {
+
+class AccessLog {
+ public:
+  // `path` "-" is stdout; a file is opened for appending. InvalidArgument
+  // naming the path when it cannot be opened. At most `capacity` lines wait.
+  static absl::StatusOr<std::unique_ptr<AccessLog>> Open(const std::string& path,
+                                                         size_t capacity);
+  ~AccessLog();
+  AccessLog(const AccessLog&) = delete;
+  AccessLog& operator=(const AccessLog&) = delete;
+
+  // Queues `line` (without its newline); drops it when the buffer is full.
+  // Never blocks on I/O.
+  void Append(std::string line);
+  uint64_t dropped() const;
+
+ private:
+  AccessLog(std::FILE* file, bool owned, size_t capacity);
+  void Write();
+
+  std::FILE* const file_;
+  const bool owned_;
+  const size_t capacity_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::string> lines_;
+  uint64_t dropped_ = 0;
+  bool stopping_ = false;
+  std::thread writer_;
+};
+
+}  // namespace server
+}  // namespace attention
+
+#endif  // SERVER_ACCESS_LOG_H_

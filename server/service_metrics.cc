@@ -1,0 +1,230 @@
+#include "server/service_metrics.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstdio>
+
+#include "nlohmann/json.hpp"
+
+#ifndef ATTENTION_VERSION
+#define ATTENTION_VERSION "unknown"
+#endif
+
+namespace attention {
+namespace server {
+namespace {
+
+constexpr char kNoModel[] = "none";
+constexpr char kUnknownModel[] = "unknown";
+
+double Seconds(CallRecord::Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+bool Reached(CallRecord::Clock::time_point t) { return t != CallRecord::Clock::time_point(); }
+
+// The code the client receives: ToGrpcStatus sends UNKNOWN as INTERNAL.
+absl::StatusCode SentCode(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kUnknown ? absl::StatusCode::kInternal
+                                                     : status.code();
+}
+
+const char* RefusalName(CallRecord::Refusal refusal) {
+  switch (refusal) {
+    case CallRecord::Refusal::kQueueFull:
+      return "queue_full";
+    case CallRecord::Refusal::kMemoryLimit:
+      return "memory_limit";
+    case CallRecord::Refusal::kNone:
+      break;
+  }
+  return "";
+}
+
+void AddShape(const char* name, const v1::Tensor& tensor, CallRecord* call) {
+  if (tensor.shape_size() == 0) return;
+  call->shapes.emplace_back(name,
+                            std::vector<int64_t>(tensor.shape().begin(), tensor.shape().end()));
+}
+
+void DescribeOptions(const v1::AttentionOptions& options, CallRecord* call) {
+  call->model = options.model().substr(0, 128);  // a log line, not a place for a novel
+  AddShape("attn_mask", options.attn_mask(), call);
+  AddShape("key_padding_mask", options.key_padding_mask(), call);
+}
+
+}  // namespace
+
+void DescribeRequest(const v1::AttentionRequest& request, CallRecord* call) {
+  AddShape("query", request.query(), call);
+  AddShape("key", request.key(), call);
+  AddShape("value", request.value(), call);
+  DescribeOptions(request.options(), call);
+}
+
+void DescribeRequest(const v1::SelfAttentionRequest& request, CallRecord* call) {
+  AddShape("input", request.input(), call);
+  DescribeOptions(request.options(), call);
+}
+
+ServiceMetrics::ServiceMetrics(Registry* registry, Options options, AccessLog* access_log)
+    : models_(options.models.begin(), options.models.end()),
+      access_log_(access_log),
+      requests_(registry->AddCounter(
+          "attention_requests_total",
+          "Requests answered (unary calls, and each message of a stream), by status code.",
+          {"rpc", "model", "code"})),
+      duration_(registry->AddHistogram(
+          "attention_request_duration_seconds",
+          "Time from a request's arrival (fully received) to its answer being ready.",
+          {"rpc", "model"}, LatencyBuckets())),
+      queue_time_(registry->AddHistogram("attention_request_queue_seconds",
+                                         "Time requests waited for a compute worker.",
+                                         {"rpc", "model"}, LatencyBuckets())),
+      compute_time_(registry->AddHistogram(
+          "attention_request_compute_seconds",
+          "Time requests spent computing (validation, attention, encoding the response).",
+          {"rpc", "model"}, LatencyBuckets())),
+      request_bytes_(registry->AddCounter("attention_request_bytes_total",
+                                          "Bytes of request messages received.",
+                                          {"rpc", "model"})),
+      response_bytes_(registry->AddCounter("attention_response_bytes_total",
+                                           "Bytes of response messages produced.",
+                                           {"rpc", "model"})),
+      refusals_(registry->AddCounter(
+          "attention_refusals_total",
+          "Requests refused with RESOURCE_EXHAUSTED, by reason: queue_full (every worker busy "
+          "and --max-queue waiting), memory_limit (over --max-request-memory-mb, or an "
+          "allocation failed).",
+          {"rpc", "reason"})),
+      queued_(registry->AddGauge("attention_requests_queued",
+                                 "Requests waiting for a compute worker.")
+                  .Labels({})),
+      computing_(registry->AddGauge("attention_requests_computing",
+                                    "Requests being computed.")
+                     .Labels({})),
+      streams_open_(registry->AddGauge("attention_streams_open", "Streams open.", {"rpc"})) {
+  Family<Gauge>& info = registry->AddGauge(
+      "attention_model_info", "A model the server has loaded (value 1).", {"model"});
+  for (const std::string& m : options.models) info.Labels({m}).Set(1);
+  registry->AddGauge("attention_build_info",
+                     "The server's version and the gRPC library's (value 1).",
+                     {"version", "grpc_version"})
+      .Labels({ATTENTION_VERSION, grpc::Version()})
+      .Set(1);
+  registry->AddGauge("attention_request_memory_limit_bytes",
+                     "Estimated memory one request may use (--max-request-memory-mb).")
+      .Labels({})
+      .Set(static_cast<double>(options.max_request_memory_bytes));
+  registry->AddGauge("attention_message_limit_bytes",
+                     "Largest request and response message (--max-message-mb).")
+      .Labels({})
+      .Set(static_cast<double>(options.max_message_bytes));
+  registry->AddGauge("attention_queue_limit_requests",
+                     "Requests that may wait for compute (--max-queue).")
+      .Labels({})
+      .Set(options.max_queue);
+  for (const char* rpc : {"StreamAttention", "StreamSelfAttention"}) streams_open_.Labels({rpc});
+  if (access_log_ != nullptr) {
+    registry->AddCallback("attention_access_log_dropped_total",
+                          "Access log lines dropped because the writer fell behind.", "counter",
+                          [log = access_log_] { return static_cast<double>(log->dropped()); });
+  }
+}
+
+CallRecord ServiceMetrics::Begin(const char* rpc, std::string peer, int64_t bytes_in) const {
+  CallRecord call;
+  call.rpc = rpc;
+  call.peer = std::move(peer);
+  call.bytes_in = bytes_in;
+  call.time = absl::Now();
+  call.begin = CallRecord::Clock::now();
+  return call;
+}
+
+void ServiceMetrics::Enqueued(CallRecord* call) {
+  call->enqueued = CallRecord::Clock::now();
+  queued_.Inc();
+}
+
+void ServiceMetrics::EnqueueFailed(CallRecord* call) {
+  queued_.Dec();
+  call->enqueued = {};
+  call->refusal = CallRecord::Refusal::kQueueFull;
+}
+
+void ServiceMetrics::ComputeBegins(CallRecord* call) {
+  call->compute_begin = CallRecord::Clock::now();
+  queued_.Dec();
+  computing_.Inc();
+}
+
+void ServiceMetrics::ComputeEnds(CallRecord* call, const absl::Status& status) {
+  call->compute_end = CallRecord::Clock::now();
+  computing_.Dec();
+  if (status.code() == absl::StatusCode::kResourceExhausted) {
+    call->refusal = CallRecord::Refusal::kMemoryLimit;
+  }
+}
+
+std::string ServiceMetrics::ModelLabel(const std::string& requested) const {
+  if (requested.empty()) return kNoModel;
+  return models_.count(requested) > 0 ? requested : kUnknownModel;
+}
+
+void ServiceMetrics::Finish(const CallRecord& call, const absl::Status& status,
+                            int64_t bytes_out) {
+  const std::string model = ModelLabel(call.model);
+  const absl::StatusCode code = SentCode(status);
+  requests_.Labels({call.rpc, model, absl::StatusCodeToString(code)}).Inc();
+  request_bytes_.Labels({call.rpc, model}).Inc(static_cast<double>(call.bytes_in));
+  response_bytes_.Labels({call.rpc, model}).Inc(static_cast<double>(bytes_out));
+  duration_.Labels({call.rpc, model}).Observe(Seconds(CallRecord::Clock::now() - call.begin));
+  if (Reached(call.compute_begin)) {
+    queue_time_.Labels({call.rpc, model}).Observe(Seconds(call.compute_begin - call.enqueued));
+  }
+  if (Reached(call.compute_end)) {
+    compute_time_.Labels({call.rpc, model})
+        .Observe(Seconds(call.compute_end - call.compute_begin));
+  }
+  if (call.refusal != CallRecord::Refusal::kNone) {
+    refusals_.Labels({call.rpc, RefusalName(call.refusal)}).Inc();
+  }
+  if (code == absl::StatusCode::kInternal) {
+    std::fprintf(stderr, "attention-server: error: INTERNAL in %s (model \"%s\", peer %s): %s\n",
+                 call.rpc, call.model.c_str(), call.peer.c_str(),
+                 std::string(status.message()).c_str());
+  }
+  if (access_log_ != nullptr) Log(call, status, bytes_out);
+}
+
+void ServiceMetrics::Log(const CallRecord& call, const absl::Status& status,
+                         int64_t bytes_out) const {
+  auto ms = [](CallRecord::Clock::duration d) {
+    return std::chrono::duration<double, std::milli>(d).count();
+  };
+  nlohmann::ordered_json line;
+  line["time"] = absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", call.time, absl::UTCTimeZone());
+  line["peer"] = call.peer;
+  line["rpc"] = call.rpc;
+  if (call.stream_message >= 0) line["stream_message"] = call.stream_message;
+  line["model"] = call.model;
+  nlohmann::ordered_json shapes = nlohmann::ordered_json::object();
+  for (const auto& [name, dims] : call.shapes) shapes[name] = dims;
+  line["shapes"] = shapes;
+  line["code"] = absl::StatusCodeToString(SentCode(status));
+  if (!status.ok()) line["message"] = std::string(status.message());
+  line["bytes_in"] = call.bytes_in;
+  line["bytes_out"] = bytes_out;
+  line["queue_ms"] =
+      Reached(call.compute_begin) ? ms(call.compute_begin - call.enqueued) : 0.0;
+  line["compute_ms"] =
+      Reached(call.compute_end) ? ms(call.compute_end - call.compute_begin) : 0.0;
+  line["total_ms"] = ms(CallRecord::Clock::now() - call.begin);
+  // Replacement characters for invalid UTF-8 (a model name is the client's bytes).
+  access_log_->Append(line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+}
+
+void ServiceMetrics::StreamOpened(const char* rpc) { streams_open_.Labels({rpc}).Inc(); }
+void ServiceMetrics::StreamClosed(const char* rpc) { streams_open_.Labels({rpc}).Dec(); }
+
+}  // namespace server
+}  // namespace attention

@@ -1,0 +1,105 @@
+// What the service reports about its calls: Prometheus metrics (in a
+// Registry, served by the admin endpoint), the access log, and the errors an
+// operator must see on stderr. The service fills a CallRecord as a call (or
+// one stream message) goes through parsing, the queue and compute, and hands
+// it to Finish.
+//
+//   ServiceMetrics metrics(&registry, options, access_log);
+//   CallRecord call = metrics.Begin("Attention", context->peer(), request_bytes);
+//   DescribeRequest(request, &call);
+//   metrics.Enqueued(&call);            // then, on an executor thread:
+//   metrics.ComputeBegins(&call); ...; metrics.ComputeEnds(&call, status);
+//   metrics.Finish(&call, status, response_bytes);
+//
+// Labels stay few: rpc (the method's name), model (a loaded model's name,
+// "none" when the request names none, "unknown" when it names one not
+// loaded) and code (the gRPC status code's name). Thread-safe.
+#ifndef SERVER_SERVICE_METRICS_H_
+#define SERVER_SERVICE_METRICS_H_
+
+#include <chrono>
+#include <cstdint>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "attention/v1/attention.pb.h"
+#include "server/access_log.h"
+#include "server/metrics.h"
+
+namespace attention {
+namespace server {
+
+// One unary call or one stream message.
+struct CallRecord {
+  using Clock = std::chrono::steady_clock;
+  enum class Refusal { kNone, kQueueFull, kMemoryLimit };
+
+  const char* rpc = "";
+  std::string peer;
+  int64_t stream_message = -1;  // index within its stream; -1 for a unary call
+  std::string model;            // as requested (the access log's; labels use ModelLabel)
+  std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;  // tensor name, dims
+  int64_t bytes_in = 0;
+  absl::Time time;  // when it began (wall clock, for the log)
+  Clock::time_point begin, enqueued, compute_begin, compute_end;  // unset: not reached
+  Refusal refusal = Refusal::kNone;
+};
+
+// The model and the tensor shapes of a request (never their data).
+void DescribeRequest(const v1::AttentionRequest& request, CallRecord* call);
+void DescribeRequest(const v1::SelfAttentionRequest& request, CallRecord* call);
+
+class ServiceMetrics {
+ public:
+  struct Options {
+    std::vector<std::string> models;  // the loaded models' names
+    int64_t max_request_memory_bytes = 0;
+    int64_t max_message_bytes = 0;
+    int max_queue = 0;
+  };
+  // Adds the service's families to `registry` (which must outlive this).
+  // `access_log` may be null (no log); it must outlive this object.
+  ServiceMetrics(Registry* registry, Options options, AccessLog* access_log);
+
+  // A record for a call whose request (`bytes_in` bytes) has just arrived.
+  CallRecord Begin(const char* rpc, std::string peer, int64_t bytes_in) const;
+  // Around the executor: call Enqueued before submitting, EnqueueFailed when
+  // the queue refused it, ComputeBegins/ComputeEnds around the computation
+  // (`status` its result: ResourceExhausted counts as a memory refusal).
+  void Enqueued(CallRecord* call);
+  void EnqueueFailed(CallRecord* call);
+  void ComputeBegins(CallRecord* call);
+  void ComputeEnds(CallRecord* call, const absl::Status& status);
+  // The call is answered with `status` and `bytes_out` response bytes:
+  // counts it, observes its latencies, logs it; INTERNAL also goes to stderr.
+  void Finish(const CallRecord& call, const absl::Status& status, int64_t bytes_out);
+
+  void StreamOpened(const char* rpc);
+  void StreamClosed(const char* rpc);
+
+ private:
+  std::string ModelLabel(const std::string& requested) const;
+  void Log(const CallRecord& call, const absl::Status& status, int64_t bytes_out) const;
+
+  const std::set<std::string> models_;
+  AccessLog* const access_log_;
+  Family<Counter>& requests_;
+  Family<Histogram>& duration_;
+  Family<Histogram>& queue_time_;
+  Family<Histogram>& compute_time_;
+  Family<Counter>& request_bytes_;
+  Family<Counter>& response_bytes_;
+  Family<Counter>& refusals_;
+  Gauge& queued_;
+  Gauge& computing_;
+  Family<Gauge>& streams_open_;
+};
+
+}  // namespace server
+}  // namespace attention
+
+#endif  // SERVER_SERVICE_METRICS_H_
