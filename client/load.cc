@@ -75,6 +75,7 @@ struct LoadFlags {
   int64_t connections = 1;
   double verify = 0;
   std::string target;
+  ChannelSecurity security;
 };
 
 const std::set<std::string>& KnownOptions() {
@@ -83,7 +84,8 @@ const std::set<std::string>& KnownOptions() {
       "heads",           "kv-heads", "model",    "model-file", "weights",     "wire-dtype",
       "input",           "query",    "key",      "value",      "concurrency", "rate",
       "arrival",         "duration", "requests", "warmup",     "in-flight",   "connections",
-      "max-outstanding", "timeout",  "verify",   "json",       "csv",         "html"};
+      "max-outstanding", "timeout",  "verify",   "json",       "csv",         "html",
+      "tls-ca",          "tls-cert", "tls-key",  "tls-server-name",           "token-file"};
   return kKnown;
 }
 
@@ -150,6 +152,9 @@ absl::StatusOr<LoadFlags> ParseFlags(const CliArgs& args) {
   f.connections = *connections;
   f.verify = *verify;
   f.target = args.Get("target", "localhost:50051");
+  absl::StatusOr<ChannelSecurity> security = SecurityFromArgs(args);
+  if (!security.ok()) return security.status();
+  f.security = *std::move(security);
   return f;
 }
 
@@ -213,13 +218,16 @@ bool WriteReports(const CliArgs& args, const LoadReport& report) {
 int RunLoad(const CliArgs& args) {
   if (args.Switch("help")) {
     std::fputs(kUsage, stdout);
+    std::fputs("\n", stdout);
+    std::fputs(kSecurityUsage, stdout);
     return 0;
   }
   absl::StatusOr<LoadFlags> flags = ParseFlags(args);
   if (!flags.ok()) return Usage(std::string(flags.status().message()));
   const LoadFlags& f = *flags;
   Channels ch;
-  if (absl::Status st = OpenChannels(f.target, static_cast<int>(f.connections), &ch); !st.ok()) {
+  if (absl::Status st = OpenChannels(f.target, static_cast<int>(f.connections), f.security, &ch);
+      !st.ok()) {
     return Usage(std::string(st.message()));
   }
   AttentionClient probe(ch.channels[0]);

@@ -8,7 +8,8 @@
 namespace attention {
 namespace client {
 
-absl::Status OpenChannels(const std::string& target, int connections, Channels* out) {
+absl::Status OpenChannels(const std::string& target, int connections,
+                          const ChannelSecurity& security, Channels* out) {
   std::vector<std::string> targets = absl::StrSplit(target, ',', absl::SkipEmpty());
   if (targets.empty()) return absl::InvalidArgumentError("--target: empty");
   for (const std::string& t : targets) {
@@ -19,7 +20,7 @@ absl::Status OpenChannels(const std::string& target, int connections, Channels* 
       ch.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // its own TCP connection
       ch.SetInt("attention.load.connection", i);
       if (t.rfind("dns:", 0) == 0) ch.SetLoadBalancingPolicyName("round_robin");
-      auto channel = grpc::CreateCustomChannel(t, grpc::InsecureChannelCredentials(), ch);
+      auto channel = grpc::CreateCustomChannel(t, MakeChannelCredentials(security, &ch), ch);
       out->stubs.push_back(v1::AttentionService::NewStub(channel));
       out->health.push_back(grpc::health::v1::Health::NewStub(channel));
       out->channels.push_back(std::move(channel));

@@ -2,7 +2,7 @@
 // makes on them, unary, synchronous or asynchronous, of any RpcKind.
 //
 //   Channels ch;
-//   if (absl::Status s = OpenChannels("127.0.0.1:50051", /*connections=*/2, &ch); !s.ok()) ...
+//   if (absl::Status s = OpenChannels("127.0.0.1:50051", /*connections=*/2, {}, &ch); !s.ok()) ...
 //   Call call;
 //   call.index = 3;                                     // the pool entry to send
 //   grpc::Status st = CallSync(workload, ch, &call, /*timeout_s=*/30);
@@ -17,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "client/load_workload.h"
+#include "client/security.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 
@@ -38,7 +39,8 @@ struct Channels {
 // `target` list (dns: targets balance round robin over their addresses).
 // Connects lazily: an unreachable server shows in the calls, not here.
 // Errors: InvalidArgument when the list is empty.
-absl::Status OpenChannels(const std::string& target, int connections, Channels* out);
+absl::Status OpenChannels(const std::string& target, int connections,
+                          const ChannelSecurity& security, Channels* out);
 
 // One call in flight: its context and response live until the call is done.
 struct Call {

@@ -54,6 +54,23 @@ bool Eventually(const std::function<bool()>& attempt, double seconds = 15) {
   return false;
 }
 
+// Asks `channel`'s server to list its services by reflection; the stream's
+// final status.
+grpc::StatusCode ListServicesByReflection(std::shared_ptr<grpc::Channel> channel) {
+  auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto stream = stub->ServerReflectionInfo(&ctx);
+  grpc::reflection::v1alpha::ServerReflectionRequest list;
+  list.set_list_services("");
+  stream->Write(list);
+  stream->WritesDone();
+  grpc::reflection::v1alpha::ServerReflectionResponse response;
+  while (stream->Read(&response)) {
+  }
+  return stream->Finish().error_code();
+}
+
 class Security : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -138,7 +155,8 @@ TEST_F(Security, TokensAreRequiredExceptForHealthAndNeverPrinted) {
   const std::string tokens = P("tokens");
   WriteAll(tokens, std::string("# who may call\n\n") + kToken + "\nsecond-token\n");
   ServerProcess server({"--tls-cert", P("a/server.pem"), "--tls-key", P("a/server.key"),
-                        "--auth-token-file", tokens});
+                        "--auth-token-file", tokens, "--model",
+                        "demo=" + SourcePath("models/demo.safetensors")});
   ASSERT_TRUE(server.ok()) << server.Output();
 
   const absl::Status none = Models(server, Client("a/ca"));
@@ -157,17 +175,12 @@ TEST_F(Security, TokensAreRequiredExceptForHealthAndNeverPrinted) {
   EXPECT_EQ(*health, "SERVING");
 
   // Reflection is behind the tokens too.
-  auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(
-      AttentionClient::Connect(server.target(), 1 << 20, false, Client("a/ca")));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  auto stream = stub->ServerReflectionInfo(&ctx);
-  grpc::reflection::v1alpha::ServerReflectionRequest list;
-  list.set_list_services("");
-  stream->Write(list);
-  grpc::reflection::v1alpha::ServerReflectionResponse response;
-  EXPECT_FALSE(stream->Read(&response));
-  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(ListServicesByReflection(
+                AttentionClient::Connect(server.target(), 1 << 20, false, Client("a/ca"))),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(ListServicesByReflection(AttentionClient::Connect(server.target(), 1 << 20, false,
+                                                              Client("a/ca", "", kToken))),
+            grpc::StatusCode::OK);
 
   // The CLI takes the token from a file or from ATTENTION_TOKEN.
   const std::string token_file = P("my-token");
@@ -178,7 +191,7 @@ TEST_F(Security, TokensAreRequiredExceptForHealthAndNeverPrinted) {
                        &out),
             0)
       << out;
-  EXPECT_THAT(out, HasSubstr("limits:"));
+  EXPECT_THAT(out, HasSubstr("demo"));
   EXPECT_EQ(RunCommand({"/usr/bin/env", std::string("ATTENTION_TOKEN=") + kToken, ClientBinary(),
                         "--target", server.target(), "--tls-ca", P("a/ca.pem"), "models"},
                        &out),
@@ -189,6 +202,20 @@ TEST_F(Security, TokensAreRequiredExceptForHealthAndNeverPrinted) {
                        &out),
             1);
   EXPECT_THAT(out, HasSubstr("UNAUTHENTICATED: authorization: missing"));
+
+  // The load tool too, every answer verified.
+  const std::string report = P("load.json");
+  EXPECT_EQ(RunCommand({ClientBinary(), "--target", server.target(), "load", "--tls-ca",
+                        P("a/ca.pem"), "--token-file", token_file, "--model", "demo",
+                        "--model-file", SourcePath("models/demo.safetensors"), "--batch", "2",
+                        "--seq", "8", "--requests", "20", "--warmup", "0", "--verify", "100",
+                        "--json", report},
+                       &out),
+            0)
+      << out;
+  const std::string json = ReadAll(report);
+  EXPECT_THAT(json, HasSubstr("\"ok\": 20"));
+  EXPECT_THAT(json, HasSubstr("\"mismatches\": 0"));
 
   EXPECT_EQ(server.Stop(SIGTERM, 15), 0);
   EXPECT_THAT(server.Output(), Not(HasSubstr(kToken)));
@@ -244,17 +271,12 @@ TEST_F(Security, BadFilesOrTokensWithoutTlsRefuseToStartWithOneLine) {
 TEST_F(Security, ReflectionCanBeTurnedOff) {
   ServerProcess server({"--reflection=false"});
   ASSERT_TRUE(server.ok()) << server.Output();
-  auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(
-      AttentionClient::Connect(server.target()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  auto stream = stub->ServerReflectionInfo(&ctx);
-  grpc::reflection::v1alpha::ServerReflectionRequest list;
-  list.set_list_services("");
-  stream->Write(list);
-  grpc::reflection::v1alpha::ServerReflectionResponse response;
-  EXPECT_FALSE(stream->Read(&response));
-  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_EQ(ListServicesByReflection(AttentionClient::Connect(server.target())),
+            grpc::StatusCode::UNIMPLEMENTED);
+  ServerProcess with({});
+  ASSERT_TRUE(with.ok()) << with.Output();
+  EXPECT_EQ(ListServicesByReflection(AttentionClient::Connect(with.target())),
+            grpc::StatusCode::OK);
 }
 
 // A client nobody here wrote: Python's grpcio (Debian python3-grpcio) with
