@@ -1,8 +1,8 @@
 """attention_client.Client against a real attention-server, checked against
 the committed PyTorch fixtures (no torch needed): every method, streams with a
 refused message in the middle, errors, wire dtypes, masks, non-contiguous
-inputs, retries; tokens and TLS against an in-process Python gRPC server (the
-attention server serves neither yet)."""
+inputs, retries; TLS, mutual TLS and tokens against attention-server, and what
+the client sends against an in-process Python gRPC server."""
 
 import os
 import shutil
@@ -316,9 +316,8 @@ class _RecordingHealth(grpc.GenericRpcHandler):
 
 
 class TokenAndTlsTest(unittest.TestCase):
-    """Against an in-process Python gRPC server: attention-server has no
-    tokens or TLS yet, so these check what the client sends and how it
-    connects."""
+    """Against an in-process Python gRPC server: what the client sends and how
+    it connects."""
 
     def start(self, credentials=None):
         self.handler = _RecordingHealth()
@@ -387,6 +386,42 @@ class TokenAndTlsTest(unittest.TestCase):
                 self.assertEqual(e.exception.code, grpc.StatusCode.UNAVAILABLE)
         with self.assertRaisesRegex(ValueError, "together"):
             Client(target, tls_cert=path("client.pem"))
+
+
+@unittest.skipIf(shutil.which("openssl") is None, "openssl is not installed")
+class AttentionServerSecurityTest(unittest.TestCase):
+    """attention-server with mutual TLS and tokens, certificates from
+    scripts/make-certs.sh."""
+
+    def test_mutual_tls_and_tokens(self):
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        subprocess.run(["bash", os.path.join(SOURCE_DIR, "scripts", "make-certs.sh"), tmp],
+                       check=True, capture_output=True)
+        path = lambda n: os.path.join(tmp, n)  # noqa: E731
+        with open(path("tokens"), "w") as f:
+            f.write("# callers\npython-token\n")
+        server = Server([*MODEL_FLAGS, "--tls-cert", path("server.pem"), "--tls-key",
+                         path("server.key"), "--tls-client-ca", path("ca.pem"),
+                         "--auth-token-file", path("tokens")])
+        self.addCleanup(server.stop)
+        f = fixture("e2e_demo_self_avg")
+        mtls = {"tls_ca": path("ca.pem"), "tls_cert": path("client.pem"),
+                "tls_key": path("client.key")}
+        with Client(server.target, token="python-token", **mtls) as client:
+            output, weights = f.call(client)
+            assert_close(self, output, f.expected_output, 1e-4)
+            assert_close(self, weights, f.expected_weights, 1e-4, "weights")
+        with Client(server.target, **mtls) as client:
+            self.assertEqual(client.health(), "SERVING")  # health needs no token
+            with self.assertRaises(Error) as e:
+                client.models()
+            self.assertEqual(e.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+            self.assertIn("authorization: missing", str(e.exception))
+        with Client(server.target, tls_ca=path("ca.pem"), token="python-token") as client:
+            with self.assertRaises(Error) as e:  # no client certificate
+                client.models(timeout=5)
+            self.assertEqual(e.exception.code, grpc.StatusCode.UNAVAILABLE)
 
 
 class PackageTest(unittest.TestCase):
