@@ -192,8 +192,13 @@ void Batcher::Run(const std::shared_ptr<Pending>& own) {
     }
     Take(group, &batch);
     // Concurrent traffic (the last batch had company): wait for the rest of
-    // it, up to the delay counted from the oldest arrival.
-    if (group->last_batch > 1 && batch.size() < static_cast<size_t>(options_.max_size)) {
+    // it, up to the delay counted from the oldest arrival; never while
+    // requests of another kind are ready to compute.
+    const bool others_ready = std::any_of(groups_.begin(), groups_.end(), [group](const auto& g) {
+      return g.get() != group && !g->pending.empty();
+    });
+    if (!others_ready && group->last_batch > 1 &&
+        batch.size() < static_cast<size_t>(options_.max_size)) {
       Clock::time_point oldest = own->arrived;
       for (const auto& p : batch) oldest = std::min(oldest, p->arrived);
       const auto deadline = oldest + std::chrono::microseconds(options_.delay_us);

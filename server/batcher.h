@@ -19,10 +19,11 @@
 // accumulated while compute was busy (up to max_size); the tasks of requests
 // already taken do nothing. A lone request therefore starts at once. The
 // delay only matters under concurrent traffic: when the previous batch of
-// the same kind had company and the current one is not full, the worker
-// waits for more until the oldest request in it has waited delay_us (closed
-// loops of callers send their next requests just after a batch is answered,
-// and would otherwise alternate between a batch of one and the rest).
+// the same kind had company, the current one is not full and no request of
+// another kind is ready, the worker waits for more until the oldest request
+// in it has waited delay_us (closed loops of callers send their next
+// requests just after a batch is answered, and would otherwise alternate
+// between a batch of one and the rest).
 //
 // Exactness and isolation: a batched request gets the values its own call
 // would compute (float32 rounding aside). Each request's `check` is applied

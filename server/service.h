@@ -33,7 +33,7 @@ struct ServiceLimits {
   int max_stream_in_flight = 4;
   int max_queue = 64;
   // Test-only fault injection: each computation first sleeps this long
-  // (--fault-delay-ms). 0 in production.
+  // (--fault-delay-ms; batched computations do not). 0 in production.
   int fault_delay_ms = 0;
   // Dynamic batching (server/batcher.h): 0 = off.
   int64_t batch_delay_us = 0;
