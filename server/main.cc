@@ -65,10 +65,10 @@ compute:
                                 that size; never on a larger, shared set). Default true: unpinned,
                                 small calls after an idle moment can take milliseconds longer
   --batch-delay-us N            dynamic batching of small requests (default 0 = off): requests
-                                for the same model with the same shapes past the batch dimension
-                                and options are merged into one computation. A request that finds
-                                compute idle starts at once; under concurrent traffic it may wait
-                                up to N microseconds for others to join it (e.g. 500)
+                                for the same model (or none) with the same shapes past the batch
+                                dimension and options are merged into one computation. A
+                                request that finds compute idle starts at once; under concurrent
+                                traffic it may wait up to N microseconds for others (e.g. 500)
   --batch-max-size N            requests merged into one computation at most (default 32)
 
 limits:
