@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -74,25 +75,36 @@ bool TimeUp(const RunSettings& s, Clock::time_point start, int64_t issued) {
   return std::chrono::duration<double>(Clock::now() - start).count() >= s.duration;
 }
 
+// N callers as chains of asynchronous calls: each call's completion (on a
+// gRPC thread) records it and starts that caller's next one. Neither a thread
+// per caller nor a wake-up between calls: the tool's own cost per call stays
+// well below a small call's cost on the server.
 void ClosedLoopUnary(const Workload& w, Channels& ch, const RunSettings& s, Recorder& rec) {
   const auto start = Clock::now();
   std::atomic<int64_t> issued{0};
-  std::vector<std::thread> callers;
-  for (int t = 0; t < static_cast<int>(s.level); ++t) {
-    callers.emplace_back([&] {
-      for (;;) {
-        const int64_t i = issued++;
-        if (TimeUp(s, start, i)) return;
-        Call call;
-        call.index = static_cast<size_t>(i) % w.size();
-        rec.Sent();
-        const double t0 = NowUs(start);
-        grpc::Status st = CallSync(w, ch, &call, s.timeout);
-        rec.Done(st, ResponseOf(w, call), call.index, {-1, t0, NowUs(start)});
-      }
+  std::mutex mu;
+  std::condition_variable cv;
+  int callers = static_cast<int>(s.level);
+  std::function<void()> next = [&] {
+    const int64_t i = issued++;
+    if (TimeUp(s, start, i)) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (--callers == 0) cv.notify_all();
+      return;
+    }
+    auto* call = new Call;
+    call->index = static_cast<size_t>(i) % w.size();
+    rec.Sent();
+    call->sent_us = NowUs(start);
+    StartCall(w, ch, call, s.timeout, [&, call](const grpc::Status& st) {
+      rec.Done(st, ResponseOf(w, *call), call->index, {-1, call->sent_us, NowUs(start)});
+      delete call;
+      next();
     });
-  }
-  for (std::thread& t : callers) t.join();
+  };
+  for (int t = static_cast<int>(s.level); t > 0; --t) next();
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return callers == 0; });
 }
 
 // A stream message sent and not yet answered.

@@ -37,6 +37,8 @@ ABSL_FLAG(bool, reflection, true, "serve gRPC server reflection");
 ABSL_FLAG(std::string, admin_listen, "",
           "HOST:PORT of the admin HTTP endpoint (/metrics, /healthz, /readyz); empty: none");
 ABSL_FLAG(std::string, access_log, "", "file to append one JSON line per call to, - for stdout");
+ABSL_FLAG(int64_t, batch_delay_us, 0, "dynamic batching: longest wait for company, us (0 = off)");
+ABSL_FLAG(int, batch_max_size, 32, "dynamic batching: requests merged into one computation");
 ABSL_FLAG(int, fault_delay_ms, 0, "TEST ONLY: sleep this long before each computation");
 
 namespace {
@@ -62,6 +64,12 @@ compute:
                                 run on exactly --threads CPUs (a container's cpuset, a machine of
                                 that size; never on a larger, shared set). Default true: unpinned,
                                 small calls after an idle moment can take milliseconds longer
+  --batch-delay-us N            dynamic batching of small requests (default 0 = off): requests
+                                for the same model (or none) with the same shapes past the batch
+                                dimension and options are merged into one computation. A
+                                request that finds compute idle starts at once; under concurrent
+                                traffic it may wait up to N microseconds for others (e.g. 500)
+  --batch-max-size N            requests merged into one computation at most (default 32)
 
 limits:
   --max-queue N                 requests waiting for compute; beyond that calls get
@@ -160,5 +168,7 @@ int main(int argc, char** argv) {
   config.admin_listen = absl::GetFlag(FLAGS_admin_listen);
   config.access_log = absl::GetFlag(FLAGS_access_log);
   config.fault_delay_ms = absl::GetFlag(FLAGS_fault_delay_ms);
+  config.batch_delay_us = absl::GetFlag(FLAGS_batch_delay_us);
+  config.batch_max_size = absl::GetFlag(FLAGS_batch_max_size);
   return attention::server::RunServer(config);
 }

@@ -77,10 +77,12 @@ int RunServer(const ServerConfig& config) {
 
   if (config.threads < 0 || config.workers < 1 || config.max_queue < 0 ||
       config.max_message_mb < 1 || config.max_request_memory_mb < 1 ||
-      config.max_stream_in_flight < 1 || config.drain_seconds < 0) {
+      config.max_stream_in_flight < 1 || config.drain_seconds < 0 || config.batch_delay_us < 0 ||
+      config.batch_max_size < 1) {
     return Fail(
         "flags: --threads >= 0, --workers >= 1, --max-queue >= 0, --max-message-mb >= 1, "
-        "--max-request-memory-mb >= 1, --max-stream-in-flight >= 1, --drain-seconds >= 0");
+        "--max-request-memory-mb >= 1, --max-stream-in-flight >= 1, --drain-seconds >= 0, "
+        "--batch-delay-us >= 0, --batch-max-size >= 1");
   }
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
       MakeServerCredentials(config.security);
@@ -134,6 +136,8 @@ int RunServer(const ServerConfig& config) {
   limits.max_stream_in_flight = config.max_stream_in_flight;
   limits.max_queue = config.max_queue;
   limits.fault_delay_ms = config.fault_delay_ms;
+  limits.batch_delay_us = config.batch_delay_us;
+  limits.batch_max_size = config.batch_max_size;
   ServiceMetrics::Options metrics_options;
   for (const Model* m : (*models)->All()) metrics_options.models.push_back(m->info().name);
   metrics_options.max_request_memory_bytes = limits.max_request_memory_bytes;

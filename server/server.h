@@ -33,6 +33,8 @@ struct ServerConfig {
   std::string admin_listen;  // HOST:PORT of the admin HTTP endpoint; empty: none
   std::string access_log;    // a file to append to, "-" for stdout; empty: none
   int fault_delay_ms = 0;    // test-only
+  int64_t batch_delay_us = 0;  // dynamic batching (server/batcher.h); 0 = off
+  int batch_max_size = 32;
 };
 
 // Runs the server until SIGTERM or SIGINT, then drains: health NOT_SERVING,

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/guard.h"
 #include "server/response.h"
 #include "server/stream_flow.h"
 
@@ -117,10 +118,9 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   bool IssueCompute(const std::shared_ptr<Slot>& slot) override {
     auto item = std::static_pointer_cast<Item>(slot);
     auto response = std::make_shared<grpc::ByteBuffer>();
-    const bool queued = SubmitTimed(
-        service_, &item->call,
-        [this, item, response] { return service_->Run(item->request, context_, cut(), response.get()); },
-        [this, item, response](const absl::Status& s) {
+    const bool queued = service_->Submit(
+        std::shared_ptr<const Request>(item, &item->request), context_, cut(), &item->call,
+        response.get(), [this, item, response](const absl::Status& s) {
           grpc::ByteBuffer answer = s.ok() ? std::move(*response) : EncodeError(item->request.id(), s);
           service_->metrics()->Finish(item->call, s, answer.Length());
           Computed(item, std::move(answer));
@@ -150,7 +150,78 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
 
 AttentionServiceImpl::AttentionServiceImpl(const ModelRegistry* models, Executor* executor,
                                            ServiceLimits limits, ServiceMetrics* metrics)
-    : models_(models), executor_(executor), limits_(limits), metrics_(metrics) {}
+    : models_(models), executor_(executor), limits_(limits), metrics_(metrics) {
+  if (limits_.batch_delay_us > 0) {
+    Batcher::Options options;
+    options.delay_us = limits_.batch_delay_us;
+    options.max_size = limits_.batch_max_size;
+    options.max_threads = executor_->threads_per_worker();
+    options.max_request_memory_bytes = limits_.max_request_memory_bytes;
+    options.on_batch = [metrics](int size) { metrics->BatchStarted(size); };
+    options.on_wait = [metrics](double seconds) { metrics->BatchWaited(seconds); };
+    batcher_ = std::make_unique<Batcher>(executor_, std::move(options));
+  }
+}
+
+template <typename Request>
+bool AttentionServiceImpl::Submit(std::shared_ptr<const Request> request,
+                                  grpc::CallbackServerContext* context,
+                                  const std::atomic<bool>* cancelled, CallRecord* call,
+                                  grpc::ByteBuffer* response,
+                                  std::function<void(const absl::Status&)> done) {
+  if (batcher_ != nullptr) {
+    const std::optional<bool> batched =
+        SubmitBatched(request, context, cancelled, call, response, done);
+    if (batched.has_value()) return *batched;
+  }
+  return SubmitTimed(
+      this, call,
+      [this, request, context, cancelled, response] {
+        return Run(*request, context, cancelled, response);
+      },
+      std::move(done));
+}
+
+template <typename Request>
+std::optional<bool> AttentionServiceImpl::SubmitBatched(
+    std::shared_ptr<const Request> request, grpc::CallbackServerContext* context,
+    const std::atomic<bool>* cancelled, CallRecord* call, grpc::ByteBuffer* response,
+    const std::function<void(const absl::Status&)>& done) {
+  struct Batched {
+    std::shared_ptr<const Request> request;  // the views of `call` point into it
+    Call call;
+    std::optional<ResponseOutputs> outputs;
+  };
+  auto state = std::make_shared<Batched>();
+  state->request = request;
+  // Validated alone, so that a request that would fail never joins a batch
+  // (the usual path answers it with its error).
+  ComputeOptions plan;
+  plan.max_memory_bytes = limits_.max_request_memory_bytes;
+  const absl::Status prepared = GuardStatus([&] {
+    if (absl::Status s = PrepareCall(*request, *models_, &state->call); !s.ok()) return s;
+    return PlanAttention(state->call.args, plan).status();
+  });
+  if (!prepared.ok() || !Batcher::Batchable(state->call.args, &state->call.projection)) {
+    return std::nullopt;
+  }
+  state->outputs.emplace(state->call.output_dtype);
+  Batcher::Request r;
+  r.args = &state->call.args;
+  r.outputs = &*state->outputs;
+  r.check = [context, cancelled] { return CheckAlive(context, cancelled); };
+  r.started = [this, call] { metrics_->ComputeBegins(call); };
+  r.done = [this, call, state, response, done](const absl::Status& computed) {
+    const absl::Status s =
+        computed.ok() ? Encode(&*state->outputs, state->request->id(), response) : computed;
+    metrics_->ComputeEnds(call, s);
+    done(s);
+  };
+  metrics_->Enqueued(call);
+  const bool queued = batcher_->Submit(std::move(r));
+  if (!queued) metrics_->EnqueueFailed(call);
+  return queued;
+}
 
 template <typename Request>
 absl::Status AttentionServiceImpl::Run(const Request& request, grpc::CallbackServerContext* context,
@@ -211,9 +282,8 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Unary(const char* rpc,
     return reactor;
   }
   DescribeRequest(*request, call.get());
-  const bool queued = SubmitTimed(
-      this, call.get(),
-      [this, context, request, response, call] { return Run(*request, context, nullptr, response); },
+  const bool queued = Submit<Request>(
+      request, context, nullptr, call.get(), response,
       [response, finish](const absl::Status& s) {
         finish(s, s.ok() ? static_cast<int64_t>(response->Length()) : 0);
       });

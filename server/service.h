@@ -14,9 +14,13 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
 
 #include "attention/v1/attention.grpc.pb.h"
 #include "core/executor.h"
+#include "server/batcher.h"
 #include "server/service_metrics.h"
 #include "server/wire.h"
 
@@ -29,8 +33,11 @@ struct ServiceLimits {
   int max_stream_in_flight = 4;
   int max_queue = 64;
   // Test-only fault injection: each computation first sleeps this long
-  // (--fault-delay-ms). 0 in production.
+  // (--fault-delay-ms; batched computations do not). 0 in production.
   int fault_delay_ms = 0;
+  // Dynamic batching (server/batcher.h): 0 = off.
+  int64_t batch_delay_us = 0;
+  int batch_max_size = 32;
 };
 
 // The attention methods take and return raw bytes, parsed and encoded by
@@ -96,7 +103,26 @@ class AttentionServiceImpl final : public ServiceBase {
     std::atomic<int>* count_;
   };
 
+ // Queues `request` for computation into `response` (through the batcher
+  // when batching is on and the request may join others); `done` then gets
+  // its status on an executor thread. False when the queue is full (the
+  // refusal recorded in `call`; `done` is not called). `call` must stay
+  // valid until `done` is called.
+  template <typename Request>
+  bool Submit(std::shared_ptr<const Request> request, grpc::CallbackServerContext* context,
+              const std::atomic<bool>* cancelled, CallRecord* call, grpc::ByteBuffer* response,
+              std::function<void(const absl::Status&)> done);
+
  private:
+  // Submit through the batcher; nullopt when the request is not one to
+  // batch (it fails validation, or cannot be merged).
+  template <typename Request>
+  std::optional<bool> SubmitBatched(std::shared_ptr<const Request> request,
+                                    grpc::CallbackServerContext* context,
+                                    const std::atomic<bool>* cancelled, CallRecord* call,
+                                    grpc::ByteBuffer* response,
+                                    const std::function<void(const absl::Status&)>& done);
+
   template <typename Request>
   grpc::ServerUnaryReactor* Unary(const char* rpc, grpc::CallbackServerContext* context,
                                   const grpc::ByteBuffer* request, grpc::ByteBuffer* response);
@@ -105,6 +131,7 @@ class AttentionServiceImpl final : public ServiceBase {
   Executor* executor_;
   ServiceLimits limits_;
   ServiceMetrics* metrics_;
+  std::unique_ptr<Batcher> batcher_;  // null when batching is off
   std::atomic<int> active_calls_{0};
 };
 

@@ -101,7 +101,19 @@ ServiceMetrics::ServiceMetrics(Registry* registry, Options options, AccessLog* a
       computing_(registry->AddGauge("attention_requests_computing",
                                     "Requests being computed.")
                      .Labels({})),
-      streams_open_(registry->AddGauge("attention_streams_open", "Streams open.", {"rpc"})) {
+      streams_open_(registry->AddGauge("attention_streams_open", "Streams open.", {"rpc"})),
+      batch_size_(registry
+                      ->AddHistogram("attention_batch_size",
+                                     "Requests merged into each computation (--batch-delay-us "
+                                     "above 0; 1 = computed alone).",
+                                     {}, {1, 2, 4, 8, 16, 32, 64, 128})
+                      .Labels({})),
+      batch_wait_(registry
+                      ->AddHistogram("attention_batch_wait_seconds",
+                                     "Time requests waited in the batcher before their "
+                                     "computation started (busy compute, or company).",
+                                     {}, LatencyBuckets())
+                      .Labels({})) {
   Family<Gauge>& info = registry->AddGauge(
       "attention_model_info", "A model the server has loaded (value 1).", {"model"});
   for (const std::string& m : options.models) info.Labels({m}).Set(1);
@@ -225,6 +237,9 @@ void ServiceMetrics::Log(const CallRecord& call, const absl::Status& status,
 
 void ServiceMetrics::StreamOpened(const char* rpc) { streams_open_.Labels({rpc}).Inc(); }
 void ServiceMetrics::StreamClosed(const char* rpc) { streams_open_.Labels({rpc}).Dec(); }
+
+void ServiceMetrics::BatchStarted(int size) { batch_size_.Observe(size); }
+void ServiceMetrics::BatchWaited(double seconds) { batch_wait_.Observe(seconds); }
 
 }  // namespace server
 }  // namespace attention

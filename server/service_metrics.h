@@ -81,6 +81,11 @@ class ServiceMetrics {
   void StreamOpened(const char* rpc);
   void StreamClosed(const char* rpc);
 
+  // Dynamic batching (server/batcher.h): a computation of `size` requests
+  // starts; a request waited `seconds` in the batcher before it.
+  void BatchStarted(int size);
+  void BatchWaited(double seconds);
+
  private:
   std::string ModelLabel(const std::string& requested) const;
   void Log(const CallRecord& call, const absl::Status& status, int64_t bytes_out) const;
@@ -97,6 +102,8 @@ class ServiceMetrics {
   Gauge& queued_;
   Gauge& computing_;
   Family<Gauge>& streams_open_;
+  Histogram& batch_size_;
+  Histogram& batch_wait_;
 };
 
 }  // namespace server

@@ -76,9 +76,13 @@ absl::Status Compute(const Call& call, const ComputeOptions& options, const std:
                      grpc::ByteBuffer* response) {
   ResponseOutputs outputs(call.output_dtype);
   if (absl::Status s = ComputeAttention(call.args, options, &outputs); !s.ok()) return s;
+  return Encode(&outputs, id, response);
+}
+
+absl::Status Encode(ResponseOutputs* outputs, const std::string& id, grpc::ByteBuffer* response) {
   return GuardStatus(
       [&] {
-        *response = outputs.Encode(id);
+        *response = outputs->Encode(id);
         return absl::OkStatus();
       },
       "out of memory encoding the response");

@@ -24,6 +24,7 @@
 #include "grpcpp/support/byte_buffer.h"
 #include "server/grpc_status.h"
 #include "server/model_registry.h"
+#include "server/response.h"
 
 namespace attention {
 namespace server {
@@ -57,6 +58,11 @@ absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::SelfAttentionReques
 // buffer once).
 absl::Status Compute(const Call& call, const ComputeOptions& options, const std::string& id,
                      grpc::ByteBuffer* response);
+
+// Encodes results the core already wrote into `outputs` (Compute's last
+// step, for callers that run the core themselves). ResourceExhausted when
+// memory runs out.
+absl::Status Encode(ResponseOutputs* outputs, const std::string& id, grpc::ByteBuffer* response);
 
 }  // namespace server
 }  // namespace attention

@@ -1,0 +1,132 @@
+// Dynamic batching: requests that compute the same thing on different batch
+// entries (same model or no projection, same shapes past the batch
+// dimension, same options) are merged along B into one ComputeAttention
+// call, and the results are split back into each request's OutputBuffers.
+// One product over many rows reads the weights once instead of once per
+// request, which is most of the cost of small requests.
+//
+//   Batcher batcher(&executor, {/*delay_us=*/500, /*max_size=*/32});
+//   Batcher::Request r;
+//   r.args = &args;          // validated alone first (PlanAttention)
+//   r.outputs = &outputs;    // where this request's results go
+//   r.check = [] { return absl::OkStatus(); };       // deadline, cancel
+//   r.done = [](const absl::Status& s) { /* answer the caller */ };
+//   if (!batcher.Submit(std::move(r))) { /* executor full: RESOURCE_EXHAUSTED */ }
+//
+// Scheduling is work-conserving: every request still becomes one task on the
+// Executor (so admission and its bound are unchanged), and the task that
+// runs first takes its request together with the compatible ones that
+// accumulated while compute was busy (up to max_size); the tasks of requests
+// already taken do nothing. A lone request therefore starts at once. The
+// delay only matters under concurrent traffic: when the previous batch of
+// the same kind had company, the current one is not full and no request of
+// another kind is ready, the worker waits for more until the oldest request
+// in it has waited delay_us (closed loops of callers send their next
+// requests just after a batch is answered, and would otherwise alternate
+// between a batch of one and the rest).
+//
+// Exactness and isolation: a batched request gets the values its own call
+// would compute (float32 rounding aside). Each request's `check` is applied
+// to it alone: one whose caller left is answered with its status and does
+// not stop the others; the merged computation is aborted only when every
+// member is gone. If the merged computation fails, each member is computed
+// alone, so one request never fails another.
+//
+// Thread-safe. The Batcher must outlive the Executor's tasks it submitted
+// (shut the executor down first).
+#ifndef SERVER_BATCHER_H_
+#define SERVER_BATCHER_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "core/attention.h"
+#include "core/executor.h"
+
+namespace attention {
+namespace server {
+
+class Batcher {
+ public:
+  struct Options {
+    int64_t delay_us = 0;  // see the overview; must be > 0 (0 means: no Batcher)
+    int max_size = 32;     // requests in one computation at most
+    int max_threads = 0;   // ComputeOptions::max_threads of each computation
+    // Each member's memory limit; a batch may use this times its size.
+    int64_t max_request_memory_bytes = int64_t{1} << 30;
+    // Observers (optional): the size of each computation started, and how
+    // long each request waited in the batcher (from Submit to its start).
+    std::function<void(int size)> on_batch;
+    std::function<void(double seconds)> on_wait;
+  };
+
+  struct Request {
+    const AttentionArgs* args = nullptr;  // valid until done; validated alone
+    OutputBuffers* outputs = nullptr;     // valid until done
+    std::function<absl::Status()> check;  // non-OK: answer this status instead
+    std::function<void()> started;        // optional: its computation begins
+    std::function<void(const absl::Status&)> done;  // called once, on a worker
+  };
+
+  Batcher(Executor* executor, Options options);
+
+  // Queues `request` for computation; `done` follows on an executor thread.
+  // False when the executor's queue is full (nothing is called then).
+  bool Submit(Request request);
+
+  // Whether `args` may be merged with others at all: rank-3 inputs, no
+  // attn_mask, and no inline projection (`inline_projection` points to the
+  // request's own weights: those differ between requests).
+  static bool Batchable(const AttentionArgs& args, const ProjectionWeights* inline_projection);
+  // Whether `a` and `b` may be computed as one: everything equal but the
+  // batch dimension.
+  static bool Compatible(const AttentionArgs& a, const AttentionArgs& b);
+
+  // Computes `members` (pairwise Compatible, each valid alone) as one call
+  // and writes each member's results to its OutputBuffers. Inputs are copied
+  // into one buffer each; `options.max_memory_bytes` bounds the merged call.
+  static absl::Status ComputeMerged(const std::vector<const AttentionArgs*>& members,
+                                    const ComputeOptions& options,
+                                    const std::vector<OutputBuffers*>& outputs);
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  struct Pending {
+    Request request;
+    Clock::time_point arrived;
+    bool taken = false;
+  };
+  struct Group {
+    AttentionArgs key;  // a member's args: shapes and options only (data never read)
+    std::vector<std::shared_ptr<Pending>> pending;  // in arrival order
+    int last_batch = 0;                             // size of the last batch taken
+    int waiting = 0;                                // workers waiting for company
+  };
+
+  // On a worker: takes `own` (unless taken already) and its company, and
+  // computes them.
+  void Run(const std::shared_ptr<Pending>& own);
+  // Moves pending requests of `group` into `batch` until it holds max_size
+  // (mu_ held).
+  void Take(Group* group, std::vector<std::shared_ptr<Pending>>* batch) const;
+  void Compute(const std::vector<std::shared_ptr<Pending>>& batch) const;
+
+  Executor* const executor_;
+  const Options options_;
+  std::mutex mu_;
+  std::condition_variable arrived_;
+  // Few kinds at a time: a linear search. Pointers stay valid while a worker
+  // waits on one (empty groups go only when none waits).
+  std::vector<std::unique_ptr<Group>> groups_;
+};
+
+}  // namespace server
+}  // namespace attention
+
+#endif  // SERVER_BATCHER_H_
