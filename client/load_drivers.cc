@@ -89,6 +89,7 @@ void ClosedLoopUnary(const Workload& w, Channels& ch, const RunSettings& s, Reco
         const double t0 = NowUs(start);
         grpc::Status st = CallSync(w, ch, &call, s.timeout);
         rec.Done(st, ResponseOf(w, call), call.index, {-1, t0, NowUs(start)});
+        rec.Retried(call.retries);
       }
     });
   }
@@ -254,6 +255,7 @@ void OpenLoop(const Workload& w, Channels& ch, const RunSettings& s, Recorder& r
     StartCall(w, ch, call, s.timeout, [&, call](const grpc::Status& st) {
       rec.Done(st, ResponseOf(w, *call), call->index,
                {call->scheduled_us, call->sent_us, NowUs(start)});
+      rec.Retried(call->retries);
       delete call;
       std::lock_guard<std::mutex> lock(mu);
       --outstanding;
