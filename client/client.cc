@@ -146,7 +146,10 @@ absl::StatusOr<std::string> ChannelTarget(const std::string& target) {
 bool RetriesByClient(int64_t request_bytes) { return request_bytes > kChannelRetryBufferBytes; }
 
 bool ShouldRetry(const grpc::Status& status, int attempt, int retries) {
-  return status.error_code() == grpc::StatusCode::UNAVAILABLE && attempt < retries;
+  if (attempt >= retries) return false;
+  return status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+         status.error_code() == grpc::StatusCode::CANCELLED ||
+         absl::StartsWith(status.error_message(), "Received RST_STREAM");
 }
 
 void ApplyOptions(const CallOptions& options, grpc::ClientContext* context) {
@@ -160,8 +163,9 @@ void ApplyOptions(const CallOptions& options, grpc::ClientContext* context) {
 namespace {
 
 // One unary call of a generated stub's method, its status as an absl::Status;
-// retried after UNAVAILABLE as CallOptions::retries says when the request is
-// too large for the channel's own retries, within the one deadline.
+// retried as CallOptions::retries says (see ShouldRetry) where the channel's
+// own policy does not (a request beyond its buffer, a stream reset), within
+// the one deadline.
 template <typename Stub, typename Request, typename Response>
 absl::StatusOr<Response> UnaryCall(Stub* stub,
                                    grpc::Status (Stub::*method)(grpc::ClientContext*,
@@ -170,11 +174,13 @@ absl::StatusOr<Response> UnaryCall(Stub* stub,
   grpc::ClientContext first;
   ApplyOptions(options, &first);
   const auto deadline = first.deadline();
-  const int retries =
-      RetriesByClient(static_cast<int64_t>(request.ByteSizeLong())) ? options.retries : 0;
+  const bool channel_retries = !RetriesByClient(static_cast<int64_t>(request.ByteSizeLong()));
   Response response;
   grpc::Status status = (stub->*method)(&first, request, &response);
-  for (int attempt = 0; ShouldRetry(status, attempt, retries); ++attempt) {
+  for (int attempt = 0;
+       ShouldRetry(status, attempt, options.retries) &&
+       !(channel_retries && status.error_code() == grpc::StatusCode::UNAVAILABLE);
+       ++attempt) {
     // A short pause lets the balancer see the failed replica first.
     std::this_thread::sleep_for(std::chrono::milliseconds(10 << std::min(attempt, 4)));
     grpc::ClientContext context;

@@ -82,7 +82,11 @@ constexpr int64_t kChannelRetryBufferBytes = int64_t{256} << 10;
 bool RetriesByClient(int64_t request_bytes);
 
 // Whether an attempt that ended with `status` is retried, `attempt` (0 the
-// first) of at most 1 + `retries`: UNAVAILABLE only.
+// first) of at most 1 + `retries`: UNAVAILABLE; a stream reset by the peer
+// ("Received RST_STREAM ...": what nginx sends when its replica dies
+// mid-call; never a status of the service itself); and CANCELLED, which a
+// unary call of this library or the load tool never causes itself (they
+// cancel nothing): a replica draining past its deadline, or a proxy.
 bool ShouldRetry(const grpc::Status& status, int attempt, int retries);
 
 class AttentionClient {

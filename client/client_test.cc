@@ -31,17 +31,24 @@ TEST(ChannelTarget, AListWithANameOrNoPortIsRefusedWithAHint) {
   }
 }
 
-TEST(Retries, OnlyUnavailableIsRetriedAndOnlyAsOftenAsAsked) {
+TEST(Retries, UnavailableCancelledAndStreamResetsAreRetriedOnlyAsOftenAsAsked) {
   const grpc::Status unavailable(grpc::StatusCode::UNAVAILABLE, "draining");
   EXPECT_TRUE(ShouldRetry(unavailable, 0, 2));
   EXPECT_TRUE(ShouldRetry(unavailable, 1, 2));
   EXPECT_FALSE(ShouldRetry(unavailable, 2, 2));
   EXPECT_FALSE(ShouldRetry(unavailable, 0, 0));
   EXPECT_FALSE(ShouldRetry(grpc::Status::OK, 0, 2));
+  // A proxy resets the stream when its replica dies mid-call: retried too.
+  EXPECT_TRUE(ShouldRetry(
+      grpc::Status(grpc::StatusCode::INTERNAL, "Received RST_STREAM with error code 2"), 0, 1));
+  EXPECT_FALSE(ShouldRetry(
+      grpc::Status(grpc::StatusCode::INTERNAL, "Received RST_STREAM with error code 2"), 1, 1));
+  // A replica cancelling at the end of its drain, or a proxy: never this client.
+  EXPECT_TRUE(ShouldRetry(grpc::Status(grpc::StatusCode::CANCELLED, "CANCELLED"), 0, 1));
   for (grpc::StatusCode code :
        {grpc::StatusCode::RESOURCE_EXHAUSTED, grpc::StatusCode::DEADLINE_EXCEEDED,
         grpc::StatusCode::INVALID_ARGUMENT, grpc::StatusCode::INTERNAL,
-        grpc::StatusCode::CANCELLED}) {
+        grpc::StatusCode::NOT_FOUND}) {
     EXPECT_FALSE(ShouldRetry(grpc::Status(code, ""), 0, 5)) << code;
   }
 }

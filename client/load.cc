@@ -50,8 +50,9 @@ how to send:
   --max-outstanding N       open loop: at most N requests unanswered (default 1000); a full
                             window delays sends, which shows as behind schedule
   --timeout SECONDS         per call, its retries included (default 30)
-  --retries N               retry a unary call that failed with UNAVAILABLE up to N times (default
-                            0); counted apart (`retries`), a request that still fails is one error
+  --retries N               retry a unary call that failed with UNAVAILABLE (or was reset or
+                            cancelled by a replica or proxy) up to N times (default 0); counted apart (`retries`), a request
+                            that still fails is one error
   --target T                HOST:PORT, a comma-separated list of IPv4 HOST:PORT, or
                             dns:///NAME:PORT: calls balance round robin over every address
 

@@ -53,8 +53,8 @@ base_image() {
     grep -q '^Acquire::' "$f" 2> /dev/null && aptopts+=("--aptopt=$f")
   done
   if ((slim)); then  # what the official -slim images leave out
-    for p in /usr/share/doc/* /usr/share/man/* /usr/share/info/* /usr/share/locale/*; do
-      slimopts+=("--dpkgopt=path-exclude=$p")
+    for p in doc man groff info lintian linda locale; do
+      slimopts+=("--dpkgopt=path-exclude=/usr/share/$p/*")
     done
     slimopts+=("--dpkgopt=path-include=/usr/share/doc/*/copyright")
   fi
