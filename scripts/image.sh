@@ -76,7 +76,9 @@ if ((build)); then
   echo "image: built $image in $(($(date +%s) - start)) s" >&2
 fi
 podman image inspect "$image" --format 'image: {{.Id}} size {{.Size}} bytes' | cut -c1-80
-podman history --format '{{.Size}}\t{{.CreatedBy}}' "$image" | cut -c1-150 | head -8
+echo "image: its largest packages (KiB installed):"
+podman run --rm --runtime runc --ulimit nofile=20000:20000 --ulimit nproc=32768:32768 \
+  --entrypoint dpkg-query "$image" -Wf '${Installed-Size}\t${Package}\n' | sort -rn | head -6
 
 # --- smoke test ---------------------------------------------------------------
 name="attention-smoke-$$"
