@@ -4,6 +4,7 @@
 #   docker run --rm -p 50051:50051 -v $PWD/models:/models attention-service \
 #       --listen 0.0.0.0:50051 --model mine=/models/mine.safetensors
 # Every build step calls the project's own scripts, the ones CI runs.
+# Without a Docker engine, scripts/image.sh builds and smoke-tests it with buildah and podman.
 
 FROM debian:12 AS build
 WORKDIR /src
@@ -16,14 +17,17 @@ RUN BUILD_DIR=/src/build scripts/test.sh
 FROM debian:12-slim AS runtime
 COPY scripts/install-deps.sh /tmp/install-deps.sh
 RUN /tmp/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/install-deps.sh \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin attention
+    && useradd --uid 10001 --user-group --no-create-home --no-log-init \
+         --shell /usr/sbin/nologin attention
 COPY --from=build /src/build/server/attention-server /src/build/client/attention-client /usr/local/bin/
+COPY scripts/container-healthcheck.sh /usr/local/bin/attention-healthcheck
 COPY --from=build /src/models /opt/attention/models
 USER 10001
 EXPOSE 50051 9090
 STOPSIGNAL SIGTERM
+# Follows the server's own --listen / --admin-listen (see the script).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
-  CMD ["attention-client", "--target", "127.0.0.1:50051", "health", "--timeout", "3"]
+  CMD ["attention-healthcheck"]
 ENTRYPOINT ["attention-server"]
 CMD ["--listen", "0.0.0.0:50051", "--admin-listen", "0.0.0.0:9090", \
      "--model", "demo=/opt/attention/models/demo.safetensors"]

@@ -46,7 +46,10 @@ options of attention and self-attention:
   --id ID                   request id (echoed by the server)
 
 common:
-  --target HOST:PORT        server (default localhost:50051); also dns:///name:port
+  --target HOST:PORT        server (default localhost:50051); also a comma-separated list of
+                            IPv4 HOST:PORT or dns:///name:port, balanced round robin
+  --retries N               retry a call that failed with UNAVAILABLE (or was reset or cancelled
+                            by a replica or proxy) up to N times (default 0)
   --help                    this text
 
 .npy files: float32, float16 or bool, C order. A failed call prints the gRPC status code
@@ -149,12 +152,24 @@ absl::Status WriteResults(const CliArgs& args, const v1::AttentionResponse& r) {
   return absl::OkStatus();
 }
 
+// --timeout (default `default_timeout`) and --retries.
+absl::StatusOr<CallOptions> CallOptionsFrom(const CliArgs& args, double default_timeout) {
+  absl::StatusOr<double> timeout = args.GetDouble("timeout", default_timeout);
+  if (!timeout.ok()) return timeout.status();
+  absl::StatusOr<int64_t> retries = args.GetInt("retries", 0);
+  if (!retries.ok()) return retries.status();
+  if (*retries < 0 || *retries > 100) {
+    return absl::InvalidArgumentError("--retries: expected 0 to 100");
+  }
+  return CallOptions{*timeout, static_cast<int>(*retries)};
+}
+
 int RunAttention(const CliArgs& args, AttentionClient& client, bool self) {
   absl::StatusOr<DType> wire = ParseWireDType(args.Get("wire-dtype", "float32"));
   if (!wire.ok()) return Usage(std::string(wire.status().message()));
-  absl::StatusOr<double> timeout = args.GetDouble("timeout", 0);
-  if (!timeout.ok()) return Usage(std::string(timeout.status().message()));
-  const CallOptions call{*timeout};
+  absl::StatusOr<CallOptions> options = CallOptionsFrom(args, 0);
+  if (!options.ok()) return Usage(std::string(options.status().message()));
+  const CallOptions& call = *options;
   absl::StatusOr<v1::AttentionResponse> response;
   if (self) {
     if (!args.Has("input")) return Usage("self-attention needs --input x.npy");
@@ -188,9 +203,9 @@ int RunAttention(const CliArgs& args, AttentionClient& client, bool self) {
 }
 
 int RunModels(const CliArgs& args, AttentionClient& client) {
-  absl::StatusOr<double> timeout = args.GetDouble("timeout", 10);
-  if (!timeout.ok()) return Usage(std::string(timeout.status().message()));
-  absl::StatusOr<v1::ListModelsResponse> r = client.ListModels({*timeout});
+  absl::StatusOr<CallOptions> options = CallOptionsFrom(args, 10);
+  if (!options.ok()) return Usage(std::string(options.status().message()));
+  absl::StatusOr<v1::ListModelsResponse> r = client.ListModels(*options);
   if (!r.ok()) return Failed(r.status());
   std::printf("%-16s %9s %9s %6s %6s %5s\n", "NAME", "EMBED_DIM", "NUM_HEADS", "KDIM", "VDIM",
               "BIAS");
@@ -211,9 +226,9 @@ int RunModels(const CliArgs& args, AttentionClient& client) {
 }
 
 int RunHealth(const CliArgs& args, AttentionClient& client) {
-  absl::StatusOr<double> timeout = args.GetDouble("timeout", 5);
-  if (!timeout.ok()) return Usage(std::string(timeout.status().message()));
-  absl::StatusOr<std::string> status = client.Health(args.Get("service"), {*timeout});
+  absl::StatusOr<CallOptions> options = CallOptionsFrom(args, 5);
+  if (!options.ok()) return Usage(std::string(options.status().message()));
+  absl::StatusOr<std::string> status = client.Health(args.Get("service"), *options);
   if (!status.ok()) return Failed(status.status());
   std::printf("%s\n", status->c_str());
   return *status == "SERVING" ? 0 : 1;
@@ -246,15 +261,19 @@ int RunCli(int argc, char** argv) {
       "weights-out", "wire-dtype",       "out",   "id"};
   for (const auto& [name, value] : args.values) {
     const bool is_call = args.command == "attention" || args.command == "self-attention";
-    if (!known->second.count(name) && name != "target" && name != "timeout" &&
+    if (!known->second.count(name) && name != "target" && name != "timeout" && name != "retries" &&
         !IsSecurityFlag(name) && !(is_call && shared.count(name))) {
       return Usage("unknown option --" + name + " for " + args.command);
     }
   }
   absl::StatusOr<ChannelSecurity> security = SecurityFromArgs(args);
   if (!security.ok()) return Usage(std::string(security.status().message()));
-  AttentionClient client(AttentionClient::Connect(args.Get("target", "localhost:50051"),
-                                                  int64_t{256} << 20, false, *security));
+  absl::StatusOr<std::string> target = ChannelTarget(args.Get("target", "localhost:50051"));
+  if (!target.ok()) return Usage(std::string(target.status().message()));
+  absl::StatusOr<CallOptions> options = CallOptionsFrom(args, 0);
+  if (!options.ok()) return Usage(std::string(options.status().message()));
+  AttentionClient client(
+      AttentionClient::Connect(*target, int64_t{256} << 20, true, *security, options->retries));
   if (args.command == "attention") return RunAttention(args, client, false);
   if (args.command == "self-attention") return RunAttention(args, client, true);
   if (args.command == "models") return RunModels(args, client);

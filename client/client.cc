@@ -1,5 +1,8 @@
 #include "client/client.h"
 
+#include <arpa/inet.h>
+
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -8,6 +11,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "proto/convert.h"
 
@@ -121,6 +126,32 @@ absl::Status FromGrpcStatus(const grpc::Status& s) {
   return absl::Status(code, s.error_message());
 }
 
+absl::StatusOr<std::string> ChannelTarget(const std::string& target) {
+  if (target.find(',') == std::string::npos) return target;
+  std::vector<std::string> addresses = absl::StrSplit(target, ',', absl::SkipEmpty());
+  if (addresses.empty()) return absl::InvalidArgumentError("--target: empty");
+  for (const std::string& a : addresses) {
+    const size_t colon = a.rfind(':');
+    in_addr ignored;
+    if (colon == std::string::npos ||
+        inet_pton(AF_INET, a.substr(0, colon).c_str(), &ignored) != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--target: '", a, "' is not IPV4:PORT; a list takes IPv4 addresses, ",
+                       "use dns:///NAME:PORT to balance over the addresses of a name"));
+    }
+  }
+  return absl::StrCat("ipv4:", absl::StrJoin(addresses, ","));
+}
+
+bool RetriesByClient(int64_t request_bytes) { return request_bytes > kChannelRetryBufferBytes; }
+
+bool ShouldRetry(const grpc::Status& status, int attempt, int retries) {
+  if (attempt >= retries) return false;
+  return status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+         status.error_code() == grpc::StatusCode::CANCELLED ||
+         absl::StartsWith(status.error_message(), "Received RST_STREAM");
+}
+
 void ApplyOptions(const CallOptions& options, grpc::ClientContext* context) {
   if (options.timeout_seconds > 0) {
     context->set_deadline(
@@ -131,18 +162,45 @@ void ApplyOptions(const CallOptions& options, grpc::ClientContext* context) {
 
 namespace {
 
-// One unary call of a generated stub's method, its status as an absl::Status.
+// One unary call of a generated stub's method, its status as an absl::Status;
+// retried as CallOptions::retries says (see ShouldRetry) where the channel's
+// own policy does not (a request beyond its buffer, a stream reset), within
+// the one deadline.
 template <typename Stub, typename Request, typename Response>
 absl::StatusOr<Response> UnaryCall(Stub* stub,
                                    grpc::Status (Stub::*method)(grpc::ClientContext*,
                                                                 const Request&, Response*),
                                    const Request& request, const CallOptions& options) {
-  grpc::ClientContext context;
-  ApplyOptions(options, &context);
+  grpc::ClientContext first;
+  ApplyOptions(options, &first);
+  const auto deadline = first.deadline();
+  const bool channel_retries = !RetriesByClient(static_cast<int64_t>(request.ByteSizeLong()));
   Response response;
-  absl::Status s = FromGrpcStatus((stub->*method)(&context, request, &response));
+  grpc::Status status = (stub->*method)(&first, request, &response);
+  for (int attempt = 0;
+       ShouldRetry(status, attempt, options.retries) &&
+       !(channel_retries && status.error_code() == grpc::StatusCode::UNAVAILABLE);
+       ++attempt) {
+    // A short pause lets the balancer see the failed replica first.
+    std::this_thread::sleep_for(std::chrono::milliseconds(10 << std::min(attempt, 4)));
+    grpc::ClientContext context;
+    if (options.timeout_seconds > 0) context.set_deadline(deadline);
+    response.Clear();
+    status = (stub->*method)(&context, request, &response);
+  }
+  absl::Status s = FromGrpcStatus(status);
   if (!s.ok()) return s;
   return response;
+}
+
+// The service config of a channel that retries UNAVAILABLE on every method
+// (gRPC allows at most 5 attempts).
+std::string RetryServiceConfig(int retries) {
+  return absl::StrCat(R"({"methodConfig": [{"name": [{"service": "attention.v1.AttentionService"}, )"
+                      R"({"service": "grpc.health.v1.Health"}], "retryPolicy": {"maxAttempts": )",
+                      std::min(retries + 1, 5),
+                      R"(, "initialBackoff": "0.01s", "maxBackoff": "0.2s", )"
+                      R"("backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})");
 }
 
 }  // namespace
@@ -150,12 +208,14 @@ absl::StatusOr<Response> UnaryCall(Stub* stub,
 std::shared_ptr<grpc::Channel> AttentionClient::Connect(const std::string& target,
                                                         int64_t max_message_bytes,
                                                         bool round_robin,
-                                                        const ChannelSecurity& security) {
+                                                        const ChannelSecurity& security,
+                                                        int retries) {
   grpc::ChannelArguments args;
   const int limit = static_cast<int>(std::min<int64_t>(max_message_bytes, INT32_MAX));
   args.SetMaxReceiveMessageSize(limit);
   args.SetMaxSendMessageSize(limit);
   if (round_robin) args.SetLoadBalancingPolicyName("round_robin");
+  if (retries > 0) args.SetServiceConfigJSON(RetryServiceConfig(retries));
   return grpc::CreateCustomChannel(target, MakeChannelCredentials(security, &args), args);
 }
 

@@ -57,8 +57,37 @@ absl::StatusOr<NpyArray> ToNpy(const v1::Tensor& tensor, const std::string& name
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
 struct CallOptions {
-  double timeout_seconds = 0;  // 0 = no deadline
+  double timeout_seconds = 0;  // 0 = no deadline, else for all attempts together
+  // Extra attempts of a unary call that failed with UNAVAILABLE (a replica
+  // killed or draining): safe, every RPC is a pure function of its request.
+  // The channel of Connect(..., retries) makes them for requests that fit its
+  // retry buffer; the library makes them for larger ones (see RetriesByClient).
+  int retries = 0;
 };
+
+// The gRPC target for `target`: a comma-separated list of IPv4 HOST:PORT
+// (127.0.0.2:50051,127.0.0.3:50051) becomes one multi-address target
+// (ipv4:...) for a balancing channel; anything else is returned as is.
+// Errors: InvalidArgument for an empty list, or a list with a host name
+// (use dns:///NAME:PORT, which balances over every address of the name).
+absl::StatusOr<std::string> ChannelTarget(const std::string& target);
+
+// The largest request gRPC buffers for its own retries (its default per-call
+// retry buffer): a bigger one is committed once sent, so the library retries
+// it. Connect() keeps this default.
+constexpr int64_t kChannelRetryBufferBytes = int64_t{256} << 10;
+
+// Whether the library itself retries a request of `request_bytes` (the
+// channel does not): true beyond kChannelRetryBufferBytes.
+bool RetriesByClient(int64_t request_bytes);
+
+// Whether an attempt that ended with `status` is retried, `attempt` (0 the
+// first) of at most 1 + `retries`: UNAVAILABLE; a stream reset by the peer
+// ("Received RST_STREAM ...": what nginx sends when its replica dies
+// mid-call; never a status of the service itself); and CANCELLED, which a
+// unary call of this library or the load tool never causes itself (they
+// cancel nothing): a replica draining past its deadline, or a proxy.
+bool ShouldRetry(const grpc::Status& status, int attempt, int retries);
 
 class AttentionClient {
  public:
@@ -66,10 +95,14 @@ class AttentionClient {
   // dns:///name:port) with message limits large enough for big tensors.
   // `round_robin` balances calls over every address the name resolves to;
   // `security` (client/security.h) says TLS, certificates and token.
+  // `retries` > 0 gives the channel a retry policy for UNAVAILABLE (at most
+  // 1 + retries attempts, capped at gRPC's 5, with a 10-200 ms backoff) for
+  // every method; the calls' CallOptions::retries should say the same.
   static std::shared_ptr<grpc::Channel> Connect(const std::string& target,
                                                 int64_t max_message_bytes = int64_t{256} << 20,
                                                 bool round_robin = false,
-                                                const ChannelSecurity& security = {});
+                                                const ChannelSecurity& security = {},
+                                                int retries = 0);
 
   explicit AttentionClient(std::shared_ptr<grpc::Channel> channel);
 

@@ -46,11 +46,15 @@ how to send:
   --requests N              requests per level
   --warmup SECONDS          load before measuring, excluded from the figures (default 1)
   --stream                  closed loop over bidirectional streams, --in-flight messages each (default 4)
-  --connections N           channels (TCP connections) per target (default 1)
+  --connections N           channels, each with its own TCP connection to every address (default 1)
   --max-outstanding N       open loop: at most N requests unanswered (default 1000); a full
                             window delays sends, which shows as behind schedule
-  --timeout SECONDS         per call (default 30)
-  --target T                HOST:PORT, a comma-separated list (round robin), or dns:///NAME:PORT
+  --timeout SECONDS         per call, its retries included (default 30)
+  --retries N               retry a unary call that failed with UNAVAILABLE (or was reset or
+                            cancelled by a replica or proxy) up to N times (default 0); counted apart (`retries`), a request
+                            that still fails is one error
+  --target T                HOST:PORT, a comma-separated list of IPv4 HOST:PORT, or
+                            dns:///NAME:PORT: calls balance round robin over every address
 
 checking and output:
   --verify PERCENT          check that share of responses against the naive reference
@@ -73,6 +77,7 @@ struct LoadFlags {
   std::vector<double> levels;
   double warmup = 1;
   int64_t connections = 1;
+  int retries = 0;
   double verify = 0;
   std::string target;
   ChannelSecurity security;
@@ -85,7 +90,8 @@ const std::set<std::string>& KnownOptions() {
       "input",           "query",    "key",      "value",      "concurrency", "rate",
       "arrival",         "duration", "requests", "warmup",     "in-flight",   "connections",
       "max-outstanding", "timeout",  "verify",   "json",       "csv",         "html",
-      "tls-ca",          "tls-cert", "tls-key",  "tls-server-name",           "token-file"};
+      "tls-ca",          "tls-cert", "tls-key",  "tls-server-name",           "token-file",
+      "retries"};
   return kKnown;
 }
 
@@ -110,9 +116,11 @@ absl::StatusOr<LoadFlags> ParseFlags(const CliArgs& args) {
   absl::StatusOr<int64_t> max_outstanding = args.GetInt("max-outstanding", 1000);
   absl::StatusOr<double> timeout = args.GetDouble("timeout", 30);
   absl::StatusOr<double> verify = args.GetDouble("verify", 0);
+  absl::StatusOr<int64_t> retries = args.GetInt("retries", 0);
   for (const absl::Status& st :
        {levels.status(), duration.status(), requests.status(), warmup.status(), in_flight.status(),
-        connections.status(), max_outstanding.status(), timeout.status(), verify.status()}) {
+        connections.status(), max_outstanding.status(), timeout.status(), verify.status(),
+        retries.status()}) {
     if (!st.ok()) return st;
   }
   for (double l : *levels) {
@@ -141,15 +149,17 @@ absl::StatusOr<LoadFlags> ParseFlags(const CliArgs& args) {
     return absl::InvalidArgumentError("--stream does not apply to --rpc health");
   }
   if (*in_flight < 1 || *connections < 1 || *max_outstanding < 1 || *timeout <= 0 ||
-      *duration <= 0 || *requests < 0 || *warmup < 0 || *verify < 0 || *verify > 100) {
+      *duration <= 0 || *requests < 0 || *warmup < 0 || *verify < 0 || *verify > 100 ||
+      *retries < 0 || *retries > 100) {
     return absl::InvalidArgumentError(
         "--in-flight, --connections, --max-outstanding, --timeout, --duration must be "
-        "positive; --verify between 0 and 100");
+        "positive; --verify between 0 and 100; --retries between 0 and 100");
   }
   f.rpc = *rpc;
   f.levels = *std::move(levels);
   f.warmup = *warmup;
   f.connections = *connections;
+  f.retries = static_cast<int>(*retries);
   f.verify = *verify;
   f.target = args.Get("target", "localhost:50051");
   absl::StatusOr<ChannelSecurity> security = SecurityFromArgs(args);
@@ -167,8 +177,8 @@ std::string SettingsLine(const LoadFlags& f) {
           : (s.stream ? absl::StrCat("closed loop over streams, ", s.in_flight, " in flight each")
                       : std::string("closed loop, unary")),
       ", ", s.requests > 0 ? absl::StrCat(s.requests, " requests") : absl::StrCat(s.duration, " s"),
-      " per level, warmup ", f.warmup, " s, ", f.connections, " connection(s) per target, timeout ",
-      s.timeout, " s, verify ", f.verify, "%");
+      " per level, warmup ", f.warmup, " s, ", f.connections, " connection(s) per address, timeout ",
+      s.timeout, " s, retries ", f.retries, ", verify ", f.verify, "%");
 }
 
 // Runs every level (each after its warmup), printing its figures.
@@ -230,6 +240,7 @@ int RunLoad(const CliArgs& args) {
       !st.ok()) {
     return Usage(std::string(st.message()));
   }
+  ch.retries = f.retries;
   AttentionClient probe(ch.channels[0]);
   absl::StatusOr<Workload> w = MakeWorkload(args, f.rpc, probe, f.verify);
   if (!w.ok()) {

@@ -98,6 +98,7 @@ void ClosedLoopUnary(const Workload& w, Channels& ch, const RunSettings& s, Reco
     call->sent_us = NowUs(start);
     StartCall(w, ch, call, s.timeout, [&, call](const grpc::Status& st) {
       rec.Done(st, ResponseOf(w, *call), call->index, {-1, call->sent_us, NowUs(start)});
+      rec.Retried(call->retries);
       delete call;
       next();
     });
@@ -266,6 +267,7 @@ void OpenLoop(const Workload& w, Channels& ch, const RunSettings& s, Recorder& r
     StartCall(w, ch, call, s.timeout, [&, call](const grpc::Status& st) {
       rec.Done(st, ResponseOf(w, *call), call->index,
                {call->scheduled_us, call->sent_us, NowUs(start)});
+      rec.Retried(call->retries);
       delete call;
       std::lock_guard<std::mutex> lock(mu);
       --outstanding;

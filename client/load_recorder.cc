@@ -53,6 +53,12 @@ void Recorder::Done(const grpc::Status& s, const v1::AttentionResponse* response
   }
 }
 
+void Recorder::Retried(int64_t count) {
+  if (count == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  r_.retries += count;
+}
+
 void Recorder::Lost(const std::string& why, int64_t count) {
   std::lock_guard<std::mutex> lock(mu_);
   r_.lost += count;

@@ -59,6 +59,10 @@ class Recorder {
   // as lost and as the error code LOST; `why` is kept when it is the first.
   void Lost(const std::string& why, int64_t count = 1);
 
+  // `count` retries of requests settled by Done(): counted apart, a request
+  // stays one request however often it was retried.
+  void Retried(int64_t count);
+
   // A stream response that answered no outstanding message (not a request:
   // counted apart, and it fails the run like a lost one).
   void Unexpected(const std::string& why);

@@ -57,6 +57,27 @@ TEST(Recorder, EveryRequestSettledOnceAsOkOrAnErrorCode) {
   EXPECT_EQ(r.corrected.count(), 0);
 }
 
+TEST(Recorder, RetriesAreCountedApartAndARequestStaysOneRequest) {
+  Workload w;
+  Recorder rec(w, 0);
+  const v1::AttentionResponse ok = Response({1});
+  for (int i = 0; i < 3; ++i) rec.Sent();
+  rec.Done(grpc::Status::OK, &ok, 0, {-1, 0, 100});  // answered at once
+  rec.Retried(0);
+  rec.Done(grpc::Status::OK, &ok, 0, {-1, 0, 300});  // answered after two retries
+  rec.Retried(2);
+  rec.Done(grpc::Status(grpc::StatusCode::UNAVAILABLE, "down"), nullptr, 0, {-1, 0, 500});
+  rec.Retried(3);  // still failing after three: one error
+
+  const LoadResult r = rec.Snapshot();
+  EXPECT_EQ(r.sent, 3);
+  EXPECT_EQ(r.ok, 2);
+  EXPECT_EQ(r.errors.at("UNAVAILABLE"), 1);
+  EXPECT_EQ(r.error_count(), 1);
+  EXPECT_EQ(r.retries, 5);
+  EXPECT_EQ(r.latency.count(), 3);
+}
+
 TEST(Recorder, LostInBulkAndUnexpectedResponsesAreCountedApart) {
   Workload w;
   Recorder rec(w, 0);

@@ -52,6 +52,7 @@ nlohmann::json ToJson(const LoadReport& report, const LoadResult& r) {
       {"first_errors", r.first_error},
       {"lost", r.lost},
       {"unexpected_responses", r.unexpected},
+      {"retries", r.retries},
       {"duration_s", r.duration_s},
       {"rps", r.rps()},
       {"mb_per_s", MbPerS(r)},
@@ -200,6 +201,10 @@ void PrintResult(const LoadResult& r, FILE* out) {
   std::fprintf(out, "  sent %lld  ok %lld  errors %lld%s\n", static_cast<long long>(r.sent),
                static_cast<long long>(r.ok), static_cast<long long>(r.error_count()),
                r.sent == r.ok + r.error_count() ? "" : "  (COUNTS DO NOT BALANCE)");
+  if (r.retries > 0) {
+    std::fprintf(out, "  retries %lld (after UNAVAILABLE; each request counted once above)\n",
+                 static_cast<long long>(r.retries));
+  }
   for (const auto& [code, n] : r.errors) {
     auto first = r.first_error.find(code);
     std::fprintf(out, "    %s x%lld: %s\n", code.c_str(), static_cast<long long>(n),

@@ -25,6 +25,7 @@ struct LoadResult {
   std::map<std::string, std::string> first_error;  // status code name -> its first message
   int64_t lost = 0;                                // never answered, out of order, wrong id
   int64_t unexpected = 0;                          // stream responses nobody asked for
+  int64_t retries = 0;  // attempts after the first, of requests counted once above
   std::string first_lost;
   double duration_s = 0;
   LatencyHistogram latency;    // us, from the actual send

@@ -1,0 +1,65 @@
+// The client library's pure parts: how a --target list becomes one balancing
+// channel's target, and which failed calls are retried, and by whom.
+#include "client/client.h"
+
+#include "gtest/gtest.h"
+
+namespace attention {
+namespace client {
+namespace {
+
+TEST(ChannelTarget, AnIpv4ListBecomesOneMultiAddressTarget) {
+  absl::StatusOr<std::string> t = ChannelTarget("127.0.0.2:50051,127.0.0.3:50052,");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(*t, "ipv4:127.0.0.2:50051,127.0.0.3:50052");
+}
+
+TEST(ChannelTarget, OneAddressOrAnyGrpcTargetIsKept) {
+  for (const std::string target : {"localhost:50051", "dns:///attention:50051", "unix:/tmp/s"}) {
+    absl::StatusOr<std::string> t = ChannelTarget(target);
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_EQ(*t, target);
+  }
+}
+
+TEST(ChannelTarget, AListWithANameOrNoPortIsRefusedWithAHint) {
+  for (const std::string target : {"localhost:1,127.0.0.1:2", "127.0.0.1,127.0.0.2:5", ","}) {
+    absl::StatusOr<std::string> t = ChannelTarget(target);
+    ASSERT_FALSE(t.ok()) << target;
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(t.status().message().find("--target"), absl::string_view::npos);
+  }
+}
+
+TEST(Retries, UnavailableCancelledAndStreamResetsAreRetriedOnlyAsOftenAsAsked) {
+  const grpc::Status unavailable(grpc::StatusCode::UNAVAILABLE, "draining");
+  EXPECT_TRUE(ShouldRetry(unavailable, 0, 2));
+  EXPECT_TRUE(ShouldRetry(unavailable, 1, 2));
+  EXPECT_FALSE(ShouldRetry(unavailable, 2, 2));
+  EXPECT_FALSE(ShouldRetry(unavailable, 0, 0));
+  EXPECT_FALSE(ShouldRetry(grpc::Status::OK, 0, 2));
+  // A proxy resets the stream when its replica dies mid-call: retried too.
+  EXPECT_TRUE(ShouldRetry(
+      grpc::Status(grpc::StatusCode::INTERNAL, "Received RST_STREAM with error code 2"), 0, 1));
+  EXPECT_FALSE(ShouldRetry(
+      grpc::Status(grpc::StatusCode::INTERNAL, "Received RST_STREAM with error code 2"), 1, 1));
+  // A replica cancelling at the end of its drain, or a proxy: never this client.
+  EXPECT_TRUE(ShouldRetry(grpc::Status(grpc::StatusCode::CANCELLED, "CANCELLED"), 0, 1));
+  for (grpc::StatusCode code :
+       {grpc::StatusCode::RESOURCE_EXHAUSTED, grpc::StatusCode::DEADLINE_EXCEEDED,
+        grpc::StatusCode::INVALID_ARGUMENT, grpc::StatusCode::INTERNAL,
+        grpc::StatusCode::NOT_FOUND}) {
+    EXPECT_FALSE(ShouldRetry(grpc::Status(code, ""), 0, 5)) << code;
+  }
+}
+
+TEST(Retries, TheLibraryRetriesWhatTheChannelsBufferCannotHold) {
+  EXPECT_FALSE(RetriesByClient(1000));
+  EXPECT_FALSE(RetriesByClient(kChannelRetryBufferBytes));
+  EXPECT_TRUE(RetriesByClient(kChannelRetryBufferBytes + 1));
+  EXPECT_TRUE(RetriesByClient(int64_t{64} << 20));
+}
+
+}  // namespace
+}  // namespace client
+}  // namespace attention

@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# Deployment test on loopback: three attention-server replicas on 127.0.0.2,
+# .3 and .4 (as pods: same ports, their own addresses, each with its admin
+# port), then two open-loop load runs with every answer verified:
+#   1. through the proxy: nginx (deploy/proxy/nginx.conf, the shipped one), or
+#      with PROXY=haproxy HAProxy (deploy/proxy/haproxy.cfg, its servers pointed
+#      at the three addresses instead of a DNS name);
+#   2. with client-side balancing (one channel, round_robin over the three).
+# During each run one replica is killed with SIGKILL (and started again) and
+# another drained with SIGTERM and restarted. It passes when the client sees
+# no failed call, every answer is verified, and sent = ok (the ledger exact);
+# it prints retries and latency (the faults dominate the tail).
+#
+#   scripts/test-deployment.sh            # after the build (BUILD_DIR, default build)
+#   RATE=100 DURATION=20 PORT=50651 ADMIN_PORT=50652 PROXY_PORT=50650 scripts/test-deployment.sh
+# Installs nginx-light or haproxy (apt-get) when missing. About a minute.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build="${BUILD_DIR:-build}"
+server="$build/server/attention-server"
+client="$build/client/attention-client"
+port="${PORT:-50651}"
+admin_port="${ADMIN_PORT:-50652}"
+proxy_port="${PROXY_PORT:-50650}"
+stats_port="${STATS_PORT:-50653}"  # HAProxy's stats, nginx's /healthz
+proxy="${PROXY:-nginx}"
+rate="${RATE:-150}"
+duration="${DURATION:-20}"
+retries="${RETRIES:-5}"
+batch="${BATCH:-8}"   # 8 x 128 x 64 float32: 256 KiB requests, beyond gRPC's retry buffer
+seq="${SEQ:-128}"
+addresses=(127.0.0.2 127.0.0.3 127.0.0.4)
+model=models/demo.safetensors
+
+[[ -x "$server" && -x "$client" ]] || { echo "build first: scripts/build.sh" >&2; exit 2; }
+case "$proxy" in
+  nginx) package=nginx-light ;;
+  haproxy) package=haproxy ;;
+  *) echo "PROXY: nginx or haproxy" >&2; exit 2 ;;
+esac
+if ! PATH="$PATH:/usr/sbin" command -v "$proxy" > /dev/null; then
+  echo "deployment: installing $package" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends "$package" > /dev/null
+fi
+PATH="$PATH:/usr/sbin"
+
+# Nothing may listen where this test will (HAProxy binds with SO_REUSEPORT and
+# would share a port with a leftover process without a word).
+for hp in "127.0.0.1:$proxy_port" "127.0.0.1:$stats_port" "${addresses[@]/%/:$port}" \
+  "${addresses[@]/%/:$admin_port}"; do
+  if (exec 3<> "/dev/tcp/${hp%:*}/${hp##*:}") 2> /dev/null; then
+    echo "deployment: something already listens on $hp (choose PORT, ADMIN_PORT, PROXY_PORT," \
+      "STATS_PORT)" >&2
+    exit 2
+  fi
+done
+
+work="$(mktemp -d)"
+pids=()
+proxy_pid=
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2> /dev/null || true; done
+  # SIGTERM: nginx's master then stops its workers (SIGKILL would orphan them).
+  [[ -n "$proxy_pid" ]] && kill "$proxy_pid" 2> /dev/null
+  wait 2> /dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+start_replica() {  # index
+  local a="${addresses[$1]}"
+  "$server" --listen "$a:$port" --admin-listen "$a:$admin_port" --model "demo=$model" \
+    --threads 1 --drain-seconds 3 >> "$work/replica$1.log" 2>&1 &
+  pids[$1]=$!
+}
+wait_ready() {  # index: until /readyz says 200
+  for _ in $(seq 100); do
+    curl -sf "http://${addresses[$1]}:$admin_port/readyz" > /dev/null && return 0
+    sleep 0.1
+  done
+  echo "deployment: replica ${addresses[$1]} did not become ready" >&2
+  tail "$work/replica$1.log" >&2
+  exit 1
+}
+served() {  # index: calls the replica has answered since it started
+  curl -sf "http://${addresses[$1]}:$admin_port/metrics" |
+    awk '/^attention_requests_total/ { n += $NF } END { print n + 0 }'
+}
+
+for i in 0 1 2; do start_replica "$i"; done
+for i in 0 1 2; do wait_ready "$i"; done
+
+start_proxy() {
+  if [[ "$proxy" == nginx ]]; then
+    local upstream=""
+    for a in "${addresses[@]}"; do upstream+="server $a:$port max_fails=1 fail_timeout=2s; "; done
+    mkdir -p "$work/nginx"
+    ATTENTION_PROXY_LISTEN="127.0.0.1:$proxy_port" ATTENTION_PROXY_HEALTH="127.0.0.1:$stats_port" \
+      ATTENTION_UPSTREAM="$upstream" ATTENTION_PROXY_RUNDIR="$work/nginx" envsubst \
+      '$ATTENTION_PROXY_LISTEN $ATTENTION_PROXY_HEALTH $ATTENTION_UPSTREAM $ATTENTION_PROXY_RUNDIR' \
+      < deploy/proxy/nginx.conf > "$work/nginx.conf"
+    nginx -c "$work/nginx.conf" -e stderr > "$work/proxy.log" 2>&1 &
+  else
+    # The shipped configuration, its DNS server-template replaced by the three
+    # addresses, its log at level info (every call, with termination flags).
+    local servers=""
+    for i in 0 1 2; do servers+="    server replica$((i + 1)) ${addresses[$i]}:$port\n"; done
+    sed -e "s|^    server-template .*|$servers|" -e "s|local0 warning|local0 info|" \
+      deploy/proxy/haproxy.cfg > "$work/haproxy.cfg"
+    ATTENTION_PROXY_BIND="127.0.0.1:$proxy_port" ATTENTION_ADMIN_PORT="$admin_port" \
+      ATTENTION_PROXY_STATS="127.0.0.1:$stats_port" haproxy -f "$work/haproxy.cfg" -db \
+      > "$work/proxy.log" 2>&1 &
+  fi
+  proxy_pid=$!
+}
+proxy_up() {  # how many replicas the proxy holds up (nginx: 3 once it answers)
+  if [[ "$proxy" == nginx ]]; then
+    curl -sf "http://127.0.0.1:$stats_port/healthz" > /dev/null && echo 3 || echo 0
+  else
+    curl -sf "http://127.0.0.1:$stats_port/;csv" | grep -c '^attention,replica[0-9]*,.*,UP,' || true
+  fi
+}
+start_proxy
+for _ in $(seq 50); do
+  (($(proxy_up) == 3)) && break
+  sleep 0.2
+done
+echo "deployment: $proxy sees $(proxy_up) of 3 replicas up"
+
+# Per-call balancing: calls on one connection through the proxy reach every replica.
+"$client" --target "127.0.0.1:$proxy_port" load --model demo --seq 16 --requests 30 \
+  --concurrency 1 --warmup 0 --quiet > /dev/null
+for i in 0 1 2; do
+  n="$(served "$i" || echo "no /metrics")"
+  echo "deployment: proxy, one connection, 30 calls: ${addresses[$i]} answered $n"
+  [[ "$n" =~ ^[0-9]+$ ]] && ((n > 0)) || { echo "deployment: FAILED: the proxy does not balance per call" >&2; tail "$work/proxy.log" >&2; exit 1; }
+done
+
+failed=0
+# One load run against `target` while replica `killed` is killed and restarted
+# and replica `drained` is drained and restarted.
+run() {
+  local label="$1" target="$2" killed="$3" drained="$4"
+  local json="$work/$label.json"
+  "$client" --target "$target" load --model demo --model-file "$model" --batch "$batch" --seq "$seq" \
+    --rate "$rate" --duration "$duration" --warmup 0 --verify 100 --retries "$retries" \
+    --timeout 10 --quiet --json "$json" > "$work/$label.out" 2>&1 &
+  local load=$!
+  local step
+  step="$(echo "$duration / 5" | bc -l)"
+  sleep "$step"
+  echo "deployment: $label: SIGKILL ${addresses[$killed]}"
+  kill -9 "${pids[$killed]}"
+  wait "${pids[$killed]}" 2> /dev/null || true
+  sleep "$step"
+  start_replica "$killed"
+  wait_ready "$killed"
+  echo "deployment: $label: ${addresses[$killed]} restarted and ready"
+  sleep "$step"
+  echo "deployment: $label: SIGTERM ${addresses[$drained]} (drain)"
+  kill -TERM "${pids[$drained]}"
+  local code=0
+  wait "${pids[$drained]}" || code=$?
+  echo "deployment: $label: ${addresses[$drained]} exited $code after its drain"
+  start_replica "$drained"
+  wait_ready "$drained"
+  echo "deployment: $label: ${addresses[$drained]} restarted and ready"
+  local load_code=0
+  wait "$load" || load_code=$?
+  /usr/bin/python3 - "$label" "$json" "$load_code" << 'PY' || failed=1
+import json, sys
+label, path, code = sys.argv[1], sys.argv[2], int(sys.argv[3])
+r = json.load(open(path))
+lat = r["latency_ms"]
+errors = sum(r["errors"].values())
+print(f"deployment: {label}: sent {r['sent']} ok {r['ok']} errors {errors} {r['errors'] or ''}"
+      f" lost {r['lost']} verified {r['verify']['checked']} mismatches {r['verify']['mismatches']}"
+      f" retries {r['retries']}")
+print(f"deployment: {label}: latency ms p50 {lat['p50']:.2f} p99 {lat['p99']:.2f}"
+      f" p99.9 {lat['p999']:.2f} max {lat['max']:.2f}; {r['rps']:.1f} req/s")
+ok = (code == 0 and errors == 0 and r["lost"] == 0 and r["sent"] == r["ok"]
+      and r["verify"]["checked"] == r["ok"] and r["verify"]["mismatches"] == 0)
+if not ok:
+    print(f"deployment: {label}: FAILED (exit {code}): {r['first_errors']}", file=sys.stderr)
+sys.exit(0 if ok else 1)
+PY
+}
+
+run "$proxy" "127.0.0.1:$proxy_port" 0 1
+run client-side "$(IFS=,; echo "${addresses[*]/%/:$port}")" 2 0
+
+if ((failed)); then
+  echo "deployment: FAILED" >&2
+  tail -n 5 "$work"/*.out >&2
+  echo "deployment: the proxy's log:" >&2
+  grep -v -e ' ---- ' -e '^<' "$work/proxy.log" | tail -20 >&2
+  exit 1
+fi
+echo "deployment: passed ($proxy; rate $rate/s for $duration s, each run through a SIGKILL and a drain)"
