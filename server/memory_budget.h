@@ -75,12 +75,13 @@ class Reservation {
   int64_t bytes_ = 0;
 };
 
-// The default --max-memory-mb, in bytes: 75% of the container's memory limit
+// The default --max-memory-mb, in bytes: half the container's memory limit
 // (cgroup v2 memory.max, or v1 memory.limit_in_bytes), or of physical memory
-// when there is no limit (or a larger one). The other quarter is the
-// process's fixed part (models, libraries, threads' stacks and the
-// allocator's per-thread caches) and slack for what is not counted (a
-// request's bytes while gRPC receives them).
+// when there is no limit (or a larger one). The other half is the process's
+// fixed part (models, libraries, threads' stacks, the compute threads' kept
+// workspaces) and what the budget cannot see: requests while gRPC is still
+// receiving them, bounded only by gRPC's resource quota (see server.cc) and
+// the number of callers times --max-message-mb.
 int64_t DefaultMemoryBudgetBytes();
 
 // Sets the allocator up for a server whose large buffers come and go: a

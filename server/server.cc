@@ -195,10 +195,13 @@ int RunServer(const ServerConfig& config) {
   builder.SetMaxSendMessageSize(
       static_cast<int>(std::min<int64_t>(limits.max_message_bytes, INT32_MAX)));
   // gRPC's own accounting of what its transport holds (requests being
-  // received, read buffers), sized as the budget: under pressure it closes
-  // idle connections, then cancels streams, rather than buffer without bound.
+  // received, read buffers), which the budget cannot see. It does not block
+  // allocations: over the quota it closes idle connections, then cancels
+  // streams (the client sees RESOURCE_EXHAUSTED "Received RST_STREAM with
+  // error code 11", a message gRPC gives). Twice the budget, so that the
+  // budget's own refusals, which say what to do, come first.
   grpc::ResourceQuota quota("attention-server");
-  quota.Resize(static_cast<size_t>(budget.limit()));
+  quota.Resize(static_cast<size_t>(2 * budget.limit()));
   builder.SetResourceQuota(quota);
   SetConnectionLimits(config, &builder);
   builder.RegisterService(&service);

@@ -105,7 +105,8 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
         DescribeRequest(item->request, &item->call);
         admitted = service_->Admit(item->request, &item->call, &item->held);
       }
-      if (!admitted.ok()) {  // answered like any failed message
+      if (!admitted.ok()) {  // answered like any failed message, its memory given back
+        item->held.Reset();
         item->response = EncodeError(item->request.id(), admitted);
         item->answered = true;
         service_->metrics()->Finish(item->call, admitted, item->response.Length());
@@ -139,6 +140,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
           Computed(item, std::move(answer));
         });
     if (!queued) {
+      item->held.Reset();
       const absl::Status saturated = Saturated(*service_->executor());
       item->response = EncodeError(item->request.id(), saturated);
       service_->metrics()->Finish(item->call, saturated, item->response.Length());
@@ -252,6 +254,7 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Unary(const char* rpc,
     admitted = Admit(*request, call.get(), reactor->held());
   }
   if (!admitted.ok()) {
+    reactor->held()->Reset();  // a refused request's memory goes at once
     finish(admitted, 0);
     return reactor;
   }
@@ -261,7 +264,10 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Unary(const char* rpc,
       [response, finish](const absl::Status& s) {
         finish(s, s.ok() ? static_cast<int64_t>(response->Length()) : 0);
       });
-  if (!queued) finish(Saturated(*executor_), 0);
+  if (!queued) {
+    reactor->held()->Reset();
+    finish(Saturated(*executor_), 0);
+  }
   return reactor;
 }
 

@@ -131,6 +131,9 @@ absl::Status Compute(const Call& call, const ComputeOptions& options, const std:
                      grpc::ByteBuffer* response) {
   ResponseOutputs outputs(call.output_dtype);
   if (absl::Status s = ComputeAttention(call.args, options, &outputs); !s.ok()) return s;
+  if (options.check) {  // before converting and framing the results
+    if (absl::Status s = options.check(); !s.ok()) return s;
+  }
   return GuardStatus(
       [&] {
         *response = outputs.Encode(id);
