@@ -39,7 +39,7 @@ ABSL_FLAG(std::string, admin_listen, "",
           "HOST:PORT of the admin HTTP endpoint (/metrics, /healthz, /readyz); empty: none");
 ABSL_FLAG(std::string, access_log, "", "file to append one JSON line per call to, - for stdout");
 ABSL_FLAG(int64_t, max_memory_mb, 0,
-          "budget for everything held for requests, MiB; 0 = half the memory limit");
+          "budget for everything held for requests, MiB; 0 = 40% of the memory limit");
 ABSL_FLAG(int, max_concurrent_streams, 100, "concurrent calls per connection");
 ABSL_FLAG(int, max_connection_idle_seconds, 300, "close connections idle this long; 0 = never");
 ABSL_FLAG(int, max_connection_age_seconds, 0, "close connections this old; 0 = never");
@@ -81,9 +81,10 @@ limits:
   --max-memory-mb N             budget for everything the server holds for requests: messages
                                 received and not yet answered, compute buffers, responses not yet
                                 written. A request that does not fit gets RESOURCE_EXHAUSTED at
-                                once. Default 0: half the container's memory limit (cgroup), or
-                                of physical memory; the rest is the process's fixed part (models,
-                                libraries, threads) and requests still being received
+                                once. Default 0: 40% of the container's memory limit (cgroup),
+                                or of physical memory. Requests still being received are outside
+                                it, bounded by gRPC's resource quota of the same size: a flood
+                                peaks near twice the budget plus the fixed part (models, threads)
 
 connections:
   --max-concurrent-streams N    calls open at once on one connection (default 100)

@@ -95,7 +95,7 @@ int64_t DefaultMemoryBudgetBytes() {
     const int64_t limit = ReadLimit(path);
     if (limit > 0 && limit < total) total = limit;
   }
-  return total / 2;
+  return total / 5 * 2;
 }
 
 void ConfigureAllocator() { mallopt(M_MMAP_THRESHOLD, kMmapThresholdBytes); }

@@ -75,13 +75,13 @@ class Reservation {
   int64_t bytes_ = 0;
 };
 
-// The default --max-memory-mb, in bytes: half the container's memory limit
+// The default --max-memory-mb, in bytes: 40% of the container's memory limit
 // (cgroup v2 memory.max, or v1 memory.limit_in_bytes), or of physical memory
-// when there is no limit (or a larger one). The other half is the process's
-// fixed part (models, libraries, threads' stacks, the compute threads' kept
-// workspaces) and what the budget cannot see: requests while gRPC is still
-// receiving them, bounded only by gRPC's resource quota (see server.cc) and
-// the number of callers times --max-message-mb.
+// when there is no limit (or a larger one). What the budget cannot see,
+// requests while gRPC is still receiving them, is bounded by gRPC's resource
+// quota, sized as the budget (see server.cc): together 80%, and the rest is
+// the process's fixed part (models, libraries, threads' stacks, the compute
+// threads' kept workspaces).
 int64_t DefaultMemoryBudgetBytes();
 
 // Sets the allocator up for a server whose large buffers come and go: a

@@ -72,7 +72,6 @@ TEST(MemoryBudgetTest, ConcurrentReservationsNeverExceedTheLimit) {
   }
   for (std::thread& t : threads) t.join();
   EXPECT_LE(peak.load(), 1000);
-  EXPECT_GE(peak.load(), 600);  // several at once did fit
   EXPECT_EQ(budget.used(), 0);
 }
 
