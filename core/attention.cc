@@ -19,6 +19,10 @@
 namespace attention {
 namespace {
 
+// The caller's check between the phases of a call (projections, heads,
+// conversions), so that a cancelled call stops within one phase's work.
+absl::Status Check(const ComputeOptions& o) { return o.check ? o.check() : absl::OkStatus(); }
+
 using internal::HeadsProblem;
 using internal::Plan;
 using internal::Workspace;
@@ -56,13 +60,16 @@ absl::Status ComputeProjected(const Plan& p, const AttentionArgs& a, const Compu
   float* qp = projected;
   float* kp = qp + B * L * E;
   float* vp = kp + B * S * E;
+  if (absl::Status s = Check(o); !s.ok()) return s;
   projection.In(B * L, B * S, q, k, v, qp, kp, vp);
+  if (absl::Status s = Check(o); !s.ok()) return s;
   pr.q = qp, pr.k = kp, pr.v = vp;
   pr.ql = {L * E, D, E};
   pr.kl = pr.vl = {S * E, D, E};
   pr.out = concat;
   pr.ol = {L * E, Dv, E};
   if (absl::Status s = internal::AttendHeads(pr, o, ws); !s.ok()) return s;
+  if (absl::Status s = Check(o); !s.ok()) return s;
   projection.Out(B * L, concat, out);
   return absl::OkStatus();
 }
@@ -81,6 +88,7 @@ absl::Status Compute(const Plan& p, const AttentionArgs& a, const ComputeOptions
   const float* q = AsFloat32(a.query, q_store);
   const float* k = a.self_attention ? q : AsFloat32(*a.key, k_store);
   const float* v = a.self_attention ? q : AsFloat32(*a.value, v_store);
+  if (absl::Status s = Check(o); !s.ok()) return s;  // after converting the inputs
 
   HeadsProblem pr;
   pr.plan = &p;

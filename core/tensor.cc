@@ -39,6 +39,11 @@ const char* DTypeName(DType dtype) {
 bool IsFloat(DType dtype) { return dtype != DType::kBool; }
 
 std::string ShapeString(absl::Span<const int64_t> shape) {
+  constexpr size_t kShown = 6;  // dims written out of a longer shape
+  if (shape.size() > kShown + 2) {
+    return absl::StrCat("[", absl::StrJoin(shape.subspan(0, kShown), ","), ",...(", shape.size(),
+                        " dims)]");
+  }
   return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
 }
 

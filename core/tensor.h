@@ -89,7 +89,8 @@ bool ReadableAsFloat32(const TensorView& view);
 // `storage` (valid while `storage` is, unchanged).
 const float* AsFloat32(const TensorView& view, std::vector<float>& storage);
 
-// "[2,7,64]".
+// "[2,7,64]"; a shape of more than 8 dims shows its first 6 and its rank,
+// "[1,1,1,1,1,1,...(100000 dims)]", so that messages stay short.
 std::string ShapeString(absl::Span<const int64_t> shape);
 
 // Converts `view` (FLOAT32, FLOAT16 or BFLOAT16, already validated) to float32

@@ -135,6 +135,11 @@ v1::DataType ToWire(DType dtype) {
 }
 
 absl::StatusOr<TensorView> View(const v1::Tensor& t, absl::string_view field) {
+  if (t.shape_size() > kMaxWireRank) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": rank ", t.shape_size(),
+                                                   " is not supported (at most ", kMaxWireRank,
+                                                   " dimensions)"));
+  }
   absl::StatusOr<DType> dtype = FromWire(t.dtype(), field);
   if (!dtype.ok()) return dtype.status();
   return TensorView{*dtype, {t.shape().begin(), t.shape().end()}, t.data().data(), t.data().size()};

@@ -23,7 +23,12 @@ namespace wire {
 absl::StatusOr<DType> FromWire(v1::DataType dtype, absl::string_view field);
 v1::DataType ToWire(DType dtype);
 
-// A view of the tensor's bytes (not validated beyond the dtype: see
+// The most dimensions a wire tensor may have (the service takes rank 4 at
+// most; the margin keeps error messages about wrong ranks meaningful).
+inline constexpr int kMaxWireRank = 8;
+
+// A view of the tensor's bytes (not validated beyond the dtype and a rank of
+// at most kMaxWireRank, checked before the shape is copied: see
 // CheckedElements). Valid while `tensor` is alive and unchanged.
 absl::StatusOr<TensorView> View(const v1::Tensor& tensor, absl::string_view field);
 // A wire tensor with a copy of the view's bytes, in the view's dtype.

@@ -9,8 +9,13 @@
 namespace attention {
 namespace server {
 
-// Same code, same message. Codes the service never means to send (UNKNOWN)
-// become INTERNAL.
+// The longest message sent, in bytes: messages travel in the grpc-message
+// trailer, and a client whose received metadata exceeds its limit (8 KiB by
+// default) reports RESOURCE_EXHAUSTED instead of the real status.
+inline constexpr size_t kMaxStatusMessageBytes = 512;
+
+// Same code, same message (cut to kMaxStatusMessageBytes with "..."). Codes
+// the service never means to send (UNKNOWN) become INTERNAL.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 }  // namespace server

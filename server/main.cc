@@ -1,6 +1,7 @@
 // attention-server: serves multi-head attention over gRPC.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -39,7 +40,14 @@ ABSL_FLAG(std::string, admin_listen, "",
 ABSL_FLAG(std::string, access_log, "", "file to append one JSON line per call to, - for stdout");
 ABSL_FLAG(int64_t, batch_delay_us, 0, "dynamic batching: longest wait for company, us (0 = off)");
 ABSL_FLAG(int, batch_max_size, 32, "dynamic batching: requests merged into one computation");
-ABSL_FLAG(int, fault_delay_ms, 0, "TEST ONLY: sleep this long before each computation");
+ABSL_FLAG(int64_t, max_memory_mb, 0,
+          "budget for everything held for requests, MiB; 0 = 40% of the memory limit");
+ABSL_FLAG(int, max_concurrent_streams, 100, "concurrent calls per connection");
+ABSL_FLAG(int, max_connection_idle_seconds, 300, "close connections idle this long; 0 = never");
+ABSL_FLAG(int, max_connection_age_seconds, 0, "close connections this old; 0 = never");
+ABSL_FLAG(int, max_connection_age_grace_seconds, 30, "calls' time to finish on an aged connection");
+ABSL_FLAG(int, min_client_ping_seconds, 30,
+          "a client pinging more often without calls is disconnected");
 
 namespace {
 
@@ -78,6 +86,27 @@ limits:
   --max-request-memory-mb N     estimated memory one request may use (inputs, scores, outputs),
                                 MiB; larger requests get RESOURCE_EXHAUSTED (default 2048)
   --max-stream-in-flight N      messages of one stream read but not yet answered (default 4)
+  --max-memory-mb N             budget for everything the server holds for requests: messages
+                                received and not yet answered, compute buffers, responses not yet
+                                written. A request that does not fit gets RESOURCE_EXHAUSTED at
+                                once. Default 0: 40% of the container's memory limit (cgroup),
+                                or of physical memory. Requests still being received are outside
+                                it, bounded by gRPC's resource quota of the same size: a flood
+                                peaks near twice the budget plus the fixed part (models, threads)
+
+connections:
+  --max-concurrent-streams N    calls open at once on one connection (default 100)
+  --max-connection-idle-seconds N
+                                close a connection without calls for N s (default 300; 0 never)
+  --max-connection-age-seconds N
+                                close connections N s old, so that long-lived clients reconnect
+                                and spread over replicas (default 0: never; e.g. 1800 behind a
+                                load balancer)
+  --max-connection-age-grace-seconds N
+                                how long calls on an aged connection may still take (default 30)
+  --min-client-ping-seconds N   a client that pings more often than every N s while it has no
+                                calls is disconnected after 2 strikes (default 30); the server
+                                pings idle connections every 60 s to find dead peers
   --drain-seconds X             on SIGTERM/SIGINT: health turns NOT_SERVING, new calls are
                                 refused, running calls get X seconds before they are cancelled
                                 (default 10); then the server exits 0
@@ -107,8 +136,7 @@ security (files are re-read when they change: rotation without a restart):
   --reflection=true|false       serve gRPC server reflection (default true; behind tokens when
                                 they are required)
 
-testing:
-  --fault-delay-ms N            TEST ONLY: sleep N ms before each computation (default 0)
+other:
   --help                        this text
 )";
 
@@ -167,8 +195,17 @@ int main(int argc, char** argv) {
   config.reflection = absl::GetFlag(FLAGS_reflection);
   config.admin_listen = absl::GetFlag(FLAGS_admin_listen);
   config.access_log = absl::GetFlag(FLAGS_access_log);
-  config.fault_delay_ms = absl::GetFlag(FLAGS_fault_delay_ms);
   config.batch_delay_us = absl::GetFlag(FLAGS_batch_delay_us);
   config.batch_max_size = absl::GetFlag(FLAGS_batch_max_size);
+  config.max_memory_mb = absl::GetFlag(FLAGS_max_memory_mb);
+  config.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  config.max_connection_idle_seconds = absl::GetFlag(FLAGS_max_connection_idle_seconds);
+  config.max_connection_age_seconds = absl::GetFlag(FLAGS_max_connection_age_seconds);
+  config.max_connection_age_grace_seconds = absl::GetFlag(FLAGS_max_connection_age_grace_seconds);
+  config.min_client_ping_seconds = absl::GetFlag(FLAGS_min_client_ping_seconds);
+  // Test-only fault injection, out of the flags a production user sees.
+  if (const char* delay = std::getenv("ATTENTION_TEST_FAULT_DELAY_MS")) {
+    config.fault_delay_ms = std::atoi(delay);
+  }
   return attention::server::RunServer(config);
 }

@@ -6,6 +6,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/impl/server_builder_option.h>
 #include <grpcpp/impl/server_builder_plugin.h>
+#include <grpcpp/resource_quota.h>
 #include <omp.h>
 #include <signal.h>
 
@@ -20,6 +21,7 @@
 
 #include "server/access_log.h"
 #include "server/admin_http.h"
+#include "server/memory_budget.h"
 #include "server/metrics.h"
 #include "server/service.h"
 #include "server/model_registry.h"
@@ -59,6 +61,30 @@ class WithoutReflection final : public grpc::ServerBuilderOption {
   }
 };
 
+// Channel arguments of the connection limits (see --help): streams per
+// connection, idle and age limits, and keepalive enforcement (a client that
+// pings more often than min_client_ping_seconds without calls gets two strikes
+// then GOAWAY; the server itself pings idle connections each minute to find
+// dead peers).
+void SetConnectionLimits(const ServerConfig& c, grpc::ServerBuilder* builder) {
+  constexpr int kMs = 1000;
+  builder->AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, c.max_concurrent_streams);
+  if (c.max_connection_idle_seconds > 0) {
+    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, c.max_connection_idle_seconds * kMs);
+  }
+  if (c.max_connection_age_seconds > 0) {
+    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, c.max_connection_age_seconds * kMs);
+    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                                c.max_connection_age_grace_seconds * kMs);
+  }
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                              c.min_client_ping_seconds * kMs);
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60 * kMs);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20 * kMs);
+}
+
 int Fail(const std::string& message) {
   std::fprintf(stderr, "attention-server: error: %s\n", message.c_str());
   return 1;
@@ -77,13 +103,20 @@ int RunServer(const ServerConfig& config) {
 
   if (config.threads < 0 || config.workers < 1 || config.max_queue < 0 ||
       config.max_message_mb < 1 || config.max_request_memory_mb < 1 ||
-      config.max_stream_in_flight < 1 || config.drain_seconds < 0 || config.batch_delay_us < 0 ||
-      config.batch_max_size < 1) {
+      config.max_stream_in_flight < 1 || config.drain_seconds < 0 || config.max_memory_mb < 0 ||
+      config.max_concurrent_streams < 1 || config.max_connection_idle_seconds < 0 ||
+      config.max_connection_age_seconds < 0 || config.max_connection_age_grace_seconds < 0 ||
+      config.min_client_ping_seconds < 0 || config.batch_delay_us < 0 || config.batch_max_size < 1) {
     return Fail(
         "flags: --threads >= 0, --workers >= 1, --max-queue >= 0, --max-message-mb >= 1, "
         "--max-request-memory-mb >= 1, --max-stream-in-flight >= 1, --drain-seconds >= 0, "
+        "--max-memory-mb >= 0, --max-concurrent-streams >= 1, the connection seconds >= 0, "
         "--batch-delay-us >= 0, --batch-max-size >= 1");
   }
+  ConfigureAllocator();
+  // Before the admin endpoint, whose /metrics reads it until it stops.
+  MemoryBudget budget(config.max_memory_mb > 0 ? config.max_memory_mb << 20
+                                               : DefaultMemoryBudgetBytes());
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
       MakeServerCredentials(config.security);
   if (!credentials.ok()) return Fail(std::string(credentials.status().message()));
@@ -138,6 +171,13 @@ int RunServer(const ServerConfig& config) {
   limits.fault_delay_ms = config.fault_delay_ms;
   limits.batch_delay_us = config.batch_delay_us;
   limits.batch_max_size = config.batch_max_size;
+  limits.memory_budget = &budget;
+  registry.AddCallback("attention_memory_budget_limit_bytes",
+                       "The memory budget for what is held for requests (--max-memory-mb).",
+                       "gauge", [&budget] { return static_cast<double>(budget.limit()); });
+  registry.AddCallback("attention_memory_budget_used_bytes",
+                       "Bytes of the memory budget reserved by requests being served.", "gauge",
+                       [&budget] { return static_cast<double>(budget.used()); });
   ServiceMetrics::Options metrics_options;
   for (const Model* m : (*models)->All()) metrics_options.models.push_back(m->info().name);
   metrics_options.max_request_memory_bytes = limits.max_request_memory_bytes;
@@ -157,6 +197,16 @@ int RunServer(const ServerConfig& config) {
       static_cast<int>(std::min<int64_t>(limits.max_message_bytes, INT32_MAX)));
   builder.SetMaxSendMessageSize(
       static_cast<int>(std::min<int64_t>(limits.max_message_bytes, INT32_MAX)));
+  // gRPC's own accounting of what its transport holds (requests being
+  // received, read buffers), which the budget cannot see. It does not block
+  // allocations: over the quota it closes idle connections, then cancels
+  // streams (the client sees RESOURCE_EXHAUSTED "Received RST_STREAM with
+  // error code 11", a message gRPC gives). Sized as the budget: the peak
+  // then stays near twice the budget (bench/README.md has the figures).
+  grpc::ResourceQuota quota("attention-server");
+  quota.Resize(static_cast<size_t>(budget.limit()));
+  builder.SetResourceQuota(quota);
+  SetConnectionLimits(config, &builder);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
@@ -175,10 +225,11 @@ int RunServer(const ServerConfig& config) {
           : config.listen.substr(0, config.listen.rfind(':')) + ":" + std::to_string(port);
   std::printf(
       "attention-server: listening on %s; %s; models: %s; compute: %d worker(s) x %d "
-      "thread(s)%s\n",
+      "thread(s)%s; memory budget %lld MiB\n",
       address.c_str(), DescribeSecurity(config.security).c_str(), (*models)->Names().c_str(), executor.workers(),
       executor.threads_per_worker(),
-      executor.pinned_cpus().empty() ? "" : (" on CPUs " + executor.pinned_cpus()).c_str());
+      executor.pinned_cpus().empty() ? "" : (" on CPUs " + executor.pinned_cpus()).c_str(),
+      static_cast<long long>(budget.limit() >> 20));
   std::fflush(stdout);
 
   int signal = 0;

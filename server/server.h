@@ -27,12 +27,21 @@ struct ServerConfig {
   int64_t max_message_mb = 256;
   int64_t max_request_memory_mb = 2048;
   int max_stream_in_flight = 4;
+  int64_t max_memory_mb = 0;  // the memory budget; 0 = DefaultMemoryBudgetBytes()
+  // Connections (see --help): streams per connection; idle and age limits
+  // (0 = none) with the grace given to calls on an aged connection; the
+  // shortest interval between a client's pings without calls.
+  int max_concurrent_streams = 100;
+  int max_connection_idle_seconds = 300;
+  int max_connection_age_seconds = 0;
+  int max_connection_age_grace_seconds = 30;
+  int min_client_ping_seconds = 30;
   double drain_seconds = 10;
   SecurityConfig security;   // TLS, client certificates, tokens
   bool reflection = true;    // serve grpc.reflection
   std::string admin_listen;  // HOST:PORT of the admin HTTP endpoint; empty: none
   std::string access_log;    // a file to append to, "-" for stdout; empty: none
-  int fault_delay_ms = 0;    // test-only
+  int fault_delay_ms = 0;    // test-only (ATTENTION_TEST_FAULT_DELAY_MS)
   int64_t batch_delay_us = 0;  // dynamic batching (server/batcher.h); 0 = off
   int batch_max_size = 32;
 };

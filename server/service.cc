@@ -56,13 +56,18 @@ bool SubmitTimed(AttentionServiceImpl* service, CallRecord* call,
 }
 
 // A unary call's reactor, counted as active until gRPC is done with it.
+// Its reservation of the memory budget goes when gRPC is done with the call
+// (the response written).
 class UnaryReactor final : public grpc::ServerUnaryReactor {
  public:
-  explicit UnaryReactor(AttentionServiceImpl* service) : scope_(service) {}
+  explicit UnaryReactor(AttentionServiceImpl* service)
+      : scope_(service), held_(service->limits().memory_budget) {}
   void OnDone() override { delete this; }
+  Reservation* held() { return &held_; }
 
  private:
   AttentionServiceImpl::CallScope scope_;
+  Reservation held_;
 };
 
 // A bidirectional stream: each message an independent request, answered in
@@ -92,14 +97,21 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       item = std::make_shared<Item>();
       item->call = service_->metrics()->Begin(rpc_, peer_, incoming_.Length());
       item->call.stream_message = messages_++;
-      if (absl::Status parsed = ParseRequest(incoming_, &item->request); !parsed.ok()) {
-        item->response = EncodeError("", parsed);  // answered like any failed message
-        item->answered = true;
-        service_->metrics()->Finish(item->call, parsed, item->response.Length());
-      } else {
-        DescribeRequest(item->request, &item->call);
-      }
+      const int64_t bytes = incoming_.Length();
+      absl::Status admitted = service_->Received(bytes, &item->call, &item->held);
+      if (admitted.ok()) admitted = ParseRequest(incoming_, &item->request);
       incoming_.Clear();
+      service_->Parsed(bytes, &item->held);
+      if (admitted.ok()) {
+        DescribeRequest(item->request, &item->call);
+        admitted = service_->Admit(item->request, &item->call, &item->held);
+      }
+      if (!admitted.ok()) {  // answered like any failed message, its memory given back
+        item->held.Reset();
+        item->response = EncodeError(item->request.id(), admitted);
+        item->answered = true;
+        service_->metrics()->Finish(item->call, admitted, item->response.Length());
+      }
     }
     ReadDone(std::move(item));
   }
@@ -108,9 +120,11 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   void OnDone() override { delete this; }
 
  private:
+  // Its reservation goes with it, once its response has been written.
   struct Item : Slot {
     Request request;
     CallRecord call;
+    Reservation held;
   };
 
   void IssueRead() override { this->StartRead(&incoming_); }
@@ -126,6 +140,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
           Computed(item, std::move(answer));
         });
     if (!queued) {
+      item->held.Reset();
       const absl::Status saturated = Saturated(*service_->executor());
       item->response = EncodeError(item->request.id(), saturated);
       service_->metrics()->Finish(item->call, saturated, item->response.Length());
@@ -223,6 +238,36 @@ std::optional<bool> AttentionServiceImpl::SubmitBatched(
   return queued;
 }
 
+ComputeOptions AttentionServiceImpl::Options(grpc::CallbackServerContext* context,
+                                             const std::atomic<bool>* cancelled) const {
+  ComputeOptions options;
+  options.max_threads = executor_->threads_per_worker();
+  options.max_memory_bytes = limits_.max_request_memory_bytes;
+  if (context != nullptr) {
+    options.check = [context, cancelled] { return CheckAlive(context, cancelled); };
+  }
+  return options;
+}
+
+absl::Status AttentionServiceImpl::Received(int64_t bytes, CallRecord* call, Reservation* held) {
+  absl::Status s = held->Add(2 * bytes);
+  if (!s.ok()) call->refusal = CallRecord::Refusal::kMemoryBudget;
+  return s;
+}
+
+template <typename Request>
+absl::Status AttentionServiceImpl::Admit(const Request& request, CallRecord* call,
+                                         Reservation* held) {
+  absl::StatusOr<int64_t> planned =
+      PlanCall(request, *models_, Options(nullptr, nullptr), limits_.max_message_bytes);
+  absl::Status s = planned.ok() ? held->Add(*planned) : planned.status();
+  if (s.code() == absl::StatusCode::kResourceExhausted) {
+    call->refusal = planned.ok() ? CallRecord::Refusal::kMemoryBudget
+                                 : CallRecord::Refusal::kMemoryLimit;
+  }
+  return s;
+}
+
 template <typename Request>
 absl::Status AttentionServiceImpl::Run(const Request& request, grpc::CallbackServerContext* context,
                                        const std::atomic<bool>* cancelled,
@@ -236,11 +281,7 @@ absl::Status AttentionServiceImpl::Run(const Request& request, grpc::CallbackSer
     if (limits_.fault_delay_ms > 0) {  // test-only: a computation that stalls
       std::this_thread::sleep_for(std::chrono::milliseconds(limits_.fault_delay_ms));
     }
-    ComputeOptions options;
-    options.max_threads = executor_->threads_per_worker();
-    options.max_memory_bytes = limits_.max_request_memory_bytes;
-    options.check = [context, cancelled] { return CheckAlive(context, cancelled); };
-    return Compute(call, options, request.id(), response);
+    return Compute(call, Options(context, cancelled), request.id(), response);
   } catch (const std::bad_alloc&) {
     CallRecord described;
     DescribeRequest(request, &described);
@@ -263,31 +304,40 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Unary(const char* rpc,
                                                       grpc::CallbackServerContext* context,
                                                       const grpc::ByteBuffer* request_bytes,
                                                       grpc::ByteBuffer* response) {
-  grpc::ServerUnaryReactor* reactor = new UnaryReactor(this);
-  auto call = std::make_shared<CallRecord>(
-      metrics_->Begin(rpc, context->peer(), static_cast<int64_t>(request_bytes->Length())));
+  auto* reactor = new UnaryReactor(this);
+  const auto bytes = static_cast<int64_t>(request_bytes->Length());
+  auto call = std::make_shared<CallRecord>(metrics_->Begin(rpc, context->peer(), bytes));
   // Counted before the client can see the answer.
   auto finish = [this, reactor, call](const absl::Status& s, int64_t bytes_out) {
     metrics_->Finish(*call, s, bytes_out);
     reactor->Finish(ToGrpcStatus(s));
   };
   auto request = std::make_shared<Request>();
-  const absl::Status parsed = ParseRequest(*request_bytes, request.get());
+  absl::Status admitted = Received(bytes, call.get(), reactor->held());
+  if (admitted.ok()) admitted = ParseRequest(*request_bytes, request.get());
   // gRPC keeps the received bytes until the call ends; once parsed they are
   // not needed, so they go now and a queued request is held once, not twice.
   // (The buffer is gRPC's own mutable object, handed to handlers as const.)
   const_cast<grpc::ByteBuffer*>(request_bytes)->Clear();
-  if (!parsed.ok()) {
-    finish(parsed, 0);
+  Parsed(bytes, reactor->held());
+  if (admitted.ok()) {
+    DescribeRequest(*request, call.get());
+    admitted = Admit(*request, call.get(), reactor->held());
+  }
+  if (!admitted.ok()) {
+    reactor->held()->Reset();  // a refused request's memory goes at once
+    finish(admitted, 0);
     return reactor;
   }
-  DescribeRequest(*request, call.get());
   const bool queued = Submit<Request>(
       request, context, nullptr, call.get(), response,
       [response, finish](const absl::Status& s) {
         finish(s, s.ok() ? static_cast<int64_t>(response->Length()) : 0);
       });
-  if (!queued) finish(Saturated(*executor_), 0);
+  if (!queued) {
+    reactor->held()->Reset();
+    finish(Saturated(*executor_), 0);
+  }
   return reactor;
 }
 

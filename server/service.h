@@ -1,5 +1,11 @@
 // attention.v1.AttentionService on gRPC's callback API.
 //
+// Every request takes its share of the memory budget (server/memory_budget.h)
+// as it arrives: its received bytes, then, once validated, the memory its
+// computation and response take; a request that does not fit, or whose
+// response would exceed the message limit, is refused before it is queued.
+// The share is given back when the response has been written.
+//
 // Handlers never compute inside a reaction: each request becomes a task on
 // the core's bounded Executor, which calls Finish / StartWrite when done. A
 // full executor answers RESOURCE_EXHAUSTED at once. Streams keep at most
@@ -21,6 +27,7 @@
 #include "attention/v1/attention.grpc.pb.h"
 #include "core/executor.h"
 #include "server/batcher.h"
+#include "server/memory_budget.h"
 #include "server/service_metrics.h"
 #include "server/wire.h"
 
@@ -32,8 +39,12 @@ struct ServiceLimits {
   int64_t max_request_memory_bytes = int64_t{1} << 30;
   int max_stream_in_flight = 4;
   int max_queue = 64;
-  // Test-only fault injection: each computation first sleeps this long
-  // (--fault-delay-ms; batched computations do not). 0 in production.
+  // The server's budget for what it holds for requests (--max-memory-mb);
+  // null: none. Not owned.
+  MemoryBudget* memory_budget = nullptr;
+  // Test-only fault injection: each computation first sleeps this long (the
+  // environment variable ATTENTION_TEST_FAULT_DELAY_MS; batched computations do
+  // not). 0 in production.
   int fault_delay_ms = 0;
   // Dynamic batching (server/batcher.h): 0 = off.
   int64_t batch_delay_us = 0;
@@ -80,6 +91,16 @@ class AttentionServiceImpl final : public ServiceBase {
   absl::Status Run(const Request& request, grpc::CallbackServerContext* context,
                    const std::atomic<bool>* cancelled, grpc::ByteBuffer* response);
 
+  // Takes a request of `bytes` received bytes into `held` (the call's
+  // reservation): the bytes, and their parsed copy until ParseRequest is done
+  // and the received ones are dropped (Parsed). A refusal is marked in `call`.
+  absl::Status Received(int64_t bytes, CallRecord* call, Reservation* held);
+  void Parsed(int64_t bytes, Reservation* held) { held->Shrink(bytes); }
+  // Validates `request` and adds the memory of its computation and response
+  // to `held`, before it is queued (refusals marked in `call`).
+  template <typename Request>
+  absl::Status Admit(const Request& request, CallRecord* call, Reservation* held);
+
   Executor* executor() { return executor_; }
   ServiceMetrics* metrics() { return metrics_; }
   const ServiceLimits& limits() const { return limits_; }
@@ -122,6 +143,11 @@ class AttentionServiceImpl final : public ServiceBase {
                                     const std::atomic<bool>* cancelled, CallRecord* call,
                                     grpc::ByteBuffer* response,
                                     const std::function<void(const absl::Status&)>& done);
+
+  // The core's options for a call: the deadline and cancellation polled
+  // (none without a context: planning only).
+  ComputeOptions Options(grpc::CallbackServerContext* context,
+                         const std::atomic<bool>* cancelled) const;
 
   template <typename Request>
   grpc::ServerUnaryReactor* Unary(const char* rpc, grpc::CallbackServerContext* context,

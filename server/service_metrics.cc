@@ -33,6 +33,8 @@ const char* RefusalName(CallRecord::Refusal refusal) {
       return "queue_full";
     case CallRecord::Refusal::kMemoryLimit:
       return "memory_limit";
+    case CallRecord::Refusal::kMemoryBudget:
+      return "memory_budget";
     case CallRecord::Refusal::kNone:
       break;
   }
@@ -92,8 +94,9 @@ ServiceMetrics::ServiceMetrics(Registry* registry, Options options, AccessLog* a
       refusals_(registry->AddCounter(
           "attention_refusals_total",
           "Requests refused with RESOURCE_EXHAUSTED, by reason: queue_full (every worker busy "
-          "and --max-queue waiting), memory_limit (over --max-request-memory-mb, or an "
-          "allocation failed).",
+          "and --max-queue waiting), memory_limit (over --max-request-memory-mb or "
+          "--max-message-mb, or an allocation failed), memory_budget (the server's "
+          "--max-memory-mb was in use).",
           {"rpc", "reason"})),
       queued_(registry->AddGauge("attention_requests_queued",
                                  "Requests waiting for a compute worker.")

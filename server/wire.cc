@@ -1,5 +1,8 @@
 #include "server/wire.h"
 
+#include <cmath>
+#include <string>
+
 #include "absl/strings/str_cat.h"
 #include "core/guard.h"
 #include "grpcpp/support/proto_buffer_reader.h"
@@ -34,11 +37,52 @@ absl::Status ResolveModel(const v1::AttentionOptions& o, const ModelRegistry& mo
   return absl::OkStatus();
 }
 
+// Bounds on the strings of a request: `id` is echoed in the response,
+// the model's name in errors and logs.
+constexpr size_t kMaxIdBytes = 1024;
+constexpr size_t kMaxModelNameBytes = 256;
+
 template <typename Request>
 absl::Status Prepare(const Request& r, const ModelRegistry& models, Call* call) {
+  if (r.id().size() > kMaxIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("id: ", r.id().size(), " bytes; at most ", kMaxIdBytes));
+  }
+  if (r.options().model().size() > kMaxModelNameBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "options.model: a name of ", r.options().model().size(), " bytes; at most ",
+        kMaxModelNameBytes));
+  }
   if (absl::Status s = wire::FromWire(r, &call->args, &call->projection); !s.ok()) return s;
   call->output_dtype = call->args.query.dtype;
   return ResolveModel(r.options(), models, call->args);
+}
+
+std::string MiB(double bytes) { return absl::StrCat(std::ceil(bytes / (1 << 20))); }
+
+template <typename Request>
+absl::StatusOr<int64_t> Plan(const Request& r, const ModelRegistry& models,
+                             const ComputeOptions& options, int64_t max_message_bytes) {
+  Call call;
+  if (absl::Status s = Prepare(r, models, &call); !s.ok()) return s;
+  absl::StatusOr<AttentionPlanInfo> plan = PlanAttention(call.args, options);
+  if (!plan.ok()) return plan.status();
+  const double output = ShapeProduct<double>(plan->output_shape);
+  const double weights = plan->weights_shape.empty() ? 0 : ShapeProduct<double>(plan->weights_shape);
+  // The tensors and the framing around them (id, dtypes, shapes).
+  const double message =
+      output * DTypeSize(call.output_dtype) + 4 * weights + r.id().size() + 256;
+  if (message > static_cast<double>(max_message_bytes)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "response would be ", MiB(message), " MiB (output ", ShapeString(plan->output_shape),
+        weights > 0 ? absl::StrCat(", weights ", ShapeString(plan->weights_shape)) : "",
+        "), over --max-message-mb ", MiB(static_cast<double>(max_message_bytes)),
+        "; ask for fewer weights or send smaller requests"));
+  }
+  // The plan counts a float32 output; a half-precision one is staged in
+  // float32 and converted into a buffer of its own.
+  const double wire_output = call.output_dtype == DType::kFloat32 ? 0 : output * 2;
+  return plan->memory_bytes + static_cast<int64_t>(wire_output);
 }
 
 template <typename Request>
@@ -64,6 +108,17 @@ absl::Status PrepareCall(const v1::SelfAttentionRequest& r, const ModelRegistry&
   return Prepare(r, models, call);
 }
 
+absl::StatusOr<int64_t> PlanCall(const v1::AttentionRequest& request, const ModelRegistry& models,
+                                 const ComputeOptions& options, int64_t max_message_bytes) {
+  return Plan(request, models, options, max_message_bytes);
+}
+
+absl::StatusOr<int64_t> PlanCall(const v1::SelfAttentionRequest& request,
+                                 const ModelRegistry& models, const ComputeOptions& options,
+                                 int64_t max_message_bytes) {
+  return Plan(request, models, options, max_message_bytes);
+}
+
 absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::AttentionRequest* request) {
   return Parse(bytes, request);
 }
@@ -76,6 +131,9 @@ absl::Status Compute(const Call& call, const ComputeOptions& options, const std:
                      grpc::ByteBuffer* response) {
   ResponseOutputs outputs(call.output_dtype);
   if (absl::Status s = ComputeAttention(call.args, options, &outputs); !s.ok()) return s;
+  if (options.check) {  // before converting and framing the results
+    if (absl::Status s = options.check(); !s.ok()) return s;
+  }
   return Encode(&outputs, id, response);
 }
 

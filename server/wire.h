@@ -37,12 +37,26 @@ struct Call {
   DType output_dtype = DType::kFloat32;
 };
 
-// Validates what the core does not see (dtype enums, model, projection
-// choice) and fills `call`. InvalidArgument / NotFound naming the field.
+// Validates what the core does not see (the sizes of `id` and of the model's
+// name, the rank of every tensor, dtype enums, model, projection choice)
+// before copying anything out of the request, and fills `call`.
+// InvalidArgument / NotFound naming the field.
 absl::Status PrepareCall(const v1::AttentionRequest& request, const ModelRegistry& models,
                          Call* call);
 absl::Status PrepareCall(const v1::SelfAttentionRequest& request, const ModelRegistry& models,
                          Call* call);
+
+// Validates `request` as Compute will (PrepareCall, then the core's plan
+// under `options`) without computing, and returns the memory its
+// computation takes, the response's buffers included. ResourceExhausted when
+// the response would be larger than `max_message_bytes` (gRPC could not send
+// it) or the plan is over options.max_memory_bytes; other errors as
+// PrepareCall and PlanAttention give them.
+absl::StatusOr<int64_t> PlanCall(const v1::AttentionRequest& request, const ModelRegistry& models,
+                                 const ComputeOptions& options, int64_t max_message_bytes);
+absl::StatusOr<int64_t> PlanCall(const v1::SelfAttentionRequest& request,
+                                 const ModelRegistry& models, const ComputeOptions& options,
+                                 int64_t max_message_bytes);
 
 // Parses a request from the bytes gRPC received (the service's methods take
 // raw bytes so that responses can be sent without a copy). InvalidArgument

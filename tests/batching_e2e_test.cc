@@ -167,10 +167,8 @@ TEST(Batching, ConcurrentCallersGetTheirUnbatchedAnswers) {
 // those whose deadline passes meanwhile get DEADLINE_EXCEEDED, the others
 // in the same batch are answered as usual.
 TEST(Batching, DeadlinesApplyToEachRequestOfABatch) {
-  std::vector<std::string> flags = BatchingFlags("100");
-  flags.push_back("--fault-delay-ms");  // unbatched computations take 400 ms
-  flags.push_back("400");
-  ServerProcess server(flags);
+  // Unbatched computations take 400 ms.
+  ServerProcess server(BatchingFlags("100"), FaultDelay(400));
   ServerProcess alone(ModelFlags());
   ASSERT_TRUE(server.ok()) << server.Output();
   ASSERT_TRUE(alone.ok()) << alone.Output();

@@ -304,11 +304,12 @@ TEST(E2EStreams, AClientThatStopsReadingIsNotBufferedWithoutBound) {
   EXPECT_EQ(written.load(), kMessages);
 }
 
-// A deliberately slow, small server (test-only fault injection).
-std::vector<std::string> SlowFlags(int delay_ms, int queue) {
+// A small server, made deliberately slow with FaultDelay (test-only fault
+// injection).
+std::vector<std::string> SlowFlags(int queue) {
   std::vector<std::string> flags = ModelFlags();
   for (const std::string& f :
-       {std::string("--fault-delay-ms=") + std::to_string(delay_ms), std::string("--workers=1"),
+       {std::string("--workers=1"),
         std::string("--max-queue=") + std::to_string(queue), std::string("--max-message-mb=1"),
         std::string("--drain-seconds=5")}) {
     flags.push_back(f);
@@ -325,7 +326,7 @@ v1::SelfAttentionRequest DemoRequest(int length) {
 }
 
 TEST(E2ELimits, DeadlinesMessageSizeAndSaturation) {
-  ServerProcess server(SlowFlags(300, 2));
+  ServerProcess server(SlowFlags(2), FaultDelay(300));
   ASSERT_TRUE(server.ok()) << server.Output();
   AttentionClient c(AttentionClient::Connect(server.target()));
   EXPECT_EQ(c.SelfAttention(DemoRequest(4), {0.1}).status().code(),
@@ -360,7 +361,7 @@ TEST(E2ELimits, DeadlinesMessageSizeAndSaturation) {
 }
 
 TEST(E2ELimits, ACallWhoseDeadlinePassedInTheQueueIsNotComputed) {
-  ServerProcess server(SlowFlags(300, 8));  // one worker; each computation takes 300 ms
+  ServerProcess server(SlowFlags(8), FaultDelay(300));  // one worker; each computation takes 300 ms
   ASSERT_TRUE(server.ok()) << server.Output();
   AttentionClient c(AttentionClient::Connect(server.target()));
   ASSERT_TRUE(c.Health().ok());
@@ -385,7 +386,7 @@ TEST(E2ELimits, ACallWhoseDeadlinePassedInTheQueueIsNotComputed) {
 }
 
 TEST(E2EShutdown, SigtermDrainsInFlightCallsAndExitsZero) {
-  ServerProcess server(SlowFlags(300, 32));
+  ServerProcess server(SlowFlags(32), FaultDelay(300));
   ASSERT_TRUE(server.ok()) << server.Output();
   auto channel = AttentionClient::Connect(server.target());
   AttentionClient c(channel);
@@ -464,9 +465,9 @@ TEST(E2EShutdown, AnIdleClientConnectionDoesNotHoldTheDrain) {
 }
 
 TEST(E2EShutdown, StreamsCancelledMidFlightDoNotBlockShutdown) {
-  std::vector<std::string> flags = SlowFlags(50, 2);  // queue of 2: later messages are refused
+  std::vector<std::string> flags = SlowFlags(2);  // queue of 2: later messages are refused
   flags.push_back("--drain-seconds=60");
-  ServerProcess server(flags);
+  ServerProcess server(flags, FaultDelay(50));
   ASSERT_TRUE(server.ok()) << server.Output();
   auto channel = AttentionClient::Connect(server.target());
   auto stub = v1::AttentionService::NewStub(channel);

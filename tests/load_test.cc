@@ -148,8 +148,7 @@ TEST_F(LoadTest, OpenLoopCorrectsForAStalledServer) {
   // Every computation stalls 40 ms (test-only fault injection) and the client
   // may keep one request outstanding: it falls behind its 50/s schedule.
   std::vector<std::string> flags = ModelFlags();
-  flags.push_back("--fault-delay-ms=40");
-  ServerProcess server(flags);
+  ServerProcess server(flags, FaultDelay(40));
   ASSERT_TRUE(server.ok()) << server.Output();
   nlohmann::json r;
   std::string out;

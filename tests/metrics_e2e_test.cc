@@ -250,8 +250,9 @@ TEST(MetricsE2E, CountersReadTheCallsMadePromtoolAndPrometheusAgreeAndTheAccessL
 
 TEST(MetricsE2E, RefusedCallsCountUnderTheirReason) {
   // One worker, one waiting place, 300 ms a computation, 1 MiB per request.
-  ServerProcess server(Flags({"--fault-delay-ms=300", "--workers=1", "--max-queue=1",
-                              "--max-request-memory-mb=1", "--drain-seconds=5"}));
+  ServerProcess server(Flags({"--workers=1", "--max-queue=1", "--max-request-memory-mb=1",
+                              "--drain-seconds=5"}),
+                       FaultDelay(300));
   ASSERT_TRUE(server.ok()) << server.Output();
   const int admin = AdminPort(server);
   AttentionClient c(AttentionClient::Connect(server.target()));
@@ -284,7 +285,7 @@ TEST(MetricsE2E, RefusedCallsCountUnderTheirReason) {
 }
 
 TEST(MetricsE2E, ReadyzTurns503WhenTheDrainStartsWhileHealthzStays200) {
-  ServerProcess server(Flags({"--fault-delay-ms=1500", "--workers=1", "--drain-seconds=10"}));
+  ServerProcess server(Flags({"--workers=1", "--drain-seconds=10"}), FaultDelay(1500));
   ASSERT_TRUE(server.ok()) << server.Output();
   const int admin = AdminPort(server);
   ASSERT_EQ(HttpGet(admin, "/readyz"), 200);

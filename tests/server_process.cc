@@ -16,8 +16,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Forks and execs argv with stdout+stderr on a pipe; returns the pid.
-pid_t Spawn(const std::vector<std::string>& argv, int* read_fd) {
+// Forks and execs argv, with `env` added to the environment and stdout+stderr
+// on a pipe; returns the pid.
+pid_t Spawn(const std::vector<std::string>& argv, int* read_fd,
+            const std::vector<std::string>& env = {}) {
   int fds[2];
   if (pipe(fds) != 0) return -1;
   const pid_t pid = fork();
@@ -26,6 +28,7 @@ pid_t Spawn(const std::vector<std::string>& argv, int* read_fd) {
     dup2(fds[1], 2);
     close(fds[0]);
     close(fds[1]);
+    for (const std::string& e : env) putenv(const_cast<char*>(e.c_str()));
     std::vector<char*> args;
     for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
@@ -70,10 +73,10 @@ int WaitFor(pid_t pid, double timeout_s, int fd, std::string* out) {
 std::string ServerBinary() { return ATTENTION_SERVER_BIN; }
 std::string ClientBinary() { return ATTENTION_CLIENT_BIN; }
 
-ServerProcess::ServerProcess(std::vector<std::string> flags) {
+ServerProcess::ServerProcess(std::vector<std::string> flags, std::vector<std::string> env) {
   std::vector<std::string> argv = {ServerBinary(), "--listen", "127.0.0.1:0"};
   argv.insert(argv.end(), flags.begin(), flags.end());
-  pid_ = Spawn(argv, &out_fd_);
+  pid_ = Spawn(argv, &out_fd_, env);
   if (pid_ < 0) return;
   static const std::regex kListening("listening on ([^;\\s]+);");
   const auto end = Clock::now() + std::chrono::seconds(30);

@@ -16,8 +16,9 @@ class ServerProcess {
  public:
   // Starts attention-server with --listen 127.0.0.1:0 and then `flags` (a
   // --listen among them wins) and waits for its "listening on" line. ok()
-  // tells whether it came up.
-  explicit ServerProcess(std::vector<std::string> flags);
+  // tells whether it came up. `env`: NAME=VALUE variables added to its
+  // environment (test-only knobs such as ATTENTION_TEST_FAULT_DELAY_MS).
+  explicit ServerProcess(std::vector<std::string> flags, std::vector<std::string> env = {});
   ~ServerProcess();  // SIGKILL if still running
 
   bool ok() const { return !target_.empty(); }
@@ -37,6 +38,12 @@ class ServerProcess {
   std::string target_;
   std::string output_;
 };
+
+// The environment of a server whose every computation first sleeps `ms`
+// (test-only fault injection).
+inline std::vector<std::string> FaultDelay(int ms) {
+  return {"ATTENTION_TEST_FAULT_DELAY_MS=" + std::to_string(ms)};
+}
 
 // Runs a binary to completion with a time limit; returns the exit code (-1 on
 // timeout) and fills `out` with its stdout and stderr.

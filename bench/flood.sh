@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The flood of issue 13 against a server with a memory budget: starts
+# attention-server (--max-memory-mb, default 512) on loopback, runs
+# attention-flood (48 callers x 2 requests of 50 MiB by default), prints its
+# JSON line (answered, refused, the server's peak and final RSS) and stops
+# the server. Extra environment for the server (an allocator to compare)
+# goes in SERVER_ENV, e.g.
+#   SERVER_ENV="LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2" bench/flood.sh
+# Usage: bench/flood.sh [BUILD_DIR] [BUDGET_MIB] [CALLERS] [CALLS] [MIB]
+set -euo pipefail
+build=${1:-build}
+budget=${2:-512}
+callers=${3:-48}
+calls=${4:-2}
+mib=${5:-50}
+log=$(mktemp)
+env ${SERVER_ENV:-} "$build/server/attention-server" --listen 127.0.0.1:0 \
+  --max-memory-mb "$budget" >"$log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; rm -f "$log"' EXIT
+for _ in $(seq 100); do
+  grep -q "listening on" "$log" && break
+  sleep 0.1
+done
+target=$(sed -n 's/.*listening on \([^;]*\);.*/\1/p' "$log")
+"$build/bench/attention-flood" --target "$target" --pid "$server" --callers "$callers" \
+  --calls "$calls" --mib "$mib"

@@ -1,0 +1,104 @@
+#include "server/memory_budget.h"
+
+#include <malloc.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace attention {
+namespace server {
+namespace {
+
+// Released bytes after which an empty budget trims the heap: small calls
+// never pay for a trim, a burst of large ones is returned once it is over.
+constexpr int64_t kTrimAfterBytes = int64_t{64} << 20;
+// Allocations from this size on are mmapped (see ConfigureAllocator).
+constexpr int kMmapThresholdBytes = 1 << 20;
+
+std::string MiB(double bytes) {
+  const double mib = bytes / (1 << 20);
+  return mib < 10 ? absl::StrCat(std::round(mib * 10) / 10) : absl::StrCat(std::llround(mib));
+}
+
+// The first number in `path`, or -1 (absent, or "max": no limit).
+int64_t ReadLimit(const char* path) {
+  std::ifstream in(path);
+  std::string word;
+  if (!(in >> word) || word == "max") return -1;
+  char* end = nullptr;
+  const long long v = std::strtoll(word.c_str(), &end, 10);
+  return end != word.c_str() && v > 0 ? v : -1;
+}
+
+}  // namespace
+
+MemoryBudget::MemoryBudget(int64_t limit_bytes) : limit_(limit_bytes) {}
+
+absl::Status MemoryBudget::Reserve(int64_t bytes) {
+  int64_t used = used_.load(std::memory_order_relaxed);
+  do {
+    if (bytes > limit_ - used) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "memory budget: request needs ", MiB(bytes), " MiB, ", MiB(used), " of ", MiB(limit_),
+          " MiB in use; retry later or raise --max-memory-mb"));
+    }
+  } while (!used_.compare_exchange_weak(used, used + bytes, std::memory_order_relaxed));
+  return absl::OkStatus();
+}
+
+void MemoryBudget::Release(int64_t bytes) {
+  if (bytes <= 0) return;
+  const int64_t released = released_since_trim_.fetch_add(bytes) + bytes;
+  if (used_.fetch_sub(bytes) - bytes == 0 && released >= kTrimAfterBytes &&
+      released_since_trim_.exchange(0) >= kTrimAfterBytes) {
+    malloc_trim(0);
+    trims_.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+Reservation::Reservation(Reservation&& other) noexcept
+    : budget_(std::exchange(other.budget_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+
+Reservation& Reservation::operator=(Reservation&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    budget_ = std::exchange(other.budget_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+absl::Status Reservation::Add(int64_t bytes) {
+  if (budget_ == nullptr || bytes <= 0) return absl::OkStatus();
+  if (absl::Status s = budget_->Reserve(bytes); !s.ok()) return s;
+  bytes_ += bytes;
+  return absl::OkStatus();
+}
+
+void Reservation::Shrink(int64_t bytes) {
+  bytes = std::min(bytes, bytes_);
+  if (budget_ == nullptr || bytes <= 0) return;
+  bytes_ -= bytes;
+  budget_->Release(bytes);
+}
+
+int64_t DefaultMemoryBudgetBytes() {
+  int64_t total = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+  for (const char* path : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    const int64_t limit = ReadLimit(path);
+    if (limit > 0 && limit < total) total = limit;
+  }
+  return total / 5 * 2;
+}
+
+void ConfigureAllocator() { mallopt(M_MMAP_THRESHOLD, kMmapThresholdBytes); }
+
+}  // namespace server
+}  // namespace attention

@@ -1,0 +1,95 @@
+// One budget, in bytes, for everything the server holds for requests
+// (--max-memory-mb): messages received and not yet answered, compute
+// buffers, responses not yet written. Each call takes a Reservation when its
+// request arrives, grows it by the request's planned memory before it is
+// queued, and drops it when its response has been written; a request that
+// does not fit is refused at once (RESOURCE_EXHAUSTED), never queued.
+//
+//   MemoryBudget budget(512 << 20);
+//   Reservation held(&budget);
+//   absl::Status s = held.Add(request_bytes);        // on arrival
+//   if (s.ok()) s = held.Add(plan.memory_bytes);     // before queueing
+//   // ... ~Reservation (the response written) gives it all back
+//
+// When the budget falls back to zero after large releases, the allocator's
+// free memory is returned to the system (malloc_trim), so that a burst does
+// not leave the process holding its peak. Thread-safe.
+#ifndef SERVER_MEMORY_BUDGET_H_
+#define SERVER_MEMORY_BUDGET_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include "absl/status/status.h"
+
+namespace attention {
+namespace server {
+
+class MemoryBudget {
+ public:
+  // `limit_bytes` > 0.
+  explicit MemoryBudget(int64_t limit_bytes);
+  MemoryBudget(const MemoryBudget&) = delete;
+  MemoryBudget& operator=(const MemoryBudget&) = delete;
+
+  // Reserves `bytes` (>= 0) when they fit under the limit; otherwise reserves
+  // nothing and returns ResourceExhausted "memory budget: request needs X MiB,
+  // Y of Z MiB in use; retry later or raise --max-memory-mb".
+  absl::Status Reserve(int64_t bytes);
+  // Gives back `bytes` reserved before.
+  void Release(int64_t bytes);
+
+  int64_t used() const { return used_.load(std::memory_order_relaxed); }
+  int64_t limit() const { return limit_; }
+  // Times the freed memory went back to the system (see the overview).
+  int64_t trims() const { return trims_.load(std::memory_order_relaxed); }
+
+ private:
+  const int64_t limit_;
+  std::atomic<int64_t> used_{0};
+  std::atomic<int64_t> released_since_trim_{0};
+  std::atomic<int64_t> trims_{0};
+};
+
+// A call's share of a budget, given back when it is destroyed. Move-only; a
+// default-constructed one holds nothing (no budget). One thread at a time.
+class Reservation {
+ public:
+  Reservation() = default;
+  explicit Reservation(MemoryBudget* budget) : budget_(budget) {}
+  ~Reservation() { Reset(); }
+  Reservation(Reservation&& other) noexcept;
+  Reservation& operator=(Reservation&& other) noexcept;
+
+  // Reserves `bytes` more; on refusal holds what it held (see Reserve).
+  absl::Status Add(int64_t bytes);
+  // Gives back `bytes` of what it holds (at most all of it).
+  void Shrink(int64_t bytes);
+  // Gives back everything.
+  void Reset() { Shrink(bytes_); }
+
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  MemoryBudget* budget_ = nullptr;
+  int64_t bytes_ = 0;
+};
+
+// The default --max-memory-mb, in bytes: 40% of the container's memory limit
+// (cgroup v2 memory.max, or v1 memory.limit_in_bytes), or of physical memory
+// when there is no limit (or a larger one). What the budget cannot see,
+// requests while gRPC is still receiving them, is bounded by gRPC's resource
+// quota, sized as the budget (see server.cc): together 80%, and the rest is
+// the process's fixed part (models, libraries, threads' stacks, the compute
+// threads' kept workspaces).
+int64_t DefaultMemoryBudgetBytes();
+
+// Sets the allocator up for a server whose large buffers come and go: a
+// fixed mmap threshold, so that buffers above it (tensors) go back to the
+// system when freed instead of staying in the heap. Call once at start.
+void ConfigureAllocator();
+
+}  // namespace server
+}  // namespace attention
+
+#endif  // SERVER_MEMORY_BUDGET_H_

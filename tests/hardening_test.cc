@@ -1,0 +1,186 @@
+// End-to-end hardening: the memory budget under a flood of large requests,
+// hostile shapes and names, and results too large to send, against a real
+// server on loopback. bench/flood.cc is the larger version of the flood.
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "client/client.h"
+#include "core/attention.h"
+#include "core/test_util.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/e2e_util.h"
+#include "tests/server_process.h"
+
+namespace attention {
+namespace testing {
+namespace {
+
+using client::AttentionClient;
+using ::testing::HasSubstr;
+
+constexpr int64_t kMiB = 1 << 20;
+
+// A field of /proc/PID/status in bytes (VmRSS, VmHWM), or -1.
+int64_t ProcStatusBytes(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1)) * 1024;
+  }
+  return -1;
+}
+
+// Self-attention without a model: [32, 64, 1024] float32, 8 heads (8 MiB in,
+// 8 MiB out, a few milliseconds of compute).
+struct Flood {
+  FloatTensor input;
+  FloatTensor want;
+
+  Flood() {
+    std::mt19937 rng(7);
+    input = RandomTensor({32, 64, 1024}, rng);
+    AttentionArgs args;
+    args.query = input.view();
+    args.self_attention = true;
+    args.num_heads = 8;
+    VectorOutputs out;
+    EXPECT_TRUE(ComputeAttention(args, {}, &out).ok());
+    want = out.output;
+  }
+  v1::SelfAttentionRequest Request() const {
+    v1::SelfAttentionRequest r;
+    *r.mutable_input() = ToProto(input.view());
+    r.mutable_options()->set_num_heads(8);
+    return r;
+  }
+};
+
+TEST(Hardening, AFloodStaysWithinTheMemoryBudget) {
+  constexpr int64_t kBudgetMiB = 64;
+  ServerProcess server({"--max-memory-mb=" + std::to_string(kBudgetMiB), "--workers=1",
+                        "--max-queue=64"});
+  ASSERT_TRUE(server.ok()) << server.Output();
+  const Flood flood;
+  const v1::SelfAttentionRequest request = flood.Request();
+  AttentionClient warm(AttentionClient::Connect(server.target()));
+  ASSERT_TRUE(warm.SelfAttention(request).ok());  // the libraries' and threads' own memory
+  const int64_t baseline = ProcStatusBytes(server.pid(), "VmRSS");
+
+  constexpr int kCallers = 48;
+  constexpr int kCallsEach = 2;
+  std::atomic<int> ok{0}, refused{0}, cut{0}, wrong{0};
+  std::vector<std::string> unexpected;
+  std::mutex mu;
+  std::vector<std::thread> callers;
+  for (int c = 0; c < kCallers; ++c) {
+    callers.emplace_back([&] {
+      AttentionClient client(AttentionClient::Connect(server.target()));  // a connection each
+      for (int i = 0; i < kCallsEach; ++i) {
+        absl::StatusOr<v1::AttentionResponse> r = client.SelfAttention(request);
+        if (r.ok()) {
+          ++ok;
+          if (ErrorAgainst(r->output(), flood.want.view()) > 1e-5) ++wrong;
+        } else if (r.status().code() == absl::StatusCode::kResourceExhausted &&
+                   absl::StrContains(r.status().message(), "--max-memory-mb")) {
+          ++refused;
+        } else if (r.status().code() == absl::StatusCode::kResourceExhausted) {
+          ++cut;  // by gRPC's resource quota (RST_STREAM), should uploads outgrow it
+        } else {
+          std::lock_guard<std::mutex> lock(mu);
+          unexpected.push_back(r.status().ToString());
+        }
+      }
+    });
+  }
+  for (std::thread& t : callers) t.join();
+  const int64_t peak = ProcStatusBytes(server.pid(), "VmHWM");
+  EXPECT_THAT(unexpected, ::testing::IsEmpty());
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_GT(ok.load(), 0);
+  EXPECT_GT(refused.load() + cut.load(), 0)
+      << "the flood should not fit in " << kBudgetMiB << " MiB";
+  // The budget, plus what gRPC holds of requests still being received, which
+  // the budget cannot see (its resource quota, the budget's size again), and
+  // the allocator's slack.
+  EXPECT_LE(peak, baseline + 3 * kBudgetMiB * kMiB)
+      << "baseline " << baseline / kMiB << " MiB, peak " << peak / kMiB << " MiB";
+  std::printf("flood: %d ok, %d refused, %d cut by gRPC; RSS baseline %lld MiB, peak %lld MiB\n",
+              ok.load(), refused.load(), cut.load(), static_cast<long long>(baseline / kMiB),
+              static_cast<long long>(peak / kMiB));
+
+  // Served normally afterwards, and the memory went back.
+  absl::StatusOr<v1::AttentionResponse> after = warm.SelfAttention(request);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_LE(ErrorAgainst(after->output(), flood.want.view()), 1e-5);
+  EXPECT_LE(ProcStatusBytes(server.pid(), "VmRSS"), baseline + kBudgetMiB * kMiB);
+}
+
+TEST(Hardening, HostileShapesAndNamesGetShortErrors) {
+  ServerProcess server(ModelFlags());
+  ASSERT_TRUE(server.ok()) << server.Output();
+  AttentionClient c(AttentionClient::Connect(server.target()));
+  const float one = 1.0f;
+
+  v1::SelfAttentionRequest many_dims;
+  *many_dims.mutable_input() = client::MakeTensor({1}, &one, DType::kFloat32);
+  for (int i = 1; i < 1000000; ++i) many_dims.mutable_input()->add_shape(1);
+  absl::StatusOr<v1::AttentionResponse> r = c.SelfAttention(many_dims);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("input: rank 1000000"));
+  EXPECT_LT(r.status().message().size(), 512u);
+
+  v1::SelfAttentionRequest long_name;
+  *long_name.mutable_input() = client::MakeTensor({1, 64}, std::vector<float>(64).data(),
+                                                  DType::kFloat32);
+  long_name.mutable_options()->set_model(std::string(1 << 20, 'm'));
+  r = c.SelfAttention(long_name);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("options.model"));
+  EXPECT_LT(r.status().message().size(), 512u);
+
+  long_name.mutable_options()->set_model(std::string(200, 'm'));  // short enough, unknown
+  r = c.SelfAttention(long_name);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound) << r.status();
+  EXPECT_LE(r.status().message().size(), 512u);
+
+  // The same refusals inside a stream arrive as messages, and the stream goes on.
+  absl::StatusOr<std::vector<v1::AttentionResponse>> s =
+      c.StreamSelfAttention({many_dims, long_name});
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_EQ(s->size(), 2u);
+  EXPECT_EQ((*s)[0].error().code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ((*s)[1].error().code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST(Hardening, AResultTooLargeToSendIsRefusedBeforeComputing) {
+  ServerProcess server({"--max-message-mb=16", "--workers=1"});
+  ASSERT_TRUE(server.ok()) << server.Output();
+  AttentionClient c(AttentionClient::Connect(server.target()));
+  // 64 heads of 2048 x 2048 per-head weights: 1 GiB of result from 512 KiB.
+  std::vector<float> x(2048 * 64, 0.5f);
+  v1::SelfAttentionRequest r;
+  *r.mutable_input() = client::MakeTensor({1, 2048, 64}, x.data(), DType::kFloat32);
+  r.mutable_options()->set_num_heads(64);
+  r.mutable_options()->set_weights(v1::WEIGHTS_PER_HEAD);
+  absl::StatusOr<v1::AttentionResponse> got = c.SelfAttention(r);
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted) << got.status();
+  EXPECT_THAT(got.status().message(), HasSubstr("over --max-message-mb 16"));
+  // The same refusal inside a stream.
+  absl::StatusOr<std::vector<v1::AttentionResponse>> s = c.StreamSelfAttention({r});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ((*s)[0].error().code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  r.mutable_options()->set_weights(v1::WEIGHTS_NONE);  // the same without weights fits
+  EXPECT_TRUE(c.SelfAttention(r).ok());
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace attention
