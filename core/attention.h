@@ -66,6 +66,21 @@ enum class WeightsMode {
   kPerHead,   // [B, H, L, S]
 };
 
+// The arithmetic of a call's matrix products.
+enum class Precision {
+  kFloat32,  // float32 throughout (PyTorch float32 parity)
+  // Products (projections, Q K^T, P V) on bfloat16 operands with float32
+  // accumulation; masks, softmax and the online-softmax bookkeeping in
+  // float32; results float32. Accuracy as PyTorch's bfloat16 module (better:
+  // scores and probabilities stay float32 until P is rounded for P V).
+  // Computed in float32 on a CPU without bfloat16 instructions.
+  kBFloat16,
+};
+
+// The precision a call that asks for `requested` computes in on this CPU:
+// kBFloat16 only where bfloat16 products run natively (learned once).
+Precision EffectivePrecision(Precision requested);
+
 // One attention call. Shapes, as in PyTorch (batch first):
 //   rank 3: query [B, L, Eq], key [B, S, Ek], value [B, S, Ev]
 //   rank 2: unbatched [L, Eq], [S, Ek], [S, Ev] -> unbatched outputs
@@ -92,6 +107,7 @@ struct AttentionArgs {
   // nn.MultiheadAttention's weights, or nullptr for plain multi-head
   // scaled-dot-product attention. Not owned.
   const ProjectionWeights* projection = nullptr;
+  Precision precision = Precision::kFloat32;  // requested; see EffectivePrecision
 };
 
 // Per-call settings of the caller (the server's limits, its threads).
@@ -148,6 +164,7 @@ struct AttentionPlanInfo {
   std::vector<int64_t> weights_shape;  // empty for WeightsMode::kNone
   int64_t memory_bytes = 0;            // estimate, outputs included
   double flops = 0;                    // multiply-adds x 2
+  Precision precision = Precision::kFloat32;  // what the call computes in
 };
 
 // Validates `args` without computing (the checks ComputeAttention makes).

@@ -78,7 +78,7 @@ absl::Status Compute(const Call& call, const ComputeOptions& options, const std:
   if (absl::Status s = ComputeAttention(call.args, options, &outputs); !s.ok()) return s;
   return GuardStatus(
       [&] {
-        *response = outputs.Encode(id);
+        *response = outputs.Encode(id, EffectivePrecision(call.args.precision));
         return absl::OkStatus();
       },
       "out of memory encoding the response");
