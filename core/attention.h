@@ -40,6 +40,11 @@
 //   A call's intermediates (projections, packed heads, score tiles) come from
 //   a block each calling thread keeps between calls, up to 64 MiB (larger
 //   needs are allocated for the call and freed after it).
+// - Precision::kBFloat16 (where EffectivePrecision grants it): inputs are
+//   rounded to bfloat16 copies (BFLOAT16 inputs are read in place), projected
+//   Q, K, V are bfloat16, probabilities are rounded to bfloat16 for P V and
+//   the concatenated heads for the out-projection; everything else is as in
+//   float32. The memory estimate counts these copies.
 // - Thread-safety: ComputeAttention may be called from many threads at once.
 //   Each call uses OpenMP with at most ComputeOptions::max_threads threads
 //   (so callers decide how the machine's cores are shared: see Executor).
