@@ -19,6 +19,10 @@ namespace {
 // groups of about kGroupWork multiply-adds a unit.
 constexpr double kSmallHeadWork = 1 << 20;
 constexpr double kGroupWork = 1 << 22;
+// With bfloat16 products the batched path pays for larger heads when it
+// still gives every thread two units: oneDNN runs its batched views on
+// brgemm, the per-head strided ones on gemm:jit.
+constexpr double kSmallHeadWorkBfloat16 = 1 << 22;
 // Below this many flops a unit of work, extra threads cost more than they give.
 constexpr double kMinFlopsPerThread = 4e6;
 // Row tiles (times query heads per key/value head) that read one head's
@@ -364,7 +368,9 @@ void ChooseSchedule(const AttentionArgs& a, const ComputeOptions& o, Plan& p) {
   // batches): one batched product per group of batch entries and all heads,
   // instead of a few microseconds of primitive overhead per pair.
   const double per_head = std::min<double>(L, kRowTile) * S * (p.D + p.Dv);
-  if (a.weights != WeightsMode::kPerHead && !p.fused && per_head < kSmallHeadWork) {
+  const bool many_units = B * tiles >= 2.0 * p.threads;  // else batching idles threads
+  const double small_head = p.bf16 && many_units ? kSmallHeadWorkBfloat16 : kSmallHeadWork;
+  if (a.weights != WeightsMode::kPerHead && !p.fused && per_head < small_head) {
     const int64_t row_tiles = CeilDiv(p.L, kRowTile);
     p.group = std::clamp<int64_t>(static_cast<int64_t>(kGroupWork / (H * per_head)), 1, p.B);
     const int64_t most = CeilDiv(p.B * row_tiles, p.threads);  // keep threads busy
