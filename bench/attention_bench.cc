@@ -8,6 +8,8 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
+#include <memory>
 #include <functional>
 #include <mutex>
 #include <random>
@@ -32,6 +34,7 @@ constexpr char kUsage[] =
 usage: attention-bench --batch B --seq L [--kv-seq S] --embed E --heads H [--kv-heads G]
                        [--self] [--projection [--unprepared]] [--causal]
                        [--weights none|average|per-head]
+                       [--precision float32|bfloat16]
                        [--threads N] [--min-time SECONDS] [--gap-ms N] [--json] [--roofline]
                        [--target HOST:PORT [--model NAME] [--vs-target HOST:PORT]]
        attention-bench --write-model PATH --embed E --heads H    (a random model file)
@@ -42,6 +45,8 @@ usage: attention-bench --batch B --seq L [--kv-seq S] --embed E --heads H [--kv-
                  weights sent inline without --model)
   --unprepared   in-process weights not prepared: read as given on every call, as weights
                  sent inline in a request are
+  --precision    float32 (default) or bfloat16 products (float32 on a CPU without bfloat16
+                 instructions: the report's precision says which ran)
   --threads N    OpenMP threads (default: every core)
   --min-time X   keep timing for X seconds (default 2), at least 5 runs
   --gap-ms N     sleep N ms before each timed call (not counted): the latency of a call that
@@ -50,8 +55,9 @@ usage: attention-bench --batch B --seq L [--kv-seq S] --embed E --heads H [--kv-
                  (default: the core's, 16384)
   --pack-min-keys N  from N keys, K^T and V copied per head before the heads run (default:
                  the core's, 2048)
-  --roofline     also time oneDNN sgemm of the dominant GEMM's size, in turns with the case
-                 (blocks of calls), for the ratio to the limit (median of the turns' ratios)
+  --roofline     also time oneDNN sgemm (bfloat16: oneDNN's bfloat16 matmul, float32 result)
+                 of the dominant GEMM's size, in turns with the case (blocks of calls), for the
+                 ratio to the limit (median of the turns' ratios)
   --target       also run the same case through a running attention-server (unary calls):
                  once with the typed client (serializes each request, parses each response),
                  once sending the request encoded once and measuring the response unparsed;
@@ -67,6 +73,7 @@ struct Settings {
   int64_t B, L, S, E, H, Hkv;
   bool self, projection, causal, json, roofline;
   WeightsMode weights;
+  Precision precision;  // what runs (EffectivePrecision of --precision)
   int threads;
   double min_time;
 };
@@ -164,16 +171,42 @@ struct Roofline {
   double ratio = 0;   // ours / sgemm in GFLOP/s, median of the turns' ratios
 };
 
+// C [M, N] float32 = A [M, K] x B [K, N] on bfloat16 operands: oneDNN's
+// matmul, B in the layout its kernel reads (as prepared weights are).
+std::function<bool()> Bfloat16Matmul(int64_t M, int64_t N, int64_t K) {
+  using tag = dnnl::memory::format_tag;
+  using dt = dnnl::memory::data_type;
+  auto engine = std::make_shared<dnnl::engine>(dnnl::engine::kind::cpu, 0);
+  auto stream = std::make_shared<dnnl::stream>(*engine);
+  const dnnl::memory::desc a_md({M, K}, dt::bf16, tag::ab), b_any({K, N}, dt::bf16, tag::any),
+      c_md({M, N}, dt::f32, tag::ab);
+  dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_any, c_md), *engine);
+  auto a = std::make_shared<dnnl::memory>(a_md, *engine);
+  auto b = std::make_shared<dnnl::memory>(pd.weights_desc(), *engine);
+  auto c = std::make_shared<dnnl::memory>(c_md, *engine);
+  for (const auto& m : {a, b}) {  // bfloat16 0.5 everywhere (reordered B: any bytes will do)
+    std::vector<uint16_t> halves(m->get_desc().get_size() / 2, 0x3f00);
+    std::memcpy(m->get_data_handle(), halves.data(), halves.size() * 2);
+  }
+  auto matmul = std::make_shared<dnnl::matmul>(pd);
+  return [=] {
+    matmul->execute(*stream, {{DNNL_ARG_SRC, *a}, {DNNL_ARG_WEIGHTS, *b}, {DNNL_ARG_DST, *c}});
+    stream->wait();
+    return true;
+  };
+}
+
 Roofline MeasureRoofline(const Settings& s, const std::function<bool()>& ours) {
   const int64_t M = s.projection ? s.B * s.L : s.L;
   const int64_t N = s.projection ? 3 * s.E : s.S;
   const int64_t K = s.projection ? s.E : s.E / s.H;
   std::vector<float> a(M * K, 0.5f), b(K * N, 0.25f), c(M * N);
-  auto sgemm = [&] {
+  std::function<bool()> gemm = [&] {
     return dnnl::sgemm('N', 'N', M, N, K, 1.0f, a.data(), K, b.data(), N, 0.0f, c.data(), N) ==
            dnnl::status::success;
   };
-  const Turns t = InTurns(ours, sgemm, s.min_time, 0.05);
+  if (s.precision == Precision::kBFloat16) gemm = Bfloat16Matmul(M, N, K);
+  const Turns t = InTurns(ours, gemm, s.min_time, 0.05);
   if (t.turns == 0) return {};
   const double sgemm_flops = 2.0 * M * N * K;
   // A turn's ratio of rates is Flops / sgemm_flops x (sgemm's time / ours).
@@ -229,6 +262,7 @@ AttentionArgs MakeArgs(const Settings& s, const Data& d) {
   a.num_kv_heads = s.projection ? 0 : s.Hkv;
   a.causal = s.causal;
   a.weights = s.weights;
+  a.precision = s.precision;
   if (s.projection) a.projection = &d.projection;
   return a;
 }
@@ -246,9 +280,11 @@ void Report(const Settings& s, const char* mode, const Timing& t, const Roofline
   const double gflops = Flops(s) / (t.median_ms * 1e6);
   if (s.json) {
     std::printf(
-        "{\"case\": \"%s\", \"mode\": \"%s\", \"threads\": %d, \"runs\": %d, "
-        "\"ms_median\": %.4f, \"ms_p90\": %.4f, \"gflops\": %.3f, \"peak_rss_mb\": %.1f",
-        CaseName(s).c_str(), mode, s.threads, t.runs, t.median_ms, t.p90_ms, gflops, PeakRssMb());
+        "{\"case\": \"%s\", \"mode\": \"%s\", \"precision\": \"%s\", \"threads\": %d, "
+        "\"runs\": %d, \"ms_median\": %.4f, \"ms_p90\": %.4f, \"gflops\": %.3f, "
+        "\"peak_rss_mb\": %.1f",
+        CaseName(s).c_str(), mode, client::PrecisionName(s.precision), s.threads, t.runs,
+        t.median_ms, t.p90_ms, gflops, PeakRssMb());
     if (roofline.gflops > 0) {
       std::printf(", \"roofline_gflops\": %.3f, \"roofline_ratio\": %.3f", roofline.gflops,
                   roofline.ratio);
@@ -256,11 +292,13 @@ void Report(const Settings& s, const char* mode, const Timing& t, const Roofline
     std::printf("}\n");
   } else {
     std::printf(
-        "%-12s %s  threads=%d runs=%d  median %.3f ms  p90 %.3f ms  %.1f GFLOP/s  "
+        "%-12s %s  %s threads=%d runs=%d  median %.3f ms  p90 %.3f ms  %.1f GFLOP/s  "
         "peak RSS %.0f MB",
-        mode, CaseName(s).c_str(), s.threads, t.runs, t.median_ms, t.p90_ms, gflops, PeakRssMb());
+        mode, CaseName(s).c_str(), client::PrecisionName(s.precision), s.threads, t.runs,
+        t.median_ms, t.p90_ms, gflops, PeakRssMb());
     if (roofline.gflops > 0) {
-      std::printf("  (sgemm %.1f GFLOP/s; ours/sgemm %.0f%%)", roofline.gflops,
+      const char* limit = s.precision == Precision::kBFloat16 ? "bf16 matmul" : "sgemm";
+      std::printf("  (%s %.1f GFLOP/s; ours/%s %.0f%%)", limit, roofline.gflops, limit,
                   100 * roofline.ratio);
     }
     std::printf("\n");
@@ -463,7 +501,7 @@ absl::StatusOr<Settings> ParseSettings(const client::CliArgs& a) {
   if (absl::Status st =
           a.CheckKnown({"batch", "seq", "kv-seq", "embed", "heads", "kv-heads", "weights",
                         "threads", "min-time", "gap-ms", "fused-min-keys", "pack-min-keys",
-                        "target", "model", "vs-target", "write-model"});
+                        "target", "model", "vs-target", "write-model", "precision"});
       !st.ok()) {
     return st;
   }
@@ -485,14 +523,16 @@ absl::StatusOr<Settings> ParseSettings(const client::CliArgs& a) {
   s.json = a.Switch("json");
   s.roofline = a.Switch("roofline");
   absl::StatusOr<WeightsMode> weights = client::ParseWeightsMode(a.Get("weights", "none"));
+  absl::StatusOr<Precision> precision = client::ParsePrecision(a.Get("precision", "float32"));
   absl::StatusOr<int64_t> threads = a.GetInt("threads", 0);
   absl::StatusOr<double> min_time = a.GetDouble("min-time", 2);
   absl::StatusOr<double> gap_ms = a.GetDouble("gap-ms", 0);
-  for (const absl::Status& st :
-       {weights.status(), threads.status(), min_time.status(), gap_ms.status()}) {
+  for (const absl::Status& st : {weights.status(), precision.status(), threads.status(),
+                                 min_time.status(), gap_ms.status()}) {
     if (!st.ok()) return st;
   }
   s.weights = *weights;
+  s.precision = EffectivePrecision(*precision);
   s.threads = static_cast<int>(*threads);
   if (s.threads <= 0) s.threads = omp_get_num_procs();
   s.min_time = *min_time;

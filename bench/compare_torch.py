@@ -4,6 +4,7 @@ side by side with the speedup (markdown, for bench/README.md).
 
     /usr/bin/python3 bench/compare_torch.py [--build build] [--threads 2] [--min-time 2]
                                             [--rounds 3] [--only SUBSTRING] [--skip-torch]
+                                            [--precision bfloat16]
 
 Needs python3-torch and libopenblas0-pthread (scripts/install-deps.sh --torch) and a built
 tree (scripts/build.sh). PyTorch runs nn.MultiheadAttention(batch_first=True) in eval mode
@@ -16,6 +17,12 @@ between the two windows moves one round, not the figure. Through a server it sta
 end-to-end overhead at (8, 128, 512, 8), and attention-client load with 8 clients against one
 (--only server, --only clients). The run ends with the performance goals judged on its own
 figures (met / NOT met, with the figure that decided).
+
+With --precision bfloat16 it runs the bfloat16 section instead: on every suite case, our
+bfloat16 precision against PyTorch's bfloat16 module (the module and its inputs cast with
+.to(torch.bfloat16); cases without projections: the same math on bfloat16 tensors) and against
+our own float32, in rounds (ours bf16, ours f32, PyTorch bf16), and the bfloat16 roofline
+(oneDNN's bfloat16 matmul of the dominant GEMM's size, timed in turns with the case).
 """
 
 import argparse
@@ -63,16 +70,19 @@ def timed(fn, min_time):
     return times[len(times) // 2]
 
 
-def torch_case(torch, c, weights, min_time):
+def torch_case(torch, c, weights, min_time, dtype=None):
+    """PyTorch's time for suite case `c`; dtype torch.bfloat16: the module and the inputs cast
+    to it (what a PyTorch user runs for bfloat16 inference)."""
     name, B, L, S, E, H, Hkv, self_attn, projection, causal, _ = c
+    dtype = dtype or torch.float32
     g = torch.Generator().manual_seed(0)
     if projection:
-        mha = torch.nn.MultiheadAttention(E, H, batch_first=True).eval()
-        x = torch.randn(B, L, E, generator=g)
-        kv = x if self_attn else torch.randn(B, S, E, generator=g)
+        mha = torch.nn.MultiheadAttention(E, H, batch_first=True).eval().to(dtype)
+        x = torch.randn(B, L, E, generator=g).to(dtype)
+        kv = x if self_attn else torch.randn(B, S, E, generator=g).to(dtype)
         mask = None
         if causal:
-            mask = torch.triu(torch.full((L, S), float("-inf")), diagonal=1)
+            mask = torch.triu(torch.full((L, S), float("-inf")), diagonal=1).to(dtype)
 
         def run():
             with torch.inference_mode():
@@ -80,9 +90,9 @@ def torch_case(torch, c, weights, min_time):
                     average_attn_weights=True)
     else:
         D = E // H
-        q = torch.randn(B, H, L, D, generator=g)
-        k = torch.randn(B, Hkv, S, D, generator=g)
-        v = torch.randn(B, Hkv, S, D, generator=g)
+        q = torch.randn(B, H, L, D, generator=g).to(dtype)
+        k = torch.randn(B, Hkv, S, D, generator=g).to(dtype)
+        v = torch.randn(B, Hkv, S, D, generator=g).to(dtype)
         scale = D ** -0.5
 
         def run():
@@ -221,6 +231,75 @@ def eight_clients(build, port, duration, rounds):
     return rows
 
 
+def suite_cases(opts):
+    """(case, weights mode, label) of the suite that --only selects."""
+    for c in SUITE:
+        name, B, L, S, E, H, Hkv = c[:7]
+        for weights in c[10]:
+            label = f"{name} ({B}, {L}, {E}, {H}{', Hkv=' + str(Hkv) if Hkv != H else ''})"
+            if not opts.only or opts.only in label:
+                yield c, weights, label
+
+
+class Bfloat16Goals:
+    """The bfloat16 issue's goals, judged on this run's figures."""
+
+    def __init__(self):
+        self.vs_torch = []  # (median speedup over PyTorch bf16, case, (B, L, E, H))
+        self.rooflines = []  # (ratio to the bf16 matmul, case): projection-dominated cases
+        self.vs_f32 = []  # (median speedup over our float32, case): projection-dominated cases
+
+    def report(self):
+        def lowest(goal, figures, at_least, percent=False):
+            if not figures:
+                return print(f"- {goal}: not run")
+            low, case = min(figures)[:2]
+            shown = f"{100 * low:.0f}%" if percent else f"{low:.2f}x"
+            print(f"- {goal}: {'met' if low >= at_least else 'NOT met'} (lowest {shown}, {case})")
+
+        print("\nbfloat16 goals in this run:")
+        big = {(8, 128, 512, 8), (1, 2048, 512, 8)}
+        lowest(">= 1.3x PyTorch bf16 at (8, 128, 512, 8) and (1, 2048, 512, 8)",
+               [f for f in self.vs_torch if f[2] in big], 1.3)
+        lowest(">= 1.1x PyTorch bf16 on the other cases",
+               [f for f in self.vs_torch if f[2] not in big], 1.1)
+        lowest("projection-dominated cases >= 80% of the bf16 matmul roofline", self.rooflines,
+               0.8, True)
+        lowest("projection-dominated cases >= 1.6x our float32", self.vs_f32, 1.6)
+
+
+def bfloat16_section(opts, torch):
+    goals = Bfloat16Goals()
+    print("| case (B, L, E, H) | weights | PyTorch bf16 ms | ours bf16 ms | vs PyTorch bf16 (range) "
+          "| ours f32 ms | bf16 vs our f32 (range) | ours bf16 GFLOP/s | bf16 roofline |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    bf16 = ["--precision", "bfloat16"]
+    for c, weights, label in suite_cases(opts):
+        B, L, E, H = c[1], c[2], c[4], c[5]
+        args = bench_args(c, weights)
+        row = ours(opts.build, args + bf16, opts.threads, opts.min_time, ["--roofline"])[0]
+        if row["precision"] != "bfloat16":
+            sys.exit("attention-bench ran float32: this CPU has no bfloat16 instructions")
+        ms, f32_ms, torch_ms = [], [], []
+        for _ in range(max(1, opts.rounds)):
+            ms.append(ours(opts.build, args + bf16, opts.threads, opts.min_time)[0]["ms_median"])
+            f32_ms.append(ours(opts.build, args, opts.threads, opts.min_time)[0]["ms_median"])
+            torch_ms.append(torch_case(torch, c, weights, opts.min_time, torch.bfloat16))
+        vs_torch = sorted(t / m for t, m in zip(torch_ms, ms))
+        vs_f32 = sorted(f / m for f, m in zip(f32_ms, ms))
+        case = f"{label} {weights}"
+        goals.vs_torch.append((median(vs_torch), case, (B, L, E, H)))
+        if (B, L, E, H) in PROJECTION_DOMINATED:
+            goals.rooflines.append((row["roofline_ratio"], case))
+            goals.vs_f32.append((median(vs_f32), case))
+        print(f"| {label} | {weights} | {median(torch_ms):.2f} | {median(ms):.2f} | "
+              f"{median(vs_torch):.2f}x ({vs_torch[0]:.2f}-{vs_torch[-1]:.2f}) | "
+              f"{median(f32_ms):.2f} | {median(vs_f32):.2f}x ({vs_f32[0]:.2f}-{vs_f32[-1]:.2f}) | "
+              f"{row['gflops']:.1f} | {100 * row['roofline_ratio']:.0f}% of "
+              f"{row['roofline_gflops']:.0f} |", flush=True)
+    goals.report()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -229,6 +308,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="")
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     opts = ap.parse_args()
     reexec_with_threads(opts.threads)
     import torch
@@ -237,30 +317,28 @@ def main():
     print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()}: {os.cpu_count()} cores, "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads {opts.threads}, min-time {opts.min_time} s\n")
+    if opts.precision == "bfloat16":
+        return bfloat16_section(opts, torch)
     goals = Goals()
     print("| case (B, L, E, H) | weights | PyTorch ms | ours ms | speedup (rounds' range) | ours GFLOP/s | roofline | peak RSS MB |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for c in SUITE:
-        name, B, L, S, E, H, Hkv = c[:7]
-        for weights in c[10]:
-            label = f"{name} ({B}, {L}, {E}, {H}{', Hkv=' + str(Hkv) if Hkv != H else ''})"
-            if opts.only and opts.only not in label:
-                continue
-            row = ours(opts.build, bench_args(c, weights), opts.threads, opts.min_time, ["--roofline"])[0]
-            ms, torch_ms = [], []
-            for _ in range(max(1, opts.rounds)):
-                ms.append(ours(opts.build, bench_args(c, weights), opts.threads, opts.min_time)[0]["ms_median"])
-                torch_ms.append(float("nan") if opts.skip_torch else
-                                torch_case(torch, c, weights, opts.min_time))
-            speedups = sorted(t / m for t, m in zip(torch_ms, ms))
-            if not opts.skip_torch:
-                goals.speedups.append((median(speedups), f"{label} {weights}"))
-            if (B, L, E, H) in PROJECTION_DOMINATED:
-                goals.rooflines.append((row["roofline_ratio"], f"{label} {weights}"))
-            print(f"| {label} | {weights} | {median(torch_ms):.2f} | {median(ms):.2f} | "
-                  f"{median(speedups):.2f}x ({speedups[0]:.2f}-{speedups[-1]:.2f}) | "
-                  f"{row['gflops']:.1f} | {100 * row['roofline_ratio']:.0f}% | "
-                  f"{row['peak_rss_mb']:.0f} |", flush=True)
+    for c, weights, label in suite_cases(opts):
+        B, L, E, H = c[1], c[2], c[4], c[5]
+        row = ours(opts.build, bench_args(c, weights), opts.threads, opts.min_time, ["--roofline"])[0]
+        ms, torch_ms = [], []
+        for _ in range(max(1, opts.rounds)):
+            ms.append(ours(opts.build, bench_args(c, weights), opts.threads, opts.min_time)[0]["ms_median"])
+            torch_ms.append(float("nan") if opts.skip_torch else
+                            torch_case(torch, c, weights, opts.min_time))
+        speedups = sorted(t / m for t, m in zip(torch_ms, ms))
+        if not opts.skip_torch:
+            goals.speedups.append((median(speedups), f"{label} {weights}"))
+        if (B, L, E, H) in PROJECTION_DOMINATED:
+            goals.rooflines.append((row["roofline_ratio"], f"{label} {weights}"))
+        print(f"| {label} | {weights} | {median(torch_ms):.2f} | {median(ms):.2f} | "
+              f"{median(speedups):.2f}x ({speedups[0]:.2f}-{speedups[-1]:.2f}) | "
+              f"{row['gflops']:.1f} | {100 * row['roofline_ratio']:.0f}% | "
+              f"{row['peak_rss_mb']:.0f} |", flush=True)
 
     if not opts.only or "long" in opts.only:
         # O(L) memory: PyTorch would need B*H*L*S*4 = 32 GiB for the scores alone.

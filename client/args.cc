@@ -95,5 +95,16 @@ absl::StatusOr<DType> ParseWireDType(absl::string_view value) {
       absl::StrCat("--wire-dtype ", value, ": expected float32, float16 or bfloat16"));
 }
 
+absl::StatusOr<Precision> ParsePrecision(absl::string_view value) {
+  if (value == "float32") return Precision::kFloat32;
+  if (value == "bfloat16") return Precision::kBFloat16;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--precision ", value, ": expected float32 or bfloat16"));
+}
+
+const char* PrecisionName(Precision precision) {
+  return precision == Precision::kBFloat16 ? "bfloat16" : "float32";
+}
+
 }  // namespace client
 }  // namespace attention

@@ -53,6 +53,10 @@ absl::StatusOr<CliArgs> ParseArgs(int argc, char** argv, const std::set<std::str
 absl::StatusOr<WeightsMode> ParseWeightsMode(absl::string_view value);
 // --wire-dtype: "float32", "float16" or "bfloat16".
 absl::StatusOr<DType> ParseWireDType(absl::string_view value);
+// --precision: "float32" or "bfloat16".
+absl::StatusOr<Precision> ParsePrecision(absl::string_view value);
+// "float32" or "bfloat16", as --precision spells it.
+const char* PrecisionName(Precision precision);
 
 }  // namespace client
 }  // namespace attention

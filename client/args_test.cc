@@ -36,6 +36,17 @@ TEST(ArgsTest, WireDTypeParsesTheThreeFloatTypes) {
             "--wire-dtype bool: expected float32, float16 or bfloat16");
 }
 
+TEST(ArgsTest, PrecisionParsesFloat32AndBfloat16) {
+  EXPECT_EQ(ParsePrecision("float32").value(), Precision::kFloat32);
+  EXPECT_EQ(ParsePrecision("bfloat16").value(), Precision::kBFloat16);
+  EXPECT_STREQ(PrecisionName(Precision::kBFloat16), "bfloat16");
+  EXPECT_STREQ(PrecisionName(Precision::kFloat32), "float32");
+  absl::StatusOr<Precision> bad = ParsePrecision("float16");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(std::string(bad.status().message()),
+            "--precision float16: expected float32 or bfloat16");
+}
+
 TEST(ArgsTest, CheckKnownNamesTheFirstUnknownOption) {
   char prog[] = "tool", a1[] = "--heads", a2[] = "8", a3[] = "--anything", a4[] = "3";
   char* argv[] = {prog, a1, a2, a3, a4};

@@ -41,6 +41,8 @@ options of attention and self-attention:
   --weights-out w.npy       where to write the weights (float32)
   --wire-dtype float32|float16|bfloat16  dtype of tensors on the wire (output comes back in it;
                             a bfloat16 output is written as float32 .npy)
+  --precision float32|bfloat16  arithmetic of the products (default float32; bfloat16:
+                            bfloat16 inputs, float32 accumulation, on CPUs that have it)
   --out o.npy               where to write the output
   --timeout SECONDS         deadline of the call (default none)
   --id ID                   request id (echoed by the server)
@@ -129,6 +131,9 @@ absl::Status FillOptions(const CliArgs& args, v1::AttentionOptions* o) {
   if (!weights.ok()) return weights.status();
   o->set_weights(WireWeightsMode(*weights));
   o->set_model(args.Get("model"));
+  absl::StatusOr<Precision> precision = ParsePrecision(args.Get("precision", "float32"));
+  if (!precision.ok()) return precision.status();
+  o->set_precision(wire::ToWire(*precision));
   if (args.Has("projection")) return LoadProjection(args.Get("projection"), o);
   return absl::OkStatus();
 }
@@ -149,6 +154,7 @@ absl::Status WriteResults(const CliArgs& args, const v1::AttentionResponse& r) {
     std::printf("%s %s %s %s\n", name.c_str(), ShapeString(a->shape).c_str(),
                 v1::DataType_Name(tensor->dtype()).c_str(), where.c_str());
   }
+  if (args.Has("precision")) std::printf("precision %s\n", v1::Precision_Name(r.precision()).c_str());
   return absl::OkStatus();
 }
 
@@ -222,6 +228,8 @@ int RunModels(const CliArgs& args, AttentionClient& client) {
       static_cast<long long>(l.max_message_bytes() >> 20),
       static_cast<long long>(l.max_request_memory_bytes() >> 20), l.compute_threads(),
       l.max_queue(), l.max_stream_in_flight());
+  std::printf("bfloat16 precision: %s\n",
+              r->native_bfloat16() ? "native" : "computed in float32 (no bfloat16 instructions)");
   return 0;
 }
 
@@ -258,7 +266,7 @@ int RunCli(int argc, char** argv) {
   const std::set<std::string> shared = {
       "target",      "timeout",          "heads", "kv-heads",   "scale",
       "attn-mask",   "key-padding-mask", "model", "projection", "weights",
-      "weights-out", "wire-dtype",       "out",   "id"};
+      "weights-out", "wire-dtype",       "out",   "id",         "precision"};
   for (const auto& [name, value] : args.values) {
     const bool is_call = args.command == "attention" || args.command == "self-attention";
     if (!known->second.count(name) && name != "target" && name != "timeout" && name != "retries" &&

@@ -36,6 +36,7 @@ what to send (random data unless .npy files are given):
   --model NAME              use a model the server has (its embed_dim and heads by default)
   --model-file PATH         that model's safetensors file, for --verify (default models/NAME.safetensors)
   --weights none|average|per-head    --causal    --wire-dtype float32|float16|bfloat16
+  --precision float32|bfloat16       arithmetic of the products (default float32)
   --input x.npy | --query q.npy --key k.npy --value v.npy   send these tensors instead
 
 how to send:
@@ -88,6 +89,7 @@ const std::set<std::string>& KnownOptions() {
       "target",          "rpc",      "batch",    "seq",        "kv-seq",      "embed",
       "heads",           "kv-heads", "model",    "model-file", "weights",     "wire-dtype",
       "input",           "query",    "key",      "value",      "concurrency", "rate",
+      "precision",
       "arrival",         "duration", "requests", "warmup",     "in-flight",   "connections",
       "max-outstanding", "timeout",  "verify",   "json",       "csv",         "html",
       "tls-ca",          "tls-cert", "tls-key",  "tls-server-name",           "token-file",

@@ -13,11 +13,14 @@
 #include "core/attention_kernels.h"
 #include "core/attention_plan.h"
 #include "core/guard.h"
+#include "core/onednn_ops.h"
 #include "core/projection.h"
 #include "core/workspace.h"
 
 namespace attention {
 namespace {
+
+using internal::CeilDiv;
 
 // The caller's check between the phases of a call (projections, heads,
 // conversions), so that a cancelled call stops within one phase's work.
@@ -45,21 +48,49 @@ void SetHeadLayouts(const Plan& p, HeadsProblem& pr) {
   }
 }
 
+// n floats to bfloat16 on `threads` threads.
+void ToBfloat16(const float* in, int64_t n, uint16_t* out, int threads) {
+  constexpr int64_t kChunk = int64_t{1} << 14;
+  const int64_t chunks = CeilDiv(n, kChunk);
+#pragma omp parallel for num_threads(threads) schedule(static) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    FloatsToBFloat16(in + c * kChunk, std::min(kChunk, n - c * kChunk), out + c * kChunk);
+  }
+}
+
+// `t` as the products read it: float32 (AsFloat32), or bfloat16 with
+// `bf16` (its own bytes when it arrives as BFLOAT16, else rounded into
+// `store16`).
+const void* ProductInput(const TensorView& t, bool bf16, int threads, std::vector<float>& store,
+                         std::vector<uint16_t>& store16) {
+  if (!bf16) return AsFloat32(t, store);
+  if (!ReadableAsFloat32(t)) return AsBFloat16(t, store16);
+  store16.resize(ShapeProduct(t.shape));
+  ToBfloat16(static_cast<const float*>(t.data), static_cast<int64_t>(store16.size()),
+             store16.data(), threads);
+  return store16.data();
+}
+
 // nn.MultiheadAttention: in-projection, heads, out-projection; `pr` holds
-// the masks and weights of the call.
+// the masks and weights of the call. q, k, v and the projections are
+// bfloat16 with p.bf16 (the concatenated heads are rounded to bfloat16 for
+// the out-projection), else float32.
 absl::Status ComputeProjected(const Plan& p, const AttentionArgs& a, const ComputeOptions& o,
-                              const float* q, const float* k, const float* v, float* out,
+                              const void* q, const void* k, const void* v, float* out,
                               HeadsProblem& pr) {
-  const internal::CallProjection projection(*a.projection, p.proj);
+  const internal::CallProjection projection(*a.projection, p.proj, p.bf16);
   const int64_t B = p.B, L = p.L, S = p.S, D = p.D, Dv = p.Dv, E = p.proj.embed_dim;
-  const int64_t projected_floats = B * (L + 2 * S) * E;
+  const int64_t per_float = p.bf16 ? 2 : 1;  // elements a float of workspace holds
+  const int64_t projected_floats = CeilDiv(B * (L + 2 * S) * E, per_float);
+  const int64_t concat16_floats = p.bf16 ? CeilDiv(B * L * E, 2) : 0;
   Workspace ws(Workspace::Round(projected_floats) + Workspace::Round(B * L * E) +
-               internal::HeadsFloats(p, a.weights));
-  float* const projected = ws.Take(projected_floats);
+               Workspace::Round(concat16_floats) + internal::HeadsFloats(p, a.weights));
+  char* const projected = reinterpret_cast<char*>(ws.Take(projected_floats));
   float* const concat = ws.Take(B * L * E);
-  float* qp = projected;
-  float* kp = qp + B * L * E;
-  float* vp = kp + B * S * E;
+  const int64_t element = 4 / per_float;
+  char* qp = projected;
+  char* kp = qp + B * L * E * element;
+  char* vp = kp + B * S * E * element;
   if (absl::Status s = Check(o); !s.ok()) return s;
   projection.In(B * L, B * S, q, k, v, qp, kp, vp);
   if (absl::Status s = Check(o); !s.ok()) return s;
@@ -70,7 +101,13 @@ absl::Status ComputeProjected(const Plan& p, const AttentionArgs& a, const Compu
   pr.ol = {L * E, Dv, E};
   if (absl::Status s = internal::AttendHeads(pr, o, ws); !s.ok()) return s;
   if (absl::Status s = Check(o); !s.ok()) return s;
-  projection.Out(B * L, concat, out);
+  if (!p.bf16) {
+    projection.Out(B * L, concat, out);
+    return absl::OkStatus();
+  }
+  uint16_t* const concat16 = reinterpret_cast<uint16_t*>(ws.Take(concat16_floats));
+  ToBfloat16(concat, B * L * E, concat16, p.threads);
+  projection.Out(B * L, concat16, out);
   return absl::OkStatus();
 }
 
@@ -85,9 +122,10 @@ absl::Status Compute(const Plan& p, const AttentionArgs& a, const ComputeOptions
   internal::OmpThreadsScope threads(
       std::max(1, o.max_threads > 0 ? o.max_threads : omp_get_max_threads()));
   std::vector<float> q_store, k_store, v_store, am_store, kpm_store;
-  const float* q = AsFloat32(a.query, q_store);
-  const float* k = a.self_attention ? q : AsFloat32(*a.key, k_store);
-  const float* v = a.self_attention ? q : AsFloat32(*a.value, v_store);
+  std::vector<uint16_t> q16, k16, v16;
+  const void* q = ProductInput(a.query, p.bf16, p.threads, q_store, q16);
+  const void* k = a.self_attention ? q : ProductInput(*a.key, p.bf16, p.threads, k_store, k16);
+  const void* v = a.self_attention ? q : ProductInput(*a.value, p.bf16, p.threads, v_store, v16);
   if (absl::Status s = Check(o); !s.ok()) return s;  // after converting the inputs
 
   HeadsProblem pr;
@@ -116,6 +154,11 @@ float* Resize(const std::vector<int64_t>& shape, FloatTensor& t) {
 float* VectorOutputs::Output(const std::vector<int64_t>& shape) { return Resize(shape, output); }
 
 float* VectorOutputs::Weights(const std::vector<int64_t>& shape) { return Resize(shape, weights); }
+
+Precision EffectivePrecision(Precision requested) {
+  if (requested == Precision::kBFloat16 && internal::NativeBfloat16()) return Precision::kBFloat16;
+  return Precision::kFloat32;
+}
 
 absl::StatusOr<AttentionPlanInfo> PlanAttention(const AttentionArgs& args,
                                                 const ComputeOptions& options) {

@@ -40,6 +40,11 @@
 //   A call's intermediates (projections, packed heads, score tiles) come from
 //   a block each calling thread keeps between calls, up to 64 MiB (larger
 //   needs are allocated for the call and freed after it).
+// - Precision::kBFloat16 (where EffectivePrecision grants it): inputs are
+//   rounded to bfloat16 copies (BFLOAT16 inputs are read in place), projected
+//   Q, K, V are bfloat16, probabilities are rounded to bfloat16 for P V and
+//   the concatenated heads for the out-projection; everything else is as in
+//   float32. The memory estimate counts these copies.
 // - Thread-safety: ComputeAttention may be called from many threads at once.
 //   Each call uses OpenMP with at most ComputeOptions::max_threads threads
 //   (so callers decide how the machine's cores are shared: see Executor).
@@ -65,6 +70,21 @@ enum class WeightsMode {
   kAveraged,  // [B, L, S]: mean over heads (average_attn_weights=True)
   kPerHead,   // [B, H, L, S]
 };
+
+// The arithmetic of a call's matrix products.
+enum class Precision {
+  kFloat32,  // float32 throughout (PyTorch float32 parity)
+  // Products (projections, Q K^T, P V) on bfloat16 operands with float32
+  // accumulation; masks, softmax and the online-softmax bookkeeping in
+  // float32; results float32. Accuracy as PyTorch's bfloat16 module (better:
+  // scores and probabilities stay float32 until P is rounded for P V).
+  // Computed in float32 on a CPU without bfloat16 instructions.
+  kBFloat16,
+};
+
+// The precision a call that asks for `requested` computes in on this CPU:
+// kBFloat16 only where bfloat16 products run natively (learned once).
+Precision EffectivePrecision(Precision requested);
 
 // One attention call. Shapes, as in PyTorch (batch first):
 //   rank 3: query [B, L, Eq], key [B, S, Ek], value [B, S, Ev]
@@ -92,6 +112,7 @@ struct AttentionArgs {
   // nn.MultiheadAttention's weights, or nullptr for plain multi-head
   // scaled-dot-product attention. Not owned.
   const ProjectionWeights* projection = nullptr;
+  Precision precision = Precision::kFloat32;  // requested; see EffectivePrecision
 };
 
 // Per-call settings of the caller (the server's limits, its threads).
@@ -148,6 +169,7 @@ struct AttentionPlanInfo {
   std::vector<int64_t> weights_shape;  // empty for WeightsMode::kNone
   int64_t memory_bytes = 0;            // estimate, outputs included
   double flops = 0;                    // multiply-adds x 2
+  Precision precision = Precision::kFloat32;  // what the call computes in
 };
 
 // Validates `args` without computing (the checks ComputeAttention makes).

@@ -24,6 +24,30 @@ constexpr int64_t kCausalColumnStep = 64;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+// The element type of Q, K and V (and of P in P V).
+Elem Operands(const HeadsProblem& pr) { return pr.plan->bf16 ? Elem::kBF16 : Elem::kF32; }
+
+// Element i of Q, K or V.
+const void* At(const HeadsProblem& pr, const void* base, int64_t i) {
+  return static_cast<const char*>(base) + i * (pr.plan->bf16 ? 2 : 4);
+}
+
+// The bfloat16 scratch of a thread whose scratch starts at `scratch`.
+uint16_t* Bfloat16Scratch(const HeadsProblem& pr, float* scratch) {
+  return reinterpret_cast<uint16_t*>(
+      scratch + RoundUp(ScoreScratchPerThread(*pr.plan, pr.weights), 16));
+}
+
+// P as the P V product reads it: `p` itself (m x n, row stride ld) in
+// float32; with bfloat16 products, rounded into `p16` (row stride n).
+const void* ProductProbabilities(const HeadsProblem& pr, const float* p, int64_t m, int64_t n,
+                                 int64_t& ld, uint16_t* p16) {
+  if (!pr.plan->bf16) return p;
+  for (int64_t r = 0; r < m; ++r) FloatsToBFloat16(p + r * ld, n, p16 + r * n);
+  ld = n;
+  return p16;
+}
+
 // Adds `mask` at (b, h, i, j0..j0+n) to `row`.
 void AddMask(const Mask& mask, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* row) {
   const MaskLayout& l = mask.layout;
@@ -77,12 +101,12 @@ void TileProbabilities(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0,
   const Plan& pl = *pr.plan;
   const int64_t kvh = h / (pl.H / pl.Hkv);
   GemmShape qk;
-  qk.a = Mat{m, pl.D, pr.ql.row, 1};
-  qk.b = Mat{pl.D, n, pr.kl.dim, pr.kl.row};  // K^T: in place, or packed
+  qk.a = Mat{m, pl.D, pr.ql.row, 1, Operands(pr)};
+  qk.b = Mat{pl.D, n, pr.kl.dim, pr.kl.row, Operands(pr)};  // K^T: in place, or packed
   qk.c = Mat{m, n, ld, 1};
   qk.scale = pl.scale;
-  Gemm(qk, pr.q + b * pr.ql.batch + h * pr.ql.head + i0 * pr.ql.row,
-       pr.k + b * pr.kl.batch + kvh * pr.kl.head + j0 * pr.kl.row, p, nullptr);
+  Gemm(qk, At(pr, pr.q, b * pr.ql.batch + h * pr.ql.head + i0 * pr.ql.row),
+       At(pr, pr.k, b * pr.kl.batch + kvh * pr.kl.head + j0 * pr.kl.row), p, nullptr);
   bool any_empty = false;
   for (int64_t r = 0; r < m; ++r) {
     row_max[r] = MaskRow(pr, b, h, i0 + r, j0, n, p + r * ld);
@@ -95,16 +119,18 @@ void TileProbabilities(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0,
 }
 
 // out (row stride out_row) = P x V for m query rows of head h over keys
-// [j0, j0 + n).
+// [j0, j0 + n); P (float32, row stride ld) goes through `p16` with bfloat16
+// products.
 void ApplyValues(const HeadsProblem& pr, int64_t b, int64_t h, int64_t m, int64_t j0, int64_t n,
-                 const float* p, int64_t ld, float* out, int64_t out_row) {
+                 const float* p, int64_t ld, uint16_t* p16, float* out, int64_t out_row) {
   const Plan& pl = *pr.plan;
   const int64_t kvh = h / (pl.H / pl.Hkv);
+  const void* a = ProductProbabilities(pr, p, m, n, ld, p16);
   GemmShape pv;
-  pv.a = Mat{m, n, ld, 1};
-  pv.b = Mat{n, pl.Dv, pr.vl.row, 1};
+  pv.a = Mat{m, n, ld, 1, Operands(pr)};
+  pv.b = Mat{n, pl.Dv, pr.vl.row, 1, Operands(pr)};
   pv.c = Mat{m, pl.Dv, out_row, 1};
-  Gemm(pv, p, pr.v + b * pr.vl.batch + kvh * pr.vl.head + j0 * pr.vl.row, out, nullptr);
+  Gemm(pv, a, At(pr, pr.v, b * pr.vl.batch + kvh * pr.vl.head + j0 * pr.vl.row), out, nullptr);
 }
 
 float* OutputRows(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0) {
@@ -136,7 +162,8 @@ void AttendRows(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, float*
       for (int64_t j = 0; j < n; ++j) avg[r * p.S + j] += probs[r * ld + j] * inv_h;
     }
   }
-  ApplyValues(pr, b, h, m, 0, n, probs, ld, OutputRows(pr, b, h, i0), pr.ol.row);
+  ApplyValues(pr, b, h, m, 0, n, probs, ld, Bfloat16Scratch(pr, scratch), OutputRows(pr, b, h, i0),
+              pr.ol.row);
 }
 
 // Query rows [i0, i0 + m) of head h without weights, flash-attention style:
@@ -164,7 +191,7 @@ void AttendRowsFused(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, f
   for (int64_t j0 = 0; j0 < keys; j0 += kKeyTile) {
     const int64_t n = std::min(kKeyTile, keys - j0);
     TileProbabilities(pr, b, h, i0, m, j0, n, probs, n, tile_max);
-    ApplyValues(pr, b, h, m, j0, n, probs, n, tile_out, dv);
+    ApplyValues(pr, b, h, m, j0, n, probs, n, Bfloat16Scratch(pr, scratch), tile_out, dv);
     for (int64_t r = 0; r < m; ++r) {
       if (tile_max[r] == kNegInf) continue;  // every key of this tile masked
       const float* row = probs + r * n;
@@ -205,11 +232,18 @@ void AttendBatched(const HeadsProblem& pr, int64_t b0, int64_t nb, int64_t i0, f
     }
     return internal::BatchMat{std::move(dims), std::move(strides)};
   };
-  const internal::BatchMat scores =
-      view({nb, Hkv, G, m, n}, {Hkv * G * m * n, G * m * n, m * n, n, 1});
-  internal::BatchedGemm(view({nb, Hkv, G, m, p.D}, {ql.batch, G * ql.head, ql.head, ql.row, 1}),
-                        view({nb, Hkv, 1, p.D, n}, {kl.batch, kl.head, p.D * n, 1, kl.row}), scores,
-                        p.scale, pr.q + b0 * ql.batch + i0 * ql.row, pr.k + b0 * kl.batch, scratch);
+  auto operand = [&](std::vector<int64_t> dims, std::vector<int64_t> strides) {
+    internal::BatchMat m = view(std::move(dims), std::move(strides));
+    m.type = Operands(pr);
+    return m;
+  };
+  const std::vector<int64_t> score_dims = {nb, Hkv, G, m, n};
+  const std::vector<int64_t> score_strides = {Hkv * G * m * n, G * m * n, m * n, n, 1};
+  internal::BatchedGemm(
+      operand({nb, Hkv, G, m, p.D}, {ql.batch, G * ql.head, ql.head, ql.row, 1}),
+      operand({nb, Hkv, 1, p.D, n}, {kl.batch, kl.head, p.D * n, 1, kl.row}),
+      view(score_dims, score_strides), p.scale, At(pr, pr.q, b0 * ql.batch + i0 * ql.row),
+      At(pr, pr.k, b0 * kl.batch), scratch);
   const bool masked = pr.causal || pr.attn_mask || pr.key_padding_mask;
   std::vector<int64_t> empty_rows;
   for (int64_t bi = 0; bi < nb && masked; ++bi) {
@@ -239,16 +273,20 @@ void AttendBatched(const HeadsProblem& pr, int64_t b0, int64_t nb, int64_t i0, f
       }
     }
   }
-  internal::BatchedGemm(scores,
-                        view({nb, Hkv, 1, n, p.Dv}, {vl.batch, vl.head, n * p.Dv, vl.row, 1}),
+  int64_t ld = n;
+  const void* probs =
+      ProductProbabilities(pr, scratch, nb * H * m, n, ld, Bfloat16Scratch(pr, scratch));
+  internal::BatchedGemm(operand(score_dims, score_strides),
+                        operand({nb, Hkv, 1, n, p.Dv}, {vl.batch, vl.head, n * p.Dv, vl.row, 1}),
                         view({nb, Hkv, G, m, p.Dv}, {ol.batch, G * ol.head, ol.head, ol.row, 1}),
-                        1.0f, scratch, pr.v + b0 * vl.batch, pr.out + b0 * ol.batch + i0 * ol.row);
+                        1.0f, probs, At(pr, pr.v, b0 * vl.batch), pr.out + b0 * ol.batch + i0 * ol.row);
 }
 
-// Copies every key/value head of `pr` into contiguous blocks, K^T as
-// [B, Hkv, D, S] (rows PackedKeyStride apart) and V as [B, Hkv, S, Dv], and
-// points `pr` at them.
-void PackKeysValues(HeadsProblem& pr, float* kt, float* v) {
+// Copies every key/value head of `pr` (elements of type T) into contiguous
+// blocks, K^T as [B, Hkv, D, S] (rows PackedKeyStride apart) and V as
+// [B, Hkv, S, Dv], and points `pr` at them.
+template <typename T>
+void PackKeysValues(HeadsProblem& pr, T* kt, T* v) {
   const Plan& p = *pr.plan;
   const int64_t S = p.S, D = p.D, Dv = p.Dv, heads = p.B * p.Hkv;
   const int64_t ld = PackedKeyStride(S);
@@ -256,10 +294,10 @@ void PackKeysValues(HeadsProblem& pr, float* kt, float* v) {
 #pragma omp parallel for num_threads(p.threads) schedule(static)
   for (int64_t u = 0; u < heads; ++u) {
     const int64_t b = u / p.Hkv, h = u % p.Hkv;
-    const float* ks = pr.k + b * pr.kl.batch + h * pr.kl.head;
-    const float* vs = pr.v + b * pr.vl.batch + h * pr.vl.head;
-    float* kd = kt + u * D * ld;
-    float* vd = v + u * S * Dv;
+    const T* ks = static_cast<const T*>(pr.k) + b * pr.kl.batch + h * pr.kl.head;
+    const T* vs = static_cast<const T*>(pr.v) + b * pr.vl.batch + h * pr.vl.head;
+    T* kd = kt + u * D * ld;
+    T* vd = v + u * S * Dv;
     for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
       const int64_t s1 = std::min(S, s0 + kBlock);
       for (int64_t d = 0; d < D; ++d) {
@@ -334,7 +372,11 @@ absl::Status AttendHeads(HeadsProblem pr, const ComputeOptions& o, Workspace& ws
   if (p.pack_kv) {
     float* kt = ws.Take(PackedKeyFloats(p));
     float* v = ws.Take(PackedValueFloats(p));
-    PackKeysValues(pr, kt, v);
+    if (p.bf16) {  // half of each block used
+      PackKeysValues(pr, reinterpret_cast<uint16_t*>(kt), reinterpret_cast<uint16_t*>(v));
+    } else {
+      PackKeysValues(pr, kt, v);
+    }
   }
   const int64_t tiles = CeilDiv(p.L, kRowTile);
   const bool averaged = pr.weights == WeightsMode::kAveraged;

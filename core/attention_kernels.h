@@ -53,12 +53,13 @@ struct Mask {
 std::optional<Mask> PrepareMask(const std::optional<MaskLayout>& layout,
                                 std::vector<float>& storage);
 
-// The tensors of one attention core call, after projections.
+// The tensors of one attention core call, after projections. Q, K and V
+// hold float32, or bfloat16 when plan->bf16.
 struct HeadsProblem {
   const Plan* plan;
-  const float* q;
-  const float* k;
-  const float* v;
+  const void* q;
+  const void* k;
+  const void* v;
   HeadLayout ql, kl, vl, ol;
   float* out;
   WeightsMode weights;

@@ -19,6 +19,10 @@ namespace {
 // groups of about kGroupWork multiply-adds a unit.
 constexpr double kSmallHeadWork = 1 << 20;
 constexpr double kGroupWork = 1 << 22;
+// With bfloat16 products the batched path pays for larger heads when it
+// still gives every thread two units: oneDNN runs its batched views on
+// brgemm, the per-head strided ones on gemm:jit.
+constexpr double kSmallHeadWorkBfloat16 = 1 << 22;
 // Below this many flops a unit of work, extra threads cost more than they give.
 constexpr double kMinFlopsPerThread = 4e6;
 // Row tiles (times query heads per key/value head) that read one head's
@@ -306,18 +310,32 @@ double CallFlops(const Plan& p) {
 
 // Bytes the call takes whatever its schedule: float32 copies of inputs not
 // read in place, projected Q, K, V and their concatenation, the results.
+// With bfloat16 products: bfloat16 copies of the inputs (via float32 when
+// they arrive as float16), of inline weights, projected Q, K, V in bfloat16
+// and the concatenation in both.
 double FixedBytes(const AttentionArgs& a, const Plan& p) {
   auto converted = [](const TensorView& t) {
     return ReadableAsFloat32(t) ? 0.0 : 4.0 * ShapeProduct<double>(t.shape);
   };
-  double bytes = converted(a.query);
-  if (!a.self_attention) bytes += converted(*a.key) + converted(*a.value);
+  auto input = [&](const TensorView& t) {
+    if (!p.bf16) return converted(t);
+    if (ReadableAsBFloat16(t)) return 0.0;
+    return converted(t) + 2.0 * ShapeProduct<double>(t.shape);
+  };
+  double bytes = input(a.query);
+  if (!a.self_attention) bytes += input(*a.key) + input(*a.value);
   if (p.has_projection) {
     const double B = p.B, L = p.L, S = p.S, E = p.proj.embed_dim;
+    const bool per_call_bf16 = p.bf16 && a.projection->prepared == nullptr;
     for (const ProjectionTensor& t : kProjectionTensors) {
-      if (const std::optional<TensorView>& w = a.projection->*t.member) bytes += converted(*w);
+      const std::optional<TensorView>& w = a.projection->*t.member;
+      if (w) bytes += converted(*w) + (per_call_bf16 ? 2.0 * ShapeProduct<double>(w->shape) : 0);
     }
-    bytes += 4.0 * E * (2 * B * L + 2 * B * S);  // q, k, v projected + concat
+    if (p.bf16) {
+      bytes += 2.0 * E * (B * L + 2 * B * S) + 6.0 * E * B * L;
+    } else {
+      bytes += 4.0 * E * (2 * B * L + 2 * B * S);  // q, k, v projected + concat
+    }
   }
   for (const auto* m : {&a.attn_mask, &a.key_padding_mask}) {
     if (*m && (*m)->dtype != DType::kBool) bytes += converted(**m);
@@ -350,7 +368,9 @@ void ChooseSchedule(const AttentionArgs& a, const ComputeOptions& o, Plan& p) {
   // batches): one batched product per group of batch entries and all heads,
   // instead of a few microseconds of primitive overhead per pair.
   const double per_head = std::min<double>(L, kRowTile) * S * (p.D + p.Dv);
-  if (a.weights != WeightsMode::kPerHead && !p.fused && per_head < kSmallHeadWork) {
+  const bool many_units = B * tiles >= 2.0 * p.threads;  // else batching idles threads
+  const double small_head = p.bf16 && many_units ? kSmallHeadWorkBfloat16 : kSmallHeadWork;
+  if (a.weights != WeightsMode::kPerHead && !p.fused && per_head < small_head) {
     const int64_t row_tiles = CeilDiv(p.L, kRowTile);
     p.group = std::clamp<int64_t>(static_cast<int64_t>(kGroupWork / (H * per_head)), 1, p.B);
     const int64_t most = CeilDiv(p.B * row_tiles, p.threads);  // keep threads busy
@@ -383,10 +403,22 @@ double ScheduleBytes(const AttentionArgs& a, const ComputeOptions& o, Plan& p, d
 
 }  // namespace
 
-int64_t ScratchPerThread(const Plan& p, WeightsMode weights) {
+int64_t ScoreScratchPerThread(const Plan& p, WeightsMode weights) {
   if (p.fused) return kRowTile * kKeyTile + 2 * kRowTile * p.Dv;
   if (p.group > 0) return p.group * p.H * std::min(kRowTile, p.L) * p.S;
   return weights == WeightsMode::kPerHead ? 0 : kRowTile * p.S;
+}
+
+int64_t ProbabilityElements(const Plan& p) {
+  if (p.fused) return kRowTile * kKeyTile;
+  if (p.group > 0) return p.group * p.H * std::min(kRowTile, p.L) * p.S;
+  return kRowTile * p.S;
+}
+
+int64_t ScratchPerThread(const Plan& p, WeightsMode weights) {
+  const int64_t scores = ScoreScratchPerThread(p, weights);
+  if (!p.bf16) return scores;
+  return RoundUp(scores, 16) + RoundUp(CeilDiv(ProbabilityElements(p), 2), 16);
 }
 
 int64_t PartialAverageFloats(const Plan& p) { return (p.head_splits - 1) * p.B * p.L * p.S; }
@@ -398,6 +430,8 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& a, const ComputeOptions& o) {
   Plan p;
   if (absl::Status s = ValidateArgs(a, p); !s.ok()) return s;
   SetResultShapes(a, p);
+  p.info.precision = EffectivePrecision(a.precision);
+  p.bf16 = p.info.precision == Precision::kBFloat16;
   ChooseSchedule(a, o, p);
   const double bytes = ScheduleBytes(a, o, p, FixedBytes(a, p));
   p.info.memory_bytes = static_cast<int64_t>(std::min(bytes, 9e18));

@@ -51,6 +51,9 @@ struct Plan {
   int64_t Eq = 0, Ek = 0, Ev = 0;
   float scale = 1.0f;
   bool has_projection = false;
+  // Precision::kBFloat16 granted (EffectivePrecision): the products read
+  // bfloat16 Q, K, V and probabilities.
+  bool bf16 = false;
   bool fused = false;    // AttendRowsFused rather than AttendRows
   bool pack_kv = false;  // K^T and V copied per head before the heads run
   int64_t group = 0;     // > 0: AttendBatched over this many batch entries a unit
@@ -64,10 +67,18 @@ struct Plan {
   int threads = 1;
 };
 
-// Floats of per-thread scratch: the fused path's score tile and two output
-// tiles; the batched path's scores of `group` batch entries x all heads; or
-// the row path's kRowTile whole score rows (none for per-head weights, whose
-// rows are computed in place in the output).
+// Floats of per-thread scratch for scores: the fused path's score tile and
+// two output tiles; the batched path's scores of `group` batch entries x all
+// heads; or the row path's kRowTile whole score rows (none for per-head
+// weights, whose rows are computed in place in the output).
+int64_t ScoreScratchPerThread(const Plan& p, WeightsMode weights);
+
+// Elements of the probability tile the P V product reads (Plan::bf16
+// rounds it into bfloat16 scratch after the score scratch).
+int64_t ProbabilityElements(const Plan& p);
+
+// Floats of per-thread scratch: ScoreScratchPerThread, rounded to 64 bytes,
+// plus, with Plan::bf16, ProbabilityElements bfloat16 values.
 int64_t ScratchPerThread(const Plan& p, WeightsMode weights);
 
 // Floats of the partial averages beyond the first (Plan::head_splits).

@@ -2,7 +2,9 @@
 // randomized grid of cases, every validation error, and concurrent calls.
 #include "core/attention.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <random>
 #include <string>
@@ -207,6 +209,51 @@ TEST(AttentionVsReference, RandomizedGrid) {
       EXPECT_LE(RelativeMaxError(got.weights.data.data(), want->weights), 2e-5);
     }
   }
+}
+
+// Bfloat16 products on every path of the grid: what a rounding error of
+// bfloat16 operands allows (a wrong path or layout is off by O(1)). The
+// bound that holds the path to PyTorch's own bfloat16 error is in
+// pytorch_fixtures_test.cc.
+TEST(AttentionBfloat16, RandomizedGrid) {
+  if (EffectivePrecision(Precision::kBFloat16) != Precision::kBFloat16) {
+    GTEST_SKIP() << "no bfloat16 instructions on this CPU";
+  }
+  double worst = 0;
+  for (int seed = 0; seed < kRandomCases; seed += 2) {
+    RandomCase c;
+    MakeRandomCase(seed, c);
+    c.args.precision = Precision::kBFloat16;
+    SCOPED_TRACE(c.description);
+    absl::StatusOr<ReferenceResult> want = ReferenceAttention(c.args);
+    ASSERT_TRUE(want.ok()) << want.status();
+    PoisonedOutputs got;
+    ComputeOptions options;
+    options.max_threads = 1 + seed / 2 % 2;
+    options.fused_min_keys = seed % 3 == 0 ? 16384 : 1;
+    options.pack_min_keys = seed / 4 % 2 == 0 ? 2048 : 1;
+    std::shared_ptr<const PreparedProjection> prepared;
+    if (c.args.projection != nullptr && seed % 5 < 3) {
+      absl::StatusOr<std::shared_ptr<const PreparedProjection>> p =
+          PrepareProjection(c.projection);
+      ASSERT_TRUE(p.ok()) << p.status();
+      prepared = *p;
+      c.projection.prepared = prepared.get();
+    }
+    absl::StatusOr<AttentionPlanInfo> plan = PlanAttention(c.args, options);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    EXPECT_EQ(plan->precision, Precision::kBFloat16);
+    ASSERT_TRUE(ComputeAttention(c.args, options, &got).ok());
+    ASSERT_EQ(got.output.shape, want->output_shape);
+    const double e = RelativeMaxError(got.output.data.data(), want->output);
+    worst = std::max(worst, e);
+    EXPECT_LE(e, 2e-2);
+    ASSERT_EQ(got.weights.shape, want->weights_shape);
+    if (!want->weights.empty()) {
+      EXPECT_LE(RelativeMaxError(got.weights.data.data(), want->weights), 2e-2);
+    }
+  }
+  std::printf("worst bfloat16 relative error on the grid: %.3g\n", worst);
 }
 
 // A PreparedProjection made from other weights (same shapes) is not used:

@@ -4,6 +4,7 @@
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 #include <vector>
@@ -37,8 +38,10 @@ dnnl::memory Scratchpad(const dnnl::memory::desc& md) {
   return dnnl::memory(md, Engine(), buffer.data());
 }
 
+dt DataType(Elem e) { return e == Elem::kBF16 ? dt::bf16 : dt::f32; }
+
 dnnl::memory::desc MatMd(const Mat& m) {
-  return dnnl::memory::desc({m.rows, m.cols}, dt::f32, {m.row_stride, m.col_stride});
+  return dnnl::memory::desc({m.rows, m.cols}, DataType(m.type), {m.row_stride, m.col_stride});
 }
 
 struct Cached {
@@ -87,9 +90,19 @@ int32_t FloatBits(float f) {
 }
 
 Key GemmKey(int64_t kind, const GemmShape& s) {
-  return {kind,     s.a.rows,       s.a.cols,       s.a.row_stride, s.a.col_stride,
-          s.b.cols, s.b.row_stride, s.b.col_stride, s.c.row_stride, FloatBits(s.scale),
-          s.bias,   s.accumulate};
+  return {kind,
+          s.a.rows,
+          s.a.cols,
+          s.a.row_stride,
+          s.a.col_stride,
+          s.b.cols,
+          s.b.row_stride,
+          s.b.col_stride,
+          s.c.row_stride,
+          FloatBits(s.scale),
+          s.bias,
+          s.accumulate,
+          static_cast<int64_t>(s.a.type) * 2 + static_cast<int64_t>(s.c.type)};
 }
 
 // The matmul of `s`, with B described by `b` (its plain layout, a packed one,
@@ -112,12 +125,12 @@ dnnl::matmul::primitive_desc GemmPd(const GemmShape& s, const dnnl::memory::desc
   return dnnl::matmul::primitive_desc(desc, attr, Engine());
 }
 
-void RunGemm(const Cached& p, bool bias, const float* a, const float* b, float* c,
+void RunGemm(const Cached& p, bool bias, const void* a, const void* b, void* c,
              const float* bias_data) {
   const dnnl::engine& eng = Engine();
   std::unordered_map<int, dnnl::memory> args = {
-      {DNNL_ARG_SRC, dnnl::memory(p.a, eng, const_cast<float*>(a))},
-      {DNNL_ARG_WEIGHTS, dnnl::memory(p.b, eng, const_cast<float*>(b))},
+      {DNNL_ARG_SRC, dnnl::memory(p.a, eng, const_cast<void*>(a))},
+      {DNNL_ARG_WEIGHTS, dnnl::memory(p.b, eng, const_cast<void*>(b))},
       {DNNL_ARG_DST, dnnl::memory(p.c, eng, c)},
       {DNNL_ARG_SCRATCHPAD, Scratchpad(p.scratchpad)}};
   if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(p.bias, eng, const_cast<float*>(bias_data)));
@@ -133,11 +146,11 @@ constexpr int64_t kPackRows = 256;
 
 struct PackedMatrix {
   Mat plain;
-  const float* plain_data = nullptr;
+  const void* plain_data = nullptr;
   dnnl::memory packed;  // owns its buffer
 };
 
-void Gemm(const GemmShape& s, const float* a, const float* b, float* c, const float* bias) {
+void Gemm(const GemmShape& s, const void* a, const void* b, void* c, const float* bias) {
   std::shared_ptr<const Cached> p = Cache().Get(GemmKey(0, s), [&] {
     Cached e;
     dnnl::matmul::primitive_desc pd = GemmPd(s, MatMd(s.b), e);
@@ -148,35 +161,36 @@ void Gemm(const GemmShape& s, const float* a, const float* b, float* c, const fl
   RunGemm(*p, s.bias, a, b, c, bias);
 }
 
-std::shared_ptr<const PackedMatrix> PackMatrix(const Mat& b, const float* data) {
+std::shared_ptr<const PackedMatrix> PackMatrix(const Mat& b, const void* data) {
   GemmShape s;
-  s.a = Mat{kPackRows, b.rows, b.rows, 1};
+  s.a = Mat{kPackRows, b.rows, b.rows, 1, b.type};
   s.b = b;
   s.c = Mat{kPackRows, b.cols, b.cols, 1};
   Cached unused;
-  const dnnl::memory::desc any({b.rows, b.cols}, dt::f32, dnnl::memory::format_tag::any);
+  const dnnl::memory::desc any({b.rows, b.cols}, DataType(b.type), dnnl::memory::format_tag::any);
   const dnnl::memory::desc want = GemmPd(s, any, unused).weights_desc();
   if (want == MatMd(b)) return nullptr;
   auto m = std::make_shared<PackedMatrix>();
   m->plain = b;
   m->plain_data = data;
   m->packed = dnnl::memory(want, Engine());
-  dnnl::memory src(MatMd(b), Engine(), const_cast<float*>(data));
+  dnnl::memory src(MatMd(b), Engine(), const_cast<void*>(data));
   dnnl::reorder(src, m->packed).execute(ThreadStream(), src, m->packed);
   ThreadStream().wait();
   return m;
 }
 
-void GemmPacked(const GemmShape& s, const float* a, const float* b_plain, const PackedMatrix& b,
-                float* c, const float* bias) {
+void GemmPacked(const GemmShape& s, const void* a, const void* b_plain, const PackedMatrix& b,
+                void* c, const float* bias) {
   const Mat& m = b.plain;
   if (b_plain != b.plain_data || m.rows != s.b.rows || m.cols != s.b.cols ||
-      m.row_stride != s.b.row_stride || m.col_stride != s.b.col_stride) {
+      m.row_stride != s.b.row_stride || m.col_stride != s.b.col_stride || m.type != s.b.type) {
     return Gemm(s, a, b_plain, c, bias);
   }
   std::shared_ptr<const Cached> p = Cache().Get(GemmKey(3, s), [&] {
     Cached e;
-    const dnnl::memory::desc any({s.b.rows, s.b.cols}, dt::f32, dnnl::memory::format_tag::any);
+    const dnnl::memory::desc any({s.b.rows, s.b.cols}, DataType(s.b.type),
+                                 dnnl::memory::format_tag::any);
     e.usable = GemmPd(s, any, e).weights_desc() == b.packed.get_desc();
     if (e.usable) {
       dnnl::matmul::primitive_desc pd = GemmPd(s, b.packed.get_desc(), e);
@@ -188,18 +202,20 @@ void GemmPacked(const GemmShape& s, const float* a, const float* b_plain, const 
   // The primitive was made for the first packed B of this shape; another
   // (say, packed under other settings) must match its layout to be read.
   if (!p->usable || p->b != b.packed.get_desc()) return Gemm(s, a, b_plain, c, bias);
-  RunGemm(*p, s.bias, a, static_cast<const float*>(b.packed.get_data_handle()), c, bias);
+  RunGemm(*p, s.bias, a, b.packed.get_data_handle(), c, bias);
 }
 
 void BatchedGemm(const BatchMat& a, const BatchMat& b, const BatchMat& c, float scale,
-                 const float* a_data, const float* b_data, float* c_data) {
+                 const void* a_data, const void* b_data, void* c_data) {
   Key key = {2, FloatBits(scale)};
   for (const BatchMat* m : {&a, &b, &c}) {
-    key.push_back(static_cast<int64_t>(m->dims.size()));
+    key.push_back(static_cast<int64_t>(m->dims.size()) * 2 + static_cast<int64_t>(m->type));
     key.insert(key.end(), m->dims.begin(), m->dims.end());
     key.insert(key.end(), m->strides.begin(), m->strides.end());
   }
-  auto md = [](const BatchMat& m) { return dnnl::memory::desc(m.dims, dt::f32, m.strides); };
+  auto md = [](const BatchMat& m) {
+    return dnnl::memory::desc(m.dims, DataType(m.type), m.strides);
+  };
   std::shared_ptr<const Cached> p = Cache().Get(key, [&] {
     Cached e;
     e.a = md(a);
@@ -215,8 +231,8 @@ void BatchedGemm(const BatchMat& a, const BatchMat& b, const BatchMat& c, float 
   });
   const dnnl::engine& eng = Engine();
   p->primitive.execute(ThreadStream(),
-                       {{DNNL_ARG_SRC, dnnl::memory(p->a, eng, const_cast<float*>(a_data))},
-                        {DNNL_ARG_WEIGHTS, dnnl::memory(p->b, eng, const_cast<float*>(b_data))},
+                       {{DNNL_ARG_SRC, dnnl::memory(p->a, eng, const_cast<void*>(a_data))},
+                        {DNNL_ARG_WEIGHTS, dnnl::memory(p->b, eng, const_cast<void*>(b_data))},
                         {DNNL_ARG_DST, dnnl::memory(p->c, eng, c_data)},
                         {DNNL_ARG_SCRATCHPAD, Scratchpad(p->scratchpad)}});
   ThreadStream().wait();
@@ -240,6 +256,28 @@ void SoftmaxRows(int64_t rows, int64_t cols, int64_t ld, float* x) {
       ThreadStream(),
       {{DNNL_ARG_SRC, m}, {DNNL_ARG_DST, m}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p->scratchpad)}});
   ThreadStream().wait();
+}
+
+bool NativeBfloat16() {
+  static const bool native = [] {
+    try {
+      const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+      const auto bits = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_bf16);
+      if ((static_cast<unsigned>(isa) & bits) != bits) return false;
+      // The ISA says yes; the library must also have a kernel for it.
+      GemmShape s;
+      s.a = Mat{16, 32, 32, 1, Elem::kBF16};
+      s.b = Mat{32, 16, 16, 1, Elem::kBF16};
+      s.c = Mat{16, 16, 16, 1};
+      Cached unused;
+      dnnl::matmul::primitive_desc pd = GemmPd(s, MatMd(s.b), unused);
+      const char* impl = pd.impl_info_str();
+      return impl != nullptr && std::string(impl).find("ref") == std::string::npos;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }();
+  return native;
 }
 
 int64_t CachedPrimitiveCount() { return Cache().size(); }

@@ -20,16 +20,22 @@
 namespace attention {
 namespace internal {
 
+// Element types of the products' operands: bfloat16 A and B multiply with
+// float32 accumulation (C float32 or bfloat16).
+enum class Elem { kF32, kBF16 };
+
 // A strided matrix: element (r, c) at base[r * row_stride + c * col_stride].
 struct Mat {
   int64_t rows = 0;
   int64_t cols = 0;
   int64_t row_stride = 0;
   int64_t col_stride = 1;
+  Elem type = Elem::kF32;
 };
 
 // C[m, n] = scale * sum_k A[m, k] B[k, n] (+ bias[n]) (+ C[m, n] if accumulate).
-// C must be row-major (col_stride 1).
+// C must be row-major (col_stride 1). A and B have the same type; the bias
+// is float32.
 struct GemmShape {
   Mat a;
   Mat b;
@@ -39,7 +45,7 @@ struct GemmShape {
   bool accumulate = false;
 };
 
-void Gemm(const GemmShape& shape, const float* a, const float* b, float* c, const float* bias);
+void Gemm(const GemmShape& shape, const void* a, const void* b, void* c, const float* bias);
 
 // B of products whose B stays the same from call to call (a model's
 // weights), reordered once into the blocked layout oneDNN's matmul kernel
@@ -48,13 +54,14 @@ void Gemm(const GemmShape& shape, const float* a, const float* b, float* c, cons
 struct PackedMatrix;
 
 // nullptr when B is fine as it is (the kernel reads the plain layout).
-std::shared_ptr<const PackedMatrix> PackMatrix(const Mat& b, const float* data);
+// `data` holds elements of b.type.
+std::shared_ptr<const PackedMatrix> PackMatrix(const Mat& b, const void* data);
 
 // Gemm(shape, a, b, c, bias) reading B from `packed` when it was made from
 // this b (same data and layout) and this shape's kernel reads its layout;
 // otherwise from b itself.
-void GemmPacked(const GemmShape& shape, const float* a, const float* b, const PackedMatrix& packed,
-                float* c, const float* bias);
+void GemmPacked(const GemmShape& shape, const void* a, const void* b, const PackedMatrix& packed,
+                void* c, const float* bias);
 
 // A strided tensor [batch dims..., rows, cols] for batched products; a batch
 // dimension of size 1 in one operand broadcasts over the other's (give it a
@@ -62,16 +69,23 @@ void GemmPacked(const GemmShape& shape, const float* a, const float* b, const Pa
 struct BatchMat {
   std::vector<int64_t> dims;
   std::vector<int64_t> strides;
+  Elem type = Elem::kF32;
 };
 
 // For every batch index: C = scale * A x B (the last two dims multiply). All
-// three have the same rank (at most 12).
+// three have the same rank (at most 12); A and B the same type.
 void BatchedGemm(const BatchMat& a, const BatchMat& b, const BatchMat& c, float scale,
-                 const float* a_data, const float* b_data, float* c_data);
+                 const void* a_data, const void* b_data, void* c_data);
 
 // In place: each of `rows` rows of `cols` floats (row i at x + i * ld) becomes
 // softmax(row). Rows must not be entirely -inf (the caller zeroes those).
 void SoftmaxRows(int64_t rows, int64_t cols, int64_t ld, float* x);
+
+// Whether this CPU multiplies bfloat16 natively (AVX-512 with bf16
+// instructions, and oneDNN not capped below them by ONEDNN_MAX_CPU_ISA):
+// learned once, by creating a small bfloat16 matmul. Elem::kBF16 products
+// must only run when this is true. Never throws.
+bool NativeBfloat16();
 
 // Primitives created so far (for tests that check reuse).
 int64_t CachedPrimitiveCount();

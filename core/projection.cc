@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -12,13 +13,28 @@
 
 namespace attention {
 
+namespace {
+
+// The four weight matrices of a projection ([E, in] row-major) as bfloat16,
+// each with its reordered B for the products (nullptr: read in place).
+struct Bfloat16Weights {
+  std::vector<uint16_t> q, k, v, out;
+  std::shared_ptr<const internal::PackedMatrix> packed_q, packed_k, packed_v, packed_out;
+};
+
+}  // namespace
+
 struct PreparedProjection {
   // B of each projection's product, reordered (nullptr: read in place).
   std::shared_ptr<const internal::PackedMatrix> q, k, v, out;
+  // Made by the first bfloat16 call (MakeBfloat16), from the float32 weights.
+  mutable std::once_flag bf16_once;
+  mutable std::unique_ptr<const Bfloat16Weights> bf16;
 };
 
 namespace {
 
+using internal::Elem;
 using internal::Mat;
 
 absl::Status CheckMatrix(const std::optional<TensorView>& v, absl::string_view name,
@@ -33,22 +49,48 @@ absl::Status CheckMatrix(const std::optional<TensorView>& v, absl::string_view n
 }
 
 // w^T for w [e, in] row-major: the B of a projection, read in place.
-Mat ProjectionB(int64_t in, int64_t e) { return Mat{in, e, 1, in}; }
+Mat ProjectionB(int64_t in, int64_t e, Elem type) { return Mat{in, e, 1, in, type}; }
 
 // out[rows, E] = x[rows, in] * w^T (+ bias); w is [E, in] row-major, read
-// from `prepared` when that was made from it.
-void Project(int64_t rows, int64_t in, int64_t e, const float* x, const float* w, const float* bias,
-             float* out, const internal::PackedMatrix* prepared) {
+// from `prepared` when that was made from it. x and w are of type `in_type`,
+// out of `out_type`.
+void Project(int64_t rows, int64_t in, int64_t e, const void* x, const void* w, const float* bias,
+             void* out, const internal::PackedMatrix* prepared, Elem in_type, Elem out_type) {
   internal::GemmShape g;
-  g.a = Mat{rows, in, in, 1};
-  g.b = ProjectionB(in, e);
-  g.c = Mat{rows, e, e, 1};
+  g.a = Mat{rows, in, in, 1, in_type};
+  g.b = ProjectionB(in, e, in_type);
+  g.c = Mat{rows, e, e, 1, out_type};
   g.bias = bias != nullptr;
   if (prepared != nullptr) {
     internal::GemmPacked(g, x, w, *prepared, out, bias);
   } else {
     internal::Gemm(g, x, w, out, bias);
   }
+}
+
+// n floats as bfloat16.
+std::vector<uint16_t> ToBfloat16(const float* w, int64_t n) {
+  std::vector<uint16_t> out(n);
+  FloatsToBFloat16(w, n, out.data());
+  return out;
+}
+
+// The bfloat16 weights of a projection whose float32 matrices [E, in] are
+// wq, wk, wv and wo, reordered for the products.
+std::unique_ptr<const Bfloat16Weights> MakeBfloat16(const ProjectionShape& ps, const float* wq,
+                                                    const float* wk, const float* wv,
+                                                    const float* wo) {
+  const int64_t E = ps.embed_dim;
+  auto w = std::make_unique<Bfloat16Weights>();
+  w->q = ToBfloat16(wq, E * E);
+  w->k = ToBfloat16(wk, E * ps.kdim);
+  w->v = ToBfloat16(wv, E * ps.vdim);
+  w->out = ToBfloat16(wo, E * E);
+  w->packed_q = internal::PackMatrix(ProjectionB(E, E, Elem::kBF16), w->q.data());
+  w->packed_k = internal::PackMatrix(ProjectionB(ps.kdim, E, Elem::kBF16), w->k.data());
+  w->packed_v = internal::PackMatrix(ProjectionB(ps.vdim, E, Elem::kBF16), w->v.data());
+  w->packed_out = internal::PackMatrix(ProjectionB(E, E, Elem::kBF16), w->out.data());
+  return w;
 }
 
 // The separate q/k/v_proj_weight of `w`: present, float, [E, E], [E, kdim]
@@ -126,7 +168,7 @@ absl::StatusOr<std::shared_ptr<const PreparedProjection>> PrepareProjection(
   auto pack = [](const std::optional<TensorView>& t, int64_t in, int64_t e,
                  int64_t offset) -> std::shared_ptr<const internal::PackedMatrix> {
     if (!ReadableAsFloat32(*t)) return nullptr;  // converted by each call: never the data read
-    return internal::PackMatrix(ProjectionB(in, e),
+    return internal::PackMatrix(ProjectionB(in, e, Elem::kF32),
                                 static_cast<const float*>(t->data) + offset * in);
   };
   std::shared_ptr<PreparedProjection> prepared;
@@ -152,8 +194,9 @@ absl::StatusOr<std::shared_ptr<const PreparedProjection>> PrepareProjection(
 
 namespace internal {
 
-CallProjection::CallProjection(const ProjectionWeights& w, const ProjectionShape& shape)
-    : shape_(shape), prepared_(w.prepared) {
+CallProjection::CallProjection(const ProjectionWeights& w, const ProjectionShape& shape,
+                               bool bf16)
+    : shape_(shape), bf16_(bf16) {
   const float* f32[std::size(kProjectionTensors)];
   for (size_t i = 0; i < std::size(kProjectionTensors); ++i) {
     const std::optional<TensorView>& t = w.*kProjectionTensors[i].member;
@@ -161,32 +204,56 @@ CallProjection::CallProjection(const ProjectionWeights& w, const ProjectionShape
   }
   const auto [in_w, q_w, k_w, v_w, in_b, out_w, out_b] = f32;
   const int64_t E = shape.embed_dim;
-  wq_ = shape.packed ? in_w : q_w;
-  wk_ = shape.packed ? in_w + E * E : k_w;
-  wv_ = shape.packed ? in_w + 2 * E * E : v_w;
+  const float* wq = shape.packed ? in_w : q_w;
+  const float* wk = shape.packed ? in_w + E * E : k_w;
+  const float* wv = shape.packed ? in_w + 2 * E * E : v_w;
   bq_ = in_b;
   bk_ = in_b ? in_b + E : nullptr;
   bv_ = in_b ? in_b + 2 * E : nullptr;
-  wo_ = out_w;
   bo_ = out_b;
+  const PreparedProjection* pp = w.prepared;
+  if (!bf16) {
+    wq_ = {wq, pp ? pp->q.get() : nullptr};
+    wk_ = {wk, pp ? pp->k.get() : nullptr};
+    wv_ = {wv, pp ? pp->v.get() : nullptr};
+    wo_ = {out_w, pp ? pp->out.get() : nullptr};
+    return;
+  }
+  if (pp == nullptr) {  // inline weights: converted for this call
+    store16_[0] = ToBfloat16(wq, E * E);
+    store16_[1] = ToBfloat16(wk, E * shape.kdim);
+    store16_[2] = ToBfloat16(wv, E * shape.vdim);
+    store16_[3] = ToBfloat16(out_w, E * E);
+    wq_.data = store16_[0].data();
+    wk_.data = store16_[1].data();
+    wv_.data = store16_[2].data();
+    wo_.data = store16_[3].data();
+    return;
+  }
+  std::call_once(pp->bf16_once, [&] { pp->bf16 = MakeBfloat16(shape, wq, wk, wv, out_w); });
+  const Bfloat16Weights& h = *pp->bf16;
+  wq_ = {h.q.data(), h.packed_q.get()};
+  wk_ = {h.k.data(), h.packed_k.get()};
+  wv_ = {h.v.data(), h.packed_v.get()};
+  wo_ = {h.out.data(), h.packed_out.get()};
 }
 
 // Q, K and V are projected by three products, also for self-attention with a
 // packed in_proj_weight: as fast as one product with 3E columns, and a model
 // prepares each slice once instead of the slices and the whole.
-void CallProjection::In(int64_t q_rows, int64_t kv_rows, const float* q, const float* k,
-                        const float* v, float* qp, float* kp, float* vp) const {
+void CallProjection::In(int64_t q_rows, int64_t kv_rows, const void* q, const void* k,
+                        const void* v, void* qp, void* kp, void* vp) const {
   const int64_t E = shape_.embed_dim;
-  const PreparedProjection none;
-  const PreparedProjection& pp = prepared_ != nullptr ? *prepared_ : none;
-  Project(q_rows, E, E, q, wq_, bq_, qp, pp.q.get());
-  Project(kv_rows, shape_.kdim, E, k, wk_, bk_, kp, pp.k.get());
-  Project(kv_rows, shape_.vdim, E, v, wv_, bv_, vp, pp.v.get());
+  const Elem t = bf16_ ? Elem::kBF16 : Elem::kF32;
+  Project(q_rows, E, E, q, wq_.data, bq_, qp, wq_.packed, t, t);
+  Project(kv_rows, shape_.kdim, E, k, wk_.data, bk_, kp, wk_.packed, t, t);
+  Project(kv_rows, shape_.vdim, E, v, wv_.data, bv_, vp, wv_.packed, t, t);
 }
 
-void CallProjection::Out(int64_t rows, const float* x, float* out) const {
+void CallProjection::Out(int64_t rows, const void* x, float* out) const {
   const int64_t E = shape_.embed_dim;
-  Project(rows, E, E, x, wo_, bo_, out, prepared_ != nullptr ? prepared_->out.get() : nullptr);
+  Project(rows, E, E, x, wo_.data, bo_, out, wo_.packed, bf16_ ? Elem::kBF16 : Elem::kF32,
+          Elem::kF32);
 }
 
 }  // namespace internal

@@ -28,6 +28,9 @@
 namespace attention {
 
 struct PreparedProjection;  // opaque: made by PrepareProjection
+namespace internal {
+struct PackedMatrix;
+}  // namespace internal
 
 // nn.MultiheadAttention's parameters, named as in its state_dict. Either the
 // packed in_proj_weight [3E, E] or q_proj_weight [E, E], k_proj_weight
@@ -91,36 +94,51 @@ absl::StatusOr<ProjectionShape> ValidateProjection(const ProjectionWeights& weig
 // matrix only if it was made from the same address and layout the call reads
 // (weights at other addresses, and calls whose kernel wants another layout,
 // are computed from the views). Weights that are not aligned float32 are left
-// to each call (converted there). ResourceExhausted when memory runs out,
-// Internal for a oneDNN failure.
+// to each call (converted there). The bfloat16 copies that
+// Precision::kBFloat16 calls read (plain and reordered: together as many
+// bytes as the float32 weights) are made by the first such call, once.
+// ResourceExhausted when memory runs out, Internal for a oneDNN failure.
 absl::StatusOr<std::shared_ptr<const PreparedProjection>> PrepareProjection(
     const ProjectionWeights& weights);
 
 namespace internal {
 
 // The projections of one call (not public: ComputeAttention runs them). Holds
-// float32 copies of weights that are not aligned float32, and uses the
+// float32 copies of weights that are not aligned float32 (bfloat16 copies of
+// the matrices for bfloat16 products without prepared weights), and uses the
 // weights' prepared matrices when they match. Throws what the kernels throw
 // (dnnl::error, std::bad_alloc): run under GuardStatus.
 class CallProjection {
  public:
   // `weights` validated as `shape` (ValidateProjection); both must outlive
-  // this object.
-  CallProjection(const ProjectionWeights& weights, const ProjectionShape& shape);
+  // this object. `bf16`: the products read bfloat16 inputs and matrices
+  // (only where NativeBfloat16()); biases and accumulation stay float32.
+  CallProjection(const ProjectionWeights& weights, const ProjectionShape& shape,
+                 bool bf16 = false);
 
   // The in-projections: qp [q_rows, E] = q wq^T + bq, and likewise kp, vp
-  // [kv_rows, E] from k [kv_rows, kdim] and v [kv_rows, vdim].
-  void In(int64_t q_rows, int64_t kv_rows, const float* q, const float* k, const float* v,
-          float* qp, float* kp, float* vp) const;
+  // [kv_rows, E] from k [kv_rows, kdim] and v [kv_rows, vdim]. Inputs and
+  // outputs are float32, or bfloat16 with `bf16`.
+  void In(int64_t q_rows, int64_t kv_rows, const void* q, const void* k, const void* v, void* qp,
+          void* kp, void* vp) const;
 
-  // The out-projection: out [rows, E] = x wo^T + bo.
-  void Out(int64_t rows, const float* x, float* out) const;
+  // The out-projection: out [rows, E] = x wo^T + bo; x float32, or bfloat16
+  // with `bf16`.
+  void Out(int64_t rows, const void* x, float* out) const;
 
  private:
+  // A weight matrix [E, in] as the products read it, reordered when prepared.
+  struct Matrix {
+    const void* data = nullptr;
+    const PackedMatrix* packed = nullptr;
+  };
+
   const ProjectionShape& shape_;
-  const PreparedProjection* prepared_;
+  bool bf16_;
   std::vector<float> store_[std::size(kProjectionTensors)];  // converted copies
-  const float *wq_, *wk_, *wv_, *bq_, *bk_, *bv_, *wo_, *bo_;
+  std::vector<uint16_t> store16_[4];                         // bfloat16 copies
+  Matrix wq_, wk_, wv_, wo_;
+  const float *bq_, *bk_, *bv_, *bo_;
 };
 
 }  // namespace internal

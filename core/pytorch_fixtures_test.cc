@@ -1,8 +1,11 @@
 // The core and the naive reference against PyTorch's outputs (fixtures made
 // by tests/make_fixtures.py with python3-torch, committed).
+#include <cstdio>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "absl/strings/numbers.h"
 #include "core/attention.h"
 #include "core/model.h"
 #include "core/reference.h"
@@ -88,6 +91,56 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, PyTorchFixtureTest, ::testing::ValuesIn(Fixtu
                          CaseName);
 
 TEST(PyTorchFixtures, ThereAreMany) { EXPECT_GE(FixturePaths().size(), 30u); }
+
+// Bfloat16 precision against the float64 reference, held to PyTorch's own
+// bfloat16 error on the same inputs (tests/fixtures/bf16, metadata
+// torch_bf16_error): at most 1.5 times it, plus a little for rounding noise.
+class Bfloat16FixtureTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Bfloat16FixtureTest, ErrsNoMoreThanPyTorchBfloat16) {
+  if (EffectivePrecision(Precision::kBFloat16) != Precision::kBFloat16) {
+    GTEST_SKIP() << "no bfloat16 instructions on this CPU";
+  }
+  absl::StatusOr<std::unique_ptr<testing::Fixture>> f = LoadFixture(GetParam());
+  ASSERT_TRUE(f.ok()) << f.status();
+  double torch_error = 0;
+  ASSERT_TRUE(absl::SimpleAtod((*f)->file.metadata.at("torch_bf16_error"), &torch_error));
+  const double bound = 1.5 * torch_error + 1e-4;
+  const std::vector<float> want32 = testing::ToFloats(*(*f)->expected_output);
+  const std::vector<double> want(want32.begin(), want32.end());
+  AttentionArgs args = (*f)->args;
+  args.precision = Precision::kBFloat16;
+  ProjectionWeights prepared_weights = (*f)->projection;
+  std::shared_ptr<const PreparedProjection> prepared;
+  if (args.projection != nullptr) {
+    absl::StatusOr<std::shared_ptr<const PreparedProjection>> p =
+        PrepareProjection(prepared_weights);
+    ASSERT_TRUE(p.ok()) << p.status();
+    prepared = *p;
+    prepared_weights.prepared = prepared.get();
+  }
+  // Inline weights (converted per call), then weights prepared as a model's.
+  for (bool model : {false, true}) {
+    SCOPED_TRACE(model ? "prepared weights" : "inline weights");
+    if (model && args.projection == nullptr) continue;
+    if (model) args.projection = &prepared_weights;
+    for (int threads : {1, 2}) {
+      ComputeOptions options;
+      options.max_threads = threads;
+      VectorOutputs out;
+      ASSERT_TRUE(ComputeAttention(args, options, &out).ok());
+      ASSERT_EQ(out.output.shape, (*f)->expected_output->shape);
+      const double error = RelativeMaxError(out.output.data.data(), want);
+      EXPECT_LE(error, bound) << "PyTorch bfloat16: " << torch_error;
+      std::printf("error %.3g (PyTorch bfloat16 %.3g)\n", error, torch_error);
+      // Not float32 in disguise: bfloat16 operands leave a visible error.
+      EXPECT_GT(error, 1e-4);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, Bfloat16FixtureTest,
+                         ::testing::ValuesIn(FixturePaths("tests/fixtures/bf16")), CaseName);
 
 }  // namespace
 }  // namespace attention

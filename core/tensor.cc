@@ -102,6 +102,19 @@ const float* AsFloat32(const TensorView& view, std::vector<float>& storage) {
   return storage.data();
 }
 
+bool ReadableAsBFloat16(const TensorView& view) {
+  return view.dtype == DType::kBFloat16 &&
+         reinterpret_cast<uintptr_t>(view.data) % alignof(uint16_t) == 0;
+}
+
+const uint16_t* AsBFloat16(const TensorView& view, std::vector<uint16_t>& storage) {
+  if (ReadableAsBFloat16(view)) return static_cast<const uint16_t*>(view.data);
+  storage.resize(ShapeProduct(view.shape));
+  std::vector<float> f32;
+  FloatsToBFloat16(AsFloat32(view, f32), static_cast<int64_t>(storage.size()), storage.data());
+  return storage.data();
+}
+
 namespace {
 
 uint32_t FloatBits(float f) {
@@ -169,6 +182,16 @@ uint16_t FloatToBFloat16(float f) {
   return static_cast<uint16_t>((u + rounding) >> 16);
 }
 
+void FloatsToBFloat16(const float* in, int64_t n, uint16_t* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = FloatBits(in[i]);
+    const uint32_t rounded = (u + 0x7fff + ((u >> 16) & 1)) >> 16;
+    const uint32_t quiet_nan = (u >> 16) | 0x40;
+    out[i] = static_cast<uint16_t>((u & 0x7fffffff) > 0x7f800000 ? quiet_nan : rounded);
+  }
+}
+
 void ConvertToFloat32(const TensorView& view, float* out) {
   const int64_t n = ShapeProduct(view.shape);
   switch (view.dtype) {
@@ -202,6 +225,10 @@ void ConvertFromFloat32(const float* in, int64_t n, DType dtype, void* out) {
       }
       return;
     case DType::kBFloat16:
+      if (reinterpret_cast<uintptr_t>(out) % alignof(uint16_t) == 0) {
+        FloatsToBFloat16(in, n, static_cast<uint16_t*>(out));
+        return;
+      }
       for (int64_t i = 0; i < n; ++i) {
         const uint16_t b = FloatToBFloat16(in[i]);
         std::memcpy(dst + 2 * i, &b, 2);

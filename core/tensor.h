@@ -89,6 +89,11 @@ bool ReadableAsFloat32(const TensorView& view);
 // `storage` (valid while `storage` is, unchanged).
 const float* AsFloat32(const TensorView& view, std::vector<float>& storage);
 
+// Likewise for bfloat16 compute: the view's own bytes when it is BFLOAT16
+// with 2-byte alignment, else a copy rounded to bfloat16 in `storage`.
+bool ReadableAsBFloat16(const TensorView& view);
+const uint16_t* AsBFloat16(const TensorView& view, std::vector<uint16_t>& storage);
+
 // "[2,7,64]"; a shape of more than 8 dims shows its first 6 and its rank,
 // "[1,1,1,1,1,1,...(100000 dims)]", so that messages stay short.
 std::string ShapeString(absl::Span<const int64_t> shape);
@@ -103,6 +108,8 @@ float HalfToFloat(uint16_t h);
 uint16_t FloatToHalf(float f);
 float BFloat16ToFloat(uint16_t b);
 uint16_t FloatToBFloat16(float f);
+// n floats to bfloat16 (as FloatToBFloat16, in SIMD lanes).
+void FloatsToBFloat16(const float* in, int64_t n, uint16_t* out);
 // Writes n floats as `dtype` (FLOAT32, FLOAT16 or BFLOAT16) little-endian to out,
 // which holds n * DTypeSize(dtype) bytes.
 void ConvertFromFloat32(const float* in, int64_t n, DType dtype, void* out);

@@ -13,9 +13,9 @@ std::string SourcePath(const std::string& relative) {
   return std::string(ATTENTION_SOURCE_DIR) + "/" + relative;
 }
 
-std::vector<std::string> FixturePaths() {
+std::vector<std::string> FixturePaths(const std::string& dir) {
   std::vector<std::string> paths;
-  for (const auto& entry : std::filesystem::directory_iterator(SourcePath("tests/fixtures"))) {
+  for (const auto& entry : std::filesystem::directory_iterator(SourcePath(dir))) {
     if (entry.path().extension() == ".safetensors") paths.push_back(entry.path().string());
   }
   std::sort(paths.begin(), paths.end());

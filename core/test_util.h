@@ -29,8 +29,8 @@ struct Fixture {
 
 absl::StatusOr<std::unique_ptr<Fixture>> LoadFixture(const std::string& path);
 
-// Paths of tests/fixtures/*.safetensors, sorted.
-std::vector<std::string> FixturePaths();
+// Paths of `dir`/*.safetensors (dir relative to the source tree), sorted.
+std::vector<std::string> FixturePaths(const std::string& dir = "tests/fixtures");
 // ATTENTION_SOURCE_DIR + "/" + relative.
 std::string SourcePath(const std::string& relative);
 

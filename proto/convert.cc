@@ -74,6 +74,17 @@ absl::Status OptionsFromWire(const v1::AttentionOptions& o, AttentionArgs* args,
       return absl::InvalidArgumentError(
           absl::StrCat("options.weights: unknown mode ", static_cast<int>(o.weights())));
   }
+  switch (o.precision()) {
+    case v1::PRECISION_FLOAT32:
+      a.precision = Precision::kFloat32;
+      break;
+    case v1::PRECISION_BFLOAT16:
+      a.precision = Precision::kBFloat16;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("options.precision: unknown precision ", static_cast<int>(o.precision())));
+  }
   if (absl::Status s =
           Optional(o.has_attn_mask(), o.attn_mask(), "options.attn_mask", &a.attn_mask);
       !s.ok()) {
@@ -132,6 +143,10 @@ v1::DataType ToWire(DType dtype) {
       return v1::BOOL;
   }
   return v1::FLOAT32;
+}
+
+v1::Precision ToWire(Precision precision) {
+  return precision == Precision::kBFloat16 ? v1::PRECISION_BFLOAT16 : v1::PRECISION_FLOAT32;
 }
 
 absl::StatusOr<TensorView> View(const v1::Tensor& t, absl::string_view field) {
@@ -199,6 +214,7 @@ v1::AttentionOptions ToWire(const AttentionArgs& a) {
                 : a.weights == WeightsMode::kPerHead ? v1::WEIGHTS_PER_HEAD
                                                      : v1::WEIGHTS_NONE);
   if (a.projection != nullptr) *o.mutable_projection() = ToWire(*a.projection);
+  o.set_precision(ToWire(a.precision));
   return o;
 }
 

@@ -22,6 +22,7 @@ namespace wire {
 // (proto3 enums are open: any number can arrive).
 absl::StatusOr<DType> FromWire(v1::DataType dtype, absl::string_view field);
 v1::DataType ToWire(DType dtype);
+v1::Precision ToWire(Precision precision);
 
 // The most dimensions a wire tensor may have (the service takes rank 4 at
 // most; the margin keeps error messages about wrong ranks meaningful).
@@ -38,14 +39,14 @@ v1::Tensor ToWire(const TensorView& view);
 // request is). Inline projection weights go to `*inline_weights`, and
 // args->projection points at them; a model name is left for the caller (the
 // server resolves it). InvalidArgument naming the field for a missing tensor,
-// an unknown dtype or weights mode, or a negative head count.
+// an unknown dtype, weights mode or precision, or a negative head count.
 absl::Status FromWire(const v1::AttentionRequest& request, AttentionArgs* args,
                       ProjectionWeights* inline_weights);
 absl::Status FromWire(const v1::SelfAttentionRequest& request, AttentionArgs* args,
                       ProjectionWeights* inline_weights);
 
 // Options carrying what `args` says (heads, scale, causal, masks, weights
-// mode, and args.projection as inline weights); tensors copied as they are.
+// mode, precision, and args.projection as inline weights); tensors copied as they are.
 v1::AttentionOptions ToWire(const AttentionArgs& args);
 v1::Projection ToWire(const ProjectionWeights& weights);
 

@@ -77,7 +77,7 @@ bool Batcher::Compatible(const AttentionArgs& a, const AttentionArgs& b) {
          SameOptional(a.attn_mask, b.attn_mask) &&
          SameOptional(a.key_padding_mask, b.key_padding_mask) && a.num_heads == b.num_heads &&
          a.num_kv_heads == b.num_kv_heads && a.scale == b.scale && a.causal == b.causal &&
-         a.weights == b.weights && a.projection == b.projection;
+         a.weights == b.weights && a.projection == b.projection && a.precision == b.precision;
 }
 
 absl::Status Batcher::ComputeMerged(const std::vector<const AttentionArgs*>& members,

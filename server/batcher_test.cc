@@ -190,6 +190,9 @@ TEST(BatcherTest, OnlyTheSameComputationIsMerged) {
   auto scaled = model.Make(1, rng);
   scaled->args.scale = 0.5f;
   EXPECT_FALSE(Batcher::Compatible(a->args, scaled->args));
+  auto bf16 = model.Make(1, rng);  // a float32 request is never computed in bfloat16
+  bf16->args.precision = Precision::kBFloat16;
+  EXPECT_FALSE(Batcher::Compatible(a->args, bf16->args));
 
   // Never merged at all: inline weights, an attn_mask, unbatched inputs.
   EXPECT_FALSE(Batcher::Batchable(a->args, a->args.projection));

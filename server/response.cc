@@ -84,7 +84,7 @@ float* ResponseOutputs::Weights(const std::vector<int64_t>& shape) {
   return reinterpret_cast<float*>(weights_.Allocate(DType::kFloat32, shape, n * sizeof(float)));
 }
 
-grpc::ByteBuffer ResponseOutputs::Encode(const std::string& id) {
+grpc::ByteBuffer ResponseOutputs::Encode(const std::string& id, Precision precision) {
   if (output_.bytes.size() > 0 && !staging_.empty()) {
     ConvertFromFloat32(staging_.data(), output_.bytes.size() / DTypeSize(dtype_), dtype_,
                        output_.data);
@@ -98,6 +98,10 @@ grpc::ByteBuffer ResponseOutputs::Encode(const std::string& id) {
   if (output_.present) output_.Encode(v1::AttentionResponse::kOutputFieldNumber, &head, &slices);
   if (weights_.present) {
     weights_.Encode(v1::AttentionResponse::kWeightsFieldNumber, &head, &slices);
+  }
+  if (const v1::Precision p = wire::ToWire(precision); p != v1::PRECISION_FLOAT32) {
+    AppendVarint(v1::AttentionResponse::kPrecisionFieldNumber << 3, &head);  // wire type 0
+    AppendVarint(p, &head);
   }
   if (!head.empty() || slices.empty()) slices.emplace_back(head);
   return grpc::ByteBuffer(slices.data(), slices.size());

@@ -7,7 +7,7 @@
 //
 //   ResponseOutputs outputs(DType::kFloat16);        // the output's wire dtype
 //   absl::Status s = ComputeAttention(args, options, &outputs);
-//   if (s.ok()) *response = outputs.Encode(id);    // grpc::ByteBuffer
+//   if (s.ok()) *response = outputs.Encode(id, precision);  // grpc::ByteBuffer
 //   else *response = EncodeError(id, s);           // stream messages
 //
 // Contracts:
@@ -58,9 +58,9 @@ class ResponseOutputs final : public OutputBuffers {
   float* Weights(const std::vector<int64_t>& shape) override;
 
   // Converts a staged half-precision output, then frames an AttentionResponse
-  // in field order (id, output, weights). Throws std::bad_alloc when memory
-  // runs out.
-  grpc::ByteBuffer Encode(const std::string& id);
+  // in field order (id, output, weights, precision: the one the call computed
+  // in). Throws std::bad_alloc when memory runs out.
+  grpc::ByteBuffer Encode(const std::string& id, Precision precision = Precision::kFloat32);
 
  private:
   DType dtype_;

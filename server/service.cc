@@ -228,7 +228,9 @@ std::optional<bool> AttentionServiceImpl::SubmitBatched(
   r.started = [this, call] { metrics_->ComputeBegins(call); };
   r.done = [this, call, state, response, done](const absl::Status& computed) {
     const absl::Status s =
-        computed.ok() ? Encode(&*state->outputs, state->request->id(), response) : computed;
+        computed.ok() ? Encode(&*state->outputs, state->request->id(),
+                              EffectivePrecision(state->call.args.precision), response)
+                     : computed;
     metrics_->ComputeEnds(call, s);
     done(s);
   };
@@ -381,6 +383,8 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ListModels(grpc::CallbackServerC
   l->set_compute_threads(executor_->workers() * executor_->threads_per_worker());
   l->set_max_queue(limits_.max_queue);
   l->set_max_stream_in_flight(limits_.max_stream_in_flight);
+  response->set_native_bfloat16(EffectivePrecision(Precision::kBFloat16) ==
+                                Precision::kBFloat16);
   grpc::ServerUnaryReactor* reactor = new UnaryReactor(this);
   metrics_->Finish(metrics_->Begin("ListModels", context->peer(), 0), absl::OkStatus(),
                    static_cast<int64_t>(response->ByteSizeLong()));

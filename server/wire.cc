@@ -134,13 +134,14 @@ absl::Status Compute(const Call& call, const ComputeOptions& options, const std:
   if (options.check) {  // before converting and framing the results
     if (absl::Status s = options.check(); !s.ok()) return s;
   }
-  return Encode(&outputs, id, response);
+  return Encode(&outputs, id, EffectivePrecision(call.args.precision), response);
 }
 
-absl::Status Encode(ResponseOutputs* outputs, const std::string& id, grpc::ByteBuffer* response) {
+absl::Status Encode(ResponseOutputs* outputs, const std::string& id, Precision precision,
+                    grpc::ByteBuffer* response) {
   return GuardStatus(
       [&] {
-        *response = outputs->Encode(id);
+        *response = outputs->Encode(id, precision);
         return absl::OkStatus();
       },
       "out of memory encoding the response");

@@ -74,9 +74,10 @@ absl::Status Compute(const Call& call, const ComputeOptions& options, const std:
                      grpc::ByteBuffer* response);
 
 // Encodes results the core already wrote into `outputs` (Compute's last
-// step, for callers that run the core themselves). ResourceExhausted when
-// memory runs out.
-absl::Status Encode(ResponseOutputs* outputs, const std::string& id, grpc::ByteBuffer* response);
+// step, for callers that run the core themselves), saying `precision` was
+// used. ResourceExhausted when memory runs out.
+absl::Status Encode(ResponseOutputs* outputs, const std::string& id, Precision precision,
+                    grpc::ByteBuffer* response);
 
 }  // namespace server
 }  // namespace attention

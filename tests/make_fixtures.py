@@ -7,6 +7,8 @@ writes (DIR defaults to the repository root)
     DIR/models/demo.safetensors                 demo model: nn.MultiheadAttention(64, 4), seed 0
     DIR/tests/fixtures/models/*.safetensors     model files for the end-to-end fixtures
     DIR/tests/fixtures/*.safetensors            one fixture per file (see tests/fixtures/README.md)
+    DIR/tests/fixtures/bf16/*.safetensors       bfloat16 precision: inputs, float32 weights, the
+                                                float64 reference and PyTorch bfloat16's error
 
 Expected values: cases with projection weights run a real torch.nn.MultiheadAttention
 (train() mode, dropout 0, no_grad) and are cross-checked against the float64 reference below;
@@ -411,6 +413,74 @@ def e2e_cases(W, models_dir, demo_path):
            weights="none", model="mha_e32_h2_kv", model_state=state)
 
 
+def rel_max_error(got, ref):
+    """max |got - ref| / max |ref| (as RelativeMaxError in core/reference.h)."""
+    return ((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def bf16_cases(out_dir):
+    """PyTorch's own bfloat16 error on inputs the service's bfloat16 precision is held to:
+    the module cast to bfloat16 (what a PyTorch user runs for bf16 inference), or for plain
+    SDPA the same products by hand on bfloat16 tensors. Each file holds the inputs (float32),
+    the float32 weights, the float64 reference as float32, and in its metadata
+    torch_bf16_error (relative max error of PyTorch bf16's output vs the reference)."""
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+
+    def save(name, kind, inputs, H, ref_out, torch_out, causal=False, kpm=None, module=None):
+        tensors = {}
+        if kind == "self_attention":
+            tensors["input"] = inputs[0]
+        else:
+            tensors["query"], tensors["key"], tensors["value"] = inputs
+        if kpm is not None:
+            tensors["key_padding_mask"] = kpm
+        if module is not None:
+            tensors.update({n: t.detach().clone() for n, t in module.state_dict().items()})
+        tensors["expected_output"] = ref_out.float()
+        tensors = {n: t.contiguous() for n, t in tensors.items()}
+        err = rel_max_error(torch_out, ref_out)
+        meta = {"kind": kind, "num_heads": str(H), "num_kv_heads": "0",
+                "causal": "1" if causal else "0", "weights": "none", "precision": "bfloat16",
+                "torch_bf16_error": repr(err)}
+        write_safetensors(os.path.join(out_dir, name + ".safetensors"), tensors, meta)
+        written.append((name, err))
+
+    def module_case(name, E, H, B, L, S=None, self_attn=True, causal=False, kpm=None):
+        g = gen(name)
+        mod = make_mha(zlib.crc32(name.encode()) & 0xFFFF, E, H)
+        if self_attn:
+            x = randn(g, B, L, E)
+            inputs, (q, k, v) = (x,), (x, x, x)
+        else:
+            q, k, v = randn(g, B, L, E), randn(g, B, S, E), randn(g, B, S, E)
+            inputs = (q, k, v)
+        proj = {n: t.detach().clone() for n, t in mod.state_dict().items()}
+        ref, _ = ref_attention(q, k, v, H, causal=causal, key_padding_mask=kpm, proj=proj)
+        mod16 = make_mha(zlib.crc32(name.encode()) & 0xFFFF, E, H).to(torch.bfloat16)
+        out16, _ = run_module(mod16, q.bfloat16(), k.bfloat16(), v.bfloat16(), H, causal, None,
+                              kpm, "none")
+        save(name, "self_attention" if self_attn else "attention", inputs, H, ref, out16,
+             causal=causal, kpm=kpm, module=mod)
+
+    def sdpa_case(name, B, H, L, S, D):
+        g = gen(name)
+        q, k, v = randn(g, B, L, H * D), randn(g, B, S, H * D), randn(g, B, S, H * D)
+        ref, _ = ref_attention(q, k, v, H)
+        heads = [t.bfloat16().reshape(B, -1, H, D).transpose(1, 2) for t in (q, k, v)]
+        scores = (heads[0] @ heads[1].transpose(-1, -2)) * (1.0 / math.sqrt(D))
+        out16 = (torch.softmax(scores, dim=-1) @ heads[2]).transpose(1, 2).reshape(B, L, H * D)
+        save(name, "attention", (q, k, v), H, ref, out16)
+
+    module_case("bf16_mha_self_e64_h4", 64, 4, B=2, L=24)
+    module_case("bf16_mha_self_e128_h8_causal", 128, 8, B=2, L=40, causal=True)
+    module_case("bf16_mha_cross_e96_h4_kpm", 96, 4, B=2, L=12, S=20, self_attn=False,
+                kpm=padding_mask([20, 13], 20))
+    module_case("bf16_mha_self_e256_h8", 256, 8, B=1, L=48)
+    sdpa_case("bf16_sdpa_h4_d32", B=2, H=4, L=48, S=64, D=32)
+    return written
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out-dir", default=REPO,
@@ -427,6 +497,7 @@ def main(argv=None):
     module_cases(W)
     sdpa_cases(W)
     e2e_cases(W, models_dir, os.path.join(demo_dir, "demo.safetensors"))
+    bf16 = bf16_cases(os.path.join(fixtures_dir, "bf16"))
 
     names = [n for n, *_ in W.written]
     assert len(names) == len(set(names))
@@ -439,6 +510,8 @@ def main(argv=None):
             opts = " ".join(f"{k}={v}" for k, v in meta.items() if k != "kind")
             print(f"{name}: {kind} {shapes} | {opts}")
         print(f"{len(names)} fixtures in {fixtures_dir}")
+        for name, err in bf16:
+            print(f"{name}: PyTorch bfloat16 relative max error {err:.3g}")
     if stale:
         print("warning: fixture files not produced by this script: " + ", ".join(stale),
               file=sys.stderr)
