@@ -92,7 +92,7 @@ const std::set<std::string>& KnownOptions() {
       "precision",
       "arrival",         "duration", "requests", "warmup",     "in-flight",   "connections",
       "max-outstanding", "timeout",  "verify",   "json",       "csv",         "html",
-      "tls-ca",          "tls-cert", "tls-key",  "tls-server-name",           "token-file",
+      "tls",             "tls-ca",   "tls-cert", "tls-key",  "tls-server-name", "token-file",
       "retries"};
   return kKnown;
 }

@@ -54,7 +54,11 @@ bool IsSecurityFlag(const std::string& name) {
 
 absl::StatusOr<ChannelSecurity> SecurityFromArgs(const CliArgs& args) {
   ChannelSecurity s;
-  s.tls = args.Switch("tls") || args.Has("tls-ca") || args.Has("tls-cert");
+  const std::string tls = args.Get("tls", "false");  // --tls=true|false; plain --tls is a switch
+  if (tls != "true" && tls != "false") {
+    return absl::InvalidArgumentError("--tls: expected true or false (or --tls alone)");
+  }
+  s.tls = args.Switch("tls") || tls == "true" || args.Has("tls-ca") || args.Has("tls-cert");
   s.server_name = args.Get("tls-server-name");
   if (args.Has("tls-ca")) {
     absl::StatusOr<std::string> pem = ReadFlagFile(args, "tls-ca");

@@ -113,6 +113,18 @@ int RunServer(const ServerConfig& config) {
         "--max-memory-mb >= 0, --max-concurrent-streams >= 1, the connection seconds >= 0, "
         "--batch-delay-us >= 0, --batch-max-size >= 1");
   }
+  constexpr int64_t kMaxMiB = int64_t{1} << 24;  // 16 TiB: no overflow once in bytes
+  constexpr int kMaxSeconds = 1000000;           // ~11 days: no overflow once in ms
+  if (config.max_message_mb > kMaxMiB || config.max_request_memory_mb > kMaxMiB ||
+      config.max_memory_mb > kMaxMiB || config.batch_delay_us > 10000000 ||
+      config.drain_seconds > kMaxSeconds || config.max_connection_idle_seconds > kMaxSeconds ||
+      config.max_connection_age_seconds > kMaxSeconds ||
+      config.max_connection_age_grace_seconds > kMaxSeconds ||
+      config.min_client_ping_seconds > kMaxSeconds) {
+    return Fail(
+        "flags: the -mb sizes at most 16777216 (16 TiB), --batch-delay-us at most 10000000 (10 "
+        "s), the seconds at most 1000000");
+  }
   ConfigureAllocator();
   // Before the admin endpoint, whose /metrics reads it until it stops.
   MemoryBudget budget(config.max_memory_mb > 0 ? config.max_memory_mb << 20

@@ -524,6 +524,11 @@ TEST(E2EStartup, BadModelOrBusyPortExitsNonZeroWithOneLine) {
             1);
   EXPECT_THAT(out, HasSubstr("attention-server: error: --model x="));
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+  // Sizes that would overflow once in bytes.
+  EXPECT_EQ(RunCommand({ServerBinary(), "--listen=127.0.0.1:0", "--max-memory-mb=99999999999"},
+                       &out),
+            1);
+  EXPECT_THAT(out, HasSubstr("the -mb sizes at most 16777216"));
 
   ServerProcess first({});
   ASSERT_TRUE(first.ok());

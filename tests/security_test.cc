@@ -202,6 +202,15 @@ TEST_F(Security, TokensAreRequiredExceptForHealthAndNeverPrinted) {
                        &out),
             1);
   EXPECT_THAT(out, HasSubstr("UNAUTHENTICATED: authorization: missing"));
+  EXPECT_EQ(RunCommand({ClientBinary(), "--target", server.target(), "--tls=true", "--tls-ca",
+                        P("a/ca.pem"), "--token-file", token_file, "models"},
+                       &out),
+            0)
+      << out;
+  EXPECT_EQ(RunCommand({ClientBinary(), "--target", server.target(), "load", "--tls=maybe"},
+                       &out),
+            2);
+  EXPECT_THAT(out, HasSubstr("--tls: expected true or false"));
 
   // The load tool too, every answer verified.
   const std::string report = P("load.json");

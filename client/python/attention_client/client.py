@@ -88,8 +88,8 @@ def _read(path):
         return f.read()
 
 
-# AttentionOptions.precision, once the proto has it (the contract adds it; the
-# server does not have it yet). Until then bfloat16 is computed as float32.
+# AttentionOptions.precision (absent from stubs generated from an older proto:
+# then bfloat16 requests compute in float32, with a warning).
 _PRECISION_FIELD = pb.AttentionOptions.DESCRIPTOR.fields_by_name.get("precision")
 _warned_precision = False
 
@@ -267,8 +267,10 @@ class Client:
         Use TLS, verifying the server against the system's roots (or
         ``tls_ca``). Implied by ``tls_ca``, ``tls_cert`` and ``tls_key``.
     token : str, optional
-        Sent as ``authorization: Bearer TOKEN`` on every call. Default: the
-        environment variable ``ATTENTION_TOKEN``, if set.
+        Sent as ``authorization: Bearer TOKEN`` on every call; needs TLS (a
+        token in plaintext can be read by anyone on the path: ValueError).
+        Default: the environment variable ``ATTENTION_TOKEN``, on TLS channels
+        only.
     retries : int, optional
         Send a call that failed with UNAVAILABLE again, up to this many more
         times, with exponential backoff (0.1 s doubling to 1 s). Safe: every
@@ -302,7 +304,11 @@ class Client:
             # connects at once instead of inheriting a failed one's backoff.
             ("grpc.use_local_subchannel_pool", 1),
         ]
-        if tls or tls_ca or tls_cert:
+        secure = bool(tls or tls_ca or tls_cert)
+        if token is not None and not secure:
+            raise ValueError("token needs TLS (tls=True or tls_ca=...): a token sent in "
+                             "plaintext can be read by anyone on the path")
+        if secure:
             credentials = grpc.ssl_channel_credentials(root_certificates=_read(tls_ca),
                                                        private_key=_read(tls_key),
                                                        certificate_chain=_read(tls_cert))
@@ -311,7 +317,8 @@ class Client:
             self._new_channel = lambda: grpc.secure_channel(target, credentials, options)
         else:
             self._new_channel = lambda: grpc.insecure_channel(target, options)
-        token = token if token is not None else os.environ.get("ATTENTION_TOKEN")
+        if token is None and secure:
+            token = os.environ.get("ATTENTION_TOKEN")
         self._metadata = (("authorization", "Bearer " + token),) if token else None
         self._retries = int(retries)
         self._lock = threading.Lock()
@@ -424,9 +431,9 @@ class Client:
             float16 inputs, bfloat16 for torch bfloat16, float32 otherwise.
             Compute is float32 either way.
         precision : {"float32", "bfloat16"}, optional
-            Compute precision. Sent only when the proto has
-            ``AttentionOptions.precision``; until then the server computes in
-            float32 (a warning says so once).
+            Precision of the matrix products: bfloat16 inputs with float32
+            accumulation, softmax in float32 (PyTorch bfloat16 accuracy). A
+            server whose CPU lacks bfloat16 instructions computes in float32.
         timeout : float, optional
             Seconds for the call, retries included.
         id : str, optional

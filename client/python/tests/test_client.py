@@ -327,23 +327,20 @@ class TokenAndTlsTest(unittest.TestCase):
         self.addCleanup(self.server.stop, None)
         return f"127.0.0.1:{port}"
 
-    def test_token_from_argument_and_environment(self):
+    def test_a_token_never_travels_in_plaintext(self):
         target = self.start()
-        with Client(target, token="s3cret") as client:
-            self.assertEqual(client.health(), "SERVING")
+        with self.assertRaisesRegex(ValueError, "needs TLS"):
+            Client(target, token="s3cret")
         old = os.environ.pop("ATTENTION_TOKEN", None)
         try:
-            with Client(target) as client:
-                client.health()
             os.environ["ATTENTION_TOKEN"] = "from-env"
-            with Client(target) as client:
+            with Client(target) as client:  # plaintext: the environment's token stays home
                 client.health()
         finally:
             os.environ.pop("ATTENTION_TOKEN", None)
             if old is not None:
                 os.environ["ATTENTION_TOKEN"] = old
-        auth = [m.get("authorization") for m in self.handler.metadata]
-        self.assertEqual(auth, ["Bearer s3cret", None, "Bearer from-env"])
+        self.assertEqual([m.get("authorization") for m in self.handler.metadata], [None])
 
     @unittest.skipIf(shutil.which("openssl") is None, "openssl is not installed")
     def test_tls_and_mutual_tls(self):
@@ -373,6 +370,17 @@ class TokenAndTlsTest(unittest.TestCase):
                     token="t") as client:
             self.assertEqual(client.health(), "SERVING")
         self.assertEqual(self.handler.metadata[-1]["authorization"], "Bearer t")
+        old = os.environ.pop("ATTENTION_TOKEN", None)
+        os.environ["ATTENTION_TOKEN"] = "from-env"  # on a TLS channel it is sent
+        try:
+            with Client(target, tls_ca=path("ca.pem"), tls_cert=path("client.pem"),
+                        tls_key=path("client.key"), tls_server_name="attention.test") as client:
+                client.health()
+        finally:
+            os.environ.pop("ATTENTION_TOKEN", None)
+            if old is not None:
+                os.environ["ATTENTION_TOKEN"] = old
+        self.assertEqual(self.handler.metadata[-1]["authorization"], "Bearer from-env")
         # Without a client certificate the handshake fails; without the CA the
         # server is not trusted; both are UNAVAILABLE (gRPC logs the two
         # handshake failures on stderr).
