@@ -172,6 +172,13 @@ void Batcher::Take(Group* group, std::vector<std::shared_ptr<Pending>>* batch) c
   v.erase(std::remove_if(v.begin(), v.end(), [](const auto& p) { return p->taken; }), v.end());
 }
 
+// Answered requests stay referenced by their own executor tasks (no-ops now)
+// until a worker pops them: what they hold (the parsed request, its output
+// buffers, through `done`) goes now, not then.
+void Batcher::Forget(const std::vector<std::shared_ptr<Pending>>& batch) {
+  for (const auto& p : batch) p->request = Request{};
+}
+
 void Batcher::Run(const std::shared_ptr<Pending>& own) {
   std::vector<std::shared_ptr<Pending>> batch;
   {
@@ -188,6 +195,7 @@ void Batcher::Run(const std::shared_ptr<Pending>& own) {
     if (group == nullptr) {  // cannot happen: every pending request is in a group
       lock.unlock();
       Compute(batch);
+      Forget(batch);
       return;
     }
     Take(group, &batch);
@@ -213,6 +221,7 @@ void Batcher::Run(const std::shared_ptr<Pending>& own) {
     group->last_batch = static_cast<int>(batch.size());
   }
   Compute(batch);
+  Forget(batch);
 }
 
 void Batcher::Compute(const std::vector<std::shared_ptr<Pending>>& batch) const {

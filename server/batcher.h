@@ -112,6 +112,7 @@ class Batcher {
   // On a worker: takes `own` (unless taken already) and its company, and
   // computes them.
   void Run(const std::shared_ptr<Pending>& own);
+  static void Forget(const std::vector<std::shared_ptr<Pending>>& batch);
   // Moves pending requests of `group` into `batch` until it holds max_size
   // (mu_ held).
   void Take(Group* group, std::vector<std::shared_ptr<Pending>>* batch) const;
