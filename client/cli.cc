@@ -51,7 +51,8 @@ common:
   --target HOST:PORT        server (default localhost:50051); also a comma-separated list of
                             IPv4 HOST:PORT or dns:///name:port, balanced round robin
   --retries N               retry a call that failed with UNAVAILABLE (or was reset or cancelled
-                            by a replica or proxy) up to N times (default 0)
+                            by a replica or proxy) up to N times (default 0; for requests under
+                            256 KiB gRPC's own retry policy does it, and caps N at 4)
   --help                    this text
 
 .npy files: float32, float16 or bool, C order. A failed call prints the gRPC status code

@@ -269,19 +269,19 @@ absl::Status WriteCsv(const LoadReport& report, const std::string& path) {
   std::string csv =
       "mode,level,sent,ok,errors,lost,duration_s,rps,mb_per_s,gflops,p50_ms,p90_ms,p99_ms,"
       "p999_ms,max_ms,corrected_p50_ms,corrected_p99_ms,corrected_p999_ms,behind_schedule,"
-      "checked,mismatches\n";
+      "checked,mismatches,retries\n";
   for (const LoadResult& r : report.results) {
     const LatencyHistogram& l = r.latency;
     const LatencyHistogram& c = r.corrected;
     absl::StrAppendFormat(
-        &csv, "%s,%g,%d,%d,%d,%d,%.3f,%.3f,%.3f,%.3f,%.4f,%.4f,%.4f,%.4f,%.4f,%s,%s,%s,%s,%d,%d\n",
+        &csv, "%s,%g,%d,%d,%d,%d,%.3f,%.3f,%.3f,%.3f,%.4f,%.4f,%.4f,%.4f,%.4f,%s,%s,%s,%s,%d,%d,%d\n",
         r.open_loop ? "open" : "closed", r.level, r.sent, r.ok, r.error_count(), r.lost,
         r.duration_s, r.rps(), MbPerS(r), Gflops(r), l.Percentile(50) / 1e3, l.Percentile(90) / 1e3,
         l.Percentile(99) / 1e3, l.Percentile(99.9) / 1e3, l.max() / 1e3,
         r.open_loop ? absl::StrFormat("%.4f", c.Percentile(50) / 1e3) : "",
         r.open_loop ? absl::StrFormat("%.4f", c.Percentile(99) / 1e3) : "",
         r.open_loop ? absl::StrFormat("%.4f", c.Percentile(99.9) / 1e3) : "",
-        r.open_loop ? absl::StrCat(r.behind_schedule) : "", r.checked, r.mismatches);
+        r.open_loop ? absl::StrCat(r.behind_schedule) : "", r.checked, r.mismatches, r.retries);
   }
   return WriteFile(path, csv);
 }

@@ -184,6 +184,7 @@ TEST_F(LoadTest, ReportsAreWritten) {
   EXPECT_THAT(page.str(), ::testing::Not(HasSubstr("http://cdn")));
   const std::string csv_text = table.str();
   EXPECT_EQ(std::count(csv_text.begin(), csv_text.end(), '\n'), 3);  // header + 2 levels
+  EXPECT_THAT(csv_text, HasSubstr(",checked,mismatches,retries\n"));
   EXPECT_THAT(out, HasSubstr("rate 100/s"));
   std::string bad;
   EXPECT_EQ(RunCommand({ClientBinary(), "load", "--rate", "10", "--concurrency", "2"}, &bad), 2);
