@@ -164,6 +164,22 @@ def make_mha(seed, E, H, bias=True, kdim=None, vdim=None, random_bias=True):
     return mod
 
 
+def case_tensors(kind, inputs, attn_mask, kpm, projection):
+    """A case's inputs, masks and projection weights, by their fixture names."""
+    tensors = {}
+    if kind == "self_attention":
+        tensors["input"] = inputs[0]
+    else:
+        tensors["query"], tensors["key"], tensors["value"] = inputs
+    if attn_mask is not None:
+        tensors["attn_mask"] = attn_mask
+    if kpm is not None:
+        tensors["key_padding_mask"] = kpm
+    if projection is not None:
+        tensors.update(projection)
+    return tensors
+
+
 def run_module(mod, q, k, v, num_heads, causal, attn_mask, kpm, weights):
     """nn.MultiheadAttention forward (1.13): causal passed as a bool attn_mask; a rank-4
     attn_mask is expanded to [B*H,L,S]."""
@@ -224,17 +240,7 @@ class Writer:
             out = ref_out.float()
             w = None if ref_w is None else ref_w.float()
 
-        tensors = {}
-        if kind == "self_attention":
-            tensors["input"] = inputs[0]
-        else:
-            tensors["query"], tensors["key"], tensors["value"] = inputs
-        if attn_mask is not None:
-            tensors["attn_mask"] = attn_mask
-        if kpm is not None:
-            tensors["key_padding_mask"] = kpm
-        if module is not None:
-            tensors.update(proj)
+        tensors = case_tensors(kind, inputs, attn_mask, kpm, proj if module is not None else None)
         tensors["expected_output"] = out
         if w is not None:
             tensors["expected_weights"] = w
@@ -428,15 +434,9 @@ def bf16_cases(out_dir):
     written = []
 
     def save(name, kind, inputs, H, ref_out, torch_out, causal=False, kpm=None, module=None):
-        tensors = {}
-        if kind == "self_attention":
-            tensors["input"] = inputs[0]
-        else:
-            tensors["query"], tensors["key"], tensors["value"] = inputs
-        if kpm is not None:
-            tensors["key_padding_mask"] = kpm
-        if module is not None:
-            tensors.update({n: t.detach().clone() for n, t in module.state_dict().items()})
+        state = None if module is None else {
+            n: t.detach().clone() for n, t in module.state_dict().items()}
+        tensors = case_tensors(kind, inputs, None, kpm, state)
         tensors["expected_output"] = ref_out.float()
         tensors = {n: t.contiguous() for n, t in tensors.items()}
         err = rel_max_error(torch_out, ref_out)
