@@ -14,14 +14,8 @@ callers=${3:-48}
 calls=${4:-2}
 mib=${5:-50}
 log=$(mktemp)
-env ${SERVER_ENV:-} "$build/server/attention-server" --listen 127.0.0.1:0 \
-  --max-memory-mb "$budget" >"$log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null; rm -f "$log"' EXIT
-for _ in $(seq 100); do
-  grep -q "listening on" "$log" && break
-  sleep 0.1
-done
-target=$(sed -n 's/.*listening on \([^;]*\);.*/\1/p' "$log")
+trap 'kill ${server:-} 2>/dev/null; rm -f "$log"' EXIT
+. "$(dirname "$0")/start_server.sh"
+start_server "$log" "$build/server/attention-server" --max-memory-mb "$budget"
 "$build/bench/attention-flood" --target "$target" --pid "$server" --callers "$callers" \
   --calls "$calls" --mib "$mib"

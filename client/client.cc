@@ -123,6 +123,10 @@ absl::Status FromGrpcStatus(const grpc::Status& s) {
                                            "--tls-server-name and the client certificate): ",
                                            s.error_message()));
   }
+  if (code == absl::StatusCode::kResourceExhausted &&
+      absl::StartsWith(s.error_message(), kQuotaCancelMessage)) {
+    return absl::Status(code, absl::StrCat(s.error_message(), kQuotaCancelExplanation));
+  }
   return absl::Status(code, s.error_message());
 }
 
@@ -210,7 +214,24 @@ std::shared_ptr<grpc::Channel> AttentionClient::Connect(const std::string& targe
                                                         bool round_robin,
                                                         const ChannelSecurity& security,
                                                         int retries) {
+  return ConnectWith(grpc::ChannelArguments(), target, max_message_bytes, round_robin, security,
+                     retries);
+}
+
+std::shared_ptr<grpc::Channel> AttentionClient::ConnectAlone(const std::string& target,
+                                                             int64_t max_message_bytes,
+                                                             int retries) {
   grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return ConnectWith(std::move(args), target, max_message_bytes, false, {}, retries);
+}
+
+std::shared_ptr<grpc::Channel> AttentionClient::ConnectWith(grpc::ChannelArguments args,
+                                                            const std::string& target,
+                                                            int64_t max_message_bytes,
+                                                            bool round_robin,
+                                                            const ChannelSecurity& security,
+                                                            int retries) {
   const int limit = static_cast<int>(std::min<int64_t>(max_message_bytes, INT32_MAX));
   args.SetMaxReceiveMessageSize(limit);
   args.SetMaxSendMessageSize(limit);

@@ -52,8 +52,18 @@ absl::StatusOr<FloatTensor> ToFloat(const v1::Tensor& tensor, const std::string&
 // As .npy: FLOAT32 and FLOAT16 kept, BFLOAT16 widened to float32.
 absl::StatusOr<NpyArray> ToNpy(const v1::Tensor& tensor, const std::string& name);
 
+// What gRPC says when the server's transport cancels a call it is still
+// receiving under memory pressure (HTTP/2 ENHANCE_YOUR_CALM), and what
+// FromGrpcStatus adds to it so that the refusal names the limit.
+inline constexpr char kQuotaCancelMessage[] = "Received RST_STREAM with error code 11";
+inline constexpr char kQuotaCancelExplanation[] =
+    " (ENHANCE_YOUR_CALM): the server cancelled the call while receiving it; its memory for "
+    "requests being received (a quarter of --max-memory-mb) was most likely full: retry later "
+    "or send smaller requests";
+
 // The call's status with the same code and message; a failed TLS handshake
-// (which gRPC reports as UNAVAILABLE) says so first.
+// (which gRPC reports as UNAVAILABLE) says so first; a call cancelled by the
+// server's transport under memory pressure says which limit that is.
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
 struct CallOptions {
@@ -104,6 +114,14 @@ class AttentionClient {
                                                 const ChannelSecurity& security = {},
                                                 int retries = 0);
 
+  // As Connect (plaintext), on a TCP connection of its own: channels with
+  // equal arguments otherwise share one connection (gRPC's global subchannel
+  // pool). Tools and tests that act as many clients use it.
+  static std::shared_ptr<grpc::Channel> ConnectAlone(const std::string& target,
+                                                     int64_t max_message_bytes = int64_t{256}
+                                                                                 << 20,
+                                                     int retries = 0);
+
   explicit AttentionClient(std::shared_ptr<grpc::Channel> channel);
 
   absl::StatusOr<v1::AttentionResponse> Attention(const v1::AttentionRequest& request,
@@ -130,6 +148,11 @@ class AttentionClient {
   v1::AttentionService::Stub* stub() { return stub_.get(); }
 
  private:
+  static std::shared_ptr<grpc::Channel> ConnectWith(grpc::ChannelArguments args,
+                                                    const std::string& target,
+                                                    int64_t max_message_bytes, bool round_robin,
+                                                    const ChannelSecurity& security, int retries);
+
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::AttentionService::Stub> stub_;
 };

@@ -1,7 +1,9 @@
 // The client library's pure parts: how a --target list becomes one balancing
-// channel's target, and which failed calls are retried, and by whom.
+// channel's target, which failed calls are retried, and by whom, and how
+// statuses are reported.
 #include "client/client.h"
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 
 namespace attention {
@@ -58,6 +60,22 @@ TEST(Retries, TheLibraryRetriesWhatTheChannelsBufferCannotHold) {
   EXPECT_FALSE(RetriesByClient(kChannelRetryBufferBytes));
   EXPECT_TRUE(RetriesByClient(kChannelRetryBufferBytes + 1));
   EXPECT_TRUE(RetriesByClient(int64_t{64} << 20));
+}
+
+TEST(FromGrpcStatus, ATransportCancelUnderMemoryPressureNamesTheLimit) {
+  const absl::Status s = FromGrpcStatus(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                                     "Received RST_STREAM with error code 11"));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StartsWith(s.message(), "Received RST_STREAM with error code 11 ("));
+  EXPECT_TRUE(absl::StrContains(s.message(), "--max-memory-mb")) << s.message();
+  // Other resets and codes keep gRPC's message as it is.
+  EXPECT_EQ(FromGrpcStatus(grpc::Status(grpc::StatusCode::INTERNAL,
+                                        "Received RST_STREAM with error code 2"))
+                .message(),
+            "Received RST_STREAM with error code 2");
+  EXPECT_EQ(FromGrpcStatus(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "queue full"))
+                .message(),
+            "queue full");
 }
 
 }  // namespace

@@ -41,7 +41,7 @@ ABSL_FLAG(std::string, access_log, "", "file to append one JSON line per call to
 ABSL_FLAG(int64_t, batch_delay_us, 0, "dynamic batching: longest wait for company, us (0 = off)");
 ABSL_FLAG(int, batch_max_size, 32, "dynamic batching: requests merged into one computation");
 ABSL_FLAG(int64_t, max_memory_mb, 0,
-          "budget for everything held for requests, MiB; 0 = 40% of the memory limit");
+          "budget for everything held for requests, MiB; 0 = 60% of the memory limit");
 ABSL_FLAG(int, max_concurrent_streams, 100, "concurrent calls per connection");
 ABSL_FLAG(int, max_connection_idle_seconds, 300, "close connections idle this long; 0 = never");
 ABSL_FLAG(int, max_connection_age_seconds, 0, "close connections this old; 0 = never");
@@ -81,18 +81,19 @@ compute:
 
 limits:
   --max-queue N                 requests waiting for compute; beyond that calls get
-                                RESOURCE_EXHAUSTED at once (default 64)
+                                RESOURCE_EXHAUSTED at once (default 64). Once 3/4 of it wait,
+                                a connection holding a quarter of it is refused (fairness)
   --max-message-mb N            largest request and response message, MiB (default 256)
   --max-request-memory-mb N     estimated memory one request may use (inputs, scores, outputs),
                                 MiB; larger requests get RESOURCE_EXHAUSTED (default 2048)
   --max-stream-in-flight N      messages of one stream read but not yet answered (default 4)
-  --max-memory-mb N             budget for everything the server holds for requests: messages
-                                received and not yet answered, compute buffers, responses not yet
-                                written. A request that does not fit gets RESOURCE_EXHAUSTED at
-                                once. Default 0: 40% of the container's memory limit (cgroup),
-                                or of physical memory. Requests still being received are outside
-                                it, bounded by gRPC's resource quota of the same size: a flood
-                                peaks near twice the budget plus the fixed part (models, threads)
+  --max-memory-mb N             memory for everything the server holds for requests: a quarter
+                                for requests still being received (gRPC's resource quota: over it,
+                                uploads are cancelled), the rest for requests being served
+                                (messages, compute buffers, responses not yet written; a request
+                                that does not fit gets RESOURCE_EXHAUSTED at once). Requests larger
+                                than the quarter are refused as too large. Default 0: 60% of the
+                                container's memory limit (cgroup), or of physical memory
 
 connections:
   --max-concurrent-streams N    calls open at once on one connection (default 100)

@@ -19,6 +19,8 @@ namespace {
 // Released bytes after which an empty budget trims the heap: small calls
 // never pay for a trim, a burst of large ones is returned once it is over.
 constexpr int64_t kTrimAfterBytes = int64_t{64} << 20;
+// Growth of resident memory after which an idle server trims (IdleTrimmer).
+constexpr int64_t kIdleTrimGrowthBytes = int64_t{32} << 20;
 // Allocations from this size on are mmapped (see ConfigureAllocator).
 constexpr int kMmapThresholdBytes = 1 << 20;
 
@@ -35,6 +37,14 @@ int64_t ReadLimit(const char* path) {
   char* end = nullptr;
   const long long v = std::strtoll(word.c_str(), &end, 10);
   return end != word.c_str() && v > 0 ? v : -1;
+}
+
+// The process's resident memory (/proc/self/statm), or 0.
+int64_t ResidentBytes() {
+  std::ifstream in("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  if (!(in >> size >> resident)) return 0;
+  return resident * sysconf(_SC_PAGESIZE);
 }
 
 }  // namespace
@@ -95,7 +105,39 @@ int64_t DefaultMemoryBudgetBytes() {
     const int64_t limit = ReadLimit(path);
     if (limit > 0 && limit < total) total = limit;
   }
-  return total / 5 * 2;
+  return total / 5 * 3;
+}
+
+MemoryShares SplitMemoryBudget(int64_t total_bytes) {
+  MemoryShares shares;
+  shares.transport_bytes = std::max<int64_t>(1, total_bytes / 4);
+  shares.served_bytes = std::max<int64_t>(1, total_bytes - shares.transport_bytes);
+  return shares;
+}
+
+IdleTrimmer::IdleTrimmer(const MemoryBudget* budget, absl::Duration period)
+    : thread_([this, budget, period] { Run(budget, period); }) {}
+
+IdleTrimmer::~IdleTrimmer() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  thread_.join();
+}
+
+void IdleTrimmer::Run(const MemoryBudget* budget, absl::Duration period) {
+  int64_t after_last_trim = ResidentBytes();
+  absl::MutexLock lock(&mu_);
+  while (!mu_.AwaitWithTimeout(absl::Condition(&stop_), period)) {
+    if (budget->used() != 0) continue;
+    const int64_t resident = ResidentBytes();
+    if (resident < after_last_trim) after_last_trim = resident;
+    if (resident - after_last_trim < kIdleTrimGrowthBytes) continue;
+    malloc_trim(0);
+    trims_.fetch_add(1, std::memory_order_relaxed);
+    after_last_trim = ResidentBytes();
+  }
 }
 
 void ConfigureAllocator() { mallopt(M_MMAP_THRESHOLD, kMmapThresholdBytes); }

@@ -19,8 +19,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <thread>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace attention {
 namespace server {
@@ -75,14 +78,53 @@ class Reservation {
   int64_t bytes_ = 0;
 };
 
-// The default --max-memory-mb, in bytes: 40% of the container's memory limit
+// The default --max-memory-mb, in bytes: 60% of the container's memory limit
 // (cgroup v2 memory.max, or v1 memory.limit_in_bytes), or of physical memory
-// when there is no limit (or a larger one). What the budget cannot see,
-// requests while gRPC is still receiving them, is bounded by gRPC's resource
-// quota, sized as the budget (see server.cc): together 80%, and the rest is
-// the process's fixed part (models, libraries, threads' stacks, the compute
-// threads' kept workspaces).
+// when there is no limit (or a larger one). The rest is the process's fixed
+// part (models, libraries, threads' stacks, the compute threads' kept
+// workspaces) and the allocator's slack.
 int64_t DefaultMemoryBudgetBytes();
+
+// How --max-memory-mb is shared. gRPC's transport holds a request while it is
+// still being received, before the service sees it; gRPC's resource quota
+// (`transport_bytes`) bounds that: over it, gRPC 1.51 sends idle connections
+// a GOAWAY and then cancels streams one at a time, chosen at random, until
+// the quota is met again (the client sees RESOURCE_EXHAUSTED "Received
+// RST_STREAM with error code 11"; a small honest call can be the one). What the
+// service holds for requests it has been handed (parsed messages, compute
+// buffers, responses) is the MemoryBudget (`served_bytes`). A quarter goes to
+// the transport: enough to receive a request the served share can compute
+// (which needs about three times its size), the rest to serving.
+struct MemoryShares {
+  int64_t transport_bytes = 0;
+  int64_t served_bytes = 0;
+};
+// `total_bytes` > 0.
+MemoryShares SplitMemoryBudget(int64_t total_bytes);
+
+// Returns memory the allocator keeps after requests are gone: every
+// `period`, when `budget` is idle (nothing reserved) and the process's
+// resident memory has grown by 32 MiB or more since the last trim, it calls
+// malloc_trim. This catches what the budget's own trim cannot see: gRPC's
+// read buffers of requests the transport cancelled or is still receiving.
+// The thread stops when the trimmer is destroyed.
+class IdleTrimmer {
+ public:
+  IdleTrimmer(const MemoryBudget* budget, absl::Duration period);
+  ~IdleTrimmer();
+  IdleTrimmer(const IdleTrimmer&) = delete;
+  IdleTrimmer& operator=(const IdleTrimmer&) = delete;
+
+  int64_t trims() const { return trims_.load(std::memory_order_relaxed); }
+
+ private:
+  void Run(const MemoryBudget* budget, absl::Duration period);
+
+  absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<int64_t> trims_{0};
+  std::thread thread_;
+};
 
 // Sets the allocator up for a server whose large buffers come and go: a
 // fixed mmap threshold, so that buffers above it (tensors) go back to the

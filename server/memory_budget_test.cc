@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
+#include <memory>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -97,6 +99,38 @@ TEST(MemoryBudgetTest, DefaultIsAShareOfTheMachineOrContainer) {
   const int64_t bytes = DefaultMemoryBudgetBytes();
   EXPECT_GT(bytes, 64 * kMiB);
   EXPECT_LE(bytes, static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE));
+}
+
+TEST(MemoryBudgetTest, AQuarterGoesToTheTransportAndTheRestToServing) {
+  const MemoryShares shares = SplitMemoryBudget(512 * kMiB);
+  EXPECT_EQ(shares.transport_bytes, 128 * kMiB);
+  EXPECT_EQ(shares.served_bytes, 384 * kMiB);
+  const MemoryShares tiny = SplitMemoryBudget(3);
+  EXPECT_EQ(tiny.transport_bytes + tiny.served_bytes, 3);
+  EXPECT_GT(tiny.transport_bytes, 0);
+}
+
+TEST(MemoryBudgetTest, TheIdleTrimmerTrimsOnlyAnIdleBudgetAfterGrowth) {
+  MemoryBudget budget(1024 * kMiB);
+  Reservation held(&budget);
+  ASSERT_TRUE(held.Add(kMiB).ok());
+  const IdleTrimmer trimmer(&budget, absl::Milliseconds(10));
+  absl::SleepFor(absl::Milliseconds(50));  // its first look at resident memory
+  // 64 MiB touched and freed in small blocks between blocks that stay (so the
+  // heap keeps them, as it keeps gRPC's read buffers) while the budget is in
+  // use: no trim.
+  std::vector<std::unique_ptr<char[]>> blocks, pins;
+  for (int i = 0; i < 1024; ++i) {
+    blocks.emplace_back(new char[64 << 10]);
+    std::memset(blocks.back().get(), 1, 64 << 10);
+    pins.emplace_back(new char[64]);
+  }
+  blocks.clear();
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ(trimmer.trims(), 0);
+  held.Reset();
+  for (int i = 0; i < 200 && trimmer.trims() == 0; ++i) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(trimmer.trims(), 1);
 }
 
 }  // namespace

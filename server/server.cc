@@ -127,8 +127,10 @@ int RunServer(const ServerConfig& config) {
   }
   ConfigureAllocator();
   // Before the admin endpoint, whose /metrics reads it until it stops.
-  MemoryBudget budget(config.max_memory_mb > 0 ? config.max_memory_mb << 20
-                                               : DefaultMemoryBudgetBytes());
+  const MemoryShares memory = SplitMemoryBudget(
+      config.max_memory_mb > 0 ? config.max_memory_mb << 20 : DefaultMemoryBudgetBytes());
+  MemoryBudget budget(memory.served_bytes);
+  const IdleTrimmer trimmer(&budget, absl::Seconds(1));
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
       MakeServerCredentials(config.security);
   if (!credentials.ok()) return Fail(std::string(credentials.status().message()));
@@ -185,7 +187,7 @@ int RunServer(const ServerConfig& config) {
   limits.batch_max_size = config.batch_max_size;
   limits.memory_budget = &budget;
   registry.AddCallback("attention_memory_budget_limit_bytes",
-                       "The memory budget for what is held for requests (--max-memory-mb).",
+                       "The share of --max-memory-mb for requests being served.",
                        "gauge", [&budget] { return static_cast<double>(budget.limit()); });
   registry.AddCallback("attention_memory_budget_used_bytes",
                        "Bytes of the memory budget reserved by requests being served.", "gauge",
@@ -205,18 +207,19 @@ int RunServer(const ServerConfig& config) {
   int port = 0;
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a busy port is an error
   builder.AddListeningPort(config.listen, *credentials, &port);
-  builder.SetMaxReceiveMessageSize(
-      static_cast<int>(std::min<int64_t>(limits.max_message_bytes, INT32_MAX)));
+  // A request larger than the transport's share of the memory could never be
+  // received whole: refused as too large (RESOURCE_EXHAUSTED naming the
+  // sizes) rather than cancelled by the quota.
+  const int64_t max_receive = std::min(limits.max_message_bytes, memory.transport_bytes);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(max_receive, INT32_MAX)));
   builder.SetMaxSendMessageSize(
       static_cast<int>(std::min<int64_t>(limits.max_message_bytes, INT32_MAX)));
   // gRPC's own accounting of what its transport holds (requests being
-  // received, read buffers), which the budget cannot see. It does not block
-  // allocations: over the quota it closes idle connections, then cancels
-  // streams (the client sees RESOURCE_EXHAUSTED "Received RST_STREAM with
-  // error code 11", a message gRPC gives). Sized as the budget: the peak
-  // then stays near twice the budget (bench/README.md has the figures).
+  // received, read buffers), which the service's budget cannot see: the
+  // transport's share of --max-memory-mb (memory_budget.h says what gRPC does
+  // over it).
   grpc::ResourceQuota quota("attention-server");
-  quota.Resize(static_cast<size_t>(budget.limit()));
+  quota.Resize(static_cast<size_t>(memory.transport_bytes));
   builder.SetResourceQuota(quota);
   SetConnectionLimits(config, &builder);
   builder.RegisterService(&service);
@@ -237,11 +240,14 @@ int RunServer(const ServerConfig& config) {
           : config.listen.substr(0, config.listen.rfind(':')) + ":" + std::to_string(port);
   std::printf(
       "attention-server: listening on %s; %s; models: %s; compute: %d worker(s) x %d "
-      "thread(s)%s; memory budget %lld MiB\n",
+      "thread(s)%s; memory budget %lld MiB (%lld for requests being received, %lld for "
+      "requests being served; requests up to %lld MiB)\n",
       address.c_str(), DescribeSecurity(config.security).c_str(), (*models)->Names().c_str(), executor.workers(),
       executor.threads_per_worker(),
       executor.pinned_cpus().empty() ? "" : (" on CPUs " + executor.pinned_cpus()).c_str(),
-      static_cast<long long>(budget.limit() >> 20));
+      static_cast<long long>((memory.transport_bytes + memory.served_bytes) >> 20),
+      static_cast<long long>(memory.transport_bytes >> 20),
+      static_cast<long long>(memory.served_bytes >> 20), static_cast<long long>(max_receive >> 20));
   std::fflush(stdout);
 
   int signal = 0;

@@ -56,18 +56,25 @@ bool SubmitTimed(AttentionServiceImpl* service, CallRecord* call,
 }
 
 // A unary call's reactor, counted as active until gRPC is done with it.
-// Its reservation of the memory budget goes when gRPC is done with the call
-// (the response written).
+// Its reservation of the memory budget and its connection's ticket go when
+// gRPC is done with the call (the response written).
 class UnaryReactor final : public grpc::ServerUnaryReactor {
  public:
   explicit UnaryReactor(AttentionServiceImpl* service)
       : scope_(service), held_(service->limits().memory_budget) {}
   void OnDone() override { delete this; }
   Reservation* held() { return &held_; }
+  ConnectionShares::Ticket* ticket() { return &ticket_; }
+  // Gives back what a refused request held, at once.
+  void Release() {
+    held_.Reset();
+    ticket_.Reset();
+  }
 
  private:
   AttentionServiceImpl::CallScope scope_;
   Reservation held_;
+  ConnectionShares::Ticket ticket_;
 };
 
 // A bidirectional stream: each message an independent request, answered in
@@ -104,10 +111,10 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       service_->Parsed(bytes, &item->held);
       if (admitted.ok()) {
         DescribeRequest(item->request, &item->call);
-        admitted = service_->Admit(item->request, &item->call, &item->held);
+        admitted = service_->Admit(item->request, peer_, &item->call, &item->held, &item->ticket);
       }
       if (!admitted.ok()) {  // answered like any failed message, its memory given back
-        item->held.Reset();
+        item->Release();
         item->response = EncodeError(item->request.id(), admitted);
         item->answered = true;
         service_->metrics()->Finish(item->call, admitted, item->response.Length());
@@ -120,11 +127,16 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   void OnDone() override { delete this; }
 
  private:
-  // Its reservation goes with it, once its response has been written.
+  // Its reservation and ticket go with it, once its response has been written.
   struct Item : Slot {
     Request request;
     CallRecord call;
     Reservation held;
+    ConnectionShares::Ticket ticket;
+    void Release() {
+      held.Reset();
+      ticket.Reset();
+    }
   };
 
   void IssueRead() override { this->StartRead(&incoming_); }
@@ -140,7 +152,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
           Computed(item, std::move(answer));
         });
     if (!queued) {
-      item->held.Reset();
+      item->Release();
       const absl::Status saturated = Saturated(*service_->executor());
       item->response = EncodeError(item->request.id(), saturated);
       service_->metrics()->Finish(item->call, saturated, item->response.Length());
@@ -165,7 +177,11 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
 
 AttentionServiceImpl::AttentionServiceImpl(const ModelRegistry* models, Executor* executor,
                                            ServiceLimits limits, ServiceMetrics* metrics)
-    : models_(models), executor_(executor), limits_(limits), metrics_(metrics) {
+    : models_(models),
+      executor_(executor),
+      limits_(limits),
+      metrics_(metrics),
+      shares_(std::max(1, limits.max_queue / 4)) {
   if (limits_.batch_delay_us > 0) {
     Batcher::Options options;
     options.delay_us = limits_.batch_delay_us;
@@ -258,8 +274,9 @@ absl::Status AttentionServiceImpl::Received(int64_t bytes, CallRecord* call, Res
 }
 
 template <typename Request>
-absl::Status AttentionServiceImpl::Admit(const Request& request, CallRecord* call,
-                                         Reservation* held) {
+absl::Status AttentionServiceImpl::Admit(const Request& request, const std::string& peer,
+                                         CallRecord* call, Reservation* held,
+                                         ConnectionShares::Ticket* ticket) {
   absl::StatusOr<int64_t> planned =
       PlanCall(request, *models_, Options(nullptr, nullptr), limits_.max_message_bytes);
   absl::Status s = planned.ok() ? held->Add(*planned) : planned.status();
@@ -267,6 +284,11 @@ absl::Status AttentionServiceImpl::Admit(const Request& request, CallRecord* cal
     call->refusal = planned.ok() ? CallRecord::Refusal::kMemoryBudget
                                  : CallRecord::Refusal::kMemoryLimit;
   }
+  if (!s.ok()) return s;
+  // The last quarter of the queue is kept for connections below their share.
+  const bool busy = 4 * static_cast<int64_t>(executor_->queued()) >= 3 * limits_.max_queue;
+  s = shares_.Enter(peer, busy, ticket);
+  if (!s.ok()) call->refusal = CallRecord::Refusal::kConnectionShare;
   return s;
 }
 
@@ -324,10 +346,10 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Unary(const char* rpc,
   Parsed(bytes, reactor->held());
   if (admitted.ok()) {
     DescribeRequest(*request, call.get());
-    admitted = Admit(*request, call.get(), reactor->held());
+    admitted = Admit(*request, context->peer(), call.get(), reactor->held(), reactor->ticket());
   }
   if (!admitted.ok()) {
-    reactor->held()->Reset();  // a refused request's memory goes at once
+    reactor->Release();  // a refused request's memory goes at once
     finish(admitted, 0);
     return reactor;
   }
@@ -337,7 +359,7 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Unary(const char* rpc,
         finish(s, s.ok() ? static_cast<int64_t>(response->Length()) : 0);
       });
   if (!queued) {
-    reactor->held()->Reset();
+    reactor->Release();
     finish(Saturated(*executor_), 0);
   }
   return reactor;

@@ -27,6 +27,7 @@
 #include "attention/v1/attention.grpc.pb.h"
 #include "core/executor.h"
 #include "server/batcher.h"
+#include "server/connection_shares.h"
 #include "server/memory_budget.h"
 #include "server/service_metrics.h"
 #include "server/wire.h"
@@ -97,9 +98,12 @@ class AttentionServiceImpl final : public ServiceBase {
   absl::Status Received(int64_t bytes, CallRecord* call, Reservation* held);
   void Parsed(int64_t bytes, Reservation* held) { held->Shrink(bytes); }
   // Validates `request` and adds the memory of its computation and response
-  // to `held`, before it is queued (refusals marked in `call`).
+  // to `held`, before it is queued (refusals marked in `call`); then counts
+  // it into the share of its connection `peer` (ConnectionShares), refused
+  // when that connection holds its share while the queue is busy.
   template <typename Request>
-  absl::Status Admit(const Request& request, CallRecord* call, Reservation* held);
+  absl::Status Admit(const Request& request, const std::string& peer, CallRecord* call,
+                     Reservation* held, ConnectionShares::Ticket* ticket);
 
   Executor* executor() { return executor_; }
   ServiceMetrics* metrics() { return metrics_; }
@@ -157,6 +161,7 @@ class AttentionServiceImpl final : public ServiceBase {
   Executor* executor_;
   ServiceLimits limits_;
   ServiceMetrics* metrics_;
+  ConnectionShares shares_;  // a quarter of --max-queue each, once 3/4 of it is queued
   std::unique_ptr<Batcher> batcher_;  // null when batching is off
   std::atomic<int> active_calls_{0};
 };

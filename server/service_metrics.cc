@@ -35,6 +35,8 @@ const char* RefusalName(CallRecord::Refusal refusal) {
       return "memory_limit";
     case CallRecord::Refusal::kMemoryBudget:
       return "memory_budget";
+    case CallRecord::Refusal::kConnectionShare:
+      return "connection_share";
     case CallRecord::Refusal::kNone:
       break;
   }
@@ -96,7 +98,8 @@ ServiceMetrics::ServiceMetrics(Registry* registry, Options options, AccessLog* a
           "Requests refused with RESOURCE_EXHAUSTED, by reason: queue_full (every worker busy "
           "and --max-queue waiting), memory_limit (over --max-request-memory-mb or "
           "--max-message-mb, or an allocation failed), memory_budget (the server's "
-          "--max-memory-mb was in use).",
+          "--max-memory-mb was in use), connection_share (the caller's connection held a quarter of "
+          "--max-queue while three quarters of it were queued).",
           {"rpc", "reason"})),
       queued_(registry->AddGauge("attention_requests_queued",
                                  "Requests waiting for a compute worker.")

@@ -36,7 +36,7 @@ namespace server {
 // One unary call or one stream message.
 struct CallRecord {
   using Clock = std::chrono::steady_clock;
-  enum class Refusal { kNone, kQueueFull, kMemoryLimit, kMemoryBudget };
+  enum class Refusal { kNone, kQueueFull, kMemoryLimit, kMemoryBudget, kConnectionShare };
 
   const char* rpc = "";
   std::string peer;

@@ -263,7 +263,9 @@ TEST(MetricsE2E, RefusedCallsCountUnderTheirReason) {
   std::vector<std::thread> threads;
   for (int i = 0; i < 6; ++i) {
     threads.emplace_back([&] {
-      if (c.SelfAttention(DemoRequest(4), {20}).status().code() ==
+      // A connection each: one connection alone would meet its share first.
+      AttentionClient own(AttentionClient::ConnectAlone(server.target()));
+      if (own.SelfAttention(DemoRequest(4), {20}).status().code() ==
           absl::StatusCode::kResourceExhausted) {
         ++saturated;
       }

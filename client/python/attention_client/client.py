@@ -77,8 +77,20 @@ class Error(Exception):
         return f"{self.code.name}: {self.message}"
 
 
+# What gRPC says when the server's transport cancels a call it is still
+# receiving under memory pressure, and what the error adds (as the C++ client).
+_QUOTA_CANCEL = "Received RST_STREAM with error code 11"
+_QUOTA_CANCEL_EXPLANATION = (
+    " (ENHANCE_YOUR_CALM): the server cancelled the call while receiving it; its memory for "
+    "requests being received (a quarter of --max-memory-mb) was most likely full: retry later "
+    "or send smaller requests")
+
+
 def _error_from_rpc(e):
-    return Error(e.code(), e.details() or "")
+    message = e.details() or ""
+    if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and message.startswith(_QUOTA_CANCEL):
+        message += _QUOTA_CANCEL_EXPLANATION
+    return Error(e.code(), message)
 
 
 def _read(path):
