@@ -1,11 +1,11 @@
 #include "client/load_calls.h"
 
-#include <algorithm>
 #include <cstdint>
-#include <thread>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "client/client.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace attention {
 namespace client {
@@ -24,88 +24,91 @@ absl::Status OpenChannels(const std::string& target, int connections,
     ch.SetLoadBalancingPolicyName("round_robin");
     auto channel =
         grpc::CreateCustomChannel(*channel_target, MakeChannelCredentials(security, &ch), ch);
-    out->stubs.push_back(v1::AttentionService::NewStub(channel));
-    out->health.push_back(grpc::health::v1::Health::NewStub(channel));
+    out->generic.push_back(std::make_unique<grpc::GenericStub>(channel));
     out->channels.push_back(std::move(channel));
   }
   return absl::OkStatus();
 }
 
-const v1::AttentionResponse* ResponseOf(const Workload& w, const Call& call) {
-  return w.rpc == RpcKind::kHealth ? nullptr : &call.response;
+grpc::ByteBuffer* ResponseOf(const Workload& w, Call* call) {
+  return w.rpc == RpcKind::kHealth ? nullptr : &call->response;
 }
 
 namespace {
 
-std::chrono::system_clock::time_point DeadlineIn(double timeout_s) {
-  return std::chrono::system_clock::now() +
-         std::chrono::microseconds(static_cast<int64_t>(timeout_s * 1e6));
-}
-
-// A fresh context with the call's deadline, for its next attempt.
-grpc::ClientContext* NewAttempt(Call* call) {
-  call->context = std::make_unique<grpc::ClientContext>();
-  call->context->set_deadline(call->deadline);
-  call->response.Clear();
-  return call->context.get();
-}
-
-void StartAttempt(const Workload& w, Channels& ch, Call* call,
-                  std::function<void(const grpc::Status&)> done) {
-  grpc::ClientContext* context = NewAttempt(call);
-  auto finish = [&w, &ch, call, done = std::move(done)](const grpc::Status& st) mutable {
-    if (!ShouldRetry(st, call->retries, ch.retries)) return done(st);
-    ++call->retries;
-    StartAttempt(w, ch, call, std::move(done));
-  };
-  const size_t c = ch.Pick();
-  switch (w.rpc) {
+// The full name of the unary method `rpc` calls.
+std::string MethodOf(RpcKind rpc) {
+  switch (rpc) {
     case RpcKind::kHealth:
-      ch.health[c]->async()->Check(context, &call->health_request, &call->health_response,
-                                   std::move(finish));
-      return;
+      return absl::StrCat("/", grpc::health::v1::Health::service_full_name(), "/Check");
     case RpcKind::kAttention:
-      ch.stubs[c]->async()->Attention(context, &w.attention[call->index], &call->response,
-                                      std::move(finish));
-      return;
-    case RpcKind::kSelfAttention:
-      ch.stubs[c]->async()->SelfAttention(context, &w.self[call->index], &call->response,
-                                          std::move(finish));
-      return;
-  }
-}
-
-grpc::Status Attempt(const Workload& w, Channels& ch, Call* call) {
-  grpc::ClientContext* context = NewAttempt(call);
-  const size_t c = ch.Pick();
-  switch (w.rpc) {
-    case RpcKind::kHealth:
-      return ch.health[c]->Check(context, call->health_request, &call->health_response);
-    case RpcKind::kAttention:
-      return ch.stubs[c]->Attention(context, w.attention[call->index], &call->response);
+      return absl::StrCat("/", v1::AttentionService::service_full_name(), "/Attention");
     case RpcKind::kSelfAttention:
       break;
   }
-  return ch.stubs[c]->SelfAttention(context, w.self[call->index], &call->response);
+  return absl::StrCat("/", v1::AttentionService::service_full_name(), "/SelfAttention");
 }
 
 }  // namespace
 
-void StartCall(const Workload& w, Channels& ch, Call* call, double timeout_s,
-               std::function<void(const grpc::Status&)> done) {
-  call->deadline = DeadlineIn(timeout_s);
-  StartAttempt(w, ch, call, std::move(done));
+UnaryCalls::UnaryCalls(const Workload& w, Channels& ch, double timeout_s, Done done)
+    : w_(w),
+      ch_(ch),
+      method_(MethodOf(w.rpc)),
+      timeout_(static_cast<int64_t>(timeout_s * 1e6)),
+      done_(std::move(done)) {}
+
+UnaryCalls::~UnaryCalls() {
+  cq_.Shutdown();
+  if (thread_.joinable()) {
+    thread_.join();
+  } else {
+    void* tag;
+    bool ok;
+    while (cq_.Next(&tag, &ok)) {
+    }
+  }
 }
 
-grpc::Status CallSync(const Workload& w, Channels& ch, Call* call, double timeout_s) {
-  call->deadline = DeadlineIn(timeout_s);
-  grpc::Status st = Attempt(w, ch, call);
-  while (ShouldRetry(st, call->retries, ch.retries)) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10 << std::min(call->retries, 4)));
+void UnaryCalls::Start(Call* call) {
+  ++in_flight_;
+  call->retries = 0;
+  call->deadline = std::chrono::system_clock::now() + timeout_;
+  StartAttempt(call);
+}
+
+void UnaryCalls::StartAttempt(Call* call) {
+  call->reader.reset();
+  call->context.reset();
+  call->context.emplace();
+  call->context->set_deadline(call->deadline);
+  call->reader = ch_.generic[ch_.Pick()]->PrepareUnaryCall(&*call->context, method_,
+                                                           w_.encoded[call->index], &cq_);
+  call->reader->StartCall();
+  call->reader->Finish(&call->response, &call->status, call);
+}
+
+void UnaryCalls::Handle(Call* call) {
+  if (ShouldRetry(call->status, call->retries, ch_.retries)) {
     ++call->retries;
-    st = Attempt(w, ch, call);
+    return StartAttempt(call);
   }
-  return st;
+  done_(*this, call);
+  --in_flight_;
+}
+
+void UnaryCalls::RunUntilIdle() {
+  void* tag;
+  bool ok;  // always true for a unary call's Finish
+  while (in_flight_ > 0 && cq_.Next(&tag, &ok)) Handle(static_cast<Call*>(tag));
+}
+
+void UnaryCalls::RunInBackground() {
+  thread_ = std::thread([this] {
+    void* tag;
+    bool ok;
+    while (cq_.Next(&tag, &ok)) Handle(static_cast<Call*>(tag));
+  });
 }
 
 }  // namespace client

@@ -3,12 +3,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
-#include <deque>
-#include <functional>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -16,16 +13,23 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/load_recorder.h"
+#include "client/load_streams.h"
 
 namespace attention {
 namespace client {
-namespace {
 
 using Clock = std::chrono::steady_clock;
 
 double NowUs(Clock::time_point start) {
   return std::chrono::duration<double, std::micro>(Clock::now() - start).count();
 }
+
+bool TimeUp(const RunSettings& s, Clock::time_point start, int64_t issued) {
+  if (s.requests > 0) return issued >= s.requests;
+  return std::chrono::duration<double>(Clock::now() - start).count() >= s.duration;
+}
+
+namespace {
 
 // Prints a progress line every second until destroyed.
 class Progress {
@@ -70,177 +74,34 @@ class Progress {
   std::thread thread_;
 };
 
-bool TimeUp(const RunSettings& s, Clock::time_point start, int64_t issued) {
-  if (s.requests > 0) return issued >= s.requests;
-  return std::chrono::duration<double>(Clock::now() - start).count() >= s.duration;
-}
-
-// N callers as chains of asynchronous calls: each call's completion (on a
-// gRPC thread) records it and starts that caller's next one. Neither a thread
-// per caller nor a wake-up between calls: the tool's own cost per call stays
-// well below a small call's cost on the server.
+// N callers on one thread: each call's completion records it and starts
+// that caller's next one, on the thread that handles the completion queue.
+// No thread per caller and no hop between threads per call: the tool's own
+// cost per call stays well below a small call's cost on the server.
 void ClosedLoopUnary(const Workload& w, Channels& ch, const RunSettings& s, Recorder& rec) {
   const auto start = Clock::now();
-  std::atomic<int64_t> issued{0};
-  std::mutex mu;
-  std::condition_variable cv;
-  int callers = static_cast<int>(s.level);
-  std::function<void()> next = [&] {
+  int64_t issued = 0;  // this thread starts every call
+  auto next = [&](UnaryCalls& calls, Call* call) {
     const int64_t i = issued++;
-    if (TimeUp(s, start, i)) {
-      std::lock_guard<std::mutex> lock(mu);
-      if (--callers == 0) cv.notify_all();
-      return;
-    }
-    auto* call = new Call;
+    if (TimeUp(s, start, i)) return;  // this caller is done
     call->index = static_cast<size_t>(i) % w.size();
     rec.Sent();
     call->sent_us = NowUs(start);
-    StartCall(w, ch, call, s.timeout, [&, call](const grpc::Status& st) {
-      rec.Done(st, ResponseOf(w, *call), call->index, {-1, call->sent_us, NowUs(start)});
-      rec.Retried(call->retries);
-      delete call;
-      next();
-    });
+    calls.Start(call);
   };
-  for (int t = static_cast<int>(s.level); t > 0; --t) next();
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return callers == 0; });
-}
-
-// A stream message sent and not yet answered.
-struct Pending {
-  std::string id;
-  size_t index;
-  double sent_us;
-};
-
-// Settles the messages a finished stream left unanswered: lost after an
-// order/id `violation` (or when the stream ended OK without answering them),
-// else with the stream's `final_status`. A violation with nothing pending was
-// a response too many.
-void SettleUnanswered(const std::deque<Pending>& pending, const std::string& violation,
-                      const grpc::Status& final_status, Clock::time_point start, Recorder& rec) {
-  if (!violation.empty() && pending.empty()) rec.Unexpected(violation);
-  for (const Pending& p : pending) {
-    if (!violation.empty()) {
-      rec.Lost(violation);
-    } else if (final_status.ok()) {
-      rec.Lost("stream ended without answering message '" + p.id + "'");
-    } else {
-      rec.Done(final_status, nullptr, p.index, {-1, p.sent_us, NowUs(start)});
-    }
-  }
-}
-
-// One stream with up to in_flight messages outstanding; checks order and ids.
-template <typename Request, typename Open>
-void StreamWorker(const std::vector<Request>& pool, int worker, const RunSettings& s,
-                  Clock::time_point start, std::atomic<int64_t>& issued, Recorder& rec, Open open) {
-  grpc::ClientContext context;
-  auto stream = open(&context);
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<Pending> pending;
-  bool reader_done = false;
-  bool stalled = false;             // the oldest message waited longer than --timeout
-  std::string violation;            // first order/id problem: the stream is abandoned
-  std::vector<Request> mine(pool);  // ids are set per message
-  // Cancels the stream when its oldest message has waited longer than --timeout
-  // (a stalled server would otherwise block Write or Read for ever).
-  std::thread watchdog([&] {
-    std::unique_lock<std::mutex> lock(mu);
-    while (!reader_done) {
-      cv.wait_for(lock, std::chrono::milliseconds(50));
-      if (!stalled && !pending.empty() &&
-          NowUs(start) - pending.front().sent_us > s.timeout * 1e6) {
-        stalled = true;
-        context.TryCancel();
-      }
-    }
+  UnaryCalls calls(w, ch, s.timeout, [&](UnaryCalls& running, Call* call) {
+    rec.DoneSerialized(call->status, ResponseOf(w, call), call->index,
+                       {-1, call->sent_us, NowUs(start)});
+    rec.Retried(call->retries);
+    next(running, call);
   });
-  std::thread writer([&] {
-    for (int64_t n = 0;; ++n) {
-      {
-        std::unique_lock<std::mutex> lock(mu);
-        cv.wait(lock,
-                [&] { return reader_done || static_cast<int>(pending.size()) < s.in_flight; });
-        if (reader_done) break;
-      }
-      const int64_t i = issued++;
-      if (TimeUp(s, start, i)) break;
-      const size_t index = static_cast<size_t>(i) % mine.size();
-      Request& r = mine[index];
-      r.set_id(absl::StrCat(worker, ".", n));
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        pending.push_back({r.id(), index, NowUs(start)});
-      }
-      rec.Sent();
-      if (!stream->Write(r)) break;
-    }
-    stream->WritesDone();
-  });
-  v1::AttentionResponse response;
-  while (stream->Read(&response)) {
-    Pending p;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      if (pending.empty() || pending.front().id != response.id()) {
-        violation =
-            absl::StrCat("stream response id '", response.id(), "' out of order (expected '",
-                         pending.empty() ? "" : pending.front().id, "')");
-        context.TryCancel();
-        break;
-      }
-      p = pending.front();
-      pending.pop_front();
-    }
-    cv.notify_all();
-    rec.Done(grpc::Status::OK, &response, p.index, {-1, p.sent_us, NowUs(start)});
-  }
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    reader_done = true;
-  }
-  cv.notify_all();
-  writer.join();
-  watchdog.join();
-  while (stream->Read(&response)) {
-  }
-  grpc::Status final_status = stream->Finish();
-  if (stalled) {
-    final_status = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                                "no stream response within --timeout; stream cancelled");
-  }
-  std::lock_guard<std::mutex> lock(mu);
-  SettleUnanswered(pending, violation, final_status, start, rec);
+  std::vector<Call> callers(static_cast<size_t>(s.level));
+  for (Call& call : callers) next(calls, &call);
+  calls.RunUntilIdle();
 }
 
-void ClosedLoopStreams(const Workload& w, Channels& ch, const RunSettings& s, Recorder& rec) {
-  const auto start = Clock::now();
-  std::atomic<int64_t> issued{0};
-  std::vector<std::thread> workers;
-  for (int t = 0; t < static_cast<int>(s.level); ++t) {
-    const size_t c = ch.Pick();
-    workers.emplace_back([&, t, c] {
-      // A stream that fails (its messages counted with its status) is replaced
-      // by a new one until the level ends, so the concurrency holds.
-      while (!TimeUp(s, start, issued.load())) {
-        if (w.rpc == RpcKind::kAttention) {
-          StreamWorker(w.attention, t, s, start, issued, rec,
-                       [&](grpc::ClientContext* ctx) { return ch.stubs[c]->StreamAttention(ctx); });
-        } else {
-          StreamWorker(w.self, t, s, start, issued, rec, [&](grpc::ClientContext* ctx) {
-            return ch.stubs[c]->StreamSelfAttention(ctx);
-          });
-        }
-      }
-    });
-  }
-  for (std::thread& t : workers) t.join();
-}
-
+// Sends on this thread as the schedule says; completions are handled on
+// UnaryCalls's own thread.
 void OpenLoop(const Workload& w, Channels& ch, const RunSettings& s, Recorder& rec) {
   const auto start = Clock::now();
   std::mt19937_64 rng(11);
@@ -248,6 +109,16 @@ void OpenLoop(const Workload& w, Channels& ch, const RunSettings& s, Recorder& r
   std::mutex mu;
   std::condition_variable cv;
   int64_t outstanding = 0;
+  UnaryCalls calls(w, ch, s.timeout, [&](UnaryCalls&, Call* call) {
+    rec.DoneSerialized(call->status, ResponseOf(w, call), call->index,
+                       {call->scheduled_us, call->sent_us, NowUs(start)});
+    rec.Retried(call->retries);
+    delete call;
+    std::lock_guard<std::mutex> lock(mu);
+    --outstanding;
+    cv.notify_all();
+  });
+  calls.RunInBackground();
   double due_s = 0;
   for (int64_t i = 0;; ++i) {
     if (s.requests > 0 ? i >= s.requests : due_s >= s.duration) break;
@@ -264,15 +135,7 @@ void OpenLoop(const Workload& w, Channels& ch, const RunSettings& s, Recorder& r
     call->scheduled_us = due_s * 1e6;
     call->sent_us = NowUs(start);
     rec.Sent({call->scheduled_us, call->sent_us});
-    StartCall(w, ch, call, s.timeout, [&, call](const grpc::Status& st) {
-      rec.Done(st, ResponseOf(w, *call), call->index,
-               {call->scheduled_us, call->sent_us, NowUs(start)});
-      rec.Retried(call->retries);
-      delete call;
-      std::lock_guard<std::mutex> lock(mu);
-      --outstanding;
-      cv.notify_all();
-    });
+    calls.Start(call);
     due_s += s.arrival == "poisson" ? gap(rng) : 1.0 / s.level;
   }
   std::unique_lock<std::mutex> lock(mu);
@@ -289,7 +152,7 @@ LoadResult RunLevel(const Workload& w, Channels& ch, const RunSettings& s, doubl
   if (s.open_loop) {
     OpenLoop(w, ch, s, rec);
   } else if (s.stream) {
-    ClosedLoopStreams(w, ch, s, rec);
+    RunStreams(w, ch, s, rec);
   } else {
     ClosedLoopUnary(w, ch, s, rec);
   }

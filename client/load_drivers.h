@@ -4,9 +4,7 @@
 // - Closed loop, unary (--concurrency N): N callers, each sending its next
 //   request when the previous one is answered.
 // - Closed loop, streams (--stream): N bidirectional streams, each keeping
-//   --in-flight messages outstanding; responses are checked for order and
-//   ids (a violation abandons the stream and counts its messages as lost).
-//   A stream whose oldest message waits longer than --timeout is cancelled.
+//   --in-flight messages outstanding (load_streams.h).
 // - Open loop (--rate R): requests are due at fixed (constant) or random
 //   (poisson) times and sent asynchronously, not when earlier ones finish;
 //   at most --max-outstanding unanswered (a full window delays sends, which
@@ -18,6 +16,7 @@
 #ifndef CLIENT_LOAD_DRIVERS_H_
 #define CLIENT_LOAD_DRIVERS_H_
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -41,6 +40,14 @@ struct RunSettings {
   double timeout = 30;               // seconds per call (per stream message)
   bool progress = true;              // a progress line on a terminal
 };
+
+// Microseconds from `start` (when a level began: the times a Recorder gets)
+// to now.
+double NowUs(std::chrono::steady_clock::time_point start);
+
+// Whether a level that began at `start` is over before its request number
+// `issued` (counted from 0): s.requests sent, or s.duration gone by.
+bool TimeUp(const RunSettings& s, std::chrono::steady_clock::time_point start, int64_t issued);
 
 // Runs one level of `w` over `ch` and returns its figures (every request
 // sent settled; duration_s the level's wall time). Checks `verify` percent

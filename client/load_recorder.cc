@@ -1,8 +1,13 @@
 #include "client/load_recorder.h"
 
 #include <cmath>
+#include <cstdint>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/wire_format_lite.h"
+#include "grpcpp/impl/codegen/proto_buffer_reader.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
 
 namespace attention {
 namespace client {
@@ -15,35 +20,95 @@ void Recorder::Sent(const RequestTimes& t) {
   sent_++;
 }
 
-void Recorder::Done(const grpc::Status& s, const v1::AttentionResponse* response, size_t index,
-                    const RequestTimes& t) {
-  std::optional<std::string> mismatch;
-  bool checked = false;
-  if (s.ok() && response != nullptr && !w_.references.empty() && !(response->has_error())) {
-    // Checks spread evenly: the n-th response is checked when it crosses a
-    // multiple of 1 / verify_.
-    const int64_t n = verify_counter_++;
-    if (std::floor((n + 1) * verify_) > std::floor(n * verify_)) {
-      checked = true;
-      mismatch = Check(*response, w_.references[index]);
+ResponseHead ReadResponseHead(grpc::ByteBuffer* response) {
+  using google::protobuf::internal::WireFormatLite;
+  constexpr uint32_t kIdTag = WireFormatLite::MakeTag(v1::AttentionResponse::kIdFieldNumber,
+                                                      WireFormatLite::WIRETYPE_LENGTH_DELIMITED);
+  constexpr uint32_t kErrorTag = WireFormatLite::MakeTag(v1::AttentionResponse::kErrorFieldNumber,
+                                                         WireFormatLite::WIRETYPE_LENGTH_DELIMITED);
+  ResponseHead head;
+  grpc::ProtoBufferReader bytes(response);
+  if (!bytes.status().ok()) return head;
+  google::protobuf::io::CodedInputStream in(&bytes);
+  v1::Error error;
+  bool has_error = false;
+  while (const uint32_t tag = in.ReadTag()) {
+    if (tag == kIdTag) {
+      if (!WireFormatLite::ReadString(&in, &head.id)) return head;
+    } else if (tag == kErrorTag) {
+      uint32_t length;
+      if (!in.ReadVarint32(&length) || length > INT32_MAX) return head;
+      const auto limit = in.PushLimit(static_cast<int>(length));
+      if (!error.MergeFromCodedStream(&in) || !in.ConsumedEntireMessage()) return head;
+      in.PopLimit(limit);
+      has_error = true;
+    } else if (!WireFormatLite::SkipField(&in, tag)) {  // skips a tensor without copying it
+      return head;
     }
   }
+  head.parsed = in.ConsumedEntireMessage();
+  if (has_error) {
+    head.status = grpc::Status(static_cast<grpc::StatusCode>(error.code()), error.message());
+  }
+  return head;
+}
+
+bool Recorder::ShouldCheck() {
+  if (w_.references.empty()) return false;
+  const int64_t n = verify_counter_++;
+  return std::floor((n + 1) * verify_) > std::floor(n * verify_);
+}
+
+void Recorder::Done(const grpc::Status& s, const v1::AttentionResponse* response, size_t index,
+                    const RequestTimes& t) {
+  grpc::Status status = s;
+  if (s.ok() && response != nullptr && response->has_error()) {
+    status = grpc::Status(static_cast<grpc::StatusCode>(response->error().code()),
+                          response->error().message());
+  }
+  const bool has_body = status.ok() && response != nullptr && !response->has_error();
+  const bool checked = has_body && ShouldCheck();
+  std::optional<std::string> mismatch;
+  if (checked) mismatch = Check(*response, w_.references[index]);
+  Settle(status, has_body ? static_cast<double>(response->ByteSizeLong()) : 0, checked, mismatch,
+         t);
+}
+
+void Recorder::DoneSerialized(const grpc::Status& s, grpc::ByteBuffer* response, size_t index,
+                              const RequestTimes& t) {
+  if (!s.ok() || response == nullptr) return Settle(s, 0, false, std::nullopt, t);
+  const double bytes = static_cast<double>(response->Length());
+  const ResponseHead head = ReadResponseHead(response);
+  const grpc::Status status =
+      head.parsed ? head.status
+                  : grpc::Status(grpc::StatusCode::INTERNAL,
+                                 "the response does not parse as an AttentionResponse");
+  const bool checked = status.ok() && ShouldCheck();
+  std::optional<std::string> mismatch;
+  if (checked) {
+    v1::AttentionResponse parsed;
+    if (grpc::Status read =
+            grpc::SerializationTraits<v1::AttentionResponse>::Deserialize(response, &parsed);
+        !read.ok()) {
+      mismatch = "the response does not parse: " + read.error_message();
+    } else {
+      mismatch = Check(parsed, w_.references[index]);
+    }
+  }
+  Settle(status, status.ok() ? bytes : 0, checked, mismatch, t);
+}
+
+void Recorder::Settle(const grpc::Status& status, double response_bytes, bool checked,
+                      const std::optional<std::string>& mismatch, const RequestTimes& t) {
   std::lock_guard<std::mutex> lock(mu_);
   r_.latency.Record(t.done_us - t.sent_us);
   if (t.due_us >= 0) r_.corrected.Record(t.done_us - t.due_us);
-  const grpc::Status* status = &s;
-  grpc::Status stream_error;
-  if (s.ok() && response != nullptr && response->has_error()) {
-    stream_error = grpc::Status(static_cast<grpc::StatusCode>(response->error().code()),
-                                response->error().message());
-    status = &stream_error;
-  }
-  if (status->ok()) {
+  if (status.ok()) {
     ++r_.ok;
-    if (response != nullptr) r_.response_bytes += static_cast<double>(response->ByteSizeLong());
+    r_.response_bytes += response_bytes;
   } else {
-    const std::string code = StatusCodeName(status->error_code());
-    if (r_.errors[code]++ == 0) r_.first_error[code] = status->error_message();
+    const std::string code = StatusCodeName(status.error_code());
+    if (r_.errors[code]++ == 0) r_.first_error[code] = status.error_message();
   }
   if (checked) {
     ++r_.checked;

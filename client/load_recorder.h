@@ -10,6 +10,7 @@
 //   Recorder rec(workload, /*verify_percent=*/10);
 //   rec.Sent({due_us, sent_us});
 //   rec.Done(status, &response, index, {due_us, sent_us, done_us});
+//   rec.DoneSerialized(status, &response_bytes, index, {due_us, sent_us, done_us});
 //   LoadResult r = rec.Snapshot();
 //
 // Thread-safe: the drivers call it from many threads at once.
@@ -23,6 +24,7 @@
 
 #include "client/load_report.h"
 #include "client/load_workload.h"
+#include "grpcpp/support/byte_buffer.h"
 
 namespace attention {
 namespace client {
@@ -34,6 +36,15 @@ struct RequestTimes {
   double sent_us = 0;
   double done_us = 0;
 };
+
+// What a serialized AttentionResponse says besides its tensors, read
+// without parsing or copying them.
+struct ResponseHead {
+  bool parsed = false;  // false: the bytes are not an AttentionResponse
+  std::string id;
+  grpc::Status status;  // its `error` (a failed stream message's); OK without one
+};
+ResponseHead ReadResponseHead(grpc::ByteBuffer* response);
 
 class Recorder {
  public:
@@ -55,6 +66,13 @@ class Recorder {
   void Done(const grpc::Status& s, const v1::AttentionResponse* response, size_t index,
             const RequestTimes& t);
 
+  // The same for a response still serialized (a unary call's): read without
+  // copying its tensors, and parsed only when --verify checks it, which
+  // consumes `response`. Bytes that do not parse as an AttentionResponse
+  // count as INTERNAL, as a stub's failure to parse them would.
+  void DoneSerialized(const grpc::Status& s, grpc::ByteBuffer* response, size_t index,
+                      const RequestTimes& t);
+
   // `count` requests whose response never came, or came out of order: counted
   // as lost and as the error code LOST; `why` is kept when it is the first.
   void Lost(const std::string& why, int64_t count = 1);
@@ -71,8 +89,19 @@ class Recorder {
   LoadResult Snapshot();
 
  private:
+  // Whether the next OK response (of a pool that has references) is one of
+  // --verify's share: checks spread evenly, the n-th being checked when it
+  // crosses a multiple of 1 / verify_.
+  bool ShouldCheck();
+
   // Why `r` differs from `want` beyond the tolerance, or nullopt.
   std::optional<std::string> Check(const v1::AttentionResponse& r, const ReferenceResult& want);
+
+  // Settles one request as `status` (the one a stream message carried
+  // included) with `response_bytes` when OK; `checked` says whether --verify
+  // checked it, and `mismatch` what it found.
+  void Settle(const grpc::Status& status, double response_bytes, bool checked,
+              const std::optional<std::string>& mismatch, const RequestTimes& t);
 
   const Workload& w_;
   const double verify_;

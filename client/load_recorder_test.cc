@@ -1,10 +1,12 @@
 // The load tester's ledger without a server: every request settled exactly
 // once (OK or an error code, lost stream messages as LOST), latency from the
-// send and from the due time, behind-schedule sends, and --verify's checks.
+// send and from the due time, behind-schedule sends, and --verify's checks,
+// of parsed responses and of serialized ones alike.
 #include "client/load_recorder.h"
 
 #include <cmath>
 
+#include "grpcpp/impl/codegen/proto_utils.h"
 #include "gtest/gtest.h"
 
 namespace attention {
@@ -132,12 +134,18 @@ TEST(Recorder, CorrectedLatencyCountsFromTheDueTime) {
   EXPECT_EQ(r.corrected.count(), 3);
 }
 
-TEST(Recorder, VerifyChecksItsShareOfOkResponsesAgainstTheReference) {
+// A workload whose one pool entry's reference output is [[[1, 2]]].
+Workload OneReference() {
   Workload w;
   ReferenceResult want;
   want.output_shape = {1, 1, 2};
   want.output = {1.0, 2.0};
   w.references.push_back(want);
+  return w;
+}
+
+TEST(Recorder, VerifyChecksItsShareOfOkResponsesAgainstTheReference) {
+  const Workload w = OneReference();
   Recorder rec(w, 50);
   const v1::AttentionResponse right = Response({1, 2});
   const v1::AttentionResponse wrong = Response({1, 3});
@@ -146,6 +154,51 @@ TEST(Recorder, VerifyChecksItsShareOfOkResponsesAgainstTheReference) {
   rec.Done(grpc::Status(grpc::StatusCode::INTERNAL, "x"), nullptr, 0, {-1, 0, 1});  // unchecked
   const LoadResult r = rec.Snapshot();
   EXPECT_EQ(r.checked, 4);  // every second OK response
+  EXPECT_EQ(r.mismatches, 2);
+  EXPECT_EQ(r.first_mismatch.rfind("output differs from the reference: relative max error", 0), 0u)
+      << r.first_mismatch;
+}
+
+// What a unary call hands the recorder: the response's bytes.
+grpc::ByteBuffer Serialized(const v1::AttentionResponse& r) {
+  grpc::ByteBuffer bytes;
+  bool own = false;
+  EXPECT_TRUE(grpc::SerializationTraits<v1::AttentionResponse>::Serialize(r, &bytes, &own).ok());
+  return bytes;
+}
+
+TEST(Recorder, SerializedResponsesAreSettledAsTheParsedOnesWould) {
+  const Workload w = OneReference();
+  Recorder rec(w, 50);
+  const v1::AttentionResponse right = Response({1, 2});
+  v1::AttentionResponse wrong = Response({1, 3});
+  wrong.set_id("kept apart from the tensors");
+  v1::AttentionResponse stream_error;
+  stream_error.mutable_error()->set_code(static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+  stream_error.mutable_error()->set_message("queue full (message)");
+  for (const v1::AttentionResponse* response : std::vector<const v1::AttentionResponse*>{
+           &right, &right, &right, &right, &wrong, &wrong, &wrong, &wrong}) {
+    grpc::ByteBuffer bytes = Serialized(*response);
+    rec.DoneSerialized(grpc::Status::OK, &bytes, 0, {-1, 0, 1});
+  }
+  grpc::ByteBuffer e = Serialized(stream_error);
+  rec.DoneSerialized(grpc::Status::OK, &e, 0, {-1, 0, 1});
+  const char junk[] = {0x12, 0x7f, 0x01};  // field 2 says 127 bytes follow; 1 does
+  grpc::Slice junk_slice(junk, sizeof(junk));
+  grpc::ByteBuffer bad(&junk_slice, 1);
+  rec.DoneSerialized(grpc::Status::OK, &bad, 0, {-1, 0, 1});
+  rec.DoneSerialized(grpc::Status(grpc::StatusCode::UNAVAILABLE, "down"), nullptr, 0, {-1, 0, 1});
+  rec.DoneSerialized(grpc::Status::OK, nullptr, 0, {-1, 0, 1});  // a health check's
+
+  const LoadResult r = rec.Snapshot();
+  EXPECT_EQ(r.ok, 9);
+  EXPECT_EQ(r.errors.at("RESOURCE_EXHAUSTED"), 1);
+  EXPECT_EQ(r.first_error.at("RESOURCE_EXHAUSTED"), "queue full (message)");
+  EXPECT_EQ(r.errors.at("INTERNAL"), 1);
+  EXPECT_EQ(r.errors.at("UNAVAILABLE"), 1);
+  EXPECT_EQ(r.latency.count(), 12);
+  EXPECT_DOUBLE_EQ(r.response_bytes, 4.0 * (right.ByteSizeLong() + wrong.ByteSizeLong()));
+  EXPECT_EQ(r.checked, 4);  // every second OK response with a body
   EXPECT_EQ(r.mismatches, 2);
   EXPECT_EQ(r.first_mismatch.rfind("output differs from the reference: relative max error", 0), 0u)
       << r.first_mismatch;

@@ -7,6 +7,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/model.h"
+#include "grpc/health/v1/health.pb.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
 
 namespace attention {
 namespace client {
@@ -153,6 +155,21 @@ absl::Status ComputeReferences(const CliArgs& args, Workload* w) {
   return absl::OkStatus();
 }
 
+// Serializes every pool entry into w->encoded; health checks send an empty
+// HealthCheckRequest (the server's overall status).
+void EncodePool(Workload* w) {
+  auto encode = [w](const google::protobuf::MessageLite& m) {
+    grpc::ByteBuffer bytes;
+    bool own = false;
+    // Serializing an initialized proto3 message into memory cannot fail.
+    (void)grpc::SerializationTraits<google::protobuf::MessageLite>::Serialize(m, &bytes, &own);
+    w->encoded.push_back(std::move(bytes));
+  };
+  if (w->rpc == RpcKind::kHealth) return encode(grpc::health::v1::HealthCheckRequest());
+  for (const v1::AttentionRequest& r : w->attention) encode(r);
+  for (const v1::SelfAttentionRequest& r : w->self) encode(r);
+}
+
 }  // namespace
 
 absl::StatusOr<RpcKind> ParseRpcKind(absl::string_view value) {
@@ -175,6 +192,23 @@ const char* RpcKindName(RpcKind kind) {
   return "health";
 }
 
+grpc::ByteBuffer EncodedWithId(const Workload& w, size_t index, const std::string& id) {
+  std::string id_field;
+  if (w.rpc == RpcKind::kAttention) {
+    v1::AttentionRequest r;
+    r.set_id(id);
+    r.SerializeToString(&id_field);
+  } else {
+    v1::SelfAttentionRequest r;
+    r.set_id(id);
+    r.SerializeToString(&id_field);
+  }
+  std::vector<grpc::Slice> slices;
+  (void)w.encoded[index].Dump(&slices);  // references to the entry's slices
+  slices.emplace_back(id_field);
+  return grpc::ByteBuffer(slices.data(), slices.size());
+}
+
 absl::StatusOr<Workload> MakeWorkload(const CliArgs& args, RpcKind rpc, AttentionClient& probe,
                                       double verify_percent) {
   const std::string wire_name = args.Get("wire-dtype", "float32");
@@ -191,6 +225,7 @@ absl::StatusOr<Workload> MakeWorkload(const CliArgs& args, RpcKind rpc, Attentio
   if (rpc == RpcKind::kHealth) {
     w.description = "grpc.health.v1.Health/Check";
     w.self.resize(1);
+    EncodePool(&w);
     return w;
   }
   if (*wire == DType::kFloat16) w.tolerance = 1e-2;
@@ -204,6 +239,7 @@ absl::StatusOr<Workload> MakeWorkload(const CliArgs& args, RpcKind rpc, Attentio
   options.set_weights(WireWeightsMode(*weights));
   options.set_precision(wire::ToWire(*precision));
   if (absl::Status st = FillPool(args, *sh, options, *wire, &w); !st.ok()) return st;
+  EncodePool(&w);
 
   const std::string model = args.Get("model");
   const double b = sh->B, l = sh->L, s = rpc == RpcKind::kSelfAttention ? sh->L : sh->S;

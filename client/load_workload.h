@@ -2,7 +2,9 @@
 // pool of requests built once from the command line (random data of the
 // given shapes, or .npy tensors), with the naive reference's result of each
 // when --verify asks for checks, and the figures the report derives from a
-// request (its size, its FLOPs, a one-line description).
+// request (its size, its FLOPs, a one-line description). Each entry is also
+// serialized once (Workload::encoded): unary calls send those bytes as they
+// are, so a call costs no encoding and no copy of its tensors.
 //
 //   absl::StatusOr<RpcKind> rpc = ParseRpcKind(args.Get("rpc", "self-attention"));
 //   absl::StatusOr<Workload> w = MakeWorkload(args, *rpc, probe, /*verify_percent=*/10);
@@ -18,6 +20,7 @@
 #include "client/args.h"
 #include "client/client.h"
 #include "core/reference.h"
+#include "grpcpp/support/byte_buffer.h"
 
 namespace attention {
 namespace client {
@@ -41,6 +44,7 @@ struct Workload {
   RpcKind rpc = RpcKind::kSelfAttention;
   std::vector<v1::AttentionRequest> attention;  // the pool when rpc is kAttention
   std::vector<v1::SelfAttentionRequest> self;   // the pool otherwise (one empty entry for health)
+  std::vector<grpc::ByteBuffer> encoded;        // each pool entry serialized (health: empty)
   std::vector<ReferenceResult> references;      // per pool entry, when verifying; else empty
   double tolerance = 1e-4;                      // relative max error a check allows (wire dtype)
   double request_bytes = 0;                     // serialized size of one request
@@ -50,6 +54,11 @@ struct Workload {
   // Entries in the pool (>= 1 once made): request i sends entry i % size().
   size_t size() const { return rpc == RpcKind::kAttention ? attention.size() : self.size(); }
 };
+
+// Pool entry `index` as a stream message with `id`: the entry's bytes
+// (shared, not copied) followed by the serialized id field. A parser merges
+// concatenated messages, so the server reads the entry with this id.
+grpc::ByteBuffer EncodedWithId(const Workload& w, size_t index, const std::string& id);
 
 // Builds the workload of `args` (shapes, --model, --weights, --wire-dtype,
 // .npy inputs). With --model it asks the server (through `probe`) for the

@@ -1,7 +1,9 @@
 // attention-client load against a real server on 127.0.0.1: counts balance in
 // every mode, --verify catches a wrong reference, and open-loop latency is
-// corrected for coordinated omission when the server stalls; bad flag values
-// of the load tool and of attention-bench are usage errors.
+// corrected for coordinated omission when the server stalls; a gone server
+// fails each request once, its retries counted apart; stalled streams are
+// cancelled; bad flag values of the load tool and of attention-bench are
+// usage errors.
 #include <signal.h>
 
 #include <cstdio>
@@ -118,6 +120,45 @@ TEST_F(LoadTest, CountsBalanceInClosedOpenAndStreamModes) {
   ExpectBalanced(r);
   EXPECT_EQ(r["ok"], 200);
   EXPECT_EQ(server.Stop(SIGTERM, 15), 0);
+}
+
+TEST_F(LoadTest, AGoneServerFailsEachRequestOnceAndRetriesAreCountedApart) {
+  // A server that has gone: every attempt ends UNAVAILABLE at once.
+  ServerProcess gone({});
+  ASSERT_TRUE(gone.ok()) << gone.Output();
+  EXPECT_EQ(gone.Stop(SIGTERM, 15), 0);
+  nlohmann::json r;
+  std::string out;
+  for (const std::vector<std::string>& loop :
+       {std::vector<std::string>{"--rpc", "health", "--concurrency", "3", "--retries", "2"},
+        std::vector<std::string>{"--rpc", "health", "--rate", "200", "--retries", "2"},
+        std::vector<std::string>{"--embed", "8", "--heads", "2", "--seq", "2", "--stream",
+                                 "--concurrency", "3"}}) {
+    std::vector<std::string> args = {"--requests", "12", "--warmup", "0", "--timeout", "10"};
+    args.insert(args.end(), loop.begin(), loop.end());
+    ASSERT_EQ(Load(gone, args, &r, &out), 0) << out;
+    ExpectBalanced(r);
+    EXPECT_EQ(r["sent"], 12) << out;
+    EXPECT_EQ(r["errors"]["UNAVAILABLE"], 12) << out;
+    EXPECT_EQ(r["retries"], args.back() == "2" ? 24 : 0) << out;
+  }
+}
+
+TEST_F(LoadTest, StreamsWhoseAnswersStallAreCancelledAfterTheTimeout) {
+  ServerProcess server(ModelFlags(), FaultDelay(400));
+  ASSERT_TRUE(server.ok()) << server.Output();
+  nlohmann::json r;
+  std::string out;
+  ASSERT_EQ(Load(server,
+                 {"--model", "demo", "--seq", "2", "--stream", "--concurrency", "2", "--in-flight",
+                  "2", "--requests", "8", "--warmup", "0", "--timeout", "0.1"},
+                 &r, &out),
+            0)
+      << out;
+  ExpectBalanced(r);
+  EXPECT_EQ(r["errors"]["DEADLINE_EXCEEDED"], 8) << out;
+  EXPECT_THAT(r["first_errors"]["DEADLINE_EXCEEDED"].get<std::string>(),
+              HasSubstr("no stream response within --timeout"));
 }
 
 TEST_F(LoadTest, VerifyFailsAgainstAWrongReference) {
