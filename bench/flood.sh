@@ -13,9 +13,9 @@ budget=${2:-512}
 callers=${3:-48}
 calls=${4:-2}
 mib=${5:-50}
-log=$(mktemp)
-trap 'kill ${server:-} 2>/dev/null; rm -f "$log"' EXIT
-. "$(dirname "$0")/start_server.sh"
-start_server "$log" "$build/server/attention-server" --max-memory-mb "$budget"
-"$build/bench/attention-flood" --target "$target" --pid "$server" --callers "$callers" \
+work=$(mktemp -d)
+trap 'kill ${server_pid:-} 2>/dev/null; rm -rf "$work"' EXIT
+. "$(dirname "$0")/lib.sh"
+start_server "$build" --max-memory-mb "$budget"
+"$build/bench/attention-flood" --target "$target" --pid "$server_pid" --callers "$callers" \
   --calls "$calls" --mib "$mib"

@@ -3,12 +3,15 @@
 
 # Starts $1/server/attention-server with the other arguments on 127.0.0.1 at a port the system
 # picks, logging to $work/server.log; sets server_pid and target (HOST:PORT) once it listens,
-# or prints the log and exits. The caller's EXIT trap kills $server_pid.
+# or prints the log and exits. The caller's EXIT trap kills $server_pid. Extra environment for
+# the server (another allocator, say) goes in SERVER_ENV.
 # shellcheck disable=SC2034,SC2154  # work comes from the caller; server_pid and target go to it
 start_server() {
   local build=$1
   shift
-  "$build/server/attention-server" --listen 127.0.0.1:0 "$@" >"$work/server.log" 2>&1 &
+  # shellcheck disable=SC2086  # SERVER_ENV is a list of NAME=VALUE words
+  env ${SERVER_ENV:-} "$build/server/attention-server" --listen 127.0.0.1:0 "$@" \
+    >"$work/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 100); do
     grep -q "listening on" "$work/server.log" && break

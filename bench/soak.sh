@@ -17,10 +17,9 @@ seconds=${2:-600}
 warmup=${3:-120}
 client="$build/client/attention-client"
 work=$(mktemp -d)
-trap 'kill ${server:-} $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
-. "$root/bench/start_server.sh"
-start_server "$work/server.log" "$build/server/attention-server" \
-  --model "demo=$root/models/demo.safetensors" \
+trap 'kill ${server_pid:-} $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+. "$root/bench/lib.sh"
+start_server "$build" --model "demo=$root/models/demo.safetensors" \
   --model "small=$root/tests/fixtures/models/mha_e32_h4.safetensors"
 
 total=$((seconds + 5))
@@ -33,11 +32,11 @@ total=$((seconds + 5))
   --json "$work/nomodel.json" >/dev/null 2>&1 &
 
 for t in $(seq "$seconds"); do
-  rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$server/status")
+  rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$server_pid/status")
   echo "$t $rss" >>"$work/rss"
   sleep 1
 done
-wait $(jobs -p | grep -v "^$server$") 2>/dev/null || true
+wait $(jobs -p | grep -v "^$server_pid$") 2>/dev/null || true
 awk -v warmup="$warmup" -v seconds="$seconds" '
   { if (NR == 1) first = $2; last = $2; if ($2 > peak) peak = $2
     if ($1 > warmup) { n++; sx += $1; sy += $2; sxx += $1 * $1; sxy += $1 * $2
