@@ -392,5 +392,18 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ListModels(grpc::CallbackServerC
   return reactor;
 }
 
+// The request types served (the methods above use them; the request fuzzers,
+// tests/fuzz/fuzz_request.cc, call them directly).
+template absl::Status AttentionServiceImpl::Admit(const v1::AttentionRequest&, CallRecord*,
+                                                  Reservation*);
+template absl::Status AttentionServiceImpl::Admit(const v1::SelfAttentionRequest&, CallRecord*,
+                                                  Reservation*);
+template absl::Status AttentionServiceImpl::Run(const v1::AttentionRequest&,
+                                                grpc::CallbackServerContext*,
+                                                const std::atomic<bool>*, grpc::ByteBuffer*);
+template absl::Status AttentionServiceImpl::Run(const v1::SelfAttentionRequest&,
+                                                grpc::CallbackServerContext*,
+                                                const std::atomic<bool>*, grpc::ByteBuffer*);
+
 }  // namespace server
 }  // namespace attention
