@@ -70,6 +70,12 @@ class UnaryReactor final : public grpc::ServerUnaryReactor {
   Reservation held_;
 };
 
+// What an open stream holds of its own (gRPC's call and HTTP/2 stream, the
+// reactor): 17 KB measured (tests/hardening_test.cc). Counted as freed when
+// it closes, so that the memory of many closed streams goes back to the
+// system (the budget trims after large releases).
+constexpr int64_t kStreamBytes = 16 << 10;
+
 // A bidirectional stream: each message an independent request, answered in
 // order. When to read, write, compute and finish is StreamFlow's to decide.
 template <typename Request>
@@ -87,7 +93,10 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     service_->metrics()->StreamOpened(rpc_);
     Begin();
   }
-  ~StreamReactor() override { service_->metrics()->StreamClosed(rpc_); }
+  ~StreamReactor() override {
+    service_->metrics()->StreamClosed(rpc_);
+    if (MemoryBudget* budget = service_->limits().memory_budget) budget->Freed(kStreamBytes);
+  }
 
   void OnReadDone(bool ok) override {
     // The flow starts no other read before this one is reported, so incoming_
