@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (CMake option ATTENTION_FUZZ: clang, with
-# AddressSanitizer and UndefinedBehaviorSanitizer; in ${BUILD_DIR:-build-fuzz})
-# and runs each for SECONDS, one after the other:
+# AddressSanitizer and UndefinedBehaviorSanitizer; in ${BUILD_DIR:-build-asan},
+# the build scripts/test-sanitizers.sh tests) and runs each for SECONDS, one
+# after the other:
 #   fuzz_inputs                  the safetensors and .npy parsers, and requests
 #                                made from parsed files, through the core
 #   fuzz_self_attention_request  the request path as the server sees it: the
@@ -29,9 +30,9 @@ fuzzers=("$@")
 [ ${#fuzzers[@]} -eq 0 ] && fuzzers=(fuzz_inputs fuzz_self_attention_request fuzz_attention_request)
 
 scripts/install-deps.sh
-build_dir="${BUILD_DIR:-build-fuzz}"
+build_dir="${BUILD_DIR:-build-asan}"
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
-  -DATTENTION_FUZZ=ON -DATTENTION_BUILD_TESTS=OFF >/dev/null
+  -DATTENTION_FUZZ=ON >/dev/null
 cmake --build "$build_dir" -j "$(nproc)" --target "${fuzzers[@]}"
 
 for f in "${fuzzers[@]}"; do
