@@ -15,8 +15,6 @@ namespace attention {
 namespace client {
 namespace {
 
-constexpr double kPercentiles[] = {50, 90, 99, 99.9};
-
 std::string LevelName(const LoadResult& r) {
   return r.open_loop ? absl::StrCat("rate ", r.level, "/s") : absl::StrCat("concurrency ", r.level);
 }

@@ -71,14 +71,21 @@ int64_t KeysNeeded(const HeadsProblem& pr, int64_t i0, int64_t m) {
   return std::min(S, RoundUp(i0 + m, kCausalColumnStep));
 }
 
-// The largest of n floats (-inf for none). std::max_element is one compare
-// at a time, a dependency chain: over every score row it cost ~9% of a
-// (1, 2048, 512, 8) call; this reduction runs in SIMD lanes.
+// The largest of n floats (-inf for none, or when all are -inf: the row is
+// fully masked). std::max_element is one compare at a time, a dependency
+// chain: over every score row it cost ~9% of a (1, 2048, 512, 8) call; this
+// reduction runs in SIMD lanes. OpenMP leaves the lanes' starting value to
+// the compiler (GCC: -inf; clang: -FLT_MAX, which would hide a fully masked
+// row), hence `any`: as fast under GCC as the max alone.
 float RowMax(const float* row, int64_t n) {
   float m = kNegInf;
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < n; ++j) m = m > row[j] ? m : row[j];  // std::max: not vectorized
-  return m;
+  int any = 0;  // an element above -inf
+#pragma omp simd reduction(max : m) reduction(| : any)
+  for (int64_t j = 0; j < n; ++j) {
+    m = m > row[j] ? m : row[j];  // std::max: not vectorized
+    any |= row[j] > kNegInf;
+  }
+  return any ? m : kNegInf;
 }
 
 // Adds every mask to the scores of query row i of head h over keys

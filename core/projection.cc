@@ -230,7 +230,10 @@ CallProjection::CallProjection(const ProjectionWeights& w, const ProjectionShape
     wo_.data = store16_[3].data();
     return;
   }
-  std::call_once(pp->bf16_once, [&] { pp->bf16 = MakeBfloat16(shape, wq, wk, wv, out_w); });
+  // out_w by value: C++17 lets no lambda capture a structured binding (GCC
+  // allows it as an extension, clang refuses).
+  std::call_once(pp->bf16_once,
+                 [&, out_w = out_w] { pp->bf16 = MakeBfloat16(shape, wq, wk, wv, out_w); });
   const Bfloat16Weights& h = *pp->bf16;
   wq_ = {h.q.data(), h.packed_q.get()};
   wk_ = {h.k.data(), h.packed_k.get()};

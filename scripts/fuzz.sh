@@ -1,31 +1,64 @@
 #!/usr/bin/env bash
-# Fuzzes the input parsers and request validation with libFuzzer under
-# AddressSanitizer (clang from Debian: apt-get install clang), seeded with the
-# PyTorch fixtures. Not part of the test command (it runs until stopped).
-#   scripts/fuzz.sh [SECONDS]     default 120
+# Builds the libFuzzer targets (CMake option ATTENTION_FUZZ: clang, with
+# AddressSanitizer and UndefinedBehaviorSanitizer; in ${BUILD_DIR:-build-asan},
+# the build scripts/test-sanitizers.sh tests) and runs each for SECONDS, one
+# after the other:
+#   fuzz_inputs                  the safetensors and .npy parsers, and requests
+#                                made from parsed files, through the core
+#   fuzz_self_attention_request  the request path as the server sees it: the
+#   fuzz_attention_request       bytes of a serialized request -> parse ->
+#                                validate -> compute on tiny shapes -> response
+#
+#   scripts/fuzz.sh [--grow] [SECONDS] [FUZZER...]   default: 120 s each, all three
+#
+# Each starts from its committed corpus, tests/fuzz/corpus/FUZZER (fuzz_inputs
+# also from the PyTorch fixtures and models), and keeps what it finds in
+# BUILD_DIR/corpus/FUZZER (reused by the next run). --grow then merges into the
+# committed corpus the inputs that reach code it does not (edges, not hit
+# counts), cut to 2 KiB, so that it stays small: commit them. A crash, a sanitizer report or a broken promise of the
+# contract stops the script with exit code 1; the input is saved in
+# BUILD_DIR/artifacts. Reproduce with: BUILD_DIR/tests/fuzz/FUZZER INPUT.
+# scripts/test.sh runs this for 30 s each (FUZZ_SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+grow=false
+if [ "${1:-}" = "--grow" ]; then grow=true; shift; fi
 seconds="${1:-120}"
+[ $# -gt 0 ] && shift
+fuzzers=("$@")
+[ ${#fuzzers[@]} -eq 0 ] && fuzzers=(fuzz_inputs fuzz_self_attention_request fuzz_attention_request)
+
 scripts/install-deps.sh
-if ! command -v clang++ >/dev/null; then
-  SUDO=""
-  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends clang >/dev/null
-fi
-out="${BUILD_DIR:-build}/fuzz"
-mkdir -p "$out/corpus"
-cp tests/fixtures/*.safetensors tests/fixtures/models/*.safetensors "$out/corpus/" 2>/dev/null || true
-clang++ -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fopenmp -I. \
-  tests/fuzz/fuzz_inputs.cc core/attention.cc core/attention_kernels.cc core/attention_plan.cc \
-  core/guard.cc core/onednn_ops.cc core/projection.cc core/safetensors.cc core/workspace.cc \
-  core/tensor.cc client/npy.cc \
-  -ldnnl -labsl_status -labsl_statusor -labsl_strings -labsl_str_format_internal \
-  -labsl_cord -labsl_cordz_info -labsl_cord_internal -labsl_cordz_functions -labsl_cordz_handle \
-  -labsl_raw_logging_internal -labsl_int128 -labsl_throw_delegate -labsl_strings_internal \
-  -labsl_synchronization -labsl_time -labsl_base -labsl_spinlock_wait -labsl_stacktrace \
-  -labsl_symbolize -labsl_malloc_internal -labsl_debugging_internal -labsl_demangle_internal \
-  -labsl_graphcycles_internal -labsl_time_zone -labsl_exponential_biased -labsl_bad_optional_access \
-  -o "$out/fuzz_inputs"
-"$out/fuzz_inputs" -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=4096 \
-  -print_final_stats=1 "$out/corpus"
+build_dir="${BUILD_DIR:-build-asan}"
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
+  -DATTENTION_FUZZ=ON >/dev/null
+cmake --build "$build_dir" -j "$(nproc)" --target "${fuzzers[@]}"
+
+for f in "${fuzzers[@]}"; do
+  corpus="tests/fuzz/corpus/$f"
+  found="$build_dir/corpus/$f"
+  mkdir -p "$corpus" "$found" "$build_dir/artifacts"
+  seeds=("$corpus")
+  max_len=32768  # the request fuzzers' --max-message-mb (tests/fuzz/fuzz_limits.h)
+  if [ "$f" = fuzz_inputs ]; then
+    seeds+=(tests/fixtures models)
+    max_len=65536
+  fi
+  log="$build_dir/$f.log"
+  echo "fuzz.sh: $f for ${seconds} s (log: $log)"
+  if ! "$build_dir/tests/fuzz/$f" -max_total_time="$seconds" -max_len="$max_len" -timeout=60 \
+      -rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix="$build_dir/artifacts/$f-" \
+      "$found" "${seeds[@]}" >"$log" 2>&1; then
+    tail -n 60 "$log"
+    echo "fuzz.sh: $f failed; the input is in $build_dir/artifacts/" >&2
+    exit 1
+  fi
+  grep -E '^stat::(number_of_executed_units|new_units_added)' "$log" | tr '\n' ' '
+  echo
+  if $grow; then
+    "$build_dir/tests/fuzz/$f" -merge=1 -use_counters=0 -max_len=2048 "$corpus" "$found" \
+      >>"$log" 2>&1
+    echo "fuzz.sh: $corpus: $(ls "$corpus" | wc -l) inputs, $(du -sh --apparent-size "$corpus" | cut -f1)"
+  fi
+done

@@ -13,7 +13,8 @@
 #    the Dockerfile's FROM lines resolve without pulling.
 # 2. buildah bud --format docker (OCI drops HEALTHCHECK) --isolation chroot
 #    (the default isolation fails on hybrid cgroups). The build stage runs the
-#    whole test suite (scripts/test.sh), as CI does.
+#    Release test suite (scripts/test.sh --quick; CI also runs the sanitizer
+#    and fuzz stages).
 # 3. The smoke test: podman run --runtime runc (crun fails on hybrid cgroups)
 #    with --network host, the server on 127.0.0.1:PORT (other flags than the
 #    image's defaults, on purpose) and its admin port; then health, a verified

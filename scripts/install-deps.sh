@@ -12,6 +12,7 @@ build_pkgs=(
   nlohmann-json3-dev libgtest-dev libgmock-dev libssl-dev openssl libcpp-httplib-dev
   python3 python3-numpy python3-grpcio python3-protobuf
   prometheus   # the tests: promtool checks /metrics, a real Prometheus scrapes it
+  clang libclang-rt-dev libomp-dev   # the tests: the fuzzers (scripts/fuzz.sh)
 )
 runtime_pkgs=(libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libdnnl2 libgomp1 libssl3
   libcpp-httplib0.11)

@@ -66,8 +66,17 @@ absl::Status MemoryBudget::Reserve(int64_t bytes) {
 void MemoryBudget::Release(int64_t bytes) {
   if (bytes <= 0) return;
   const int64_t released = released_since_trim_.fetch_add(bytes) + bytes;
-  if (used_.fetch_sub(bytes) - bytes == 0 && released >= kTrimAfterBytes &&
-      released_since_trim_.exchange(0) >= kTrimAfterBytes) {
+  if (used_.fetch_sub(bytes) - bytes == 0) TrimAfter(released);
+}
+
+void MemoryBudget::Freed(int64_t bytes) {
+  if (bytes <= 0) return;
+  const int64_t released = released_since_trim_.fetch_add(bytes) + bytes;
+  if (used() == 0) TrimAfter(released);
+}
+
+void MemoryBudget::TrimAfter(int64_t released) {
+  if (released >= kTrimAfterBytes && released_since_trim_.exchange(0) >= kTrimAfterBytes) {
     malloc_trim(0);
     trims_.fetch_add(1, std::memory_order_relaxed);
   }

@@ -11,9 +11,10 @@
 //   if (s.ok()) s = held.Add(plan.memory_bytes);     // before queueing
 //   // ... ~Reservation (the response written) gives it all back
 //
-// When the budget falls back to zero after large releases, the allocator's
-// free memory is returned to the system (malloc_trim), so that a burst does
-// not leave the process holding its peak. Thread-safe.
+// When the budget falls back to zero after large releases (64 MiB, closed
+// streams included: Freed), the allocator's free memory is returned to the
+// system (malloc_trim), so that a burst does not leave the process holding
+// its peak. Thread-safe.
 #ifndef SERVER_MEMORY_BUDGET_H_
 #define SERVER_MEMORY_BUDGET_H_
 
@@ -41,6 +42,10 @@ class MemoryBudget {
   absl::Status Reserve(int64_t bytes);
   // Gives back `bytes` reserved before.
   void Release(int64_t bytes);
+  // Counts `bytes` freed that were never reserved (what an open stream holds
+  // of its own), so that they go back to the system as released reservations
+  // do: at the first moment the budget is empty once enough was freed.
+  void Freed(int64_t bytes);
 
   int64_t used() const { return used_.load(std::memory_order_relaxed); }
   int64_t limit() const { return limit_; }
@@ -48,6 +53,9 @@ class MemoryBudget {
   int64_t trims() const { return trims_.load(std::memory_order_relaxed); }
 
  private:
+  // Trims when `released` bytes (so far since the last trim) are enough.
+  void TrimAfter(int64_t released);
+
   const int64_t limit_;
   std::atomic<int64_t> used_{0};
   std::atomic<int64_t> released_since_trim_{0};

@@ -95,6 +95,21 @@ TEST(MemoryBudgetTest, TrimsOnceEmptyAfterLargeReleasesOnly) {
   EXPECT_EQ(budget.trims(), 1);
 }
 
+TEST(MemoryBudgetTest, MemoryFreedOutsideReservationsCountsTowardsATrim) {
+  MemoryBudget budget(1024 * kMiB);
+  Reservation held(&budget);
+  ASSERT_TRUE(held.Add(kMiB).ok());
+  for (int i = 0; i < 64; ++i) budget.Freed(kMiB);
+  EXPECT_EQ(budget.trims(), 0);  // not empty
+  held.Reset();
+  EXPECT_EQ(budget.trims(), 1);
+  for (int i = 0; i < 63; ++i) budget.Freed(kMiB);
+  EXPECT_EQ(budget.trims(), 1);  // not enough yet
+  budget.Freed(kMiB);
+  EXPECT_EQ(budget.trims(), 2);
+  EXPECT_EQ(budget.used(), 0);
+}
+
 TEST(MemoryBudgetTest, DefaultIsAShareOfTheMachineOrContainer) {
   const int64_t bytes = DefaultMemoryBudgetBytes();
   EXPECT_GT(bytes, 64 * kMiB);

@@ -90,6 +90,9 @@ absl::Status Parse(const grpc::ByteBuffer& bytes, Request* request) {
   grpc::ByteBuffer shared(bytes);  // the same slices, not a copy
   grpc::ProtoBufferReader reader(&shared);
   if (!reader.status().ok() || !request->ParseFromZeroCopyStream(&reader)) {
+    // Parsing stops at the first bad field: what came before it (an `id` of
+    // any length, even invalid UTF-8) is not the caller's to echo.
+    request->Clear();
     return absl::InvalidArgumentError(absl::StrCat(
         "request: not a valid ", Request::descriptor()->full_name(), " message"));
   }

@@ -60,7 +60,8 @@ absl::StatusOr<int64_t> PlanCall(const v1::SelfAttentionRequest& request,
 
 // Parses a request from the bytes gRPC received (the service's methods take
 // raw bytes so that responses can be sent without a copy). InvalidArgument
-// when the bytes are not such a message.
+// when the bytes are not such a message; `request` is then empty (a stream's
+// answer to it carries no id).
 absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::AttentionRequest* request);
 absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::SelfAttentionRequest* request);
 

@@ -172,6 +172,24 @@ TEST(Wire, MalformedRequestBytesAreInvalidArgument) {
               HasSubstr("request: not a valid attention.v1.AttentionRequest message"));
 }
 
+// A message that fails to parse after its id (here: an id that is not UTF-8)
+// leaves nothing behind: a stream's answer to it echoed that id, and a
+// client cannot parse a response whose id is not UTF-8.
+TEST(Wire, ARequestThatDoesNotParseLeavesNoId) {
+  v1::SelfAttentionRequest valid;
+  valid.set_id("abc");
+  std::string bytes = valid.SerializeAsString();
+  bytes[bytes.size() - 1] = '\xc2';  // the id's last byte: a lead byte without its follower
+  bytes += "junk";
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer buffer(&slice, 1);
+  v1::SelfAttentionRequest r;
+  EXPECT_EQ(ParseRequest(buffer, &r).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.id(), "");
+  EXPECT_EQ(r.ByteSizeLong(), 0u);
+  EXPECT_EQ(Decode(EncodeError(r.id(), absl::InvalidArgumentError("request: not valid"))).id(), "");
+}
+
 TEST(Wire, ErrorResponsesCarryIdAndStatus) {
   const v1::AttentionResponse r =
       Decode(EncodeError("s-3", absl::InvalidArgumentError("input: missing")));

@@ -1,5 +1,11 @@
 #include "tests/e2e_util.h"
 
+#include <httplib.h>
+
+#include <cstdlib>
+#include <regex>
+#include <sstream>
+
 #include "client/client.h"
 #include "core/reference.h"
 
@@ -57,6 +63,34 @@ std::vector<std::string> ModelFlags() {
       "--model", "demo=" + SourcePath("models/demo.safetensors"),
       "--model", "mha_e32_h4=" + SourcePath("tests/fixtures/models/mha_e32_h4.safetensors"),
       "--model", "mha_e32_h2_kv=" + SourcePath("tests/fixtures/models/mha_e32_h2_kv.safetensors")};
+}
+
+int AdminPort(ServerProcess& server) {
+  static const std::regex kAdmin("admin endpoint on http://[^ ]*:([0-9]+) ");
+  std::smatch m;
+  const std::string out = server.Output();
+  return std::regex_search(out, m, kAdmin) ? std::stoi(m[1]) : -1;
+}
+
+int HttpGet(int port, const std::string& path, std::string* body) {
+  httplib::Client http("127.0.0.1", port);
+  http.set_connection_timeout(2);
+  http.set_read_timeout(5);
+  httplib::Result r = http.Get(path.c_str());
+  if (!r) return -1;
+  if (body != nullptr) *body = r->body;
+  return r->status;
+}
+
+double Sample(const std::string& text, const std::string& series) {
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.size() > series.size() && line.compare(0, series.size(), series) == 0 &&
+        line[series.size()] == ' ') {
+      return std::strtod(line.c_str() + series.size() + 1, nullptr);
+    }
+  }
+  return -1;
 }
 
 }  // namespace testing

@@ -1,6 +1,7 @@
 // End-to-end hardening: the memory budget under a flood of large requests,
-// hostile shapes and names, and results too large to send, against a real
-// server on loopback. bench/flood.cc is the larger version of the flood.
+// hostile shapes and names, results too large to send, and thousands of idle
+// streams, against a real server on loopback. bench/flood.cc is the larger
+// version of the flood.
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -17,6 +18,7 @@
 #include "core/attention.h"
 #include "core/test_util.h"
 #include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/e2e_util.h"
 #include "tests/server_process.h"
@@ -29,6 +31,21 @@ using client::AttentionClient;
 using ::testing::HasSubstr;
 
 constexpr int64_t kMiB = 1 << 20;
+
+// Under AddressSanitizer (scripts/test-sanitizers.sh) the server's RSS is
+// mostly the sanitizer's (shadow memory, a quarantine of freed blocks): the
+// tests keep their other checks and skip those on RSS.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kRssIsTheServers = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kRssIsTheServers = false;
+#else
+constexpr bool kRssIsTheServers = true;
+#endif
+#else
+constexpr bool kRssIsTheServers = true;
+#endif
 
 // A field of /proc/PID/status in bytes (VmRSS, VmHWM), or -1.
 int64_t ProcStatusBytes(pid_t pid, const std::string& field) {
@@ -175,8 +192,10 @@ TEST(Hardening, AFloodStaysWithinTheMemoryBudget) {
   EXPECT_EQ(honest.wrong(), 0);
   EXPECT_GT(refused.load() + cut.load(), 0)
       << "the flood should not fit in " << kBudgetMiB << " MiB";
-  EXPECT_LE(peak, baseline + (kBudgetMiB + kSlackMiB) * kMiB)
-      << "baseline " << baseline / kMiB << " MiB, peak " << peak / kMiB << " MiB";
+  if (kRssIsTheServers) {
+    EXPECT_LE(peak, baseline + (kBudgetMiB + kSlackMiB) * kMiB)
+        << "baseline " << baseline / kMiB << " MiB, peak " << peak / kMiB << " MiB";
+  }
   // The honest client is served throughout; the quota may cut one of its calls
   // now and then beyond its retries (it cancels streams at random), never
   // most of them.
@@ -192,7 +211,9 @@ TEST(Hardening, AFloodStaysWithinTheMemoryBudget) {
   // Once the flood's connections are gone (and the idle trimmer's period has
   // passed), the memory went back and the server serves normally.
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-  EXPECT_LE(ProcStatusBytes(server.pid(), "VmRSS"), baseline + kBudgetMiB * kMiB / 2);
+  if (kRssIsTheServers) {
+    EXPECT_LE(ProcStatusBytes(server.pid(), "VmRSS"), baseline + kBudgetMiB * kMiB / 2);
+  }
   absl::StatusOr<v1::AttentionResponse> after = warm.SelfAttention(request);
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_LE(ErrorAgainst(after->output(), flood.want.view()), 1e-5);
@@ -213,8 +234,8 @@ TEST(Hardening, HostileShapesAndNamesGetShortErrors) {
   EXPECT_LT(r.status().message().size(), 512u);
 
   v1::SelfAttentionRequest long_name;
-  *long_name.mutable_input() = client::MakeTensor({1, 64}, std::vector<float>(64).data(),
-                                                  DType::kFloat32);
+  *long_name.mutable_input() =
+      client::MakeTensor({1, 64}, std::vector<float>(64).data(), DType::kFloat32);
   long_name.mutable_options()->set_model(std::string(1 << 20, 'm'));
   r = c.SelfAttention(long_name);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
@@ -305,6 +326,120 @@ TEST(Hardening, OneConnectionCannotStarveAnother) {
   EXPECT_THAT(unexpected, ::testing::IsEmpty());
   EXPECT_GT(flood_ok.load(), 0);
   EXPECT_GT(flood_share.load(), 0) << "the flooder should have met its share";
+}
+
+// A StreamSelfAttention call that sends nothing until Close (WritesDone).
+class IdleStream final
+    : public grpc::ClientBidiReactor<v1::SelfAttentionRequest, v1::AttentionResponse> {
+ public:
+  // Opens the stream; `closed` is incremented when it is over.
+  IdleStream(v1::AttentionService::Stub* stub, std::atomic<int>* closed) : closed_(closed) {
+    stub->async()->StreamSelfAttention(&context_, this);
+    StartCall();
+  }
+  void Close() { StartWritesDone(); }
+  void OnDone(const grpc::Status& status) override {
+    status_ = status;
+    ++*closed_;
+  }
+  // Valid once `closed` counted it.
+  const grpc::Status& status() const { return status_; }
+
+ private:
+  grpc::ClientContext context_;
+  std::atomic<int>* closed_;
+  grpc::Status status_;
+};
+
+// Polls `done` every 20 ms for up to `seconds`; its last answer.
+template <typename Done>
+bool WaitFor(Done done, double seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (!done() && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return done();
+}
+
+// Thousands of open streams that send nothing cost the server little
+// memory and no service: another client is answered at once, the streams
+// close cleanly, and then their memory goes back to the system.
+TEST(Hardening, ManyIdleStreamsCostLittle) {
+  constexpr int kConnections = 8;
+  constexpr int kStreamsEach = 1000;  // within --max-concurrent-streams
+  constexpr int kStreams = kConnections * kStreamsEach;
+  // Measured: 17.1 KB of server RSS a stream (gRPC's call and HTTP/2 stream,
+  // the service's reactor), the same on every run; 1-2 ms for the call.
+  constexpr double kMaxBytesPerStream = 50 << 10;
+  constexpr double kMaxCallMs = 500;  // a busy, shared machine included
+  // What the server may keep of closed streams: those closed since its last
+  // trim (it trims once 64 MiB were freed, counting 16 KiB a stream:
+  // server/service.cc), and the allocator's slack. Measured: 66-69 MiB kept
+  // of 130 (3904 streams since the trim); 130 without trimming.
+  constexpr int kUntrimmedStreams = 4096;
+  constexpr int64_t kSlackBytes = 16 * kMiB;
+  ServerProcess server(
+      {"--max-concurrent-streams=" + std::to_string(kStreamsEach), "--admin-listen=127.0.0.1:0"});
+  ASSERT_TRUE(server.ok()) << server.Output();
+  const int admin = AdminPort(server);
+  ASSERT_GT(admin, 0) << server.Output();
+  auto streams_open = [admin] {
+    std::string text;
+    if (HttpGet(admin, "/metrics", &text) != 200) return -1.0;
+    return Sample(text, "attention_streams_open{rpc=\"StreamSelfAttention\"}");
+  };
+
+  // A connection each (channels with subchannel pools of their own), and a
+  // call on each, so that the baseline holds the connections and the
+  // libraries' warm state. The last one is the other client's.
+  std::vector<std::unique_ptr<AttentionClient>> connections;
+  std::vector<float> x(8 * 64, 0.5f);
+  v1::SelfAttentionRequest small;
+  *small.mutable_input() = client::MakeTensor({1, 8, 64}, x.data(), DType::kFloat32);
+  small.mutable_options()->set_num_heads(8);
+  for (int c = 0; c <= kConnections; ++c) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    connections.push_back(std::make_unique<AttentionClient>(
+        grpc::CreateCustomChannel(server.target(), grpc::InsecureChannelCredentials(), args)));
+    ASSERT_TRUE(connections.back()->SelfAttention(small).ok());
+  }
+  AttentionClient& other = *connections.back();
+  const int64_t baseline = ProcStatusBytes(server.pid(), "VmRSS");
+
+  std::vector<std::unique_ptr<IdleStream>> streams;
+  std::atomic<int> closed{0};
+  for (int i = 0; i < kStreams; ++i) {
+    streams.push_back(std::make_unique<IdleStream>(connections[i % kConnections]->stub(), &closed));
+  }
+  ASSERT_TRUE(WaitFor([&] { return streams_open() == kStreams; }, 60))
+      << streams_open() << " of " << kStreams << " streams open";
+  const int64_t with_streams = ProcStatusBytes(server.pid(), "VmRSS");
+
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<v1::AttentionResponse> r = other.SelfAttention(small, {/*timeout=*/5});
+  const double call_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_TRUE(r.ok()) << r.status();
+
+  for (auto& s : streams) s->Close();
+  ASSERT_TRUE(WaitFor([&] { return closed == kStreams; }, 60)) << closed << " closed";
+  for (auto& s : streams) EXPECT_TRUE(s->status().ok()) << s->status().error_message();
+  EXPECT_TRUE(WaitFor([&] { return streams_open() == 0; }, 10)) << streams_open() << " open";
+  const int64_t after = ProcStatusBytes(server.pid(), "VmRSS");
+
+  const double per_stream = static_cast<double>(with_streams - baseline) / kStreams;
+  std::printf(
+      "idle streams: RSS %.1f MiB, %.1f with %d streams (%.0f bytes each), %.1f once closed; a "
+      "call among them took %.1f ms\n",
+      baseline / double{kMiB}, with_streams / double{kMiB}, kStreams, per_stream,
+      after / double{kMiB}, call_ms);
+  EXPECT_LT(call_ms, kMaxCallMs);
+  if (kRssIsTheServers) {
+    EXPECT_LT(per_stream, kMaxBytesPerStream);
+    EXPECT_LT(after - baseline, kUntrimmedStreams * per_stream + kSlackBytes);
+  }
+  EXPECT_TRUE(other.SelfAttention(small, {/*timeout=*/5}).ok());
 }
 
 }  // namespace

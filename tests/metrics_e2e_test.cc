@@ -39,37 +39,6 @@ namespace {
 using client::AttentionClient;
 using Clock = std::chrono::steady_clock;
 
-// The admin port the server printed at start (-1 if none).
-int AdminPort(ServerProcess& server) {
-  static const std::regex kAdmin("admin endpoint on http://[^ ]*:([0-9]+) ");
-  std::smatch m;
-  const std::string out = server.Output();
-  return std::regex_search(out, m, kAdmin) ? std::stoi(m[1]) : -1;
-}
-
-// GET http://127.0.0.1:port/path: the status (-1 when no answer), body in `body`.
-int HttpGet(int port, const std::string& path, std::string* body = nullptr) {
-  httplib::Client http("127.0.0.1", port);
-  http.set_connection_timeout(2);
-  http.set_read_timeout(5);
-  httplib::Result r = http.Get(path.c_str());
-  if (!r) return -1;
-  if (body != nullptr) *body = r->body;
-  return r->status;
-}
-
-// The value of the sample `series` (name and labels as exposed), -1 if absent.
-double Sample(const std::string& text, const std::string& series) {
-  std::istringstream lines(text);
-  for (std::string line; std::getline(lines, line);) {
-    if (line.size() > series.size() && line.compare(0, series.size(), series) == 0 &&
-        line[series.size()] == ' ') {
-      return std::strtod(line.c_str() + series.size() + 1, nullptr);
-    }
-  }
-  return -1;
-}
-
 // A TCP port on 127.0.0.1 nobody listened on a moment ago.
 int FreePort() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
