@@ -92,8 +92,9 @@ limits:
                                 uploads are cancelled), the rest for requests being served
                                 (messages, compute buffers, responses not yet written; a request
                                 that does not fit gets RESOURCE_EXHAUSTED at once). Requests larger
-                                than the quarter are refused as too large. Default 0: 60% of the
-                                container's memory limit (cgroup), or of physical memory
+                                than the quarter cannot be received (the quota cuts them).
+                                Default 0: 60% of the container's memory limit (cgroup), or of
+                                physical memory
 
 connections:
   --max-concurrent-streams N    calls open at once on one connection (default 100)

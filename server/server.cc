@@ -207,9 +207,10 @@ int RunServer(const ServerConfig& config) {
   int port = 0;
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a busy port is an error
   builder.AddListeningPort(config.listen, *credentials, &port);
-  // A request larger than the transport's share of the memory could never be
-  // received whole: refused as too large (RESOURCE_EXHAUSTED naming the
-  // sizes) rather than cancelled by the quota.
+  // A request larger than the transport's share of the memory can never be
+  // received whole, so the receive limit is at most that share (the start
+  // line says it). gRPC checks the size only once a message has arrived, so
+  // such a request is usually cut by the quota before.
   const int64_t max_receive = std::min(limits.max_message_bytes, memory.transport_bytes);
   builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(max_receive, INT32_MAX)));
   builder.SetMaxSendMessageSize(
