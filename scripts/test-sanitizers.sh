@@ -4,7 +4,7 @@
 # a report makes them exit non-zero, and UBSan aborts at its first). The
 # build is the instrumented clang one of CMake's ATTENTION_FUZZ option, in
 # ${BUILD_DIR:-build-asan}, which scripts/fuzz.sh shares. Part of the test
-# command (scripts/test.sh); on 2 cores about 5 minutes to build from
+# command (scripts/test.sh); on 2 cores about 4.5 minutes to build from
 # scratch, 2 to test.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -9,7 +9,7 @@
 #      (scripts/test-sanitizers.sh: clang, in build-asan);
 #   3. a fuzz smoke: each fuzzer for FUZZ_SECONDS (default 30) from its
 #      committed corpus (scripts/fuzz.sh, in the same build-asan).
-# On 2 cores from a clean checkout: about 4, 7 and 2 minutes.
+# On 2 cores from a clean checkout: about 4, 6 and 2 minutes (12 in all).
 #   scripts/test.sh           all three (what CI runs)
 #   scripts/test.sh --quick   stage 1 only (while developing)
 set -euo pipefail
