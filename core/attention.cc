@@ -12,6 +12,7 @@
 
 #include "core/attention_kernels.h"
 #include "core/attention_plan.h"
+#include "core/bf16_kernels.h"
 #include "core/guard.h"
 #include "core/onednn_ops.h"
 #include "core/projection.h"
@@ -48,45 +49,58 @@ void SetHeadLayouts(const Plan& p, HeadsProblem& pr) {
   }
 }
 
-// n floats to bfloat16 on `threads` threads.
+// n floats to bfloat16 on `threads` threads (the bfloat16 path only: see
+// bf16_kernels.h).
 void ToBfloat16(const float* in, int64_t n, uint16_t* out, int threads) {
   constexpr int64_t kChunk = int64_t{1} << 14;
   const int64_t chunks = CeilDiv(n, kChunk);
 #pragma omp parallel for num_threads(threads) schedule(static) if (chunks > 1)
   for (int64_t c = 0; c < chunks; ++c) {
-    FloatsToBFloat16(in + c * kChunk, std::min(kChunk, n - c * kChunk), out + c * kChunk);
+    internal::RoundToBfloat16(in + c * kChunk, std::min(kChunk, n - c * kChunk), out + c * kChunk);
   }
 }
 
+// Workspace floats ProductInput takes for `t`: its bfloat16 copy when the
+// products read bfloat16 and `t` holds float32.
+int64_t InputFloats(const Plan& p, const TensorView& t) {
+  return p.bf16 && ReadableAsFloat32(t) ? Workspace::Round(CeilDiv(ShapeProduct(t.shape), 2)) : 0;
+}
+
 // `t` as the products read it: float32 (AsFloat32), or bfloat16 with
-// `bf16` (its own bytes when it arrives as BFLOAT16, else rounded into
-// `store16`).
-const void* ProductInput(const TensorView& t, bool bf16, int threads, std::vector<float>& store,
-                         std::vector<uint16_t>& store16) {
-  if (!bf16) return AsFloat32(t, store);
+// p.bf16 (its own bytes when it arrives as BFLOAT16; float32 rounded into
+// `ws`; float16 through `store` into `store16`).
+const void* ProductInput(const Plan& p, const TensorView& t, std::vector<float>& store,
+                         std::vector<uint16_t>& store16, Workspace& ws) {
+  if (!p.bf16) return AsFloat32(t, store);
   if (!ReadableAsFloat32(t)) return AsBFloat16(t, store16);
-  store16.resize(ShapeProduct(t.shape));
-  ToBfloat16(static_cast<const float*>(t.data), static_cast<int64_t>(store16.size()),
-             store16.data(), threads);
-  return store16.data();
+  const int64_t n = ShapeProduct(t.shape);
+  auto* out = reinterpret_cast<uint16_t*>(ws.Take(CeilDiv(n, 2)));
+  ToBfloat16(static_cast<const float*>(t.data), n, out, p.threads);
+  return out;
+}
+
+// Workspace floats ComputeProjected takes (besides the heads').
+int64_t ProjectedFloats(const Plan& p) {
+  const int64_t per_float = p.bf16 ? 2 : 1;  // elements a float of workspace holds
+  const int64_t B = p.B, L = p.L, S = p.S, E = p.proj.embed_dim;
+  return Workspace::Round(CeilDiv(B * (L + 2 * S) * E, per_float)) +
+         Workspace::Round(CeilDiv(B * L * E, per_float));
 }
 
 // nn.MultiheadAttention: in-projection, heads, out-projection; `pr` holds
-// the masks and weights of the call. q, k, v and the projections are
-// bfloat16 with p.bf16 (the concatenated heads are rounded to bfloat16 for
-// the out-projection), else float32.
+// the masks and weights of the call. q, k, v, the projections and the
+// concatenated heads (which the heads write as bfloat16 for the
+// out-projection) are bfloat16 with p.bf16, else float32.
 absl::Status ComputeProjected(const Plan& p, const AttentionArgs& a, const ComputeOptions& o,
                               const void* q, const void* k, const void* v, float* out,
-                              HeadsProblem& pr) {
+                              HeadsProblem& pr, Workspace& ws) {
   const internal::CallProjection projection(*a.projection, p.proj, p.bf16);
   const int64_t B = p.B, L = p.L, S = p.S, D = p.D, Dv = p.Dv, E = p.proj.embed_dim;
   const int64_t per_float = p.bf16 ? 2 : 1;  // elements a float of workspace holds
   const int64_t projected_floats = CeilDiv(B * (L + 2 * S) * E, per_float);
-  const int64_t concat16_floats = p.bf16 ? CeilDiv(B * L * E, 2) : 0;
-  Workspace ws(Workspace::Round(projected_floats) + Workspace::Round(B * L * E) +
-               Workspace::Round(concat16_floats) + internal::HeadsFloats(p, a.weights));
+  const int64_t concat_floats = CeilDiv(B * L * E, per_float);
   char* const projected = reinterpret_cast<char*>(ws.Take(projected_floats));
-  float* const concat = ws.Take(B * L * E);
+  float* const concat = ws.Take(concat_floats);
   const int64_t element = 4 / per_float;
   char* qp = projected;
   char* kp = qp + B * L * E * element;
@@ -98,16 +112,11 @@ absl::Status ComputeProjected(const Plan& p, const AttentionArgs& a, const Compu
   pr.ql = {L * E, D, E};
   pr.kl = pr.vl = {S * E, D, E};
   pr.out = concat;
+  pr.out_type = p.bf16 ? internal::Elem::kBF16 : internal::Elem::kF32;
   pr.ol = {L * E, Dv, E};
   if (absl::Status s = internal::AttendHeads(pr, o, ws); !s.ok()) return s;
   if (absl::Status s = Check(o); !s.ok()) return s;
-  if (!p.bf16) {
-    projection.Out(B * L, concat, out);
-    return absl::OkStatus();
-  }
-  uint16_t* const concat16 = reinterpret_cast<uint16_t*>(ws.Take(concat16_floats));
-  ToBfloat16(concat, B * L * E, concat16, p.threads);
-  projection.Out(B * L, concat16, out);
+  projection.Out(B * L, concat, out);
   return absl::OkStatus();
 }
 
@@ -121,11 +130,15 @@ absl::Status Compute(const Plan& p, const AttentionArgs& a, const ComputeOptions
   }
   internal::OmpThreadsScope threads(
       std::max(1, o.max_threads > 0 ? o.max_threads : omp_get_max_threads()));
+  int64_t inputs = InputFloats(p, a.query);
+  if (!a.self_attention) inputs += InputFloats(p, *a.key) + InputFloats(p, *a.value);
+  Workspace ws(inputs + (p.has_projection ? ProjectedFloats(p) : 0) +
+               internal::HeadsFloats(p, a.weights));
   std::vector<float> q_store, k_store, v_store, am_store, kpm_store;
   std::vector<uint16_t> q16, k16, v16;
-  const void* q = ProductInput(a.query, p.bf16, p.threads, q_store, q16);
-  const void* k = a.self_attention ? q : ProductInput(*a.key, p.bf16, p.threads, k_store, k16);
-  const void* v = a.self_attention ? q : ProductInput(*a.value, p.bf16, p.threads, v_store, v16);
+  const void* q = ProductInput(p, a.query, q_store, q16, ws);
+  const void* k = a.self_attention ? q : ProductInput(p, *a.key, k_store, k16, ws);
+  const void* v = a.self_attention ? q : ProductInput(p, *a.value, v_store, v16, ws);
   if (absl::Status s = Check(o); !s.ok()) return s;  // after converting the inputs
 
   HeadsProblem pr;
@@ -135,10 +148,9 @@ absl::Status Compute(const Plan& p, const AttentionArgs& a, const ComputeOptions
   pr.causal = a.causal;
   pr.attn_mask = internal::PrepareMask(p.attn_mask, am_store);
   pr.key_padding_mask = internal::PrepareMask(p.key_padding_mask, kpm_store);
-  if (p.has_projection) return ComputeProjected(p, a, o, q, k, v, out, pr);
+  if (p.has_projection) return ComputeProjected(p, a, o, q, k, v, out, pr, ws);
   pr.q = q, pr.k = k, pr.v = v, pr.out = out;
   SetHeadLayouts(p, pr);
-  Workspace ws(internal::HeadsFloats(p, a.weights));
   return internal::AttendHeads(pr, o, ws);
 }
 

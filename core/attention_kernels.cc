@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/bf16_kernels.h"
 #include "core/guard.h"
 #include "core/onednn_ops.h"
 
@@ -32,20 +33,15 @@ const void* At(const HeadsProblem& pr, const void* base, int64_t i) {
   return static_cast<const char*>(base) + i * (pr.plan->bf16 ? 2 : 4);
 }
 
+// Element i of the output.
+void* OutputAt(const HeadsProblem& pr, int64_t i) {
+  return static_cast<char*>(pr.out) + i * (pr.out_type == Elem::kBF16 ? 2 : 4);
+}
+
 // The bfloat16 scratch of a thread whose scratch starts at `scratch`.
 uint16_t* Bfloat16Scratch(const HeadsProblem& pr, float* scratch) {
   return reinterpret_cast<uint16_t*>(
       scratch + RoundUp(ScoreScratchPerThread(*pr.plan, pr.weights), 16));
-}
-
-// P as the P V product reads it: `p` itself (m x n, row stride ld) in
-// float32; with bfloat16 products, rounded into `p16` (row stride n).
-const void* ProductProbabilities(const HeadsProblem& pr, const float* p, int64_t m, int64_t n,
-                                 int64_t& ld, uint16_t* p16) {
-  if (!pr.plan->bf16) return p;
-  for (int64_t r = 0; r < m; ++r) FloatsToBFloat16(p + r * ld, n, p16 + r * n);
-  ld = n;
-  return p16;
 }
 
 // Adds `mask` at (b, h, i, j0..j0+n) to `row`.
@@ -99,12 +95,41 @@ float MaskRow(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i, int64_t j
   return RowMax(row, n);
 }
 
+// Softmax of m score rows of n (row stride ld) in place, rows whose max
+// (row_max) is -inf becoming zeros; sums[r] (if asked) gets row r's
+// denominator. With bfloat16 products the probabilities go to `p16` (row
+// stride n) in the same pass, and stay in `p` only with `keep_float32`
+// (else `p` holds the unnormalised exponentials).
+void Softmax(const HeadsProblem& pr, int64_t m, int64_t n, float* p, int64_t ld,
+             const float* row_max, bool keep_float32, uint16_t* p16, float* sums) {
+  if (pr.plan->bf16) return SoftmaxRowsToBfloat16(m, n, p, ld, keep_float32, p16, n, sums);
+  internal::SoftmaxRows(m, n, ld, p);
+  for (int64_t r = 0; r < m; ++r) {
+    float* row = p + r * ld;
+    const bool empty = row_max[r] == kNegInf;
+    if (empty) std::fill(row, row + n, 0.0f);
+    // The largest probability is exp(0) / sum.
+    if (sums != nullptr) sums[r] = empty ? 0.0f : 1.0f / RowMax(row, n);
+  }
+}
+
+// P as the P V product reads it: float32 `p` (row stride ld), or the
+// bfloat16 `p16` (row stride n) Softmax wrote.
+const void* ProductProbabilities(const HeadsProblem& pr, const float* p, int64_t n, int64_t& ld,
+                                 const uint16_t* p16) {
+  if (!pr.plan->bf16) return p;
+  ld = n;
+  return p16;
+}
+
 // Probabilities of query rows [i0, i0 + m) of head h over keys [j0, j0 + n)
-// into `p` (row stride ld): scaled scores, masks, softmax over those n keys.
-// row_max[r] is row r's largest masked score; a row whose n keys are all
-// masked has row_max -inf and becomes zeros.
+// into `p` (row stride ld; see Softmax for bfloat16 products and `sums`):
+// scaled scores, masks, softmax over those n keys. row_max[r] is row r's
+// largest masked score; a row whose n keys are all masked has row_max -inf
+// and becomes zeros.
 void TileProbabilities(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, int64_t m,
-                       int64_t j0, int64_t n, float* p, int64_t ld, float* row_max) {
+                       int64_t j0, int64_t n, float* p, int64_t ld, float* row_max,
+                       uint16_t* p16, float* sums) {
   const Plan& pl = *pr.plan;
   const int64_t kvh = h / (pl.H / pl.Hkv);
   GemmShape qk;
@@ -114,34 +139,27 @@ void TileProbabilities(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0,
   qk.scale = pl.scale;
   Gemm(qk, At(pr, pr.q, b * pr.ql.batch + h * pr.ql.head + i0 * pr.ql.row),
        At(pr, pr.k, b * pr.kl.batch + kvh * pr.kl.head + j0 * pr.kl.row), p, nullptr);
-  bool any_empty = false;
-  for (int64_t r = 0; r < m; ++r) {
-    row_max[r] = MaskRow(pr, b, h, i0 + r, j0, n, p + r * ld);
-    any_empty |= row_max[r] == kNegInf;
-  }
-  internal::SoftmaxRows(m, n, ld, p);
-  for (int64_t r = 0; r < m && any_empty; ++r) {
-    if (row_max[r] == kNegInf) std::fill(p + r * ld, p + r * ld + n, 0.0f);
-  }
+  for (int64_t r = 0; r < m; ++r) row_max[r] = MaskRow(pr, b, h, i0 + r, j0, n, p + r * ld);
+  Softmax(pr, m, n, p, ld, row_max, pr.weights != WeightsMode::kNone, p16, sums);
 }
 
-// out (row stride out_row) = P x V for m query rows of head h over keys
-// [j0, j0 + n); P (float32, row stride ld) goes through `p16` with bfloat16
-// products.
+// out (row stride out_row, of type out_type) = P x V for m query rows of
+// head h over keys [j0, j0 + n); P is ProductProbabilities(p, ld, p16).
 void ApplyValues(const HeadsProblem& pr, int64_t b, int64_t h, int64_t m, int64_t j0, int64_t n,
-                 const float* p, int64_t ld, uint16_t* p16, float* out, int64_t out_row) {
+                 const float* p, int64_t ld, const uint16_t* p16, void* out, int64_t out_row,
+                 Elem out_type) {
   const Plan& pl = *pr.plan;
   const int64_t kvh = h / (pl.H / pl.Hkv);
-  const void* a = ProductProbabilities(pr, p, m, n, ld, p16);
+  const void* a = ProductProbabilities(pr, p, n, ld, p16);
   GemmShape pv;
   pv.a = Mat{m, n, ld, 1, Operands(pr)};
   pv.b = Mat{n, pl.Dv, pr.vl.row, 1, Operands(pr)};
-  pv.c = Mat{m, pl.Dv, out_row, 1};
+  pv.c = Mat{m, pl.Dv, out_row, 1, out_type};
   Gemm(pv, a, At(pr, pr.v, b * pr.vl.batch + kvh * pr.vl.head + j0 * pr.vl.row), out, nullptr);
 }
 
-float* OutputRows(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0) {
-  return pr.out + b * pr.ol.batch + h * pr.ol.head + i0 * pr.ol.row;
+void* OutputRows(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0) {
+  return OutputAt(pr, b * pr.ol.batch + h * pr.ol.head + i0 * pr.ol.row);
 }
 
 // Query rows [i0, i0 + m) of head h with whole score rows, for calls that
@@ -149,7 +167,7 @@ float* OutputRows(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0) {
 // per-head weights, whose rows are computed in place in the output).
 void AttendRows(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, float* scratch) {
   const Plan& p = *pr.plan;
-  const int64_t m = std::min(kRowTile, p.L - i0);
+  const int64_t m = std::min(p.row_tile, p.L - i0);
   const int64_t n = KeysNeeded(pr, i0, m);
   float* probs = scratch;
   int64_t ld = n;
@@ -158,7 +176,8 @@ void AttendRows(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, float*
     ld = p.S;
   }
   float row_max[kRowTile];
-  TileProbabilities(pr, b, h, i0, m, 0, n, probs, ld, row_max);
+  uint16_t* const p16 = Bfloat16Scratch(pr, scratch);
+  TileProbabilities(pr, b, h, i0, m, 0, n, probs, ld, row_max, p16, nullptr);
   if (pr.weights == WeightsMode::kPerHead && n < p.S) {
     for (int64_t r = 0; r < m; ++r) std::fill(probs + r * ld + n, probs + (r + 1) * ld, 0.0f);
   }
@@ -169,40 +188,39 @@ void AttendRows(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, float*
       for (int64_t j = 0; j < n; ++j) avg[r * p.S + j] += probs[r * ld + j] * inv_h;
     }
   }
-  ApplyValues(pr, b, h, m, 0, n, probs, ld, Bfloat16Scratch(pr, scratch), OutputRows(pr, b, h, i0),
-              pr.ol.row);
+  ApplyValues(pr, b, h, m, 0, n, probs, ld, p16, OutputRows(pr, b, h, i0), pr.ol.row, pr.out_type);
 }
 
 // Query rows [i0, i0 + m) of head h without weights, flash-attention style:
 // one tile of keys at a time with an online softmax, so score memory is
 // O(kRowTile x kKeyTile) whatever S is (K and V may be packed copies, O(S)),
 // and causal masking skips whole tiles.
-// For tile t, oneDNN's softmax gives p_t = exp(s - m_t) / l_t with m_t the
-// row's largest score there; its largest entry is exp(0) / l_t, which gives
-// l_t. With the running maximum M, denominator Z and unnormalised output O:
+// For tile t, the softmax gives p_t = exp(s - m_t) / l_t with m_t the
+// row's largest score there and l_t its denominator. With the running
+// maximum M, denominator Z and unnormalised output O:
 //   M' = max(M, m_t), a = exp(M - M'), c = l_t exp(m_t - M'),
 //   O' = a O + c (p_t V_t), Z' = a Z + c; the output row is O / Z (zeros
 //   when every key was masked: Z = 0).
 void AttendRowsFused(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, float* scratch) {
   const Plan& p = *pr.plan;
-  const int64_t m = std::min(kRowTile, p.L - i0);
+  const int64_t m = std::min(p.row_tile, p.L - i0);
   const int64_t keys = KeysNeeded(pr, i0, m);
   const int64_t dv = p.Dv;
   float* probs = scratch;                    // kRowTile x kKeyTile
   float* acc = probs + kRowTile * kKeyTile;  // kRowTile x Dv
   float* tile_out = acc + kRowTile * dv;     // kRowTile x Dv
-  float run_max[kRowTile], denom[kRowTile], tile_max[kRowTile];
+  uint16_t* const p16 = Bfloat16Scratch(pr, scratch);
+  float run_max[kRowTile], denom[kRowTile], tile_max[kRowTile], tile_sum[kRowTile];
   std::fill_n(run_max, m, kNegInf);
   std::fill_n(denom, m, 0.0f);
   std::fill_n(acc, m * dv, 0.0f);
   for (int64_t j0 = 0; j0 < keys; j0 += kKeyTile) {
     const int64_t n = std::min(kKeyTile, keys - j0);
-    TileProbabilities(pr, b, h, i0, m, j0, n, probs, n, tile_max);
-    ApplyValues(pr, b, h, m, j0, n, probs, n, Bfloat16Scratch(pr, scratch), tile_out, dv);
+    TileProbabilities(pr, b, h, i0, m, j0, n, probs, n, tile_max, p16, tile_sum);
+    ApplyValues(pr, b, h, m, j0, n, probs, n, p16, tile_out, dv, Elem::kF32);
     for (int64_t r = 0; r < m; ++r) {
       if (tile_max[r] == kNegInf) continue;  // every key of this tile masked
-      const float* row = probs + r * n;
-      const float l_t = 1.0f / RowMax(row, n);
+      const float l_t = tile_sum[r];
       const float new_max = std::max(run_max[r], tile_max[r]);
       const float a = run_max[r] == kNegInf ? 0.0f : std::exp(run_max[r] - new_max);
       const float c = l_t * std::exp(tile_max[r] - new_max);
@@ -213,10 +231,17 @@ void AttendRowsFused(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, f
       run_max[r] = new_max;
     }
   }
-  float* out = OutputRows(pr, b, h, i0);
+  void* const out = OutputRows(pr, b, h, i0);
   for (int64_t r = 0; r < m; ++r) {
     const float inv = denom[r] > 0 ? 1.0f / denom[r] : 0.0f;
-    for (int64_t d = 0; d < dv; ++d) out[r * pr.ol.row + d] = acc[r * dv + d] * inv;
+    float* row = acc + r * dv;
+    if (pr.out_type == Elem::kBF16) {
+      for (int64_t d = 0; d < dv; ++d) row[d] *= inv;
+      RoundToBfloat16(row, dv, static_cast<uint16_t*>(out) + r * pr.ol.row);
+    } else {
+      float* o = static_cast<float*>(out) + r * pr.ol.row;
+      for (int64_t d = 0; d < dv; ++d) o[d] = row[d] * inv;
+    }
   }
 }
 
@@ -226,16 +251,24 @@ void AttendRowsFused(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, f
 // the nb x H x m score rows in `scratch`.
 void AttendBatched(const HeadsProblem& pr, int64_t b0, int64_t nb, int64_t i0, float* scratch) {
   const Plan& p = *pr.plan;
-  const int64_t m = std::min(kRowTile, p.L - i0);
+  const int64_t m = std::min(p.row_tile, p.L - i0);
   const int64_t n = KeysNeeded(pr, i0, m);
   const int64_t H = p.H, Hkv = p.Hkv, G = p.H / p.Hkv;
   const HeadLayout &ql = pr.ql, &kl = pr.kl, &vl = pr.vl, &ol = pr.ol;
   // [nb, Hkv, G, rows, cols]; without grouped heads (G = 1) the group
   // dimension is left out, which lets oneDNN pick its faster brgemm kernel.
-  auto view = [G](std::vector<int64_t> dims, std::vector<int64_t> strides) {
+  const bool bf16 = p.bf16;
+  auto view = [G, bf16](std::vector<int64_t> dims, std::vector<int64_t> strides) {
     if (G == 1) {
       dims.erase(dims.begin() + 2);
       strides.erase(strides.begin() + 2);
+    }
+    // One batch entry: its stride means nothing, but oneDNN 2.6 takes brgemm
+    // only for a dense one (rows of a smaller tile would have the stride of
+    // the whole sequence's). Float32 products keep their kernel choice.
+    if (dims[0] == 1 && bf16) {
+      strides[0] = 1;
+      for (size_t i = 1; i < dims.size(); ++i) strides[0] = std::max(strides[0], dims[i] * strides[i]);
     }
     return internal::BatchMat{std::move(dims), std::move(strides)};
   };
@@ -263,8 +296,14 @@ void AttendBatched(const HeadsProblem& pr, int64_t b0, int64_t nb, int64_t i0, f
       }
     }
   }
-  internal::SoftmaxRows(nb * H * m, n, n, scratch);
-  for (int64_t row : empty_rows) std::fill_n(scratch + row * n, n, 0.0f);
+  uint16_t* const p16 = Bfloat16Scratch(pr, scratch);
+  if (p.bf16) {  // empty rows become zeros there
+    SoftmaxRowsToBfloat16(nb * H * m, n, scratch, n, pr.weights == WeightsMode::kAveraged, p16, n,
+                          nullptr);
+  } else {
+    internal::SoftmaxRows(nb * H * m, n, n, scratch);
+    for (int64_t row : empty_rows) std::fill_n(scratch + row * n, n, 0.0f);
+  }
   if (pr.weights == WeightsMode::kAveraged) {  // the mean over heads, keys past n zero
     const float inv_h = 1.0f / static_cast<float>(H);
     for (int64_t bi = 0; bi < nb; ++bi) {
@@ -281,12 +320,14 @@ void AttendBatched(const HeadsProblem& pr, int64_t b0, int64_t nb, int64_t i0, f
     }
   }
   int64_t ld = n;
-  const void* probs =
-      ProductProbabilities(pr, scratch, nb * H * m, n, ld, Bfloat16Scratch(pr, scratch));
+  const void* probs = ProductProbabilities(pr, scratch, n, ld, p16);
+  internal::BatchMat out =
+      view({nb, Hkv, G, m, p.Dv}, {ol.batch, G * ol.head, ol.head, ol.row, 1});
+  out.type = pr.out_type;
   internal::BatchedGemm(operand(score_dims, score_strides),
                         operand({nb, Hkv, 1, n, p.Dv}, {vl.batch, vl.head, n * p.Dv, vl.row, 1}),
-                        view({nb, Hkv, G, m, p.Dv}, {ol.batch, G * ol.head, ol.head, ol.row, 1}),
-                        1.0f, probs, At(pr, pr.v, b0 * vl.batch), pr.out + b0 * ol.batch + i0 * ol.row);
+                        out, 1.0f, probs, At(pr, pr.v, b0 * vl.batch),
+                        OutputAt(pr, b0 * ol.batch + i0 * ol.row));
 }
 
 // Copies every key/value head of `pr` (elements of type T) into contiguous
@@ -328,12 +369,12 @@ void RunUnit(const HeadsProblem& pr, int64_t u, int64_t tiles, float* partials,
   const Plan& p = *pr.plan;
   const int64_t splits = p.head_splits;
   if (p.group > 0) {
-    const int64_t b0 = (u / tiles) * p.group, i0 = (u % tiles) * kRowTile;
+    const int64_t b0 = (u / tiles) * p.group, i0 = (u % tiles) * p.row_tile;
     AttendBatched(pr, b0, std::min(p.group, p.B - b0), i0, tile_scratch);
   } else if (pr.weights == WeightsMode::kAveraged) {
     const int64_t share = u % splits, b = u / splits / tiles;
-    const int64_t i0 = (u / splits % tiles) * kRowTile;
-    const int64_t rows = std::min(kRowTile, p.L - i0);
+    const int64_t i0 = (u / splits % tiles) * p.row_tile;
+    const int64_t rows = std::min(p.row_tile, p.L - i0);
     HeadsProblem part = pr;  // share 0 sums into the output, others into their partials
     if (share > 0) part.weights_out = partials + (share - 1) * p.B * p.L * p.S;
     std::fill_n(part.weights_out + (b * p.L + i0) * p.S, rows * p.S, 0.0f);
@@ -342,7 +383,7 @@ void RunUnit(const HeadsProblem& pr, int64_t u, int64_t tiles, float* partials,
     }
   } else {
     const int64_t b = u / (p.H * tiles), h = (u / tiles) % p.H;
-    const int64_t i0 = (u % tiles) * kRowTile;
+    const int64_t i0 = (u % tiles) * p.row_tile;
     if (p.fused) {
       AttendRowsFused(pr, b, h, i0, tile_scratch);
     } else {
@@ -385,7 +426,7 @@ absl::Status AttendHeads(HeadsProblem pr, const ComputeOptions& o, Workspace& ws
       PackKeysValues(pr, kt, v);
     }
   }
-  const int64_t tiles = CeilDiv(p.L, kRowTile);
+  const int64_t tiles = CeilDiv(p.L, p.row_tile);
   const bool averaged = pr.weights == WeightsMode::kAveraged;
   const int64_t groups = p.group > 0 ? CeilDiv(p.B, p.group) : 0;
   const int64_t splits = p.head_splits;

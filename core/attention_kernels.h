@@ -26,6 +26,7 @@
 #include "absl/status/status.h"
 #include "core/attention.h"
 #include "core/attention_plan.h"
+#include "core/onednn_ops.h"
 #include "core/workspace.h"
 
 namespace attention {
@@ -54,14 +55,16 @@ std::optional<Mask> PrepareMask(const std::optional<MaskLayout>& layout,
                                 std::vector<float>& storage);
 
 // The tensors of one attention core call, after projections. Q, K and V
-// hold float32, or bfloat16 when plan->bf16.
+// hold float32, or bfloat16 when plan->bf16; the output is float32, or
+// bfloat16 (out_type, only when plan->bf16) for the out-projection to read.
 struct HeadsProblem {
   const Plan* plan;
   const void* q;
   const void* k;
   const void* v;
   HeadLayout ql, kl, vl, ol;
-  float* out;
+  void* out;
+  Elem out_type = Elem::kF32;
   WeightsMode weights;
   float* weights_out;  // [B, L, S] or [B, H, L, S], or nullptr
   std::optional<Mask> attn_mask, key_padding_mask;

@@ -25,6 +25,8 @@ constexpr double kGroupWork = 1 << 22;
 constexpr double kSmallHeadWorkBfloat16 = 1 << 22;
 // Below this many flops a unit of work, extra threads cost more than they give.
 constexpr double kMinFlopsPerThread = 4e6;
+// The smallest row tile the batched path splits rows into for idle threads.
+constexpr int64_t kMinSplitRows = 32;
 // Row tiles (times query heads per key/value head) that read one head's
 // keys and values before they are packed into contiguous copies.
 constexpr int64_t kMinPackReuse = 4;
@@ -312,7 +314,7 @@ double CallFlops(const Plan& p) {
 // read in place, projected Q, K, V and their concatenation, the results.
 // With bfloat16 products: bfloat16 copies of the inputs (via float32 when
 // they arrive as float16), of inline weights, projected Q, K, V in bfloat16
-// and the concatenation in both.
+// and their concatenation.
 double FixedBytes(const AttentionArgs& a, const Plan& p) {
   auto converted = [](const TensorView& t) {
     return ReadableAsFloat32(t) ? 0.0 : 4.0 * ShapeProduct<double>(t.shape);
@@ -332,7 +334,7 @@ double FixedBytes(const AttentionArgs& a, const Plan& p) {
       if (w) bytes += converted(*w) + (per_call_bf16 ? 2.0 * ShapeProduct<double>(w->shape) : 0);
     }
     if (p.bf16) {
-      bytes += 2.0 * E * (B * L + 2 * B * S) + 6.0 * E * B * L;
+      bytes += 2.0 * E * (2 * B * L + 2 * B * S);
     } else {
       bytes += 4.0 * E * (2 * B * L + 2 * B * S);  // q, k, v projected + concat
     }
@@ -369,9 +371,19 @@ void ChooseSchedule(const AttentionArgs& a, const ComputeOptions& o, Plan& p) {
   // instead of a few microseconds of primitive overhead per pair.
   const double per_head = std::min<double>(L, kRowTile) * S * (p.D + p.Dv);
   const bool many_units = B * tiles >= 2.0 * p.threads;  // else batching idles threads
-  const double small_head = p.bf16 && many_units ? kSmallHeadWorkBfloat16 : kSmallHeadWork;
+  // Too few batch entries and row tiles for the threads: bfloat16 products
+  // still batch, over smaller row tiles (brgemm takes those views; float32
+  // products run about as fast per head).
+  const bool split_rows = p.bf16 && !many_units && p.threads > 1 && L >= 2 * kMinSplitRows;
+  const double small_head =
+      p.bf16 && (many_units || split_rows) ? kSmallHeadWorkBfloat16 : kSmallHeadWork;
   if (a.weights != WeightsMode::kPerHead && !p.fused && per_head < small_head) {
-    const int64_t row_tiles = CeilDiv(p.L, kRowTile);
+    if (split_rows) {  // a row tile a thread (of at least kMinSplitRows rows)
+      const int64_t tiles_wanted = CeilDiv(p.threads, p.B);
+      p.row_tile = std::max(kMinSplitRows, RoundUp(CeilDiv(p.L, tiles_wanted), 16));
+      p.row_tile = std::min(p.row_tile, kRowTile);
+    }
+    const int64_t row_tiles = CeilDiv(p.L, p.row_tile);
     p.group = std::clamp<int64_t>(static_cast<int64_t>(kGroupWork / (H * per_head)), 1, p.B);
     const int64_t most = CeilDiv(p.B * row_tiles, p.threads);  // keep threads busy
     p.group = std::max<int64_t>(1, std::min(p.group, most));

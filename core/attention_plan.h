@@ -57,6 +57,9 @@ struct Plan {
   bool fused = false;    // AttendRowsFused rather than AttendRows
   bool pack_kv = false;  // K^T and V copied per head before the heads run
   int64_t group = 0;     // > 0: AttendBatched over this many batch entries a unit
+  // Query rows a unit of work: kRowTile, or fewer on the batched path when
+  // batch entries and row tiles of kRowTile would leave threads idle.
+  int64_t row_tile = kRowTile;
   // Averaged weights on the row path: units of work split each row tile's
   // heads this many ways, each share summing into its own partial average
   // (added up after the heads ran), when row tiles are fewer than threads.

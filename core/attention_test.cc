@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/attention_plan.h"
 #include "core/onednn_ops.h"
 #include "core/reference.h"
 #include "core/test_util.h"
@@ -254,6 +255,52 @@ TEST(AttentionBfloat16, RandomizedGrid) {
     }
   }
   std::printf("worst bfloat16 relative error on the grid: %.3g\n", worst);
+}
+
+// One batch entry of short heads on two threads: the bfloat16 path batches
+// the heads over row tiles smaller than kRowTile (a tile a thread), with
+// grouped-query heads, causal and padding masks, and averaged weights.
+TEST(AttentionBfloat16, OneBatchEntrySplitsItsRowsBetweenThreads) {
+  if (EffectivePrecision(Precision::kBFloat16) != Precision::kBFloat16) {
+    GTEST_SKIP() << "no bfloat16 instructions on this CPU";
+  }
+  std::mt19937 rng(11);
+  const int64_t L = 100, S = 90, H = 8, Hkv = 2, D = 32;
+  FloatTensor q = RandomTensor({1, H, L, D}, rng), k = RandomTensor({1, Hkv, S, D}, rng),
+              v = RandomTensor({1, Hkv, S, D}, rng);
+  std::vector<uint8_t> padding(S, 0);
+  for (int64_t j = 70; j < S; ++j) padding[j] = 1;
+  for (WeightsMode weights : {WeightsMode::kNone, WeightsMode::kAveraged}) {
+    for (bool causal : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "causal " << causal << " weights "
+                                      << static_cast<int>(weights));
+      AttentionArgs a;
+      a.query = q.view();
+      a.key = k.view();
+      a.value = v.view();
+      a.num_heads = H;
+      a.num_kv_heads = Hkv;
+      a.causal = causal;
+      a.weights = weights;
+      a.precision = Precision::kBFloat16;
+      a.key_padding_mask = TensorView{DType::kBool, {1, S}, padding.data(), padding.size()};
+      ComputeOptions options;
+      options.max_threads = 2;
+      options.fused_min_keys = 16384;
+      absl::StatusOr<internal::Plan> plan = internal::MakePlan(a, options);
+      ASSERT_TRUE(plan.ok()) << plan.status();
+      ASSERT_GT(plan->group, 0);
+      ASSERT_LT(plan->row_tile, L);
+      absl::StatusOr<ReferenceResult> want = ReferenceAttention(a);
+      ASSERT_TRUE(want.ok()) << want.status();
+      PoisonedOutputs got;
+      ASSERT_TRUE(ComputeAttention(a, options, &got).ok());
+      EXPECT_LE(RelativeMaxError(got.output.data.data(), want->output), 2e-2);
+      if (weights == WeightsMode::kAveraged) {
+        EXPECT_LE(RelativeMaxError(got.weights.data.data(), want->weights), 2e-2);
+      }
+    }
+  }
 }
 
 // A PreparedProjection made from other weights (same shapes) is not used:
