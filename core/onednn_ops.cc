@@ -20,6 +20,9 @@ using dt = dnnl::memory::data_type;
 // Beyond this many cached primitives the cache starts over (a bound on memory
 // for servers that see endless new shapes; refilling costs ~0.1 ms a shape).
 constexpr size_t kMaxCachedPrimitives = 4096;
+// Beyond this many primitives with arguments bound on a thread, that
+// thread's bindings start over.
+constexpr size_t kMaxBoundPerThread = 512;
 
 const dnnl::engine& Engine() {
   static const dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
@@ -31,11 +34,11 @@ dnnl::stream& ThreadStream() {
   return stream;
 }
 
-// Grows this thread's scratchpad to `bytes` and wraps it.
-dnnl::memory Scratchpad(const dnnl::memory::desc& md) {
-  thread_local std::vector<char> buffer;
-  if (buffer.size() < md.get_size()) buffer.resize(md.get_size());
-  return dnnl::memory(md, Engine(), buffer.data());
+// This thread's scratchpad, grown to `bytes` (never null).
+void* ScratchpadBuffer(size_t bytes) {
+  thread_local std::vector<char> buffer(64);
+  if (buffer.size() < bytes) buffer.resize(bytes);
+  return buffer.data();
 }
 
 dt DataType(Elem e) { return e == Elem::kBF16 ? dt::bf16 : dt::f32; }
@@ -125,17 +128,46 @@ dnnl::matmul::primitive_desc GemmPd(const GemmShape& s, const dnnl::memory::desc
   return dnnl::matmul::primitive_desc(desc, attr, Engine());
 }
 
-void RunGemm(const Cached& p, bool bias, const void* a, const void* b, void* c,
-             const float* bias_data) {
-  const dnnl::engine& eng = Engine();
-  std::unordered_map<int, dnnl::memory> args = {
-      {DNNL_ARG_SRC, dnnl::memory(p.a, eng, const_cast<void*>(a))},
-      {DNNL_ARG_WEIGHTS, dnnl::memory(p.b, eng, const_cast<void*>(b))},
-      {DNNL_ARG_DST, dnnl::memory(p.c, eng, c)},
-      {DNNL_ARG_SCRATCHPAD, Scratchpad(p.scratchpad)}};
-  if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(p.bias, eng, const_cast<float*>(bias_data)));
-  p.primitive.execute(ThreadStream(), args);
+// The arguments of a primitive as this thread runs it: memory objects made
+// on its first run here, whose data handles each run sets (making them anew
+// cost ~1.5 us a run, more than a small product takes). Holding the
+// primitive keeps its address, the key, from being reused.
+struct Bound {
+  std::shared_ptr<const Cached> primitive;
+  std::unordered_map<int, dnnl::memory> args;
+};
+
+// Runs `p` on this thread's stream with its arguments' data: data[i] for
+// kArgs[i], described by the primitive's a, b, bias and c (an argument whose
+// descriptor is empty is not the primitive's, and its data is ignored).
+constexpr int kArgs[] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_BIAS, DNNL_ARG_DST};
+
+void Run(const std::shared_ptr<const Cached>& p, const void* const (&data)[4]) {
+  thread_local std::unordered_map<const Cached*, Bound> bound;
+  auto it = bound.find(p.get());
+  if (it == bound.end()) {
+    if (bound.size() >= kMaxBoundPerThread) bound.clear();
+    Bound b{p, {}};
+    const dnnl::memory::desc* descs[] = {&p->a, &p->b, &p->bias, &p->c};
+    for (int i = 0; i < 4; ++i) {
+      if (!descs[i]->is_zero()) b.args.emplace(kArgs[i], dnnl::memory(*descs[i], Engine(), nullptr));
+    }
+    b.args.emplace(DNNL_ARG_SCRATCHPAD, dnnl::memory(p->scratchpad, Engine(), nullptr));
+    it = bound.emplace(p.get(), std::move(b)).first;
+  }
+  std::unordered_map<int, dnnl::memory>& args = it->second.args;
+  for (int i = 0; i < 4; ++i) {
+    auto arg = args.find(kArgs[i]);
+    if (arg != args.end()) arg->second.set_data_handle(const_cast<void*>(data[i]));
+  }
+  args.at(DNNL_ARG_SCRATCHPAD).set_data_handle(ScratchpadBuffer(p->scratchpad.get_size()));
+  p->primitive.execute(ThreadStream(), args);
   ThreadStream().wait();
+}
+
+void RunGemm(const std::shared_ptr<const Cached>& p, bool bias, const void* a, const void* b,
+             void* c, const float* bias_data) {
+  Run(p, {a, b, bias ? bias_data : nullptr, c});
 }
 
 // Rows of A the packed layout is chosen for (the kernel's blocking of B does
@@ -158,7 +190,7 @@ void Gemm(const GemmShape& s, const void* a, const void* b, void* c, const float
     e.primitive = dnnl::matmul(pd);
     return e;
   });
-  RunGemm(*p, s.bias, a, b, c, bias);
+  RunGemm(p, s.bias, a, b, c, bias);
 }
 
 std::shared_ptr<const PackedMatrix> PackMatrix(const Mat& b, const void* data) {
@@ -202,7 +234,7 @@ void GemmPacked(const GemmShape& s, const void* a, const void* b_plain, const Pa
   // The primitive was made for the first packed B of this shape; another
   // (say, packed under other settings) must match its layout to be read.
   if (!p->usable || p->b != b.packed.get_desc()) return Gemm(s, a, b_plain, c, bias);
-  RunGemm(*p, s.bias, a, b.packed.get_data_handle(), c, bias);
+  RunGemm(p, s.bias, a, b.packed.get_data_handle(), c, bias);
 }
 
 void BatchedGemm(const BatchMat& a, const BatchMat& b, const BatchMat& c, float scale,
@@ -229,20 +261,14 @@ void BatchedGemm(const BatchMat& a, const BatchMat& b, const BatchMat& c, float 
     e.primitive = dnnl::matmul(pd);
     return e;
   });
-  const dnnl::engine& eng = Engine();
-  p->primitive.execute(ThreadStream(),
-                       {{DNNL_ARG_SRC, dnnl::memory(p->a, eng, const_cast<void*>(a_data))},
-                        {DNNL_ARG_WEIGHTS, dnnl::memory(p->b, eng, const_cast<void*>(b_data))},
-                        {DNNL_ARG_DST, dnnl::memory(p->c, eng, c_data)},
-                        {DNNL_ARG_SCRATCHPAD, Scratchpad(p->scratchpad)}});
-  ThreadStream().wait();
+  Run(p, {a_data, b_data, nullptr, c_data});
 }
 
 void SoftmaxRows(int64_t rows, int64_t cols, int64_t ld, float* x) {
   const Key key = {1, rows, cols, ld};
   std::shared_ptr<const Cached> p = Cache().Get(key, [&] {
     Cached e;
-    e.a = dnnl::memory::desc({rows, cols}, dt::f32, {ld, 1});
+    e.a = e.c = dnnl::memory::desc({rows, cols}, dt::f32, {ld, 1});
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     dnnl::softmax_forward::desc desc(dnnl::prop_kind::forward_inference, e.a, 1);
@@ -251,11 +277,7 @@ void SoftmaxRows(int64_t rows, int64_t cols, int64_t ld, float* x) {
     e.primitive = dnnl::softmax_forward(pd);
     return e;
   });
-  dnnl::memory m(p->a, Engine(), x);
-  p->primitive.execute(
-      ThreadStream(),
-      {{DNNL_ARG_SRC, m}, {DNNL_ARG_DST, m}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p->scratchpad)}});
-  ThreadStream().wait();
+  Run(p, {x, nullptr, nullptr, x});
 }
 
 bool NativeBfloat16() {
