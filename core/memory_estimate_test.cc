@@ -26,30 +26,6 @@ using testing::RandomTensor;
 
 constexpr int64_t kMiB = 1 << 20;
 
-// Under AddressSanitizer the resident memory is mostly the sanitizer's (shadow
-// memory, a quarantine of freed blocks): the test then runs the cases but
-// does not compare.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kRssIsTheCalls = false;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kRssIsTheCalls = false;
-#else
-constexpr bool kRssIsTheCalls = true;
-#endif
-#else
-constexpr bool kRssIsTheCalls = true;
-#endif
-
-// A field of /proc/self/status in bytes (VmRSS, VmHWM), or -1.
-int64_t SelfStatusBytes(const std::string& field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1)) * 1024;
-  }
-  return -1;
-}
 
 struct Case {
   const char* name;
@@ -124,11 +100,11 @@ Measured Run(const Case& c) {
   if (!plan.ok()) return m;
   m.estimate = plan->memory_bytes;
   std::ofstream("/proc/self/clear_refs") << "5";  // VmHWM := VmRSS
-  const int64_t before = SelfStatusBytes("VmRSS");
+  const int64_t before = testing::ProcStatusBytes(0, "VmRSS");
   VectorOutputs out;
   const absl::Status s = ComputeAttention(args, options, &out);
   EXPECT_TRUE(s.ok()) << s;
-  m.peak_growth = SelfStatusBytes("VmHWM") - before;
+  m.peak_growth = testing::ProcStatusBytes(0, "VmHWM") - before;
   m.ok = s.ok();
   return m;
 }
@@ -175,7 +151,7 @@ TEST(MemoryEstimateTest, ThePeakOfAComputationStaysWithinItsEstimate) {
     // (gemm packing, per thread) and the allocator's slack, measured at
     // 1-8 MiB with 2 threads whatever the size (2.5 to 160 MiB estimates):
     // part of the server's fixed overhead per worker, not of the request.
-    if (!kRssIsTheCalls) continue;
+    if (testing::kAddressSanitizer) continue;  // the RSS is mostly the sanitizer's
     EXPECT_LE(m.peak_growth, m.estimate + 10 * kMiB) << c.name;
     // And not a budget held for nothing: at most 3x what was touched.
     EXPECT_LE(m.estimate, 3 * m.peak_growth + 8 * kMiB) << c.name;

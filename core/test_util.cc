@@ -2,12 +2,23 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace attention {
 namespace testing {
+
+int64_t ProcStatusBytes(int pid, const std::string& field) {
+  std::ifstream in(pid == 0 ? std::string("/proc/self/status")
+                            : "/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1)) * 1024;
+  }
+  return -1;
+}
 
 std::string SourcePath(const std::string& relative) {
   return std::string(ATTENTION_SOURCE_DIR) + "/" + relative;

@@ -34,6 +34,25 @@ std::vector<std::string> FixturePaths(const std::string& dir = "tests/fixtures")
 // ATTENTION_SOURCE_DIR + "/" + relative.
 std::string SourcePath(const std::string& relative);
 
+// Whether this build runs under AddressSanitizer, whose shadow memory and
+// quarantine of freed blocks then make up most of a process's resident
+// memory: tests of RSS skip those comparisons (and keep their other checks).
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kAddressSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+inline constexpr bool kAddressSanitizer = true;
+#else
+inline constexpr bool kAddressSanitizer = false;
+#endif
+#else
+inline constexpr bool kAddressSanitizer = false;
+#endif
+
+// A field of /proc/PID/status in bytes (VmRSS, VmHWM), or -1; pid 0: this
+// process.
+int64_t ProcStatusBytes(int pid, const std::string& field);
+
 // Uniform [-1, 1) floats of `shape`.
 FloatTensor RandomTensor(std::vector<int64_t> shape, std::mt19937& rng, float scale = 1.0f);
 

@@ -5,7 +5,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <mutex>
 #include <random>
 #include <string>
@@ -32,30 +31,6 @@ using ::testing::HasSubstr;
 
 constexpr int64_t kMiB = 1 << 20;
 
-// Under AddressSanitizer (scripts/test-sanitizers.sh) the server's RSS is
-// mostly the sanitizer's (shadow memory, a quarantine of freed blocks): the
-// tests keep their other checks and skip those on RSS.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kRssIsTheServers = false;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kRssIsTheServers = false;
-#else
-constexpr bool kRssIsTheServers = true;
-#endif
-#else
-constexpr bool kRssIsTheServers = true;
-#endif
-
-// A field of /proc/PID/status in bytes (VmRSS, VmHWM), or -1.
-int64_t ProcStatusBytes(pid_t pid, const std::string& field) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1)) * 1024;
-  }
-  return -1;
-}
 
 // Self-attention without a model: [32, 64, 1024] float32, 8 heads (8 MiB in,
 // 8 MiB out, a few milliseconds of compute).
@@ -192,7 +167,7 @@ TEST(Hardening, AFloodStaysWithinTheMemoryBudget) {
   EXPECT_EQ(honest.wrong(), 0);
   EXPECT_GT(refused.load() + cut.load(), 0)
       << "the flood should not fit in " << kBudgetMiB << " MiB";
-  if (kRssIsTheServers) {
+  if (!kAddressSanitizer) {
     EXPECT_LE(peak, baseline + (kBudgetMiB + kSlackMiB) * kMiB)
         << "baseline " << baseline / kMiB << " MiB, peak " << peak / kMiB << " MiB";
   }
@@ -211,7 +186,7 @@ TEST(Hardening, AFloodStaysWithinTheMemoryBudget) {
   // Once the flood's connections are gone (and the idle trimmer's period has
   // passed), the memory went back and the server serves normally.
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-  if (kRssIsTheServers) {
+  if (!kAddressSanitizer) {
     EXPECT_LE(ProcStatusBytes(server.pid(), "VmRSS"), baseline + kBudgetMiB * kMiB / 2);
   }
   absl::StatusOr<v1::AttentionResponse> after = warm.SelfAttention(request);
@@ -435,7 +410,7 @@ TEST(Hardening, ManyIdleStreamsCostLittle) {
       baseline / double{kMiB}, with_streams / double{kMiB}, kStreams, per_stream,
       after / double{kMiB}, call_ms);
   EXPECT_LT(call_ms, kMaxCallMs);
-  if (kRssIsTheServers) {
+  if (!kAddressSanitizer) {
     EXPECT_LT(per_stream, kMaxBytesPerStream);
     EXPECT_LT(after - baseline, kUntrimmedStreams * per_stream + kSlackBytes);
   }
