@@ -179,6 +179,11 @@ int RunServer(const ServerConfig& config) {
                      static_cast<size_t>(config.max_queue), config.pin_threads});
   ServiceLimits limits;
   limits.max_message_bytes = config.max_message_mb << 20;
+  // A request larger than the transport's share of the memory can never be
+  // received whole, so the receive limit is at most that share (the start
+  // line and ListModels say it). gRPC checks the size only once a message has
+  // arrived, so such a request is usually cut by the quota before.
+  limits.max_receive_bytes = std::min(limits.max_message_bytes, memory.transport_bytes);
   limits.max_request_memory_bytes = config.max_request_memory_mb << 20;
   limits.max_stream_in_flight = config.max_stream_in_flight;
   limits.max_queue = config.max_queue;
@@ -207,12 +212,8 @@ int RunServer(const ServerConfig& config) {
   int port = 0;
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a busy port is an error
   builder.AddListeningPort(config.listen, *credentials, &port);
-  // A request larger than the transport's share of the memory can never be
-  // received whole, so the receive limit is at most that share (the start
-  // line says it). gRPC checks the size only once a message has arrived, so
-  // such a request is usually cut by the quota before.
-  const int64_t max_receive = std::min(limits.max_message_bytes, memory.transport_bytes);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(max_receive, INT32_MAX)));
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<int64_t>(limits.max_receive_bytes, INT32_MAX)));
   builder.SetMaxSendMessageSize(
       static_cast<int>(std::min<int64_t>(limits.max_message_bytes, INT32_MAX)));
   // gRPC's own accounting of what its transport holds (requests being
@@ -248,7 +249,8 @@ int RunServer(const ServerConfig& config) {
       executor.pinned_cpus().empty() ? "" : (" on CPUs " + executor.pinned_cpus()).c_str(),
       static_cast<long long>((memory.transport_bytes + memory.served_bytes) >> 20),
       static_cast<long long>(memory.transport_bytes >> 20),
-      static_cast<long long>(memory.served_bytes >> 20), static_cast<long long>(max_receive >> 20));
+      static_cast<long long>(memory.served_bytes >> 20),
+      static_cast<long long>(limits.max_receive_bytes >> 20));
   std::fflush(stdout);
 
   int signal = 0;

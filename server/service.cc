@@ -409,7 +409,9 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ListModels(grpc::CallbackServerC
     info->set_bias(m->info().bias);
   }
   v1::ServerLimits* l = response->mutable_limits();
-  l->set_max_message_bytes(limits_.max_message_bytes);
+  l->set_max_message_bytes(limits_.max_receive_bytes > 0
+                              ? std::min(limits_.max_receive_bytes, limits_.max_message_bytes)
+                              : limits_.max_message_bytes);
   l->set_max_request_memory_bytes(limits_.max_request_memory_bytes);
   l->set_compute_threads(executor_->workers() * executor_->threads_per_worker());
   l->set_max_queue(limits_.max_queue);

@@ -37,6 +37,10 @@ namespace server {
 
 struct ServiceLimits {
   int64_t max_message_bytes = 0;
+  // The largest request gRPC receives: max_message_bytes, or less when the
+  // transport's share of --max-memory-mb is smaller (0: max_message_bytes).
+  // What ListModels tells clients.
+  int64_t max_receive_bytes = 0;
   int64_t max_request_memory_bytes = int64_t{1} << 30;
   int max_stream_in_flight = 4;
   int max_queue = 64;

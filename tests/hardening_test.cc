@@ -231,6 +231,23 @@ TEST(Hardening, HostileShapesAndNamesGetShortErrors) {
   EXPECT_EQ((*s)[1].error().code(), grpc::StatusCode::NOT_FOUND);
 }
 
+// With a small --max-memory-mb the transport's quarter of it, not
+// --max-message-mb, bounds what can be received: ListModels says so.
+TEST(Hardening, ListModelsTellsTheReceiveLimitOfASmallMemoryBudget) {
+  for (const auto& [flags, want_mib] :
+       {std::pair<std::vector<std::string>, int64_t>{{"--max-memory-mb=64"}, 16},
+        {{"--max-memory-mb=64", "--max-message-mb=8"}, 8},
+        {{"--max-memory-mb=4096"}, 256}}) {
+    ServerProcess server(flags);
+    ASSERT_TRUE(server.ok()) << server.Output();
+    absl::StatusOr<v1::ListModelsResponse> models =
+        AttentionClient(AttentionClient::Connect(server.target())).ListModels();
+    ASSERT_TRUE(models.ok()) << models.status();
+    EXPECT_EQ(models->limits().max_message_bytes(), want_mib << 20) << server.Output();
+    EXPECT_THAT(server.Output(), HasSubstr("requests up to " + std::to_string(want_mib) + " MiB"));
+  }
+}
+
 TEST(Hardening, AResultTooLargeToSendIsRefusedBeforeComputing) {
   ServerProcess server({"--max-message-mb=16", "--workers=1"});
   ASSERT_TRUE(server.ok()) << server.Output();
