@@ -56,10 +56,12 @@ std::string Executor::pinned_cpus() const {
 
 Executor::~Executor() { Shutdown(); }
 
-bool Executor::TrySubmit(std::function<void()> task) {
+bool Executor::TrySubmit(std::function<void()> task, size_t no_ops) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_ || queue_.size() >= max_queue_ + idle_) return false;
+    if (stopping_ || queue_.size() - std::min(no_ops, queue_.size()) >= max_queue_ + idle_) {
+      return false;
+    }
     queue_.push_back(std::move(task));
   }
   cv_.notify_one();

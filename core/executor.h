@@ -50,10 +50,12 @@ class Executor {
   Executor& operator=(const Executor&) = delete;
 
   // Queues `task`. Returns false, without running it, when max_queue tasks are
-  // already waiting beyond those an idle worker is about to take, or
-  // Shutdown() has been called. A task that throws is reported on stderr
-  // and dropped (it must not: tasks own their errors).
-  bool TrySubmit(std::function<void()> task);
+  // already waiting beyond those an idle worker is about to take and the
+  // `no_ops` the caller knows will return at once (a batcher's requests that
+  // another batch answered), or Shutdown() has been called. A task that
+  // throws is reported on stderr and dropped (it must not: tasks own their
+  // errors).
+  bool TrySubmit(std::function<void()> task, size_t no_ops = 0);
 
   // Stops accepting tasks, runs those already queued, joins the workers.
   void Shutdown();

@@ -144,7 +144,7 @@ bool Batcher::Submit(Request request) {
     }
     (*group)->pending.push_back(pending);
   }
-  if (!executor_->TrySubmit([this, pending] { Run(pending); })) {
+  if (!executor_->TrySubmit([this, pending] { Run(pending); }, answered_queued())) {
     std::lock_guard<std::mutex> lock(mu_);
     if (!pending->taken) {
       pending->taken = true;  // another worker's batch may have taken it meanwhile
@@ -154,7 +154,8 @@ bool Batcher::Submit(Request request) {
       }
       return false;
     }
-    // Taken by a batch already: it is answered there.
+    // Taken by a batch already: it is answered there, and has no task.
+    --answered_queued_;
   }
   arrived_.notify_all();
   return true;
@@ -165,7 +166,8 @@ void Batcher::Take(Group* group, std::vector<std::shared_ptr<Pending>>* batch) c
   for (const auto& p : group->pending) {
     if (batch->size() >= max) break;
     if (p->taken) continue;
-    p->taken = true;
+    p->taken = true;  // another's batch: its own task, queued, is a no-op now
+    ++answered_queued_;
     batch->push_back(p);
   }
   auto& v = group->pending;
@@ -183,7 +185,10 @@ void Batcher::Run(const std::shared_ptr<Pending>& own) {
   std::vector<std::shared_ptr<Pending>> batch;
   {
     std::unique_lock<std::mutex> lock(mu_);
-    if (own->taken) return;  // answered by an earlier batch
+    if (own->taken) {  // answered by an earlier batch
+      --answered_queued_;
+      return;
+    }
     Group* group = nullptr;
     for (auto& g : groups_) {
       if (std::find(g->pending.begin(), g->pending.end(), own) != g->pending.end()) {

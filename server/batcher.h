@@ -37,6 +37,8 @@
 #ifndef SERVER_BATCHER_H_
 #define SERVER_BATCHER_H_
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -80,6 +82,13 @@ class Batcher {
   // False when the executor's queue is full (nothing is called then).
   bool Submit(Request request);
 
+  // Executor tasks still queued whose request a batch has already answered:
+  // each returns at once when a worker takes it, so they are not waiting
+  // work (a busy batching server would otherwise look fuller than it is).
+  size_t answered_queued() const {
+    return static_cast<size_t>(std::max<int64_t>(0, answered_queued_.load()));
+  }
+
   // Whether `args` may be merged with others at all: rank-3 inputs, no
   // attn_mask, and no inline projection (`inline_projection` points to the
   // request's own weights: those differ between requests).
@@ -120,6 +129,7 @@ class Batcher {
 
   Executor* const executor_;
   const Options options_;
+  mutable std::atomic<int64_t> answered_queued_{0};  // see answered_queued()
   std::mutex mu_;
   std::condition_variable arrived_;
   // Few kinds at a time: a linear search. Pointers stay valid while a worker

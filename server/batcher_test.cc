@@ -365,6 +365,45 @@ TEST(BatcherTest, AFullQueueRefuses) {
   EXPECT_EQ(recorded.Sizes(), std::vector<int>({1}));
 }
 
+// A request a batch has answered leaves its executor task queued until a
+// worker pops it (a no-op then): such tasks do not fill the queue.
+TEST(BatcherTest, AnsweredRequestsDoNotFillTheQueue) {
+  std::mt19937 rng(9);
+  const Model model({}, rng);
+  BusyExecutor busy(/*max_queue=*/2);
+  Recorded recorded;
+  Batcher batcher(busy.get(), recorded.Options(100, 32));
+  auto a = model.Make(1, rng), b = model.Make(1, rng);
+  std::promise<void> computing, gate;
+  std::shared_future<void> opened = gate.get_future().share();
+  Batcher::Request held = a->Request();
+  held.started = [&computing, opened] {
+    computing.set_value();
+    opened.wait();  // the batch of a and b computes until the gate opens
+  };
+  ASSERT_TRUE(batcher.Submit(std::move(held)));
+  ASSERT_TRUE(batcher.Submit(b->Request()));  // the queue is full: a's task and b's
+  busy.Release();
+  computing.get_future().wait();  // a's task took b along: b's task is a no-op now
+  EXPECT_EQ(batcher.answered_queued(), 1u);
+  EXPECT_EQ(busy.get()->queued(), 1u);
+  std::vector<Member*> accepted = {a.get(), b.get()};
+  std::vector<bool> admitted;
+  std::vector<std::unique_ptr<Member>> more;
+  for (int i = 0; i < 3; ++i) {
+    more.push_back(model.Make(1, rng));
+    admitted.push_back(batcher.Submit(more.back()->Request()));
+    if (admitted.back()) accepted.push_back(more.back().get());
+  }
+  // Two fit (the second is refused if b's no-op counts), the third not.
+  EXPECT_EQ(admitted, std::vector<bool>({true, true, false}));
+  gate.set_value();
+  for (Member* m : accepted) EXPECT_TRUE(m->Wait().ok());
+  busy.get()->Shutdown();
+  EXPECT_EQ(batcher.answered_queued(), 0u);
+  EXPECT_EQ(recorded.Sizes(), std::vector<int>({2, 2}));
+}
+
 }  // namespace
 }  // namespace server
 }  // namespace attention

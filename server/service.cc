@@ -18,9 +18,9 @@ namespace attention {
 namespace server {
 namespace {
 
-absl::Status Saturated(const Executor& executor) {
+absl::Status Saturated(size_t waiting) {
   return absl::ResourceExhaustedError(
-      absl::StrCat("server is saturated: ", executor.queued(),
+      absl::StrCat("server is saturated: ", waiting,
                    " requests already wait for compute; retry later or add replicas"));
 }
 
@@ -162,7 +162,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
         });
     if (!queued) {
       item->Release();
-      const absl::Status saturated = Saturated(*service_->executor());
+      const absl::Status saturated = Saturated(service_->Waiting());
       item->response = EncodeError(item->request.id(), saturated);
       service_->metrics()->Finish(item->call, saturated, item->response.Length());
     }
@@ -295,7 +295,7 @@ absl::Status AttentionServiceImpl::Admit(const Request& request, const std::stri
   }
   if (!s.ok()) return s;
   // The last quarter of the queue is kept for connections below their share.
-  const bool busy = 4 * static_cast<int64_t>(executor_->queued()) >= 3 * limits_.max_queue;
+  const bool busy = 4 * static_cast<int64_t>(Waiting()) >= 3 * limits_.max_queue;
   s = shares_.Enter(peer, busy, ticket);
   if (!s.ok()) call->refusal = CallRecord::Refusal::kConnectionShare;
   return s;
@@ -369,7 +369,7 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Unary(const char* rpc,
       });
   if (!queued) {
     reactor->Release();
-    finish(Saturated(*executor_), 0);
+    finish(Saturated(Waiting()), 0);
   }
   return reactor;
 }

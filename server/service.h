@@ -18,6 +18,7 @@
 #ifndef SERVER_SERVICE_H_
 #define SERVER_SERVICE_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -110,6 +111,12 @@ class AttentionServiceImpl final : public ServiceBase {
                      Reservation* held, ConnectionShares::Ticket* ticket);
 
   Executor* executor() { return executor_; }
+  // Requests waiting for compute: the executor's queue, less the tasks of
+  // requests a batch already answered.
+  size_t Waiting() const {
+    const size_t queued = executor_->queued();
+    return queued - (batcher_ ? std::min(queued, batcher_->answered_queued()) : 0);
+  }
   ServiceMetrics* metrics() { return metrics_; }
   const ServiceLimits& limits() const { return limits_; }
 
