@@ -137,11 +137,11 @@ struct Bound {
   std::unordered_map<int, dnnl::memory> args;
 };
 
+constexpr int kArgs[] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_BIAS, DNNL_ARG_DST};
+
 // Runs `p` on this thread's stream with its arguments' data: data[i] for
 // kArgs[i], described by the primitive's a, b, bias and c (an argument whose
 // descriptor is empty is not the primitive's, and its data is ignored).
-constexpr int kArgs[] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_BIAS, DNNL_ARG_DST};
-
 void Run(const std::shared_ptr<const Cached>& p, const void* const (&data)[4]) {
   thread_local std::unordered_map<const Cached*, Bound> bound;
   auto it = bound.find(p.get());
