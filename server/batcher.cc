@@ -82,7 +82,23 @@ bool Batcher::Compatible(const AttentionArgs& a, const AttentionArgs& b) {
 
 absl::Status Batcher::ComputeMerged(const std::vector<const AttentionArgs*>& members,
                                     const ComputeOptions& options,
-                                    const std::vector<OutputBuffers*>& outputs) {
+                                    const std::vector<OutputBuffers*>& outputs,
+                                    MemoryBudget* budget) {
+  Reservation copies(budget);
+  if (budget != nullptr) {
+    int64_t bytes = 0;  // the concatenated inputs and the whole results
+    for (const AttentionArgs* m : members) {
+      for (const std::optional<TensorView>& t :
+           {std::optional<TensorView>(m->query), m->key, m->value, m->key_padding_mask}) {
+        if (t) bytes += static_cast<int64_t>(t->byte_size);
+      }
+      absl::StatusOr<AttentionPlanInfo> info = PlanAttention(*m, options);
+      if (!info.ok()) return info.status();
+      bytes += 4 * ShapeProduct(info->output_shape);
+      if (!info->weights_shape.empty()) bytes += 4 * ShapeProduct(info->weights_shape);
+    }
+    if (absl::Status s = copies.Add(bytes); !s.ok()) return s;
+  }
   AttentionArgs merged = *members[0];
   std::vector<char> query, key, value, padding;
   merged.query = Concatenate(
@@ -281,8 +297,8 @@ void Batcher::Compute(const std::vector<std::shared_ptr<Pending>>& batch) const 
     }
     return last;
   };
-  const absl::Status merged =
-      GuardStatus([&] { return ComputeMerged(args, options, outputs); }, "out of memory");
+  const absl::Status merged = GuardStatus(
+      [&] { return ComputeMerged(args, options, outputs, options_.budget); }, "out of memory");
   for (Request* r : live) {
     if (!merged.ok()) {
       r->done(alone(r));  // each on its own: one request never fails another

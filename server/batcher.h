@@ -29,8 +29,9 @@
 // would compute (float32 rounding aside). Each request's `check` is applied
 // to it alone: one whose caller left is answered with its status and does
 // not stop the others; the merged computation is aborted only when every
-// member is gone. If the merged computation fails, each member is computed
-// alone, so one request never fails another.
+// member is gone. If the merged computation fails (or its own copies do not
+// fit the memory budget), each member is computed alone, so one request
+// never fails another.
 //
 // Thread-safe. The Batcher must outlive the Executor's tasks it submitted
 // (shut the executor down first).
@@ -50,6 +51,7 @@
 #include "absl/status/status.h"
 #include "core/attention.h"
 #include "core/executor.h"
+#include "server/memory_budget.h"
 
 namespace attention {
 namespace server {
@@ -62,6 +64,9 @@ class Batcher {
     int max_threads = 0;   // ComputeOptions::max_threads of each computation
     // Each member's memory limit; a batch may use this times its size.
     int64_t max_request_memory_bytes = int64_t{1} << 30;
+    // The server's memory budget (optional, not owned): a merged computation
+    // reserves its own copies there (ComputeMerged).
+    MemoryBudget* budget = nullptr;
     // Observers (optional): the size of each computation started, and how
     // long each request waited in the batcher (from Submit to its start).
     std::function<void(int size)> on_batch;
@@ -99,10 +104,15 @@ class Batcher {
 
   // Computes `members` (pairwise Compatible, each valid alone) as one call
   // and writes each member's results to its OutputBuffers. Inputs are copied
-  // into one buffer each; `options.max_memory_bytes` bounds the merged call.
+  // into one buffer each and the results come whole before they are split:
+  // those copies, beyond what the members reserved for themselves, are
+  // reserved in `budget` (when given) first, and a batch that does not fit
+  // is refused (ResourceExhausted; the caller then computes the members
+  // alone). `options.max_memory_bytes` bounds the merged call.
   static absl::Status ComputeMerged(const std::vector<const AttentionArgs*>& members,
                                     const ComputeOptions& options,
-                                    const std::vector<OutputBuffers*>& outputs);
+                                    const std::vector<OutputBuffers*>& outputs,
+                                    MemoryBudget* budget = nullptr);
 
  private:
   using Clock = std::chrono::steady_clock;

@@ -1,5 +1,6 @@
 #include "server/batcher.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -147,6 +148,40 @@ TEST_P(MergedTest, EachMemberGetsItsOwnAnswer) {
     ASSERT_TRUE(Batcher::Compatible(members[0]->args, members.back()->args));
   }
   ASSERT_TRUE(Batcher::ComputeMerged(args, {}, outputs).ok());
+  ExpectAsAlone(members);
+}
+
+// A merged computation's own copies (the concatenated inputs, the whole
+// results) are reserved in the memory budget while it runs: refused when
+// they do not fit, given back after.
+TEST_P(MergedTest, ItsCopiesAreReservedInTheMemoryBudget) {
+  std::mt19937 rng(7);
+  const Model model(GetParam(), rng);
+  std::vector<std::unique_ptr<Member>> members;
+  std::vector<const AttentionArgs*> args;
+  std::vector<OutputBuffers*> outputs;
+  int64_t copies = 0;  // inputs and results of the members, in bytes
+  for (int64_t b : {1, 2, 3}) {
+    members.push_back(model.Make(b, rng));
+    args.push_back(&members.back()->args);
+    outputs.push_back(&members.back()->outputs);
+    const AttentionArgs& a = members.back()->args;
+    for (const auto& t : {std::optional<TensorView>(a.query), a.key, a.value, a.key_padding_mask}) {
+      if (t) copies += static_cast<int64_t>(t->byte_size);
+    }
+    const absl::StatusOr<AttentionPlanInfo> info = PlanAttention(a, {});
+    ASSERT_TRUE(info.ok()) << info.status();
+    copies += 4 * ShapeProduct(info->output_shape);
+    if (!info->weights_shape.empty()) copies += 4 * ShapeProduct(info->weights_shape);
+  }
+  MemoryBudget small(copies - 1);
+  const absl::Status refused = Batcher::ComputeMerged(args, {}, outputs, &small);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_THAT(std::string(refused.message()), ::testing::HasSubstr("memory budget"));
+  EXPECT_EQ(small.used(), 0);
+  MemoryBudget enough(copies);
+  ASSERT_TRUE(Batcher::ComputeMerged(args, {}, outputs, &enough).ok());
+  EXPECT_EQ(enough.used(), 0);
   ExpectAsAlone(members);
 }
 
@@ -349,6 +384,31 @@ TEST(BatcherTest, ACancelledMemberDoesNotFailTheOthers) {
 }
 
 // When the executor's queue is full, Submit refuses and never calls done.
+// A batch whose copies do not fit the memory budget computes its members
+// one by one: every answer still right, nothing left reserved (the refusal
+// itself: MergedTest.ItsCopiesAreReservedInTheMemoryBudget).
+TEST(BatcherTest, ABatchOverTheMemoryBudgetComputesItsMembersAlone) {
+  std::mt19937 rng(10);
+  const Model model({}, rng);
+  BusyExecutor busy;
+  Recorded recorded;
+  MemoryBudget budget(64);  // far below any batch's copies
+  Batcher::Options options = recorded.Options(100, 32);
+  options.budget = &budget;
+  Batcher batcher(busy.get(), std::move(options));
+  std::vector<std::unique_ptr<Member>> members;
+  for (int i = 0; i < 3; ++i) {
+    members.push_back(model.Make(1 + i % 2, rng));
+    ASSERT_TRUE(batcher.Submit(members.back()->Request()));
+  }
+  busy.Release();
+  for (auto& m : members) EXPECT_TRUE(m->Wait().ok());
+  busy.get()->Shutdown();
+  ExpectAsAlone(members);
+  EXPECT_EQ(recorded.Sizes(), std::vector<int>({3}));  // one batch, its members alone
+  EXPECT_EQ(budget.used(), 0);
+}
+
 TEST(BatcherTest, AFullQueueRefuses) {
   std::mt19937 rng(8);
   const Model model({}, rng);

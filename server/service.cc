@@ -197,6 +197,7 @@ AttentionServiceImpl::AttentionServiceImpl(const ModelRegistry* models, Executor
     options.max_size = limits_.batch_max_size;
     options.max_threads = executor_->threads_per_worker();
     options.max_request_memory_bytes = limits_.max_request_memory_bytes;
+    options.budget = limits_.memory_budget;
     options.on_batch = [metrics](int size) { metrics->BatchStarted(size); };
     options.on_wait = [metrics](double seconds) { metrics->BatchWaited(seconds); };
     batcher_ = std::make_unique<Batcher>(executor_, std::move(options));
