@@ -288,13 +288,16 @@ struct Recorded {
 };
 
 // Submits `count` requests (B = 1 or 2) while compute is busy, then lets it
-// run; returns the batch sizes, after checking every answer.
-std::vector<int> BatchesOfQueued(int count, int max_size) {
+// run; returns the batch sizes, after checking every answer. `budget`: the
+// batcher's memory budget (optional).
+std::vector<int> BatchesOfQueued(int count, int max_size, MemoryBudget* budget = nullptr) {
   std::mt19937 rng(2);
   const Model model({}, rng);
   Recorded recorded;
   BusyExecutor busy;
-  Batcher batcher(busy.get(), recorded.Options(100, max_size));
+  Batcher::Options options = recorded.Options(100, max_size);
+  options.budget = budget;
+  Batcher batcher(busy.get(), std::move(options));
   std::vector<std::unique_ptr<Member>> members;
   for (int i = 0; i < count; ++i) {
     members.push_back(model.Make(1 + i % 2, rng));
@@ -388,24 +391,8 @@ TEST(BatcherTest, ACancelledMemberDoesNotFailTheOthers) {
 // one by one: every answer still right, nothing left reserved (the refusal
 // itself: MergedTest.ItsCopiesAreReservedInTheMemoryBudget).
 TEST(BatcherTest, ABatchOverTheMemoryBudgetComputesItsMembersAlone) {
-  std::mt19937 rng(10);
-  const Model model({}, rng);
-  BusyExecutor busy;
-  Recorded recorded;
   MemoryBudget budget(64);  // far below any batch's copies
-  Batcher::Options options = recorded.Options(100, 32);
-  options.budget = &budget;
-  Batcher batcher(busy.get(), std::move(options));
-  std::vector<std::unique_ptr<Member>> members;
-  for (int i = 0; i < 3; ++i) {
-    members.push_back(model.Make(1 + i % 2, rng));
-    ASSERT_TRUE(batcher.Submit(members.back()->Request()));
-  }
-  busy.Release();
-  for (auto& m : members) EXPECT_TRUE(m->Wait().ok());
-  busy.get()->Shutdown();
-  ExpectAsAlone(members);
-  EXPECT_EQ(recorded.Sizes(), std::vector<int>({3}));  // one batch, its members alone
+  EXPECT_EQ(BatchesOfQueued(3, 32, &budget), std::vector<int>({3}));  // its members alone
   EXPECT_EQ(budget.used(), 0);
 }
 

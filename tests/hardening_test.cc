@@ -31,20 +31,20 @@ using ::testing::HasSubstr;
 
 constexpr int64_t kMiB = 1 << 20;
 
-
-// Self-attention without a model: [32, 64, 1024] float32, 8 heads (8 MiB in,
-// 8 MiB out, a few milliseconds of compute).
-struct Flood {
+// A self-attention call without a model on random input, and its answer
+// computed here.
+struct SelfAttentionCall {
   FloatTensor input;
   FloatTensor want;
+  int heads;
 
-  Flood() {
-    std::mt19937 rng(7);
-    input = RandomTensor({32, 64, 1024}, rng);
+  SelfAttentionCall(std::vector<int64_t> shape, int num_heads, int seed) : heads(num_heads) {
+    std::mt19937 rng(seed);
+    input = RandomTensor(std::move(shape), rng);
     AttentionArgs args;
     args.query = input.view();
     args.self_attention = true;
-    args.num_heads = 8;
+    args.num_heads = heads;
     VectorOutputs out;
     EXPECT_TRUE(ComputeAttention(args, {}, &out).ok());
     want = out.output;
@@ -52,10 +52,14 @@ struct Flood {
   v1::SelfAttentionRequest Request() const {
     v1::SelfAttentionRequest r;
     *r.mutable_input() = ToProto(input.view());
-    r.mutable_options()->set_num_heads(8);
+    r.mutable_options()->set_num_heads(heads);
     return r;
   }
 };
+
+// The flood's call: [32, 64, 1024] float32, 8 heads (8 MiB in, 8 MiB out, a
+// few milliseconds of compute).
+SelfAttentionCall Flood() { return SelfAttentionCall({32, 64, 1024}, 8, 7); }
 
 // An honest client during a flood: small calls, one at a time, on a
 // connection of its own, until stopped.
@@ -63,17 +67,8 @@ class HonestClient {
  public:
   explicit HonestClient(const std::string& target)
       : thread_([this, target] {
-          std::mt19937 rng(3);
-          const FloatTensor x = RandomTensor({1, 16, 64}, rng);
-          AttentionArgs args;
-          args.query = x.view();
-          args.self_attention = true;
-          args.num_heads = 4;
-          VectorOutputs want;
-          ASSERT_TRUE(ComputeAttention(args, {}, &want).ok());
-          v1::SelfAttentionRequest r;
-          *r.mutable_input() = ToProto(x.view());
-          r.mutable_options()->set_num_heads(4);
+          const SelfAttentionCall call({1, 16, 64}, 4, 3);
+          const v1::SelfAttentionRequest r = call.Request();
           // As a production client does, it retries calls the server's
           // transport closed or cut (UNAVAILABLE, RST_STREAM) a few times.
           constexpr int kRetries = 3;
@@ -85,7 +80,7 @@ class HonestClient {
             std::lock_guard<std::mutex> lock(mu_);
             if (response.ok()) {
               ++ok_;
-              if (ErrorAgainst(response->output(), want.output.view()) > 1e-5) ++wrong_;
+              if (ErrorAgainst(response->output(), call.want.view()) > 1e-5) ++wrong_;
             } else {
               failures_.push_back(response.status().ToString());
             }
@@ -117,7 +112,7 @@ TEST(Hardening, AFloodStaysWithinTheMemoryBudget) {
   ServerProcess server({"--max-memory-mb=" + std::to_string(kBudgetMiB), "--workers=1",
                         "--max-queue=64"});
   ASSERT_TRUE(server.ok()) << server.Output();
-  const Flood flood;
+  const SelfAttentionCall flood = Flood();
   const v1::SelfAttentionRequest request = flood.Request();
   AttentionClient warm(AttentionClient::Connect(server.target()));
   ASSERT_TRUE(warm.SelfAttention(request).ok());  // the libraries' and threads' own memory
