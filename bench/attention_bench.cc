@@ -320,14 +320,14 @@ absl::Status PipelinedCalls(grpc::GenericStub& stub, const std::string& method,
     int started = 0, finished = 0;
     absl::Status status;
   } shared;
-  struct Call {
+  struct InFlightCall {
     grpc::ClientContext ctx;
     grpc::ByteBuffer response;
   };
   // Starts one call that shared.started already counts; its completion
   // starts the next (outside the lock) while calls remain.
   std::function<void()> start = [&] {
-    auto* call = new Call;
+    auto* call = new InFlightCall;
     client::ApplyOptions({60}, &call->ctx);
     stub.UnaryCall(&call->ctx, method, grpc::StubOptions(), &request, &call->response,
                    [&, call](grpc::Status r) {
@@ -394,7 +394,7 @@ int RunAgainstTarget(const client::CliArgs& a, const Settings& s, const Data& d,
   std::shared_ptr<grpc::Channel> channel = client::AttentionClient::Connect(a.Get("target"));
   client::AttentionClient c(channel);
   // The same options on the wire; the server's model instead of inline weights if named.
-  v1::AttentionOptions o = wire::ToWire(args);
+  v1::AttentionOptions o = convert::ToWire(args);
   if (s.projection && a.Has("model")) {
     o.clear_projection();
     o.set_model(a.Get("model"));

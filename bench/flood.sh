@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The flood of issue 13 against a server with a memory budget: starts
+# A flood of large uploads against a server with a memory budget: starts
 # attention-server (--max-memory-mb, default 512) on loopback, runs
 # attention-flood (48 callers x 2 requests of 50 MiB by default), prints its
 # JSON line (answered, refused, the server's peak and final RSS) and stops

@@ -94,7 +94,7 @@ absl::Status LoadProjection(const std::string& path, v1::AttentionOptions* optio
   if (!file.ok()) return file.status();
   absl::StatusOr<ProjectionWeights> weights = ProjectionFromTensors(file->tensors, path);
   if (!weights.ok()) return weights.status();
-  *options->mutable_projection() = wire::ToWire(*weights);
+  *options->mutable_projection() = convert::ToWire(*weights);
   if (options->num_heads() == 0) {
     auto heads = file->metadata.find("num_heads");
     int64_t h = 0;
@@ -134,7 +134,7 @@ absl::Status FillOptions(const CliArgs& args, v1::AttentionOptions* o) {
   o->set_model(args.Get("model"));
   absl::StatusOr<Precision> precision = ParsePrecision(args.Get("precision", "float32"));
   if (!precision.ok()) return precision.status();
-  o->set_precision(wire::ToWire(*precision));
+  o->set_precision(convert::ToWire(*precision));
   if (args.Has("projection")) return LoadProjection(args.Get("projection"), o);
   return absl::OkStatus();
 }

@@ -19,7 +19,7 @@
 namespace attention {
 namespace client {
 
-using wire::ToWire;
+using convert::ToWire;
 
 v1::Tensor MakeTensor(const std::vector<int64_t>& shape, const float* data, DType wire) {
   v1::Tensor t;
@@ -73,7 +73,7 @@ v1::Tensor FromNpy(const NpyArray& a, DType wire) {
 }
 
 absl::StatusOr<FloatTensor> ToFloat(const v1::Tensor& t, const std::string& name) {
-  absl::StatusOr<TensorView> parsed = wire::View(t, name);
+  absl::StatusOr<TensorView> parsed = convert::View(t, name);
   if (!parsed.ok()) return parsed.status();
   const TensorView& view = *parsed;
   absl::StatusOr<int64_t> n = CheckedElements(view, name);
@@ -94,7 +94,7 @@ absl::StatusOr<NpyArray> ToNpy(const v1::Tensor& t, const std::string& name) {
     a.data.assign(reinterpret_cast<const char*>(f->data.data()), f->data.size() * 4);
     return a;
   }
-  absl::StatusOr<TensorView> view = wire::View(t, name);
+  absl::StatusOr<TensorView> view = convert::View(t, name);
   if (!view.ok()) return view.status();
   a.dtype = view->dtype;
   if (absl::Status s = CheckedElements(*view, name).status(); !s.ok()) return s;

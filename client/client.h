@@ -29,7 +29,7 @@
 #include "client/security.h"
 #include "core/tensor.h"
 #include "grpcpp/grpcpp.h"
-#include "proto/convert.h"  // wire::ToWire, wire::View
+#include "proto/convert.h"  // convert::ToWire, convert::View
 
 namespace attention {
 namespace client {

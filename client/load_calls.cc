@@ -30,7 +30,7 @@ absl::Status OpenChannels(const std::string& target, int connections,
   return absl::OkStatus();
 }
 
-grpc::ByteBuffer* ResponseOf(const Workload& w, Call* call) {
+grpc::ByteBuffer* ResponseOf(const Workload& w, LoadCall* call) {
   return w.rpc == RpcKind::kHealth ? nullptr : &call->response;
 }
 
@@ -70,14 +70,14 @@ UnaryCalls::~UnaryCalls() {
   }
 }
 
-void UnaryCalls::Start(Call* call) {
+void UnaryCalls::Start(LoadCall* call) {
   ++in_flight_;
   call->retries = 0;
   call->deadline = std::chrono::system_clock::now() + timeout_;
   StartAttempt(call);
 }
 
-void UnaryCalls::StartAttempt(Call* call) {
+void UnaryCalls::StartAttempt(LoadCall* call) {
   call->reader.reset();
   call->context.reset();
   call->context.emplace();
@@ -88,7 +88,7 @@ void UnaryCalls::StartAttempt(Call* call) {
   call->reader->Finish(&call->response, &call->status, call);
 }
 
-void UnaryCalls::Handle(Call* call) {
+void UnaryCalls::Handle(LoadCall* call) {
   if (ShouldRetry(call->status, call->retries, ch_.retries)) {
     ++call->retries;
     return StartAttempt(call);
@@ -100,14 +100,14 @@ void UnaryCalls::Handle(Call* call) {
 void UnaryCalls::RunUntilIdle() {
   void* tag;
   bool ok;  // always true for a unary call's Finish
-  while (in_flight_ > 0 && cq_.Next(&tag, &ok)) Handle(static_cast<Call*>(tag));
+  while (in_flight_ > 0 && cq_.Next(&tag, &ok)) Handle(static_cast<LoadCall*>(tag));
 }
 
 void UnaryCalls::RunInBackground() {
   thread_ = std::thread([this] {
     void* tag;
     bool ok;
-    while (cq_.Next(&tag, &ok)) Handle(static_cast<Call*>(tag));
+    while (cq_.Next(&tag, &ok)) Handle(static_cast<LoadCall*>(tag));
   });
 }
 

@@ -18,10 +18,10 @@
 //                                     /*security=*/{}, &ch);
 //       !s.ok()) ...
 //   ch.retries = 3;
-//   UnaryCalls calls(workload, ch, /*timeout_s=*/30, [](UnaryCalls& calls, Call* call) {
+//   UnaryCalls calls(workload, ch, /*timeout_s=*/30, [](UnaryCalls& calls, LoadCall* call) {
 //     ... call->status, call->response ...   // then calls.Start(call) again, or not
 //   });
-//   Call call;
+//   LoadCall call;
 //   call.index = 3;                           // the pool entry to send
 //   calls.Start(&call);
 //   calls.RunUntilIdle();                     // handles completions until none is in flight
@@ -68,7 +68,7 @@ absl::Status OpenChannels(const std::string& target, int connections,
 
 // One unary call: what the driver sets before UnaryCalls::Start, and what
 // the call leaves when it is done. May be started again once done.
-struct Call {
+struct LoadCall {
   size_t index = 0;           // the pool entry sent
   double scheduled_us = 0;    // open loop: when the request was due (us since the level began)
   double sent_us = 0;         // when it was sent
@@ -86,7 +86,7 @@ struct Call {
 
 // The response a finished `call` has for the recorder: nullptr for health
 // checks (their response is not checked).
-grpc::ByteBuffer* ResponseOf(const Workload& w, Call* call);
+grpc::ByteBuffer* ResponseOf(const Workload& w, LoadCall* call);
 
 // Unary calls of `w` over `ch` on one completion queue. Start() is
 // thread-safe; completions are handled by one thread at a time, RunUntilIdle's
@@ -95,7 +95,7 @@ class UnaryCalls {
  public:
   // Runs once per started call when its last attempt has ended; may Start()
   // calls, this one again included.
-  using Done = std::function<void(UnaryCalls& calls, Call* call)>;
+  using Done = std::function<void(UnaryCalls& calls, LoadCall* call)>;
 
   // `w` and `ch` must outlive this; every attempt has a deadline timeout_s
   // after its call started.
@@ -107,7 +107,7 @@ class UnaryCalls {
 
   // Starts `call`: pool entry call->index, on the next channel. `call` must
   // live until `done` has run for it.
-  void Start(Call* call);
+  void Start(LoadCall* call);
 
   // Handles completions on the calling thread until no call is in flight
   // (at once when none was started).
@@ -117,8 +117,8 @@ class UnaryCalls {
   void RunInBackground();
 
  private:
-  void StartAttempt(Call* call);
-  void Handle(Call* call);  // an attempt has ended
+  void StartAttempt(LoadCall* call);
+  void Handle(LoadCall* call);  // an attempt has ended
 
   const Workload& w_;
   Channels& ch_;

@@ -81,7 +81,7 @@ class Progress {
 void ClosedLoopUnary(const Workload& w, Channels& ch, const RunSettings& s, Recorder& rec) {
   const auto start = Clock::now();
   int64_t issued = 0;  // this thread starts every call
-  auto next = [&](UnaryCalls& calls, Call* call) {
+  auto next = [&](UnaryCalls& calls, LoadCall* call) {
     const int64_t i = issued++;
     if (TimeUp(s, start, i)) return;  // this caller is done
     call->index = static_cast<size_t>(i) % w.size();
@@ -89,14 +89,14 @@ void ClosedLoopUnary(const Workload& w, Channels& ch, const RunSettings& s, Reco
     call->sent_us = NowUs(start);
     calls.Start(call);
   };
-  UnaryCalls calls(w, ch, s.timeout, [&](UnaryCalls& running, Call* call) {
+  UnaryCalls calls(w, ch, s.timeout, [&](UnaryCalls& running, LoadCall* call) {
     rec.DoneSerialized(call->status, ResponseOf(w, call), call->index,
                        {-1, call->sent_us, NowUs(start)});
     rec.Retried(call->retries);
     next(running, call);
   });
-  std::vector<Call> callers(static_cast<size_t>(s.level));
-  for (Call& call : callers) next(calls, &call);
+  std::vector<LoadCall> callers(static_cast<size_t>(s.level));
+  for (LoadCall& call : callers) next(calls, &call);
   calls.RunUntilIdle();
 }
 
@@ -109,7 +109,7 @@ void OpenLoop(const Workload& w, Channels& ch, const RunSettings& s, Recorder& r
   std::mutex mu;
   std::condition_variable cv;
   int64_t outstanding = 0;
-  UnaryCalls calls(w, ch, s.timeout, [&](UnaryCalls&, Call* call) {
+  UnaryCalls calls(w, ch, s.timeout, [&](UnaryCalls&, LoadCall* call) {
     rec.DoneSerialized(call->status, ResponseOf(w, call), call->index,
                        {call->scheduled_us, call->sent_us, NowUs(start)});
     rec.Retried(call->retries);
@@ -130,7 +130,7 @@ void OpenLoop(const Workload& w, Channels& ch, const RunSettings& s, Recorder& r
       cv.wait(lock, [&] { return outstanding < s.max_outstanding; });
       ++outstanding;
     }
-    auto* call = new Call;
+    auto* call = new LoadCall;
     call->index = static_cast<size_t>(i) % w.size();
     call->scheduled_us = due_s * 1e6;
     call->sent_us = NowUs(start);

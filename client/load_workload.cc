@@ -140,8 +140,8 @@ absl::Status ComputeReferences(const CliArgs& args, Workload* w) {
     AttentionArgs a;  // views of the request: exactly what the server reads
     ProjectionWeights no_inline;
     absl::Status read = w->rpc == RpcKind::kSelfAttention
-                            ? wire::FromWire(w->self[i], &a, &no_inline)
-                            : wire::FromWire(w->attention[i], &a, &no_inline);
+                            ? convert::FromWire(w->self[i], &a, &no_inline)
+                            : convert::FromWire(w->attention[i], &a, &no_inline);
     if (!read.ok()) return read;
     a.projection = pw;
     if (pw != nullptr && a.num_heads == 0) a.num_heads = weights_model->info().num_heads;
@@ -237,7 +237,7 @@ absl::StatusOr<Workload> MakeWorkload(const CliArgs& args, RpcKind rpc, Attentio
   if (!sh.ok()) return sh.status();
   options.set_causal(args.Switch("causal"));
   options.set_weights(WireWeightsMode(*weights));
-  options.set_precision(wire::ToWire(*precision));
+  options.set_precision(convert::ToWire(*precision));
   if (absl::Status st = FillPool(args, *sh, options, *wire, &w); !st.ok()) return st;
   EncodePool(&w);
 

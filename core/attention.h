@@ -1,6 +1,6 @@
 // Multi-head attention and multi-head self-attention on the CPU, with exactly
 // the semantics of torch.nn.MultiheadAttention(batch_first=True) and
-// scaled_dot_product_attention in inference (see API.md, "Semantics").
+// scaled_dot_product_attention in inference (docs/api.md, "Semantics").
 //
 // Usage:
 //

@@ -26,22 +26,22 @@ constexpr int64_t kCausalColumnStep = 64;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // The element type of Q, K and V (and of P in P V).
-Elem Operands(const HeadsProblem& pr) { return pr.plan->bf16 ? Elem::kBF16 : Elem::kF32; }
+Elem Operands(const HeadsProblem& problem) { return problem.plan->bf16 ? Elem::kBF16 : Elem::kF32; }
 
 // Element i of Q, K or V.
-const void* At(const HeadsProblem& pr, const void* base, int64_t i) {
-  return static_cast<const char*>(base) + i * (pr.plan->bf16 ? 2 : 4);
+const void* At(const HeadsProblem& problem, const void* base, int64_t i) {
+  return static_cast<const char*>(base) + i * (problem.plan->bf16 ? 2 : 4);
 }
 
 // Element i of the output.
-void* OutputAt(const HeadsProblem& pr, int64_t i) {
-  return static_cast<char*>(pr.out) + i * (pr.out_type == Elem::kBF16 ? 2 : 4);
+void* OutputAt(const HeadsProblem& problem, int64_t i) {
+  return static_cast<char*>(problem.out) + i * (problem.out_type == Elem::kBF16 ? 2 : 4);
 }
 
 // The bfloat16 scratch of a thread whose scratch starts at `scratch`.
-uint16_t* Bfloat16Scratch(const HeadsProblem& pr, float* scratch) {
+uint16_t* Bfloat16Scratch(const HeadsProblem& problem, float* scratch) {
   return reinterpret_cast<uint16_t*>(
-      scratch + RoundUp(ScoreScratchPerThread(*pr.plan, pr.weights), 16));
+      scratch + RoundUp(ScoreScratchPerThread(*problem.plan, problem.weights), 16));
 }
 
 // Adds `mask` at (b, h, i, j0..j0+n) to `row`.
@@ -61,9 +61,9 @@ void AddMask(const Mask& mask, int64_t b, int64_t h, int64_t i, int64_t j0, int6
 
 // Keys a tile of query rows [i0, i0 + m) needs: all S, or with causal
 // masking those up to its last row, rounded up to kCausalColumnStep.
-int64_t KeysNeeded(const HeadsProblem& pr, int64_t i0, int64_t m) {
-  const int64_t S = pr.plan->S;
-  if (!pr.causal) return S;
+int64_t KeysNeeded(const HeadsProblem& problem, int64_t i0, int64_t m) {
+  const int64_t S = problem.plan->S;
+  if (!problem.causal) return S;
   return std::min(S, RoundUp(i0 + m, kCausalColumnStep));
 }
 
@@ -87,11 +87,11 @@ float RowMax(const float* row, int64_t n) {
 // Adds every mask to the scores of query row i of head h over keys
 // [j0, j0 + n) and returns the row's largest masked score (-inf when all of
 // them are masked).
-float MaskRow(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n,
+float MaskRow(const HeadsProblem& problem, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n,
               float* row) {
-  if (pr.attn_mask) AddMask(*pr.attn_mask, b, h, i, j0, n, row);
-  if (pr.key_padding_mask) AddMask(*pr.key_padding_mask, b, h, i, j0, n, row);
-  if (pr.causal) std::fill(row + std::clamp<int64_t>(i + 1 - j0, 0, n), row + n, kNegInf);
+  if (problem.attn_mask) AddMask(*problem.attn_mask, b, h, i, j0, n, row);
+  if (problem.key_padding_mask) AddMask(*problem.key_padding_mask, b, h, i, j0, n, row);
+  if (problem.causal) std::fill(row + std::clamp<int64_t>(i + 1 - j0, 0, n), row + n, kNegInf);
   return RowMax(row, n);
 }
 
@@ -100,9 +100,9 @@ float MaskRow(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i, int64_t j
 // denominator. With bfloat16 products the probabilities go to `p16` (row
 // stride n) in the same pass, and stay in `p` only with `keep_float32`
 // (else `p` holds the unnormalised exponentials).
-void Softmax(const HeadsProblem& pr, int64_t m, int64_t n, float* p, int64_t ld,
+void Softmax(const HeadsProblem& problem, int64_t m, int64_t n, float* p, int64_t ld,
              const float* row_max, bool keep_float32, uint16_t* p16, float* sums) {
-  if (pr.plan->bf16) return SoftmaxRowsToBfloat16(m, n, p, ld, keep_float32, p16, n, sums);
+  if (problem.plan->bf16) return SoftmaxRowsToBfloat16(m, n, p, ld, keep_float32, p16, n, sums);
   internal::SoftmaxRows(m, n, ld, p);
   for (int64_t r = 0; r < m; ++r) {
     float* row = p + r * ld;
@@ -115,9 +115,9 @@ void Softmax(const HeadsProblem& pr, int64_t m, int64_t n, float* p, int64_t ld,
 
 // P as the P V product reads it: float32 `p` (row stride ld), or the
 // bfloat16 `p16` (row stride n) Softmax wrote.
-const void* ProductProbabilities(const HeadsProblem& pr, const float* p, int64_t n, int64_t& ld,
-                                 const uint16_t* p16) {
-  if (!pr.plan->bf16) return p;
+const void* ProductProbabilities(const HeadsProblem& problem, const float* p, int64_t n,
+                                 int64_t& ld, const uint16_t* p16) {
+  if (!problem.plan->bf16) return p;
   ld = n;
   return p16;
 }
@@ -127,68 +127,73 @@ const void* ProductProbabilities(const HeadsProblem& pr, const float* p, int64_t
 // scaled scores, masks, softmax over those n keys. row_max[r] is row r's
 // largest masked score; a row whose n keys are all masked has row_max -inf
 // and becomes zeros.
-void TileProbabilities(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, int64_t m,
-                       int64_t j0, int64_t n, float* p, int64_t ld, float* row_max,
-                       uint16_t* p16, float* sums) {
-  const Plan& pl = *pr.plan;
+void TileProbabilities(const HeadsProblem& problem, int64_t b, int64_t h, int64_t i0, int64_t m,
+                       int64_t j0, int64_t n, float* p, int64_t ld, float* row_max, uint16_t* p16,
+                       float* sums) {
+  const Plan& pl = *problem.plan;
   const int64_t kvh = h / (pl.H / pl.Hkv);
   GemmShape qk;
-  qk.a = Mat{m, pl.D, pr.ql.row, 1, Operands(pr)};
-  qk.b = Mat{pl.D, n, pr.kl.dim, pr.kl.row, Operands(pr)};  // K^T: in place, or packed
+  qk.a = Mat{m, pl.D, problem.ql.row, 1, Operands(problem)};
+  qk.b =
+      Mat{pl.D, n, problem.kl.dim, problem.kl.row, Operands(problem)};  // K^T: in place, or packed
   qk.c = Mat{m, n, ld, 1};
   qk.scale = pl.scale;
-  Gemm(qk, At(pr, pr.q, b * pr.ql.batch + h * pr.ql.head + i0 * pr.ql.row),
-       At(pr, pr.k, b * pr.kl.batch + kvh * pr.kl.head + j0 * pr.kl.row), p, nullptr);
-  for (int64_t r = 0; r < m; ++r) row_max[r] = MaskRow(pr, b, h, i0 + r, j0, n, p + r * ld);
-  Softmax(pr, m, n, p, ld, row_max, pr.weights != WeightsMode::kNone, p16, sums);
+  Gemm(qk, At(problem, problem.q, b * problem.ql.batch + h * problem.ql.head + i0 * problem.ql.row),
+       At(problem, problem.k, b * problem.kl.batch + kvh * problem.kl.head + j0 * problem.kl.row),
+       p, nullptr);
+  for (int64_t r = 0; r < m; ++r) row_max[r] = MaskRow(problem, b, h, i0 + r, j0, n, p + r * ld);
+  Softmax(problem, m, n, p, ld, row_max, problem.weights != WeightsMode::kNone, p16, sums);
 }
 
 // out (row stride out_row, of type out_type) = P x V for m query rows of
 // head h over keys [j0, j0 + n); P is ProductProbabilities(p, ld, p16).
-void ApplyValues(const HeadsProblem& pr, int64_t b, int64_t h, int64_t m, int64_t j0, int64_t n,
-                 const float* p, int64_t ld, const uint16_t* p16, void* out, int64_t out_row,
-                 Elem out_type) {
-  const Plan& pl = *pr.plan;
+void ApplyValues(const HeadsProblem& problem, int64_t b, int64_t h, int64_t m, int64_t j0,
+                 int64_t n, const float* p, int64_t ld, const uint16_t* p16, void* out,
+                 int64_t out_row, Elem out_type) {
+  const Plan& pl = *problem.plan;
   const int64_t kvh = h / (pl.H / pl.Hkv);
-  const void* a = ProductProbabilities(pr, p, n, ld, p16);
+  const void* a = ProductProbabilities(problem, p, n, ld, p16);
   GemmShape pv;
-  pv.a = Mat{m, n, ld, 1, Operands(pr)};
-  pv.b = Mat{n, pl.Dv, pr.vl.row, 1, Operands(pr)};
+  pv.a = Mat{m, n, ld, 1, Operands(problem)};
+  pv.b = Mat{n, pl.Dv, problem.vl.row, 1, Operands(problem)};
   pv.c = Mat{m, pl.Dv, out_row, 1, out_type};
-  Gemm(pv, a, At(pr, pr.v, b * pr.vl.batch + kvh * pr.vl.head + j0 * pr.vl.row), out, nullptr);
+  Gemm(pv, a,
+       At(problem, problem.v, b * problem.vl.batch + kvh * problem.vl.head + j0 * problem.vl.row),
+       out, nullptr);
 }
 
-void* OutputRows(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0) {
-  return OutputAt(pr, b * pr.ol.batch + h * pr.ol.head + i0 * pr.ol.row);
+void* OutputRows(const HeadsProblem& problem, int64_t b, int64_t h, int64_t i0) {
+  return OutputAt(problem, b * problem.ol.batch + h * problem.ol.head + i0 * problem.ol.row);
 }
 
 // Query rows [i0, i0 + m) of head h with whole score rows, for calls that
 // return attention weights. `scratch` holds kRowTile x S floats (unused for
 // per-head weights, whose rows are computed in place in the output).
-void AttendRows(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, float* scratch) {
-  const Plan& p = *pr.plan;
+void AttendRows(const HeadsProblem& problem, int64_t b, int64_t h, int64_t i0, float* scratch) {
+  const Plan& p = *problem.plan;
   const int64_t m = std::min(p.row_tile, p.L - i0);
-  const int64_t n = KeysNeeded(pr, i0, m);
+  const int64_t n = KeysNeeded(problem, i0, m);
   float* probs = scratch;
   int64_t ld = n;
-  if (pr.weights == WeightsMode::kPerHead) {
-    probs = pr.weights_out + ((b * p.H + h) * p.L + i0) * p.S;
+  if (problem.weights == WeightsMode::kPerHead) {
+    probs = problem.weights_out + ((b * p.H + h) * p.L + i0) * p.S;
     ld = p.S;
   }
   float row_max[kRowTile];
-  uint16_t* const p16 = Bfloat16Scratch(pr, scratch);
-  TileProbabilities(pr, b, h, i0, m, 0, n, probs, ld, row_max, p16, nullptr);
-  if (pr.weights == WeightsMode::kPerHead && n < p.S) {
+  uint16_t* const p16 = Bfloat16Scratch(problem, scratch);
+  TileProbabilities(problem, b, h, i0, m, 0, n, probs, ld, row_max, p16, nullptr);
+  if (problem.weights == WeightsMode::kPerHead && n < p.S) {
     for (int64_t r = 0; r < m; ++r) std::fill(probs + r * ld + n, probs + (r + 1) * ld, 0.0f);
   }
-  if (pr.weights == WeightsMode::kAveraged) {
+  if (problem.weights == WeightsMode::kAveraged) {
     const float inv_h = 1.0f / static_cast<float>(p.H);
-    float* avg = pr.weights_out + (b * p.L + i0) * p.S;
+    float* avg = problem.weights_out + (b * p.L + i0) * p.S;
     for (int64_t r = 0; r < m; ++r) {
       for (int64_t j = 0; j < n; ++j) avg[r * p.S + j] += probs[r * ld + j] * inv_h;
     }
   }
-  ApplyValues(pr, b, h, m, 0, n, probs, ld, p16, OutputRows(pr, b, h, i0), pr.ol.row, pr.out_type);
+  ApplyValues(problem, b, h, m, 0, n, probs, ld, p16, OutputRows(problem, b, h, i0), problem.ol.row,
+              problem.out_type);
 }
 
 // Query rows [i0, i0 + m) of head h without weights, flash-attention style:
@@ -201,23 +206,24 @@ void AttendRows(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, float*
 //   M' = max(M, m_t), a = exp(M - M'), c = l_t exp(m_t - M'),
 //   O' = a O + c (p_t V_t), Z' = a Z + c; the output row is O / Z (zeros
 //   when every key was masked: Z = 0).
-void AttendRowsFused(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, float* scratch) {
-  const Plan& p = *pr.plan;
+void AttendRowsFused(const HeadsProblem& problem, int64_t b, int64_t h, int64_t i0,
+                     float* scratch) {
+  const Plan& p = *problem.plan;
   const int64_t m = std::min(p.row_tile, p.L - i0);
-  const int64_t keys = KeysNeeded(pr, i0, m);
+  const int64_t keys = KeysNeeded(problem, i0, m);
   const int64_t dv = p.Dv;
   float* probs = scratch;                    // kRowTile x kKeyTile
   float* acc = probs + kRowTile * kKeyTile;  // kRowTile x Dv
   float* tile_out = acc + kRowTile * dv;     // kRowTile x Dv
-  uint16_t* const p16 = Bfloat16Scratch(pr, scratch);
+  uint16_t* const p16 = Bfloat16Scratch(problem, scratch);
   float run_max[kRowTile], denom[kRowTile], tile_max[kRowTile], tile_sum[kRowTile];
   std::fill_n(run_max, m, kNegInf);
   std::fill_n(denom, m, 0.0f);
   std::fill_n(acc, m * dv, 0.0f);
   for (int64_t j0 = 0; j0 < keys; j0 += kKeyTile) {
     const int64_t n = std::min(kKeyTile, keys - j0);
-    TileProbabilities(pr, b, h, i0, m, j0, n, probs, n, tile_max, p16, tile_sum);
-    ApplyValues(pr, b, h, m, j0, n, probs, n, p16, tile_out, dv, Elem::kF32);
+    TileProbabilities(problem, b, h, i0, m, j0, n, probs, n, tile_max, p16, tile_sum);
+    ApplyValues(problem, b, h, m, j0, n, probs, n, p16, tile_out, dv, Elem::kF32);
     for (int64_t r = 0; r < m; ++r) {
       if (tile_max[r] == kNegInf) continue;  // every key of this tile masked
       const float l_t = tile_sum[r];
@@ -231,15 +237,15 @@ void AttendRowsFused(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, f
       run_max[r] = new_max;
     }
   }
-  void* const out = OutputRows(pr, b, h, i0);
+  void* const out = OutputRows(problem, b, h, i0);
   for (int64_t r = 0; r < m; ++r) {
     const float inv = denom[r] > 0 ? 1.0f / denom[r] : 0.0f;
     float* row = acc + r * dv;
-    if (pr.out_type == Elem::kBF16) {
+    if (problem.out_type == Elem::kBF16) {
       for (int64_t d = 0; d < dv; ++d) row[d] *= inv;
-      RoundToBfloat16(row, dv, static_cast<uint16_t*>(out) + r * pr.ol.row);
+      RoundToBfloat16(row, dv, static_cast<uint16_t*>(out) + r * problem.ol.row);
     } else {
-      float* o = static_cast<float*>(out) + r * pr.ol.row;
+      float* o = static_cast<float*>(out) + r * problem.ol.row;
       for (int64_t d = 0; d < dv; ++d) o[d] = row[d] * inv;
     }
   }
@@ -249,12 +255,13 @@ void AttendRowsFused(const HeadsProblem& pr, int64_t b, int64_t h, int64_t i0, f
 // weights: two batched products over [nb, Hkv, G, m, *] (query head h =
 // kv * G + g reads key/value head kv by broadcasting), masks and softmax on
 // the nb x H x m score rows in `scratch`.
-void AttendBatched(const HeadsProblem& pr, int64_t b0, int64_t nb, int64_t i0, float* scratch) {
-  const Plan& p = *pr.plan;
+void AttendBatched(const HeadsProblem& problem, int64_t b0, int64_t nb, int64_t i0,
+                   float* scratch) {
+  const Plan& p = *problem.plan;
   const int64_t m = std::min(p.row_tile, p.L - i0);
-  const int64_t n = KeysNeeded(pr, i0, m);
+  const int64_t n = KeysNeeded(problem, i0, m);
   const int64_t H = p.H, Hkv = p.Hkv, G = p.H / p.Hkv;
-  const HeadLayout &ql = pr.ql, &kl = pr.kl, &vl = pr.vl, &ol = pr.ol;
+  const HeadLayout &ql = problem.ql, &kl = problem.kl, &vl = problem.vl, &ol = problem.ol;
   // [nb, Hkv, G, rows, cols]; without grouped heads (G = 1) the group
   // dimension is left out, which lets oneDNN pick its faster brgemm kernel.
   const bool bf16 = p.bf16;
@@ -268,47 +275,48 @@ void AttendBatched(const HeadsProblem& pr, int64_t b0, int64_t nb, int64_t i0, f
     // the whole sequence's). Float32 products keep their kernel choice.
     if (dims[0] == 1 && bf16) {
       strides[0] = 1;
-      for (size_t i = 1; i < dims.size(); ++i) strides[0] = std::max(strides[0], dims[i] * strides[i]);
+      for (size_t i = 1; i < dims.size(); ++i)
+        strides[0] = std::max(strides[0], dims[i] * strides[i]);
     }
     return internal::BatchMat{std::move(dims), std::move(strides)};
   };
   auto operand = [&](std::vector<int64_t> dims, std::vector<int64_t> strides) {
     internal::BatchMat m = view(std::move(dims), std::move(strides));
-    m.type = Operands(pr);
+    m.type = Operands(problem);
     return m;
   };
   const std::vector<int64_t> score_dims = {nb, Hkv, G, m, n};
   const std::vector<int64_t> score_strides = {Hkv * G * m * n, G * m * n, m * n, n, 1};
-  internal::BatchedGemm(
-      operand({nb, Hkv, G, m, p.D}, {ql.batch, G * ql.head, ql.head, ql.row, 1}),
-      operand({nb, Hkv, 1, p.D, n}, {kl.batch, kl.head, p.D * n, 1, kl.row}),
-      view(score_dims, score_strides), p.scale, At(pr, pr.q, b0 * ql.batch + i0 * ql.row),
-      At(pr, pr.k, b0 * kl.batch), scratch);
-  const bool masked = pr.causal || pr.attn_mask || pr.key_padding_mask;
+  internal::BatchedGemm(operand({nb, Hkv, G, m, p.D}, {ql.batch, G * ql.head, ql.head, ql.row, 1}),
+                        operand({nb, Hkv, 1, p.D, n}, {kl.batch, kl.head, p.D * n, 1, kl.row}),
+                        view(score_dims, score_strides), p.scale,
+                        At(problem, problem.q, b0 * ql.batch + i0 * ql.row),
+                        At(problem, problem.k, b0 * kl.batch), scratch);
+  const bool masked = problem.causal || problem.attn_mask || problem.key_padding_mask;
   std::vector<int64_t> empty_rows;
   for (int64_t bi = 0; bi < nb && masked; ++bi) {
     for (int64_t h = 0; h < H; ++h) {
       for (int64_t r = 0; r < m; ++r) {
         const int64_t row = (bi * H + h) * m + r;
-        if (MaskRow(pr, b0 + bi, h, i0 + r, 0, n, scratch + row * n) == kNegInf) {
+        if (MaskRow(problem, b0 + bi, h, i0 + r, 0, n, scratch + row * n) == kNegInf) {
           empty_rows.push_back(row);
         }
       }
     }
   }
-  uint16_t* const p16 = Bfloat16Scratch(pr, scratch);
+  uint16_t* const p16 = Bfloat16Scratch(problem, scratch);
   if (p.bf16) {  // empty rows become zeros there
-    SoftmaxRowsToBfloat16(nb * H * m, n, scratch, n, pr.weights == WeightsMode::kAveraged, p16, n,
-                          nullptr);
+    SoftmaxRowsToBfloat16(nb * H * m, n, scratch, n, problem.weights == WeightsMode::kAveraged, p16,
+                          n, nullptr);
   } else {
     internal::SoftmaxRows(nb * H * m, n, n, scratch);
     for (int64_t row : empty_rows) std::fill_n(scratch + row * n, n, 0.0f);
   }
-  if (pr.weights == WeightsMode::kAveraged) {  // the mean over heads, keys past n zero
+  if (problem.weights == WeightsMode::kAveraged) {  // the mean over heads, keys past n zero
     const float inv_h = 1.0f / static_cast<float>(H);
     for (int64_t bi = 0; bi < nb; ++bi) {
       for (int64_t r = 0; r < m; ++r) {
-        float* avg = pr.weights_out + ((b0 + bi) * p.L + i0 + r) * p.S;
+        float* avg = problem.weights_out + ((b0 + bi) * p.L + i0 + r) * p.S;
         const float* first = scratch + (bi * H * m + r) * n;
         for (int64_t j = 0; j < n; ++j) avg[j] = first[j] * inv_h;
         for (int64_t h = 1; h < H; ++h) {
@@ -320,62 +328,61 @@ void AttendBatched(const HeadsProblem& pr, int64_t b0, int64_t nb, int64_t i0, f
     }
   }
   int64_t ld = n;
-  const void* probs = ProductProbabilities(pr, scratch, n, ld, p16);
-  internal::BatchMat out =
-      view({nb, Hkv, G, m, p.Dv}, {ol.batch, G * ol.head, ol.head, ol.row, 1});
-  out.type = pr.out_type;
+  const void* probs = ProductProbabilities(problem, scratch, n, ld, p16);
+  internal::BatchMat out = view({nb, Hkv, G, m, p.Dv}, {ol.batch, G * ol.head, ol.head, ol.row, 1});
+  out.type = problem.out_type;
   internal::BatchedGemm(operand(score_dims, score_strides),
                         operand({nb, Hkv, 1, n, p.Dv}, {vl.batch, vl.head, n * p.Dv, vl.row, 1}),
-                        out, 1.0f, probs, At(pr, pr.v, b0 * vl.batch),
-                        OutputAt(pr, b0 * ol.batch + i0 * ol.row));
+                        out, 1.0f, probs, At(problem, problem.v, b0 * vl.batch),
+                        OutputAt(problem, b0 * ol.batch + i0 * ol.row));
 }
 
 // Copies every key/value head of `pr` (elements of type T) into contiguous
 // blocks, K^T as [B, Hkv, D, S] (rows PackedKeyStride apart) and V as
 // [B, Hkv, S, Dv], and points `pr` at them.
 template <typename T>
-void PackKeysValues(HeadsProblem& pr, T* kt, T* v) {
-  const Plan& p = *pr.plan;
+void PackKeysValues(HeadsProblem& problem, T* kt, T* v) {
+  const Plan& p = *problem.plan;
   const int64_t S = p.S, D = p.D, Dv = p.Dv, heads = p.B * p.Hkv;
   const int64_t ld = PackedKeyStride(S);
   constexpr int64_t kBlock = 16;  // keys a pass: a cache-friendly transpose
 #pragma omp parallel for num_threads(p.threads) schedule(static)
   for (int64_t u = 0; u < heads; ++u) {
     const int64_t b = u / p.Hkv, h = u % p.Hkv;
-    const T* ks = static_cast<const T*>(pr.k) + b * pr.kl.batch + h * pr.kl.head;
-    const T* vs = static_cast<const T*>(pr.v) + b * pr.vl.batch + h * pr.vl.head;
+    const T* ks = static_cast<const T*>(problem.k) + b * problem.kl.batch + h * problem.kl.head;
+    const T* vs = static_cast<const T*>(problem.v) + b * problem.vl.batch + h * problem.vl.head;
     T* kd = kt + u * D * ld;
     T* vd = v + u * S * Dv;
     for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
       const int64_t s1 = std::min(S, s0 + kBlock);
       for (int64_t d = 0; d < D; ++d) {
-        for (int64_t s = s0; s < s1; ++s) kd[d * ld + s] = ks[s * pr.kl.row + d];
+        for (int64_t s = s0; s < s1; ++s) kd[d * ld + s] = ks[s * problem.kl.row + d];
       }
     }
-    for (int64_t s = 0; s < S; ++s) std::copy_n(vs + s * pr.vl.row, Dv, vd + s * Dv);
+    for (int64_t s = 0; s < S; ++s) std::copy_n(vs + s * problem.vl.row, Dv, vd + s * Dv);
   }
-  pr.k = kt;
-  pr.kl = {p.Hkv * D * ld, D * ld, 1, ld};
-  pr.v = v;
-  pr.vl = {p.Hkv * S * Dv, S * Dv, Dv};
+  problem.k = kt;
+  problem.kl = {p.Hkv * D * ld, D * ld, 1, ld};
+  problem.v = v;
+  problem.vl = {p.Hkv * S * Dv, S * Dv, Dv};
 }
 
 // Unit of work u of AttendHeads (row tiles a batch entry: `tiles`): a
 // group's row tile on the batched path, a head share's row tile with
 // averaged weights (into the output's average or `partials`), else one
 // head's row tile.
-void RunUnit(const HeadsProblem& pr, int64_t u, int64_t tiles, float* partials,
+void RunUnit(const HeadsProblem& problem, int64_t u, int64_t tiles, float* partials,
              float* tile_scratch) {
-  const Plan& p = *pr.plan;
+  const Plan& p = *problem.plan;
   const int64_t splits = p.head_splits;
   if (p.group > 0) {
     const int64_t b0 = (u / tiles) * p.group, i0 = (u % tiles) * p.row_tile;
-    AttendBatched(pr, b0, std::min(p.group, p.B - b0), i0, tile_scratch);
-  } else if (pr.weights == WeightsMode::kAveraged) {
+    AttendBatched(problem, b0, std::min(p.group, p.B - b0), i0, tile_scratch);
+  } else if (problem.weights == WeightsMode::kAveraged) {
     const int64_t share = u % splits, b = u / splits / tiles;
     const int64_t i0 = (u / splits % tiles) * p.row_tile;
     const int64_t rows = std::min(p.row_tile, p.L - i0);
-    HeadsProblem part = pr;  // share 0 sums into the output, others into their partials
+    HeadsProblem part = problem;  // share 0 sums into the output, others into their partials
     if (share > 0) part.weights_out = partials + (share - 1) * p.B * p.L * p.S;
     std::fill_n(part.weights_out + (b * p.L + i0) * p.S, rows * p.S, 0.0f);
     for (int64_t h = share * p.H / splits; h < (share + 1) * p.H / splits; ++h) {
@@ -385,9 +392,9 @@ void RunUnit(const HeadsProblem& pr, int64_t u, int64_t tiles, float* partials,
     const int64_t b = u / (p.H * tiles), h = (u / tiles) % p.H;
     const int64_t i0 = (u % tiles) * p.row_tile;
     if (p.fused) {
-      AttendRowsFused(pr, b, h, i0, tile_scratch);
+      AttendRowsFused(problem, b, h, i0, tile_scratch);
     } else {
-      AttendRows(pr, b, h, i0, tile_scratch);
+      AttendRows(problem, b, h, i0, tile_scratch);
     }
   }
 }
@@ -406,16 +413,17 @@ std::optional<Mask> PrepareMask(const std::optional<MaskLayout>& layout,
   return m;
 }
 
-int64_t HeadsFloats(const Plan& p, WeightsMode weights) {
-  const int64_t packed =
-      p.pack_kv ? Workspace::Round(PackedKeyFloats(p)) + Workspace::Round(PackedValueFloats(p)) : 0;
-  return packed + Workspace::Round(PartialAverageFloats(p)) +
-         Workspace::Round(p.threads * ScratchPerThread(p, weights));
+int64_t HeadsFloats(const Plan& plan, WeightsMode weights) {
+  const int64_t packed = plan.pack_kv ? Workspace::Round(PackedKeyFloats(plan)) +
+                                            Workspace::Round(PackedValueFloats(plan))
+                                      : 0;
+  return packed + Workspace::Round(PartialAverageFloats(plan)) +
+         Workspace::Round(plan.threads * ScratchPerThread(plan, weights));
 }
 
 // Runs every (batch, head, row tile) on an OpenMP team; single-threaded oneDNN
 // primitives inside. Errors (and the caller's check) stop the remaining units.
-absl::Status AttendHeads(HeadsProblem pr, const ComputeOptions& o, Workspace& ws) {
+absl::Status AttendHeads(HeadsProblem pr, const ComputeOptions& options, Workspace& ws) {
   const Plan& p = *pr.plan;
   if (p.pack_kv) {
     float* kt = ws.Take(PackedKeyFloats(p));
@@ -452,8 +460,8 @@ absl::Status AttendHeads(HeadsProblem pr, const ComputeOptions& o, Workspace& ws
     if (stop.load(std::memory_order_relaxed)) continue;
     // Nothing may leave an OpenMP region: an error stops the other units.
     absl::Status s = GuardStatus([&] {
-      if (o.check) {
-        if (absl::Status c = o.check(); !c.ok()) return c;
+      if (options.check) {
+        if (absl::Status c = options.check(); !c.ok()) return c;
       }
       RunUnit(pr, u, tiles, partials,
               scratch == nullptr ? nullptr : scratch + omp_get_thread_num() * per_thread);

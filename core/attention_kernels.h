@@ -84,7 +84,7 @@ class OmpThreadsScope {
 };
 
 // Workspace floats AttendHeads takes (size the Workspace with at least this).
-int64_t HeadsFloats(const Plan& p, WeightsMode weights);
+int64_t HeadsFloats(const Plan& plan, WeightsMode weights);
 
 // Runs every (batch, head, row tile) of `pr` (see the contract above).
 absl::Status AttendHeads(HeadsProblem pr, const ComputeOptions& options, Workspace& ws);

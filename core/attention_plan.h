@@ -74,22 +74,22 @@ struct Plan {
 // two output tiles; the batched path's scores of `group` batch entries x all
 // heads; or the row path's kRowTile whole score rows (none for per-head
 // weights, whose rows are computed in place in the output).
-int64_t ScoreScratchPerThread(const Plan& p, WeightsMode weights);
+int64_t ScoreScratchPerThread(const Plan& plan, WeightsMode weights);
 
 // Elements of the probability tile the P V product reads (Plan::bf16
 // rounds it into bfloat16 scratch after the score scratch).
-int64_t ProbabilityElements(const Plan& p);
+int64_t ProbabilityElements(const Plan& plan);
 
 // Floats of per-thread scratch: ScoreScratchPerThread, rounded to 64 bytes,
 // plus, with Plan::bf16, ProbabilityElements bfloat16 values.
-int64_t ScratchPerThread(const Plan& p, WeightsMode weights);
+int64_t ScratchPerThread(const Plan& plan, WeightsMode weights);
 
 // Floats of the partial averages beyond the first (Plan::head_splits).
-int64_t PartialAverageFloats(const Plan& p);
+int64_t PartialAverageFloats(const Plan& plan);
 
 // Floats of the packed copies of K^T and V (Plan::pack_kv).
-int64_t PackedKeyFloats(const Plan& p);
-int64_t PackedValueFloats(const Plan& p);
+int64_t PackedKeyFloats(const Plan& plan);
+int64_t PackedValueFloats(const Plan& plan);
 
 // Validates `args` and plans the call under `options` (see the overview).
 absl::StatusOr<Plan> MakePlan(const AttentionArgs& args, const ComputeOptions& options);

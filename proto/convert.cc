@@ -11,7 +11,7 @@
 #include "google/protobuf/message.h"
 
 namespace attention {
-namespace wire {
+namespace convert {
 namespace {
 
 // `*out` = a view of `t` when `present`.
@@ -202,21 +202,21 @@ v1::Projection ToWire(const ProjectionWeights& weights) {
   return p;
 }
 
-v1::AttentionOptions ToWire(const AttentionArgs& a) {
+v1::AttentionOptions ToWire(const AttentionArgs& args) {
   v1::AttentionOptions o;
-  o.set_num_heads(static_cast<int32_t>(a.num_heads));
-  o.set_num_kv_heads(static_cast<int32_t>(a.num_kv_heads));
-  if (a.scale) o.set_scale(*a.scale);
-  o.set_causal(a.causal);
-  if (a.attn_mask) *o.mutable_attn_mask() = ToWire(*a.attn_mask);
-  if (a.key_padding_mask) *o.mutable_key_padding_mask() = ToWire(*a.key_padding_mask);
-  o.set_weights(a.weights == WeightsMode::kAveraged  ? v1::WEIGHTS_AVERAGED
-                : a.weights == WeightsMode::kPerHead ? v1::WEIGHTS_PER_HEAD
+  o.set_num_heads(static_cast<int32_t>(args.num_heads));
+  o.set_num_kv_heads(static_cast<int32_t>(args.num_kv_heads));
+  if (args.scale) o.set_scale(*args.scale);
+  o.set_causal(args.causal);
+  if (args.attn_mask) *o.mutable_attn_mask() = ToWire(*args.attn_mask);
+  if (args.key_padding_mask) *o.mutable_key_padding_mask() = ToWire(*args.key_padding_mask);
+  o.set_weights(args.weights == WeightsMode::kAveraged  ? v1::WEIGHTS_AVERAGED
+                : args.weights == WeightsMode::kPerHead ? v1::WEIGHTS_PER_HEAD
                                                      : v1::WEIGHTS_NONE);
-  if (a.projection != nullptr) *o.mutable_projection() = ToWire(*a.projection);
-  o.set_precision(ToWire(a.precision));
+  if (args.projection != nullptr) *o.mutable_projection() = ToWire(*args.projection);
+  o.set_precision(ToWire(args.precision));
   return o;
 }
 
-}  // namespace wire
+}  // namespace convert
 }  // namespace attention

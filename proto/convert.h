@@ -4,8 +4,8 @@
 //
 //   AttentionArgs args;
 //   ProjectionWeights inline_weights;
-//   absl::Status s = wire::FromWire(request, &args, &inline_weights);  // views, no copies
-//   request.mutable_options()->CopyFrom(wire::ToWire(args));           // the other way
+//   absl::Status s = convert::FromWire(request, &args, &inline_weights);  // views, no copies
+//   request.mutable_options()->CopyFrom(convert::ToWire(args));           // the other way
 #ifndef PROTO_CONVERT_H_
 #define PROTO_CONVERT_H_
 
@@ -16,7 +16,7 @@
 #include "core/tensor.h"
 
 namespace attention {
-namespace wire {
+namespace convert {
 
 // InvalidArgument "FIELD: unknown dtype N" for a value outside the enum
 // (proto3 enums are open: any number can arrive).
@@ -50,7 +50,7 @@ absl::Status FromWire(const v1::SelfAttentionRequest& request, AttentionArgs* ar
 v1::AttentionOptions ToWire(const AttentionArgs& args);
 v1::Projection ToWire(const ProjectionWeights& weights);
 
-}  // namespace wire
+}  // namespace convert
 }  // namespace attention
 
 #endif  // PROTO_CONVERT_H_

@@ -62,22 +62,22 @@ absl::Status Split(const FloatTensor& whole, int64_t first, int64_t rows,
 Batcher::Batcher(Executor* executor, Options options)
     : executor_(executor), options_(std::move(options)) {}
 
-bool Batcher::Batchable(const AttentionArgs& a, const ProjectionWeights* inline_projection) {
+bool Batcher::Batchable(const AttentionArgs& args, const ProjectionWeights* inline_projection) {
   const auto rank3 = [](const std::optional<TensorView>& v) {
     return !v.has_value() || v->shape.size() == 3;
   };
-  return a.query.shape.size() == 3 && rank3(a.key) && rank3(a.value) && !a.attn_mask &&
-         (!a.key_padding_mask || a.key_padding_mask->shape.size() == 2) &&
-         (a.projection == nullptr || a.projection != inline_projection);
+  return args.query.shape.size() == 3 && rank3(args.key) && rank3(args.value) && !args.attn_mask &&
+         (!args.key_padding_mask || args.key_padding_mask->shape.size() == 2) &&
+         (args.projection == nullptr || args.projection != inline_projection);
 }
 
-bool Batcher::Compatible(const AttentionArgs& a, const AttentionArgs& b) {
-  return a.self_attention == b.self_attention && SameBeyondBatch(a.query, b.query) &&
-         SameOptional(a.key, b.key) && SameOptional(a.value, b.value) &&
-         SameOptional(a.attn_mask, b.attn_mask) &&
-         SameOptional(a.key_padding_mask, b.key_padding_mask) && a.num_heads == b.num_heads &&
-         a.num_kv_heads == b.num_kv_heads && a.scale == b.scale && a.causal == b.causal &&
-         a.weights == b.weights && a.projection == b.projection && a.precision == b.precision;
+bool Batcher::Compatible(const AttentionArgs& args, const AttentionArgs& b) {
+  return args.self_attention == b.self_attention && SameBeyondBatch(args.query, b.query) &&
+         SameOptional(args.key, b.key) && SameOptional(args.value, b.value) &&
+         SameOptional(args.attn_mask, b.attn_mask) &&
+         SameOptional(args.key_padding_mask, b.key_padding_mask) && args.num_heads == b.num_heads &&
+         args.num_kv_heads == b.num_kv_heads && args.scale == b.scale && args.causal == b.causal &&
+         args.weights == b.weights && args.projection == b.projection && args.precision == b.precision;
 }
 
 absl::Status Batcher::ComputeMerged(const std::vector<const AttentionArgs*>& members,
@@ -102,16 +102,16 @@ absl::Status Batcher::ComputeMerged(const std::vector<const AttentionArgs*>& mem
   AttentionArgs merged = *members[0];
   std::vector<char> query, key, value, padding;
   merged.query = Concatenate(
-      members, [](const AttentionArgs& a) -> const TensorView& { return a.query; }, &query);
+      members, [](const AttentionArgs& args) -> const TensorView& { return args.query; }, &query);
   if (merged.key) {
     merged.key = Concatenate(
-        members, [](const AttentionArgs& a) -> const TensorView& { return *a.key; }, &key);
+        members, [](const AttentionArgs& args) -> const TensorView& { return *args.key; }, &key);
     merged.value = Concatenate(
-        members, [](const AttentionArgs& a) -> const TensorView& { return *a.value; }, &value);
+        members, [](const AttentionArgs& args) -> const TensorView& { return *args.value; }, &value);
   }
   if (merged.key_padding_mask) {
     merged.key_padding_mask = Concatenate(
-        members, [](const AttentionArgs& a) -> const TensorView& { return *a.key_padding_mask; },
+        members, [](const AttentionArgs& args) -> const TensorView& { return *args.key_padding_mask; },
         &padding);
   }
   VectorOutputs whole;
@@ -215,7 +215,7 @@ void Batcher::Run(const std::shared_ptr<Pending>& own) {
     batch.push_back(own);
     if (group == nullptr) {  // cannot happen: every pending request is in a group
       lock.unlock();
-      Compute(batch);
+      ComputeBatch(batch);
       Forget(batch);
       return;
     }
@@ -241,11 +241,11 @@ void Batcher::Run(const std::shared_ptr<Pending>& own) {
     }
     group->last_batch = static_cast<int>(batch.size());
   }
-  Compute(batch);
+  ComputeBatch(batch);
   Forget(batch);
 }
 
-void Batcher::Compute(const std::vector<std::shared_ptr<Pending>>& batch) const {
+void Batcher::ComputeBatch(const std::vector<std::shared_ptr<Pending>>& batch) const {
   const Clock::time_point start = Clock::now();
   if (options_.on_batch) options_.on_batch(static_cast<int>(batch.size()));
   std::vector<Request*> live;

@@ -100,7 +100,7 @@ class Batcher {
   static bool Batchable(const AttentionArgs& args, const ProjectionWeights* inline_projection);
   // Whether `a` and `b` may be computed as one: everything equal but the
   // batch dimension.
-  static bool Compatible(const AttentionArgs& a, const AttentionArgs& b);
+  static bool Compatible(const AttentionArgs& args, const AttentionArgs& b);
 
   // Computes `members` (pairwise Compatible, each valid alone) as one call
   // and writes each member's results to its OutputBuffers. Inputs are copied
@@ -135,7 +135,7 @@ class Batcher {
   // Moves pending requests of `group` into `batch` until it holds max_size
   // (mu_ held).
   void Take(Group* group, std::vector<std::shared_ptr<Pending>>* batch) const;
-  void Compute(const std::vector<std::shared_ptr<Pending>>& batch) const;
+  void ComputeBatch(const std::vector<std::shared_ptr<Pending>>& batch) const;
 
   Executor* const executor_;
   const Options options_;

@@ -9,7 +9,7 @@
 //   Family<Histogram>& latency = registry.AddHistogram(
 //       "attention_request_duration_seconds", "Call latency.", {"rpc"}, LatencyBuckets());
 //   latency.Labels({"Attention"}).Observe(0.0042);
-//   registry.AddCallback("attention_queue_limit", "Queue capacity.", "gauge",
+//   registry.AddCallback("attention_queue_limit_requests", "Queue capacity.", "gauge",
 //                        [] { return 64.0; });
 //   std::string text = registry.Exposition();   // what GET /metrics serves
 //

@@ -56,7 +56,7 @@ char* SliceTensor::Allocate(DType d, const std::vector<int64_t>& s, size_t size)
 
 void SliceTensor::Encode(int field, std::string* head, std::vector<grpc::Slice>* slices) const {
   v1::Tensor meta;
-  meta.set_dtype(wire::ToWire(dtype));
+  meta.set_dtype(convert::ToWire(dtype));
   meta.mutable_shape()->Assign(shape.begin(), shape.end());
   const std::string m = meta.SerializeAsString();
   const uint64_t n = bytes.size();
@@ -99,7 +99,7 @@ grpc::ByteBuffer ResponseOutputs::Encode(const std::string& id, Precision precis
   if (weights_.present) {
     weights_.Encode(v1::AttentionResponse::kWeightsFieldNumber, &head, &slices);
   }
-  if (const v1::Precision p = wire::ToWire(precision); p != v1::PRECISION_FLOAT32) {
+  if (const v1::Precision p = convert::ToWire(precision); p != v1::PRECISION_FLOAT32) {
     AppendVarint(v1::AttentionResponse::kPrecisionFieldNumber << 3, &head);  // wire type 0
     AppendVarint(p, &head);
   }

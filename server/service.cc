@@ -35,53 +35,35 @@ absl::Status CheckAlive(grpc::CallbackServerContext* context, const std::atomic<
   return absl::OkStatus();
 }
 
-// Queues `compute` on the executor with its time in the queue and computing
-// recorded in `call` (which `compute` keeps alive); `done` then gets its
-// status, on the executor thread. False when the queue is full (the refusal
-// recorded; neither runs).
-bool SubmitTimed(AttentionServiceImpl* service, CallRecord* call,
-                 std::function<absl::Status()> compute,
-                 std::function<void(const absl::Status&)> done) {
-  ServiceMetrics* metrics = service->metrics();
-  metrics->Enqueued(call);
-  const bool queued = service->executor()->TrySubmit(
-      [metrics, call, compute = std::move(compute), done = std::move(done)] {
-        metrics->ComputeBegins(call);
-        const absl::Status s = compute();
-        metrics->ComputeEnds(call, s);
-        done(s);
-      });
-  if (!queued) metrics->EnqueueFailed(call);
-  return queued;
-}
-
-// A unary call's reactor, counted as active until gRPC is done with it.
-// Its reservation of the memory budget and its connection's ticket go when
-// gRPC is done with the call (the response written).
-class UnaryReactor final : public grpc::ServerUnaryReactor {
- public:
-  explicit UnaryReactor(AttentionServiceImpl* service)
-      : scope_(service), held_(service->limits().memory_budget) {}
-  void OnDone() override { delete this; }
-  Reservation* held() { return &held_; }
-  ConnectionShares::Ticket* ticket() { return &ticket_; }
-  // Gives back what a refused request held, at once.
-  void Release() {
-    held_.Reset();
-    ticket_.Reset();
-  }
-
- private:
-  AttentionServiceImpl::CallScope scope_;
-  Reservation held_;
-  ConnectionShares::Ticket ticket_;
-};
-
 // What an open stream holds of its own (gRPC's call and HTTP/2 stream, the
 // reactor): 17 KB measured (tests/hardening_test.cc). Counted as freed when
 // it closes, so that the memory of many closed streams goes back to the
 // system (the budget trims after large releases).
 constexpr int64_t kStreamBytes = 16 << 10;
+
+}  // namespace
+
+// A unary call's reactor, counted as active until gRPC is done with it. What
+// its request holds (its Admission: the memory budget's share and its
+// connection's ticket) goes when gRPC is done with the call (the response
+// written), or at once when the request is refused.
+class UnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit UnaryReactor(AttentionServiceImpl* service) : scope_(service) {}
+  void OnDone() override { delete this; }
+  // Keeps `admission` until the call ends; returns it.
+  template <typename Request>
+  AttentionServiceImpl::Admission<Request>* Hold(
+      std::shared_ptr<AttentionServiceImpl::Admission<Request>> admission) {
+    held_ = admission;
+    return admission.get();
+  }
+  const std::shared_ptr<void>& held() const { return held_; }
+
+ private:
+  AttentionServiceImpl::CallScope scope_;
+  std::shared_ptr<void> held_;
+};
 
 // A bidirectional stream: each message an independent request, answered in
 // order. When to read, write, compute and finish is StreamFlow's to decide.
@@ -110,23 +92,14 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     // is parsed (it may be --max-message-mb large) outside the flow's lock.
     std::shared_ptr<Item> item;
     if (ok) {
-      item = std::make_shared<Item>();
-      item->call = service_->metrics()->Begin(rpc_, peer_, incoming_.Length());
-      item->call.stream_message = messages_++;
-      const int64_t bytes = incoming_.Length();
-      absl::Status admitted = service_->Received(bytes, &item->call, &item->held);
-      if (admitted.ok()) admitted = ParseRequest(incoming_, &item->request);
-      incoming_.Clear();
-      service_->Parsed(bytes, &item->held);
-      if (admitted.ok()) {
-        DescribeRequest(item->request, &item->call);
-        admitted = service_->Admit(item->request, peer_, &item->call, &item->held, &item->ticket);
-      }
+      item = std::make_shared<Item>(service_->limits().memory_budget);
+      Admission& a = item->admission;
+      const absl::Status admitted = service_->Admit(rpc_, peer_, messages_++, &incoming_, &a);
       if (!admitted.ok()) {  // answered like any failed message, its memory given back
-        item->Release();
-        item->response = EncodeError(item->request.id(), admitted);
+        a.Release();
+        item->response = EncodeError(a.request.id(), admitted);
         item->answered = true;
-        service_->metrics()->Finish(item->call, admitted, item->response.Length());
+        service_->metrics()->Finish(a.call, admitted, item->response.Length());
       }
     }
     ReadDone(std::move(item));
@@ -136,41 +109,39 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   void OnDone() override { delete this; }
 
  private:
-  // Its reservation and ticket go with it, once its response has been written.
+  using Admission = AttentionServiceImpl::Admission<Request>;
+  // What it holds goes with it, once its response has been written.
   struct Item : Slot {
-    Request request;
-    CallRecord call;
-    Reservation held;
-    ConnectionShares::Ticket ticket;
-    void Release() {
-      held.Reset();
-      ticket.Reset();
-    }
+    explicit Item(MemoryBudget* budget) : admission(budget) {}
+    Admission admission;
   };
 
   void IssueRead() override { this->StartRead(&incoming_); }
   void IssueWrite(const Slot& slot) override { this->StartWrite(&slot.response); }
   bool IssueCompute(const std::shared_ptr<Slot>& slot) override {
     auto item = std::static_pointer_cast<Item>(slot);
+    Admission& a = item->admission;
     auto response = std::make_shared<grpc::ByteBuffer>();
-    const bool queued = service_->Submit(
-        std::shared_ptr<const Request>(item, &item->request), context_, cut(), &item->call,
-        response.get(), [this, item, response](const absl::Status& s) {
-          grpc::ByteBuffer answer = s.ok() ? std::move(*response) : EncodeError(item->request.id(), s);
-          service_->metrics()->Finish(item->call, s, answer.Length());
-          Computed(item, std::move(answer));
-        });
+    const bool queued =
+        service_->Submit(std::shared_ptr<const Request>(item, &a.request), context_, cut(), &a.call,
+                         response.get(), [this, item, response](const absl::Status& s) {
+                           Admission& done = item->admission;
+                           grpc::ByteBuffer answer =
+                               s.ok() ? std::move(*response) : EncodeError(done.request.id(), s);
+                           service_->metrics()->Finish(done.call, s, answer.Length());
+                           Computed(item, std::move(answer));
+                         });
     if (!queued) {
-      item->Release();
+      a.Release();
       const absl::Status saturated = Saturated(service_->Waiting());
-      item->response = EncodeError(item->request.id(), saturated);
-      service_->metrics()->Finish(item->call, saturated, item->response.Length());
+      item->response = EncodeError(a.request.id(), saturated);
+      service_->metrics()->Finish(a.call, saturated, item->response.Length());
     }
     return queued;
   }
   void IssueFinish(bool cut) override {
     this->Finish(cut ? grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled")
-                           : grpc::Status::OK);
+                     : grpc::Status::OK);
   }
 
   AttentionServiceImpl::CallScope scope_;
@@ -181,8 +152,6 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   int64_t messages_ = 0;  // read so far (only OnReadDone touches it: one read at a time)
   grpc::ByteBuffer incoming_;
 };
-
-}  // namespace
 
 AttentionServiceImpl::AttentionServiceImpl(const ModelRegistry* models, Executor* executor,
                                            ServiceLimits limits, ServiceMetrics* metrics)
@@ -215,12 +184,16 @@ bool AttentionServiceImpl::Submit(std::shared_ptr<const Request> request,
         SubmitBatched(request, context, cancelled, call, response, done);
     if (batched.has_value()) return *batched;
   }
-  return SubmitTimed(
-      this, call,
-      [this, request, context, cancelled, response] {
-        return Run(*request, context, cancelled, response);
-      },
-      std::move(done));
+  metrics_->Enqueued(call);
+  const bool queued = executor_->TrySubmit(
+      [this, request, context, cancelled, response, call, done = std::move(done)] {
+        metrics_->ComputeBegins(call);
+        const absl::Status s = Run(*request, context, cancelled, response);
+        metrics_->ComputeEnds(call, s);
+        done(s);
+      });
+  if (!queued) metrics_->EnqueueFailed(call);
+  return queued;
 }
 
 template <typename Request>
@@ -230,7 +203,7 @@ std::optional<bool> AttentionServiceImpl::SubmitBatched(
     const std::function<void(const absl::Status&)>& done) {
   struct Batched {
     std::shared_ptr<const Request> request;  // the views of `call` point into it
-    Call call;
+    PreparedCall call;
     std::optional<ResponseOutputs> outputs;
   };
   auto state = std::make_shared<Batched>();
@@ -253,10 +226,10 @@ std::optional<bool> AttentionServiceImpl::SubmitBatched(
   r.check = [context, cancelled] { return CheckAlive(context, cancelled); };
   r.started = [this, call] { metrics_->ComputeBegins(call); };
   r.done = [this, call, state, response, done](const absl::Status& computed) {
-    const absl::Status s =
-        computed.ok() ? Encode(&*state->outputs, state->request->id(),
-                              EffectivePrecision(state->call.args.precision), response)
-                     : computed;
+    const absl::Status s = computed.ok()
+                               ? Encode(&*state->outputs, state->request->id(),
+                                        EffectivePrecision(state->call.args.precision), response)
+                               : computed;
     metrics_->ComputeEnds(call, s);
     done(s);
   };
@@ -277,28 +250,35 @@ ComputeOptions AttentionServiceImpl::Options(grpc::CallbackServerContext* contex
   return options;
 }
 
-absl::Status AttentionServiceImpl::Received(int64_t bytes, CallRecord* call, Reservation* held) {
-  absl::Status s = held->Add(2 * bytes);
-  if (!s.ok()) call->refusal = CallRecord::Refusal::kMemoryBudget;
-  return s;
-}
-
 template <typename Request>
-absl::Status AttentionServiceImpl::Admit(const Request& request, const std::string& peer,
-                                         CallRecord* call, Reservation* held,
-                                         ConnectionShares::Ticket* ticket) {
+absl::Status AttentionServiceImpl::Admit(const char* rpc, const std::string& peer,
+                                         int64_t stream_message, grpc::ByteBuffer* received,
+                                         Admission<Request>* admission) {
+  CallRecord& call = admission->call;
+  const auto bytes = static_cast<int64_t>(received->Length());
+  call = metrics_->Begin(rpc, peer, bytes);
+  call.stream_message = stream_message;
+  absl::Status s = admission->held.Add(2 * bytes);
+  if (!s.ok()) call.refusal = CallRecord::Refusal::kMemoryBudget;
+  if (s.ok()) s = ParseRequest(*received, &admission->request);
+  // Once parsed, the received bytes are not needed: a queued request is held
+  // once, not twice.
+  received->Clear();
+  admission->held.Shrink(bytes);
+  if (!s.ok()) return s;
+  DescribeRequest(admission->request, &call);
   absl::StatusOr<int64_t> planned =
-      PlanCall(request, *models_, Options(nullptr, nullptr), limits_.max_message_bytes);
-  absl::Status s = planned.ok() ? held->Add(*planned) : planned.status();
+      PlanCall(admission->request, *models_, Options(nullptr, nullptr), limits_.max_message_bytes);
+  s = planned.ok() ? admission->held.Add(*planned) : planned.status();
   if (s.code() == absl::StatusCode::kResourceExhausted) {
-    call->refusal = planned.ok() ? CallRecord::Refusal::kMemoryBudget
-                                 : CallRecord::Refusal::kMemoryLimit;
+    call.refusal =
+        planned.ok() ? CallRecord::Refusal::kMemoryBudget : CallRecord::Refusal::kMemoryLimit;
   }
   if (!s.ok()) return s;
   // The last quarter of the queue is kept for connections below their share.
   const bool busy = 4 * static_cast<int64_t>(Waiting()) >= 3 * limits_.max_queue;
-  s = shares_.Enter(peer, busy, ticket);
-  if (!s.ok()) call->refusal = CallRecord::Refusal::kConnectionShare;
+  s = shares_.Enter(peer, busy, &admission->ticket);
+  if (!s.ok()) call.refusal = CallRecord::Refusal::kConnectionShare;
   return s;
 }
 
@@ -310,12 +290,12 @@ absl::Status AttentionServiceImpl::Run(const Request& request, grpc::CallbackSer
   // Nothing may escape: the caller's Finish (or the stream's Computed) must
   // follow, or the call would never end.
   try {
-    Call call;
+    PreparedCall call;
     if (absl::Status s = PrepareCall(request, *models_, &call); !s.ok()) return s;
-    if (limits_.fault_delay_ms > 0) {  // test-only: a computation that stalls
-      std::this_thread::sleep_for(std::chrono::milliseconds(limits_.fault_delay_ms));
+    if (test_compute_delay_ms_ > 0) {  // test seam: a computation that stalls
+      std::this_thread::sleep_for(std::chrono::milliseconds(test_compute_delay_ms_));
     }
-    return Compute(call, Options(context, cancelled), request.id(), response);
+    return ComputeResponse(call, Options(context, cancelled), request.id(), response);
   } catch (const std::bad_alloc&) {
     CallRecord described;
     DescribeRequest(request, &described);
@@ -339,40 +319,47 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Unary(const char* rpc,
                                                       const grpc::ByteBuffer* request_bytes,
                                                       grpc::ByteBuffer* response) {
   auto* reactor = new UnaryReactor(this);
-  const auto bytes = static_cast<int64_t>(request_bytes->Length());
-  auto call = std::make_shared<CallRecord>(metrics_->Begin(rpc, context->peer(), bytes));
+  Admission<Request>* admission =
+      reactor->Hold(std::make_shared<Admission<Request>>(limits_.memory_budget));
   // Counted before the client can see the answer.
-  auto finish = [this, reactor, call](const absl::Status& s, int64_t bytes_out) {
-    metrics_->Finish(*call, s, bytes_out);
+  auto finish = [this, reactor, admission](const absl::Status& s, int64_t bytes_out) {
+    metrics_->Finish(admission->call, s, bytes_out);
     reactor->Finish(ToGrpcStatus(s));
   };
-  auto request = std::make_shared<Request>();
-  absl::Status admitted = Received(bytes, call.get(), reactor->held());
-  if (admitted.ok()) admitted = ParseRequest(*request_bytes, request.get());
-  // gRPC keeps the received bytes until the call ends; once parsed they are
-  // not needed, so they go now and a queued request is held once, not twice.
-  // (The buffer is gRPC's own mutable object, handed to handlers as const.)
-  const_cast<grpc::ByteBuffer*>(request_bytes)->Clear();
-  Parsed(bytes, reactor->held());
+  // gRPC keeps the received bytes until the call ends; Admit clears them once
+  // parsed. (The buffer is gRPC's own mutable object, handed to handlers as
+  // const.)
+  absl::Status admitted =
+      Admit(rpc, context->peer(), -1, const_cast<grpc::ByteBuffer*>(request_bytes), admission);
   if (admitted.ok()) {
-    DescribeRequest(*request, call.get());
-    admitted = Admit(*request, context->peer(), call.get(), reactor->held(), reactor->ticket());
+    const bool queued = Submit<Request>(
+        std::shared_ptr<const Request>(reactor->held(), &admission->request), context, nullptr,
+        &admission->call, response, [response, finish](const absl::Status& s) {
+          finish(s, s.ok() ? static_cast<int64_t>(response->Length()) : 0);
+        });
+    if (queued) return reactor;
+    admitted = Saturated(Waiting());
   }
-  if (!admitted.ok()) {
-    reactor->Release();  // a refused request's memory goes at once
-    finish(admitted, 0);
-    return reactor;
-  }
-  const bool queued = Submit<Request>(
-      request, context, nullptr, call.get(), response,
-      [response, finish](const absl::Status& s) {
-        finish(s, s.ok() ? static_cast<int64_t>(response->Length()) : 0);
-      });
-  if (!queued) {
-    reactor->Release();
-    finish(Saturated(Waiting()), 0);
-  }
+  admission->Release();  // a refused request's memory goes at once
+  finish(admitted, 0);
   return reactor;
+}
+
+template <typename Request>
+absl::Status AttentionServiceImpl::TEST_ServeUnary(const char* rpc, grpc::ByteBuffer received,
+                                                   grpc::ByteBuffer* response) {
+  Admission<Request> admission(limits_.memory_budget);
+  absl::Status s = Admit(rpc, "test", -1, &received, &admission);
+  if (s.ok()) {
+    grpc::CallbackServerContext context;  // no deadline
+    const std::atomic<bool> cancelled{false};
+    metrics_->Enqueued(&admission.call);
+    metrics_->ComputeBegins(&admission.call);
+    s = Run(admission.request, &context, &cancelled, response);
+    metrics_->ComputeEnds(&admission.call, s);
+  }
+  metrics_->Finish(admission.call, s, s.ok() ? static_cast<int64_t>(response->Length()) : 0);
+  return s;
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::Attention(grpc::CallbackServerContext* context,
@@ -411,14 +398,13 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ListModels(grpc::CallbackServerC
   }
   v1::ServerLimits* l = response->mutable_limits();
   l->set_max_message_bytes(limits_.max_receive_bytes > 0
-                              ? std::min(limits_.max_receive_bytes, limits_.max_message_bytes)
-                              : limits_.max_message_bytes);
+                               ? std::min(limits_.max_receive_bytes, limits_.max_message_bytes)
+                               : limits_.max_message_bytes);
   l->set_max_request_memory_bytes(limits_.max_request_memory_bytes);
   l->set_compute_threads(executor_->workers() * executor_->threads_per_worker());
   l->set_max_queue(limits_.max_queue);
   l->set_max_stream_in_flight(limits_.max_stream_in_flight);
-  response->set_native_bfloat16(EffectivePrecision(Precision::kBFloat16) ==
-                                Precision::kBFloat16);
+  response->set_native_bfloat16(EffectivePrecision(Precision::kBFloat16) == Precision::kBFloat16);
   grpc::ServerUnaryReactor* reactor = new UnaryReactor(this);
   metrics_->Finish(metrics_->Begin("ListModels", context->peer(), 0), absl::OkStatus(),
                    static_cast<int64_t>(response->ByteSizeLong()));
@@ -426,20 +412,11 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ListModels(grpc::CallbackServerC
   return reactor;
 }
 
-// The request types served (the methods above use them; the request fuzzers,
-// tests/fuzz/fuzz_request.cc, call them directly).
-template absl::Status AttentionServiceImpl::Admit(const v1::AttentionRequest&, const std::string&,
-                                                  CallRecord*, Reservation*,
-                                                  ConnectionShares::Ticket*);
-template absl::Status AttentionServiceImpl::Admit(const v1::SelfAttentionRequest&,
-                                                  const std::string&, CallRecord*, Reservation*,
-                                                  ConnectionShares::Ticket*);
-template absl::Status AttentionServiceImpl::Run(const v1::AttentionRequest&,
-                                                grpc::CallbackServerContext*,
-                                                const std::atomic<bool>*, grpc::ByteBuffer*);
-template absl::Status AttentionServiceImpl::Run(const v1::SelfAttentionRequest&,
-                                                grpc::CallbackServerContext*,
-                                                const std::atomic<bool>*, grpc::ByteBuffer*);
+// The request types the fuzzers serve (tests/fuzz/fuzz_request.cc).
+template absl::Status AttentionServiceImpl::TEST_ServeUnary<v1::AttentionRequest>(
+    const char*, grpc::ByteBuffer, grpc::ByteBuffer*);
+template absl::Status AttentionServiceImpl::TEST_ServeUnary<v1::SelfAttentionRequest>(
+    const char*, grpc::ByteBuffer, grpc::ByteBuffer*);
 
 }  // namespace server
 }  // namespace attention

@@ -30,8 +30,8 @@
 #include "server/batcher.h"
 #include "server/connection_shares.h"
 #include "server/memory_budget.h"
+#include "server/prepared_call.h"
 #include "server/service_metrics.h"
-#include "server/wire.h"
 
 namespace attention {
 namespace server {
@@ -48,25 +48,25 @@ struct ServiceLimits {
   // The server's budget for what it holds for requests (--max-memory-mb);
   // null: none. Not owned.
   MemoryBudget* memory_budget = nullptr;
-  // Test-only fault injection: each computation first sleeps this long (the
-  // environment variable ATTENTION_TEST_FAULT_DELAY_MS; batched computations do
-  // not). 0 in production.
-  int fault_delay_ms = 0;
   // Dynamic batching (server/batcher.h): 0 = off.
   int64_t batch_delay_us = 0;
   int batch_max_size = 32;
 };
 
 // The attention methods take and return raw bytes, parsed and encoded by
-// server/wire.h, so that result tensors go to the wire from the buffers the
-// core wrote them into (protobuf serialization would copy them once more);
-// ListModels stays typed.
+// server/prepared_call.h, so that result tensors go to the wire from the
+// buffers the core wrote them into (protobuf serialization would copy them
+// once more); ListModels stays typed.
 using ServiceBase = v1::AttentionService::WithRawCallbackMethod_Attention<
     v1::AttentionService::WithRawCallbackMethod_SelfAttention<
         v1::AttentionService::WithRawCallbackMethod_StreamAttention<
             v1::AttentionService::WithRawCallbackMethod_StreamSelfAttention<
                 v1::AttentionService::WithCallbackMethod_ListModels<
                     v1::AttentionService::Service>>>>>;
+
+class UnaryReactor;
+template <typename Request>
+class StreamReactor;
 
 class AttentionServiceImpl final : public ServiceBase {
  public:
@@ -90,40 +90,27 @@ class AttentionServiceImpl final : public ServiceBase {
                                        const v1::ListModelsRequest* request,
                                        v1::ListModelsResponse* response) override;
 
-  // Validates and computes one request into an encoded AttentionResponse (on
-  // an executor thread). `cancelled` is polled between units of work; the
-  // context's deadline too. Never throws (out of memory: ResourceExhausted).
-  template <typename Request>
-  absl::Status Run(const Request& request, grpc::CallbackServerContext* context,
-                   const std::atomic<bool>* cancelled, grpc::ByteBuffer* response);
-
-  // Takes a request of `bytes` received bytes into `held` (the call's
-  // reservation): the bytes, and their parsed copy until ParseRequest is done
-  // and the received ones are dropped (Parsed). A refusal is marked in `call`.
-  absl::Status Received(int64_t bytes, CallRecord* call, Reservation* held);
-  void Parsed(int64_t bytes, Reservation* held) { held->Shrink(bytes); }
-  // Validates `request` and adds the memory of its computation and response
-  // to `held`, before it is queued (refusals marked in `call`); then counts
-  // it into the share of its connection `peer` (ConnectionShares), refused
-  // when that connection holds its share while the queue is busy.
-  template <typename Request>
-  absl::Status Admit(const Request& request, const std::string& peer, CallRecord* call,
-                     Reservation* held, ConnectionShares::Ticket* ticket);
-
-  Executor* executor() { return executor_; }
-  // Requests waiting for compute: the executor's queue, less the tasks of
-  // requests a batch already answered.
-  size_t Waiting() const {
-    const size_t queued = executor_->queued();
-    return queued - (batcher_ ? std::min(queued, batcher_->answered_queued()) : 0);
-  }
-  ServiceMetrics* metrics() { return metrics_; }
-  const ServiceLimits& limits() const { return limits_; }
-
   // Calls being served (the attention methods and ListModels), each from its
   // handler until gRPC is done with it (OnDone): once this is 0 after
   // shutdown began, nothing is left but idle connections.
   int active_calls() const { return active_calls_.load(); }
+
+  // Test seam: every computation first sleeps `ms` (batched ones do not).
+  // Call before serving.
+  void TEST_SetComputeDelayMs(int ms) { test_compute_delay_ms_ = ms; }
+
+  // Test seam (the request fuzzers, tests/fuzz): serves `received` as the
+  // unary method `rpc` does (the same admission, then the computation on the
+  // calling thread, counted in the metrics) and gives back everything it
+  // reserved before returning. The response's bytes go to `response`.
+  template <typename Request>
+  absl::Status TEST_ServeUnary(const char* rpc, grpc::ByteBuffer received,
+                               grpc::ByteBuffer* response);
+
+ private:
+  friend class UnaryReactor;
+  template <typename Request>
+  friend class StreamReactor;
 
   // Counts one call for as long as it lives (a member of its reactor).
   class CallScope {
@@ -139,7 +126,36 @@ class AttentionServiceImpl final : public ServiceBase {
     std::atomic<int>* count_;
   };
 
- // Queues `request` for computation into `response` (through the batcher
+  // One request on its way through the service, from the arrival of its
+  // bytes until its response has been written: the parsed request, its
+  // record for the metrics, its share of the memory budget and of its
+  // connection's queue (both given back when it is destroyed or released).
+  template <typename Request>
+  struct Admission {
+    explicit Admission(MemoryBudget* budget) : held(budget) {}
+    Request request;
+    CallRecord call;
+    Reservation held;
+    ConnectionShares::Ticket ticket;
+    void Release() {
+      held.Reset();
+      ticket.Reset();
+    }
+  };
+
+  // The one way in, for unary calls, stream messages (`stream_message`: its
+  // index; -1 for a unary call) and the fuzzers: begins the call's record,
+  // reserves the received bytes (twice: the bytes and their parsed copy,
+  // until parsing is done and `received` is cleared), parses and describes
+  // the request, validates and plans it, reserves its computation and
+  // response, and counts it into the share of its connection `peer`
+  // (refused when that connection holds its share while the queue is busy).
+  // Refusals are marked in the record; on error the caller answers it.
+  template <typename Request>
+  absl::Status Admit(const char* rpc, const std::string& peer, int64_t stream_message,
+                     grpc::ByteBuffer* received, Admission<Request>* admission);
+
+  // Queues `request` for computation into `response` (through the batcher
   // when batching is on and the request may join others); `done` then gets
   // its status on an executor thread. False when the queue is full (the
   // refusal recorded in `call`; `done` is not called). `call` must stay
@@ -149,7 +165,6 @@ class AttentionServiceImpl final : public ServiceBase {
               const std::atomic<bool>* cancelled, CallRecord* call, grpc::ByteBuffer* response,
               std::function<void(const absl::Status&)> done);
 
- private:
   // Submit through the batcher; nullopt when the request is not one to
   // batch (it fails validation, or cannot be merged).
   template <typename Request>
@@ -158,6 +173,14 @@ class AttentionServiceImpl final : public ServiceBase {
                                     const std::atomic<bool>* cancelled, CallRecord* call,
                                     grpc::ByteBuffer* response,
                                     const std::function<void(const absl::Status&)>& done);
+
+  // Validates and computes one request into an encoded AttentionResponse (on
+  // an executor thread). `cancelled` is polled between units of work; the
+  // context's deadline too (neither without a context). Never throws (out of
+  // memory: ResourceExhausted).
+  template <typename Request>
+  absl::Status Run(const Request& request, grpc::CallbackServerContext* context,
+                   const std::atomic<bool>* cancelled, grpc::ByteBuffer* response);
 
   // The core's options for a call: the deadline and cancellation polled
   // (none without a context: planning only).
@@ -168,13 +191,24 @@ class AttentionServiceImpl final : public ServiceBase {
   grpc::ServerUnaryReactor* Unary(const char* rpc, grpc::CallbackServerContext* context,
                                   const grpc::ByteBuffer* request, grpc::ByteBuffer* response);
 
+  ServiceMetrics* metrics() { return metrics_; }
+  const ServiceLimits& limits() const { return limits_; }
+
+  // Requests waiting for compute: the executor's queue, less the tasks of
+  // requests a batch already answered.
+  size_t Waiting() const {
+    const size_t queued = executor_->queued();
+    return queued - (batcher_ ? std::min(queued, batcher_->answered_queued()) : 0);
+  }
+
   const ModelRegistry* models_;
   Executor* executor_;
   ServiceLimits limits_;
   ServiceMetrics* metrics_;
-  ConnectionShares shares_;  // a quarter of --max-queue each, once 3/4 of it is queued
+  ConnectionShares shares_;           // a quarter of --max-queue each, once 3/4 of it is queued
   std::unique_ptr<Batcher> batcher_;  // null when batching is off
   std::atomic<int> active_calls_{0};
+  int test_compute_delay_ms_ = 0;
 };
 
 }  // namespace server

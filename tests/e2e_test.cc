@@ -188,7 +188,7 @@ TEST_F(E2E, HalfAndBFloat16OnTheWire) {
        {std::pair{DType::kFloat16, 5e-3}, std::pair{DType::kBFloat16, 3e-2}}) {
     absl::StatusOr<v1::AttentionResponse> r = c.SelfAttention(ToSelfAttentionRequest(**f, dtype));
     ASSERT_TRUE(r.ok()) << r.status();
-    EXPECT_EQ(r->output().dtype(), wire::ToWire(dtype));
+    EXPECT_EQ(r->output().dtype(), convert::ToWire(dtype));
     EXPECT_EQ(r->output().data().size(), 2u * 10 * 64 * 2);
     EXPECT_LE(ErrorAgainst(r->output(), *(*f)->expected_output), tolerance);
     EXPECT_GT(ErrorAgainst(r->output(), *(*f)->expected_output), 0.0);  // really converted
@@ -530,7 +530,19 @@ TEST(E2EStartup, BadModelOrBusyPortExitsNonZeroWithOneLine) {
   EXPECT_EQ(RunCommand({ServerBinary(), "--listen=127.0.0.1:0", "--max-memory-mb=99999999999"},
                        &out),
             1);
-  EXPECT_THAT(out, HasSubstr("the -mb sizes at most 16777216"));
+  EXPECT_THAT(out, HasSubstr("attention-server: error: --max-memory-mb: must be at most "
+                             "16777216, got 99999999999"));
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+  // Each flag on its own: a bad value prints one line naming that flag.
+  for (const auto& [flag, message] : std::vector<std::pair<std::string, std::string>>{
+           {"--workers=0", "--workers: must be at least 1, got 0"},
+           {"--drain-seconds=-1", "--drain-seconds: must be at least 0, got -1"},
+           {"--max-queue=lots", "--max-queue: not an integer: 'lots'"},
+           {"--no-such-flag=1", "unknown flag --no-such-flag"}}) {
+    EXPECT_EQ(RunCommand({ServerBinary(), "--listen=127.0.0.1:0", flag}, &out), 1) << flag;
+    EXPECT_THAT(out, HasSubstr("attention-server: error: " + message)) << flag;
+    EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+  }
 
   ServerProcess first({});
   ASSERT_TRUE(first.ok());
@@ -567,7 +579,7 @@ class CliTest : public E2E {
     absl::StatusOr<client::NpyArray> a = client::ReadNpy(path);
     if (!a.ok()) return 1e9;
     v1::Tensor t;
-    t.set_dtype(wire::ToWire(a->dtype));
+    t.set_dtype(convert::ToWire(a->dtype));
     for (int64_t d : a->shape) t.add_shape(d);
     t.set_data(a->data);
     return ErrorAgainst(t, want);

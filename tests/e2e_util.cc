@@ -15,7 +15,7 @@ namespace {
 
 // The fixture's options; a model name instead of weights when it names one.
 v1::AttentionOptions Options(const Fixture& f) {
-  v1::AttentionOptions o = wire::ToWire(f.args);
+  v1::AttentionOptions o = convert::ToWire(f.args);
   if (!f.model.empty()) {
     o.clear_projection();
     o.set_model(f.model);

@@ -48,7 +48,7 @@ def additive(mask):
 
 def ref_attention(q, k, v, num_heads, num_kv_heads=0, scale=None, causal=False,
                   attn_mask=None, key_padding_mask=None, proj=None):
-    """float64 reference of the service's semantics (API.md). Returns (output, per-head
+    """float64 reference of the service's semantics (docs/api.md). Returns (output, per-head
     weights); weights are [B,H,L,S] ([H,L,S] unbatched)."""
     q, k, v = q.double(), k.double(), v.double()
     unbatched = q.dim() == 2

@@ -4,12 +4,13 @@
 // built with ATTENTION_FUZZ_CROSS=1), as gRPC hands them to the service. They
 // go through the service's own steps, under small limits of the server's own
 // kinds (tests/fuzz/fuzz_limits.h):
-//   the memory budget takes the received bytes (AttentionServiceImpl::Received),
-//   ParseRequest, DescribeRequest (metrics and the access log),
-//   Admit (PrepareCall and the plan under --max-request-memory-mb and
-//   --max-message-mb), Run (PrepareCall, the core's computation, the response
-//   framed around its buffers), and the answer as unary calls and streams send
-//   it (ToGrpcStatus, EncodeError) with the call counted (ServiceMetrics).
+//   AttentionServiceImpl::TEST_ServeUnary, which runs the admission that every
+//   unary call and stream message goes through (the budget takes the received
+//   bytes, ParseRequest, DescribeRequest, PrepareCall and the plan under
+//   --max-request-memory-mb and --max-message-mb, the connection's share),
+//   then the computation (the response framed around the core's buffers)
+//   with the call counted (ServiceMetrics); and the answer as unary calls and
+//   streams send it (ToGrpcStatus, EncodeError).
 // The preloaded models are the test fixtures' (demo, mha_e32_h4,
 // mha_e32_h2_kv), so requests naming them run the model path.
 //
@@ -45,10 +46,10 @@
 #include "server/memory_budget.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
+#include "server/prepared_call.h"
 #include "server/response.h"
 #include "server/service.h"
 #include "server/service_metrics.h"
-#include "server/wire.h"
 #include "tests/fuzz/fuzz_limits.h"
 
 namespace attention {
@@ -134,7 +135,7 @@ v1::AttentionResponse ParseResponse(const std::string& bytes) {
 // A result tensor as the contract describes it.
 void CheckTensor(const v1::Tensor& t, v1::DataType dtype, const char* name) {
   if (t.dtype() != dtype) Fail(std::string(name) + " in the wrong dtype");
-  const absl::StatusOr<DType> d = wire::FromWire(t.dtype(), name);
+  const absl::StatusOr<DType> d = convert::FromWire(t.dtype(), name);
   if (!d.ok()) Fail(std::string(name) + ": an unknown dtype");
   const std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
   if (shape.empty() || ShapeProduct<double>(shape) * DTypeSize(*d) != t.data().size()) {
@@ -171,7 +172,7 @@ uint32_t Hash(const uint8_t* data, size_t size) {
 // then the same shapes, not necessarily the same bits.
 void CheckAgain(const Request& request, const server::ModelRegistry& models, uint32_t hash,
                 const std::string& first) {
-  server::Call call;
+  server::PreparedCall call;
   if (!server::PrepareCall(request, models, &call).ok()) Fail("prepared once, not twice");
   ComputeOptions options;
   options.max_threads = 1;
@@ -184,7 +185,7 @@ void CheckAgain(const Request& request, const server::ModelRegistry& models, uin
     return polls++ == cancel_at ? absl::CancelledError("cancelled") : absl::OkStatus();
   };
   grpc::ByteBuffer response;
-  const absl::Status s = server::Compute(call, options, request.id(), &response);
+  const absl::Status s = server::ComputeResponse(call, options, request.id(), &response);
   if (!s.ok()) {
     if (s.code() != absl::StatusCode::kCancelled) Fail("computed once, not twice: " + s.ToString());
     return;
@@ -201,32 +202,18 @@ int TestOneInput(const uint8_t* data, size_t size) {
   // gRPC refuses larger messages before the service sees them.
   if (size > static_cast<size_t>(kMaxMessageBytes)) return -1;
   grpc::Slice slice(data, size);
-  const grpc::ByteBuffer received(&slice, 1);
 
-  server::CallRecord call = s->metrics->Begin(kRpc, "fuzz", static_cast<int64_t>(size));
-  server::Reservation held(&s->budget);
-  server::ConnectionShares::Ticket ticket;
-  Request request;
-  absl::Status status = s->service->Received(static_cast<int64_t>(size), &call, &held);
-  if (status.ok()) status = server::ParseRequest(received, &request);
-  s->service->Parsed(static_cast<int64_t>(size), &held);
-  if (status.ok()) {
-    server::DescribeRequest(request, &call);
-    status = s->service->Admit(request, "fuzz", &call, &held, &ticket);
-  }
   grpc::ByteBuffer response;
-  if (status.ok()) {
-    grpc::CallbackServerContext context;  // no deadline
-    const std::atomic<bool> cancelled{false};
-    s->metrics->Enqueued(&call);
-    s->metrics->ComputeBegins(&call);
-    status = s->service->Run(request, &context, &cancelled, &response);
-    s->metrics->ComputeEnds(&call, status);
-  }
+  const absl::Status status =
+      s->service->TEST_ServeUnary<Request>(kRpc, grpc::ByteBuffer(&slice, 1), &response);
   const std::string bytes = status.ok() ? Flatten(response) : "";
-  s->metrics->Finish(call, status, static_cast<int64_t>(bytes.size()));
-  held.Reset();
   if (s->budget.used() != 0) Fail("memory budget not given back");
+  // The fuzzer's own copy, for the checks (the service parsed its own).
+  Request request;
+  if (!request.ParseFromArray(data, static_cast<int>(size))) {
+    if (status.ok()) Fail("a request that does not parse was served");
+    request.Clear();  // as the service answers it: no id
+  }
 
   if (!status.ok()) {
     CheckRefusal(status, request.id());

@@ -1,6 +1,6 @@
 """Test helpers: a real attention-server process on 127.0.0.1, the PyTorch
 fixtures (tests/fixtures/*.safetensors, read with json and numpy alone) as
-client calls, and the contract's tolerance.
+client calls, and the parity tolerance of docs/api.md.
 
 ctest passes ATTENTION_SERVER_BIN (the built server) and ATTENTION_SOURCE_DIR.
 """
@@ -135,7 +135,7 @@ def fixtures():
 
 
 def assert_close(test, actual, expected, tolerance=1e-4, what="output"):
-    """The contract's check: max |actual - expected| <= tolerance x max |expected|."""
+    """The parity check (docs/api.md): max |actual - expected| <= tolerance x max |expected|."""
     test.assertEqual(tuple(actual.shape), tuple(expected.shape), what)
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)

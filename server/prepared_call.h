@@ -1,6 +1,6 @@
 // The bridge between the wire API (attention.v1 messages) and the core:
 // request bytes are parsed, requests become AttentionArgs (views of the
-// request's bytes, no copies) with their model resolved, and Compute runs the
+// request's bytes, no copies) with their model resolved, and ComputeResponse runs the
 // core into a framed response (server/response.h). The models live in
 // server/model_registry.h; statuses become gRPC statuses in
 // server/grpc_status.h.
@@ -9,11 +9,11 @@
 //
 //   v1::SelfAttentionRequest request;
 //   absl::Status s = ParseRequest(bytes, &request);
-//   Call call;
+//   PreparedCall call;
 //   if (s.ok()) s = PrepareCall(request, models, &call);
-//   if (s.ok()) s = Compute(call, options, request.id(), &response);
-#ifndef SERVER_WIRE_H_
-#define SERVER_WIRE_H_
+//   if (s.ok()) s = ComputeResponse(call, options, request.id(), &response);
+#ifndef SERVER_PREPARED_CALL_H_
+#define SERVER_PREPARED_CALL_H_
 
 #include <string>
 
@@ -31,7 +31,7 @@ namespace server {
 
 // A request as the core sees it. Views point into the request message, which
 // must outlive the call (and must not change).
-struct Call {
+struct PreparedCall {
   AttentionArgs args;
   ProjectionWeights projection;
   DType output_dtype = DType::kFloat32;
@@ -42,11 +42,11 @@ struct Call {
 // before copying anything out of the request, and fills `call`.
 // InvalidArgument / NotFound naming the field.
 absl::Status PrepareCall(const v1::AttentionRequest& request, const ModelRegistry& models,
-                         Call* call);
+                         PreparedCall* call);
 absl::Status PrepareCall(const v1::SelfAttentionRequest& request, const ModelRegistry& models,
-                         Call* call);
+                         PreparedCall* call);
 
-// Validates `request` as Compute will (PrepareCall, then the core's plan
+// Validates `request` as ComputeResponse will (PrepareCall, then the core's plan
 // under `options`) without computing, and returns the memory its
 // computation takes, the response's buffers included. ResourceExhausted when
 // the response would be larger than `max_message_bytes` (gRPC could not send
@@ -71,10 +71,10 @@ absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::SelfAttentionReques
 // become the message's bytes fields as they are: gRPC sends them from there
 // (float16/bfloat16 output is computed in float32 and converted into its
 // buffer once).
-absl::Status Compute(const Call& call, const ComputeOptions& options, const std::string& id,
-                     grpc::ByteBuffer* response);
+absl::Status ComputeResponse(const PreparedCall& call, const ComputeOptions& options,
+                             const std::string& id, grpc::ByteBuffer* response);
 
-// Encodes results the core already wrote into `outputs` (Compute's last
+// Encodes results the core already wrote into `outputs` (ComputeResponse's last
 // step, for callers that run the core themselves), saying `precision` was
 // used. ResourceExhausted when memory runs out.
 absl::Status Encode(ResponseOutputs* outputs, const std::string& id, Precision precision,
@@ -83,4 +83,4 @@ absl::Status Encode(ResponseOutputs* outputs, const std::string& id, Precision p
 }  // namespace server
 }  // namespace attention
 
-#endif  // SERVER_WIRE_H_
+#endif  // SERVER_PREPARED_CALL_H_

@@ -1,4 +1,4 @@
-#include "server/wire.h"
+#include "server/prepared_call.h"
 
 #include <cmath>
 #include <string>
@@ -13,27 +13,27 @@ namespace attention {
 namespace server {
 namespace {
 
-// Resolves options.model (NotFound when unknown) after wire::FromWire filled
+// Resolves options.model (NotFound when unknown) after convert::FromWire filled
 // everything else.
 absl::Status ResolveModel(const v1::AttentionOptions& o, const ModelRegistry& models,
-                          AttentionArgs& a) {
+                          AttentionArgs& args) {
   if (o.model().empty()) return absl::OkStatus();
   if (o.has_projection()) {
-    return absl::InvalidArgumentError("options: give a model or projection weights, not both");
+    return absl::InvalidArgumentError("options: give args model or projection weights, not both");
   }
   const Model* m = models.Find(o.model());
   if (m == nullptr) {
     return absl::NotFoundError(absl::StrCat("options.model: no model '", o.model(),
                                             "' on this server (it has: ", models.Names(), ")"));
   }
-  if (a.num_heads == 0) {
-    a.num_heads = m->info().num_heads;
-  } else if (a.num_heads != m->info().num_heads) {
+  if (args.num_heads == 0) {
+    args.num_heads = m->info().num_heads;
+  } else if (args.num_heads != m->info().num_heads) {
     return absl::InvalidArgumentError(
-        absl::StrCat("options.num_heads: ", a.num_heads, " does not match model '", o.model(),
+        absl::StrCat("options.num_heads: ", args.num_heads, " does not match model '", o.model(),
                      "' (", m->info().num_heads, " heads); send 0 or ", m->info().num_heads));
   }
-  a.projection = &m->weights();
+  args.projection = &m->weights();
   return absl::OkStatus();
 }
 
@@ -43,17 +43,17 @@ constexpr size_t kMaxIdBytes = 1024;
 constexpr size_t kMaxModelNameBytes = 256;
 
 template <typename Request>
-absl::Status Prepare(const Request& r, const ModelRegistry& models, Call* call) {
+absl::Status Prepare(const Request& r, const ModelRegistry& models, PreparedCall* call) {
   if (r.id().size() > kMaxIdBytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("id: ", r.id().size(), " bytes; at most ", kMaxIdBytes));
   }
   if (r.options().model().size() > kMaxModelNameBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "options.model: a name of ", r.options().model().size(), " bytes; at most ",
-        kMaxModelNameBytes));
+    return absl::InvalidArgumentError(absl::StrCat("options.model: a name of ",
+                                                   r.options().model().size(), " bytes; at most ",
+                                                   kMaxModelNameBytes));
   }
-  if (absl::Status s = wire::FromWire(r, &call->args, &call->projection); !s.ok()) return s;
+  if (absl::Status s = convert::FromWire(r, &call->args, &call->projection); !s.ok()) return s;
   call->output_dtype = call->args.query.dtype;
   return ResolveModel(r.options(), models, call->args);
 }
@@ -63,15 +63,15 @@ std::string MiB(double bytes) { return absl::StrCat(std::ceil(bytes / (1 << 20))
 template <typename Request>
 absl::StatusOr<int64_t> Plan(const Request& r, const ModelRegistry& models,
                              const ComputeOptions& options, int64_t max_message_bytes) {
-  Call call;
+  PreparedCall call;
   if (absl::Status s = Prepare(r, models, &call); !s.ok()) return s;
   absl::StatusOr<AttentionPlanInfo> plan = PlanAttention(call.args, options);
   if (!plan.ok()) return plan.status();
   const double output = ShapeProduct<double>(plan->output_shape);
-  const double weights = plan->weights_shape.empty() ? 0 : ShapeProduct<double>(plan->weights_shape);
+  const double weights =
+      plan->weights_shape.empty() ? 0 : ShapeProduct<double>(plan->weights_shape);
   // The tensors and the framing around them (id, dtypes, shapes).
-  const double message =
-      output * DTypeSize(call.output_dtype) + 4 * weights + r.id().size() + 256;
+  const double message = output * DTypeSize(call.output_dtype) + 4 * weights + r.id().size() + 256;
   if (message > static_cast<double>(max_message_bytes)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "response would be ", MiB(message), " MiB (output ", ShapeString(plan->output_shape),
@@ -93,8 +93,8 @@ absl::Status Parse(const grpc::ByteBuffer& bytes, Request* request) {
     // Parsing stops at the first bad field: what came before it (an `id` of
     // any length, even invalid UTF-8) is not the caller's to echo.
     request->Clear();
-    return absl::InvalidArgumentError(absl::StrCat(
-        "request: not a valid ", Request::descriptor()->full_name(), " message"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("request: not a valid ", Request::descriptor()->full_name(), " message"));
   }
   return absl::OkStatus();
 }
@@ -102,12 +102,12 @@ absl::Status Parse(const grpc::ByteBuffer& bytes, Request* request) {
 }  // namespace
 
 absl::Status PrepareCall(const v1::AttentionRequest& r, const ModelRegistry& models,
-                         Call* call) {
+                         PreparedCall* call) {
   return Prepare(r, models, call);
 }
 
 absl::Status PrepareCall(const v1::SelfAttentionRequest& r, const ModelRegistry& models,
-                         Call* call) {
+                         PreparedCall* call) {
   return Prepare(r, models, call);
 }
 
@@ -130,8 +130,8 @@ absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::SelfAttentionReques
   return Parse(bytes, request);
 }
 
-absl::Status Compute(const Call& call, const ComputeOptions& options, const std::string& id,
-                     grpc::ByteBuffer* response) {
+absl::Status ComputeResponse(const PreparedCall& call, const ComputeOptions& options,
+                             const std::string& id, grpc::ByteBuffer* response) {
   ResponseOutputs outputs(call.output_dtype);
   if (absl::Status s = ComputeAttention(call.args, options, &outputs); !s.ok()) return s;
   if (options.check) {  // before converting and framing the results

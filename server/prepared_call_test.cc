@@ -1,4 +1,4 @@
-#include "server/wire.h"
+#include "server/prepared_call.h"
 
 #include <cstring>
 
@@ -42,7 +42,7 @@ std::unique_ptr<ModelRegistry> Demo() {
   return std::move(*r);
 }
 
-TEST(Wire, StatusesKeepCodeAndMessage) {
+TEST(PreparedCall, StatusesKeepCodeAndMessage) {
   EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
   grpc::Status s = ToGrpcStatus(absl::NotFoundError("options.model: no model 'x'"));
   EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
@@ -50,10 +50,10 @@ TEST(Wire, StatusesKeepCodeAndMessage) {
   EXPECT_EQ(ToGrpcStatus(absl::UnknownError("?")).error_code(), grpc::StatusCode::INTERNAL);
 }
 
-TEST(Wire, RequestErrorsNameTheField) {
+TEST(PreparedCall, RequestErrorsNameTheField) {
   std::unique_ptr<ModelRegistry> models = Demo();
   v1::SelfAttentionRequest r;
-  Call call;
+  PreparedCall call;
   EXPECT_THAT(std::string(PrepareCall(r, *models, &call).message()), HasSubstr("input: missing"));
   *r.mutable_input() = FloatTensorProto({1, 3, 64}, 0.5f);
   r.mutable_input()->set_dtype(static_cast<v1::DataType>(9));
@@ -61,27 +61,27 @@ TEST(Wire, RequestErrorsNameTheField) {
               HasSubstr("input: unknown dtype 9"));
   r.mutable_input()->set_dtype(v1::FLOAT32);
   r.mutable_options()->set_model("nope");
-  Call c2;
+  PreparedCall c2;
   absl::Status s = PrepareCall(r, *models, &c2);
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(s.message()), HasSubstr("no model 'nope' on this server (it has: demo)"));
   r.mutable_options()->set_model("demo");
   r.mutable_options()->set_num_heads(8);
-  Call c3;
+  PreparedCall c3;
   EXPECT_THAT(std::string(PrepareCall(r, *models, &c3).message()),
               HasSubstr("options.num_heads: 8 does not match model 'demo' (4 heads)"));
   r.mutable_options()->set_num_heads(0);
   *r.mutable_options()->mutable_projection()->mutable_out_proj_weight() =
       FloatTensorProto({64, 64}, 0);
-  Call c4;
+  PreparedCall c4;
   EXPECT_THAT(std::string(PrepareCall(r, *models, &c4).message()), HasSubstr("not both"));
   v1::AttentionRequest a;
   *a.mutable_query() = FloatTensorProto({1, 3, 8}, 1);
-  Call c5;
+  PreparedCall c5;
   EXPECT_THAT(std::string(PrepareCall(a, *models, &c5).message()), HasSubstr("key: missing"));
 }
 
-TEST(Wire, HalfOutputComesBackAsHalfAndWeightsAsFloat) {
+TEST(PreparedCall, HalfOutputComesBackAsHalfAndWeightsAsFloat) {
   std::unique_ptr<ModelRegistry> models = Demo();
   v1::SelfAttentionRequest r;
   v1::Tensor* in = r.mutable_input();
@@ -96,10 +96,10 @@ TEST(Wire, HalfOutputComesBackAsHalfAndWeightsAsFloat) {
   in->set_data(bytes);
   r.mutable_options()->set_num_heads(2);
   r.mutable_options()->set_weights(v1::WEIGHTS_PER_HEAD);
-  Call call;
+  PreparedCall call;
   ASSERT_TRUE(PrepareCall(r, *models, &call).ok());
   grpc::ByteBuffer encoded;
-  ASSERT_TRUE(Compute(call, {}, "", &encoded).ok());
+  ASSERT_TRUE(ComputeResponse(call, {}, "", &encoded).ok());
   VectorOutputs expected;  // the same call in float32
   ASSERT_TRUE(ComputeAttention(call.args, {}, &expected).ok());
 
@@ -122,7 +122,7 @@ TEST(Wire, HalfOutputComesBackAsHalfAndWeightsAsFloat) {
 
 // The response is framed around the core's buffers instead of serialized: a
 // protobuf parser must read back exactly what the core computed.
-TEST(Wire, EncodedResponseParsesToTheComputedTensors) {
+TEST(PreparedCall, EncodedResponseParsesToTheComputedTensors) {
   std::unique_ptr<ModelRegistry> models = Demo();
   v1::SelfAttentionRequest r;
   r.set_id("request-7");
@@ -132,10 +132,10 @@ TEST(Wire, EncodedResponseParsesToTheComputedTensors) {
   r.mutable_options()->set_model("demo");
   for (v1::WeightsMode mode : {v1::WEIGHTS_NONE, v1::WEIGHTS_AVERAGED}) {
     r.mutable_options()->set_weights(mode);
-    Call call;
+    PreparedCall call;
     ASSERT_TRUE(PrepareCall(r, *models, &call).ok());
     grpc::ByteBuffer bytes;
-    ASSERT_TRUE(Compute(call, {}, r.id(), &bytes).ok());
+    ASSERT_TRUE(ComputeResponse(call, {}, r.id(), &bytes).ok());
     VectorOutputs expected;
     ASSERT_TRUE(ComputeAttention(call.args, {}, &expected).ok());
 
@@ -161,7 +161,7 @@ TEST(Wire, EncodedResponseParsesToTheComputedTensors) {
   }
 }
 
-TEST(Wire, MalformedRequestBytesAreInvalidArgument) {
+TEST(PreparedCall, MalformedRequestBytesAreInvalidArgument) {
   const std::string junk = "\x0a\xff\xff\xff\xff\x0f";  // a field longer than the message
   grpc::Slice slice(junk);
   grpc::ByteBuffer bytes(&slice, 1);
@@ -175,7 +175,7 @@ TEST(Wire, MalformedRequestBytesAreInvalidArgument) {
 // A message that fails to parse after its id (here: an id that is not UTF-8)
 // leaves nothing behind: a stream's answer to it echoed that id, and a
 // client cannot parse a response whose id is not UTF-8.
-TEST(Wire, ARequestThatDoesNotParseLeavesNoId) {
+TEST(PreparedCall, ARequestThatDoesNotParseLeavesNoId) {
   v1::SelfAttentionRequest valid;
   valid.set_id("abc");
   std::string bytes = valid.SerializeAsString();
@@ -190,7 +190,7 @@ TEST(Wire, ARequestThatDoesNotParseLeavesNoId) {
   EXPECT_EQ(Decode(EncodeError(r.id(), absl::InvalidArgumentError("request: not valid"))).id(), "");
 }
 
-TEST(Wire, ErrorResponsesCarryIdAndStatus) {
+TEST(PreparedCall, ErrorResponsesCarryIdAndStatus) {
   const v1::AttentionResponse r =
       Decode(EncodeError("s-3", absl::InvalidArgumentError("input: missing")));
   EXPECT_EQ(r.id(), "s-3");
@@ -199,7 +199,7 @@ TEST(Wire, ErrorResponsesCarryIdAndStatus) {
   EXPECT_FALSE(r.has_output());
 }
 
-TEST(Wire, ModelSpecsAreChecked) {
+TEST(PreparedCall, ModelSpecsAreChecked) {
   EXPECT_THAT(std::string(ModelRegistry::Load({"demo"}).status().message()),
               HasSubstr("expected NAME=PATH"));
   EXPECT_EQ(ModelRegistry::Load({"x=/nonexistent.safetensors"}).status().code(),
