@@ -9,8 +9,8 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
-#include <memory>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <string>
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "bench/timing.h"
 #include "client/args.h"
 #include "client/client.h"
 #include "core/attention.h"
@@ -27,6 +28,12 @@
 
 namespace attention {
 namespace {
+
+using bench::InTurns;
+using bench::PeakRssMb;
+using bench::TimeIt;
+using bench::Timing;
+using bench::Turns;
 
 constexpr char kUsage[] =
     R"(attention-bench: times multi-head attention in-process (and through a server).
@@ -78,50 +85,6 @@ struct Settings {
   double min_time;
 };
 
-struct Timing {
-  double median_ms, p90_ms;
-  int runs;
-};
-
-using Clock = std::chrono::steady_clock;
-
-// Idle time before each timed call (--gap-ms): what a call costs on a
-// process that had nothing to do for a while.
-double g_gap_ms = 0;
-
-Timing TimeIt(const std::function<bool()>& run, double min_time) {
-  for (int i = 0; i < 2; ++i) {
-    if (!run()) return {-1, -1, 0};
-  }
-  std::vector<double> ms;
-  const auto start = Clock::now();
-  while (ms.size() < 5 || std::chrono::duration<double>(Clock::now() - start).count() < min_time) {
-    if (g_gap_ms > 0) {
-      std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(g_gap_ms));
-    }
-    const auto t0 = Clock::now();
-    if (!run()) return {-1, -1, 0};
-    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-  }
-  std::sort(ms.begin(), ms.end());
-  return {ms[ms.size() / 2], ms[std::min(ms.size() - 1, ms.size() * 9 / 10)],
-          static_cast<int>(ms.size())};
-}
-
-// Peak resident memory of this process image (VmHWM; unlike getrusage's
-// ru_maxrss it does not carry over the parent's peak across exec).
-double PeakRssMb() {
-  FILE* f = std::fopen("/proc/self/status", "r");
-  if (f == nullptr) return -1;
-  char line[256];
-  double kb = -1;
-  while (std::fgets(line, sizeof(line), f)) {
-    if (std::sscanf(line, "VmHWM: %lf kB", &kb) == 1) break;
-  }
-  std::fclose(f);
-  return kb / 1024.0;
-}
-
 // bench/README.md: 8BLE^2 + 4BLSE for self-attention with projections (in
 // general 2BE(2LE + S(kdim + vdim)) + 4BLSE); the attention part halved for
 // causal, whose masked tiles are skipped.
@@ -132,34 +95,6 @@ double Flops(const Settings& s) {
   if (s.causal) attention /= 2;
   const double projection = s.projection ? 2.0 * B * E * (2 * L * E + 2 * S * E) : 0.0;
   return attention + projection;
-}
-
-// Blocks of calls of `a` and `b` in turns (each a TimeIt over `block`
-// seconds: warm, as in a loop of one kind) for at least min_time: the median
-// over the turns of b's time / a's, the smallest and largest, and b's median
-// time. A machine that speeds up or slows down moves both sides of a turn.
-struct Turns {
-  double median = 0, low = 0, high = 0;
-  int turns = 0;
-  double b_ms = 0;
-};
-
-Turns InTurns(const std::function<bool()>& a, const std::function<bool()>& b, double min_time,
-              double block = 0.25) {
-  std::vector<double> ratios, b_ms;
-  const auto start = Clock::now();
-  while (ratios.size() < 5 ||
-         std::chrono::duration<double>(Clock::now() - start).count() < min_time) {
-    const double ta = TimeIt(a, block).median_ms;
-    const double tb = TimeIt(b, block).median_ms;
-    if (ta <= 0 || tb <= 0) return {};
-    ratios.push_back(tb / ta);
-    b_ms.push_back(tb);
-  }
-  std::sort(ratios.begin(), ratios.end());
-  std::sort(b_ms.begin(), b_ms.end());
-  return {ratios[ratios.size() / 2], ratios.front(), ratios.back(), static_cast<int>(ratios.size()),
-          b_ms[b_ms.size() / 2]};
 }
 
 // oneDNN sgemm of the dominant GEMM's size (the in-projections' work as one
@@ -330,7 +265,7 @@ absl::Status PipelinedCalls(grpc::GenericStub& stub, const std::string& method,
     auto* call = new InFlightCall;
     client::ApplyOptions({60}, &call->ctx);
     stub.UnaryCall(&call->ctx, method, grpc::StubOptions(), &request, &call->response,
-                   [&, call](grpc::Status r) {
+                   [&, call](const grpc::Status& r) {
                      absl::Status s = client::FromGrpcStatus(r);
                      if (s.ok() && call->response.Length() < output_bytes) {
                        s = absl::InternalError("a response shorter than the output");
@@ -536,7 +471,7 @@ absl::StatusOr<Settings> ParseSettings(const client::CliArgs& a) {
   s.threads = static_cast<int>(*threads);
   if (s.threads <= 0) s.threads = omp_get_num_procs();
   s.min_time = *min_time;
-  g_gap_ms = *gap_ms;
+  bench::g_gap_ms = *gap_ms;
   if (a.Has("write-model") && s.L <= 0) s.L = 1;  // only the weights are written
   return s;
 }

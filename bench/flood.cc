@@ -126,11 +126,10 @@ int main(int argc, char** argv) {
     options.retries = kRetries;
     while (flooding.load()) {
       const auto start = std::chrono::steady_clock::now();
-      absl::StatusOr<attention::v1::AttentionResponse> response =
-          client.SelfAttention(r, options);
-      honest_ms.push_back(std::chrono::duration<double, std::milli>(
-                              std::chrono::steady_clock::now() - start)
-                              .count());
+      absl::StatusOr<attention::v1::AttentionResponse> response = client.SelfAttention(r, options);
+      honest_ms.push_back(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+              .count());
       if (response.ok()) {
         ++honest_ok;
       } else if (++honest_failed == 1) {

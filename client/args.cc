@@ -53,6 +53,43 @@ absl::Status CliArgs::CheckKnown(const std::set<std::string>& known) const {
   return absl::OkStatus();
 }
 
+std::string OptionTable::Usage() const {
+  constexpr size_t kIndent = 28, kWidth = 100;
+  std::string out;
+  for (const auto& [title, options] : sections) {
+    absl::StrAppend(&out, out.empty() ? "" : "\n", title, ":\n");
+    for (const OptionDoc& o : options) {
+      std::string line = absl::StrCat("  ", o.synopsis);
+      line += line.size() + 2 <= kIndent ? std::string(kIndent - line.size(), ' ')
+                                         : "\n" + std::string(kIndent, ' ');
+      size_t column = kIndent;
+      bool first = true;
+      for (absl::string_view word : absl::StrSplit(o.help, ' ', absl::SkipEmpty())) {
+        if (!first && column + 1 + word.size() > kWidth) {
+          absl::StrAppend(&line, "\n", std::string(kIndent, ' '));
+          column = kIndent;
+        } else if (!first) {
+          line += ' ';
+          ++column;
+        }
+        absl::StrAppend(&line, word);
+        column += word.size();
+        first = false;
+      }
+      absl::StrAppend(&out, line, "\n");
+    }
+  }
+  return out;
+}
+
+std::set<std::string> OptionTable::Names() const {
+  std::set<std::string> names;
+  for (const auto& section : sections) {
+    for (const OptionDoc& o : section.second) names.insert(o.names.begin(), o.names.end());
+  }
+  return names;
+}
+
 absl::StatusOr<CliArgs> ParseArgs(int argc, char** argv, const std::set<std::string>& switches) {
   CliArgs args;
   for (int i = 1; i < argc; ++i) {

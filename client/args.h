@@ -45,6 +45,30 @@ struct CliArgs {
   absl::Status CheckKnown(const std::set<std::string>& known) const;
 };
 
+// A tool's options as its usage shows them, in sections: each option is
+// declared once here, and both the usage text and the set of names
+// CheckKnown takes come from the table.
+//
+//   const OptionTable kOptions = {{"how to send", {
+//       {{"duration"}, "--duration SECONDS", "measured time per level (default 10)"}}}};
+//   args.CheckKnown(kOptions.Names());   std::fputs(kOptions.Usage().c_str(), stdout);
+struct OptionDoc {
+  std::vector<std::string> names;  // the option names it declares ("tls-cert", "tls-key")
+  std::string synopsis;            // how it is typed ("--tls-cert PATH --tls-key PATH")
+  std::string help;                // what it does, with its default
+};
+struct OptionTable {
+  std::vector<std::pair<std::string, std::vector<OptionDoc>>> sections;  // title, options
+
+  // "title:\n  synopsis   help\n..." for every section, help wrapped under
+  // a 28-column synopsis.
+  std::string Usage() const;
+  // Every declared name.
+  std::set<std::string> Names() const;
+  // True when `name` is declared.
+  bool Declares(const std::string& name) const { return Names().count(name) > 0; }
+};
+
 // Parses argv[1..]. Names in `switches` take no value; every other option
 // takes one. Errors: InvalidArgument ("--heads needs a value", a second bare word).
 absl::StatusOr<CliArgs> ParseArgs(int argc, char** argv, const std::set<std::string>& switches);

@@ -155,7 +155,8 @@ absl::Status WriteResults(const CliArgs& args, const v1::AttentionResponse& r) {
     std::printf("%s %s %s %s\n", name.c_str(), ShapeString(a->shape).c_str(),
                 v1::DataType_Name(tensor->dtype()).c_str(), where.c_str());
   }
-  if (args.Has("precision")) std::printf("precision %s\n", v1::Precision_Name(r.precision()).c_str());
+  if (args.Has("precision"))
+    std::printf("precision %s\n", v1::Precision_Name(r.precision()).c_str());
   return absl::OkStatus();
 }
 
@@ -254,7 +255,7 @@ int RunCli(int argc, char** argv) {
     FILE* out = args.command.empty() && !args.switches.count("help") ? stderr : stdout;
     std::fputs(kUsage, out);
     std::fputs("\n", out);
-    std::fputs(kSecurityUsage, out);
+    std::fputs(SecurityOptions().Usage().c_str(), out);
     return args.switches.count("help") ? 0 : 2;
   }
   static const std::map<std::string, std::set<std::string>> kKnown = {
@@ -271,7 +272,7 @@ int RunCli(int argc, char** argv) {
   for (const auto& [name, value] : args.values) {
     const bool is_call = args.command == "attention" || args.command == "self-attention";
     if (!known->second.count(name) && name != "target" && name != "timeout" && name != "retries" &&
-        !IsSecurityFlag(name) && !(is_call && shared.count(name))) {
+        !SecurityOptions().Declares(name) && !(is_call && shared.count(name))) {
       return Usage("unknown option --" + name + " for " + args.command);
     }
   }

@@ -117,8 +117,7 @@ bool IsTlsFailure(const std::string& message) {
 absl::Status FromGrpcStatus(const grpc::Status& s) {
   if (s.ok()) return absl::OkStatus();
   const auto code = static_cast<absl::StatusCode>(s.error_code());
-  if (code == absl::StatusCode::kUnavailable &&
-      IsTlsFailure(s.error_message())) {
+  if (code == absl::StatusCode::kUnavailable && IsTlsFailure(s.error_message())) {
     return absl::Status(code, absl::StrCat("TLS handshake failed (check --tls-ca, "
                                            "--tls-server-name and the client certificate): ",
                                            s.error_message()));
@@ -181,9 +180,8 @@ absl::StatusOr<Response> UnaryCall(Stub* stub,
   const bool channel_retries = !RetriesByClient(static_cast<int64_t>(request.ByteSizeLong()));
   Response response;
   grpc::Status status = (stub->*method)(&first, request, &response);
-  for (int attempt = 0;
-       ShouldRetry(status, attempt, options.retries) &&
-       !(channel_retries && status.error_code() == grpc::StatusCode::UNAVAILABLE);
+  for (int attempt = 0; ShouldRetry(status, attempt, options.retries) &&
+                        !(channel_retries && status.error_code() == grpc::StatusCode::UNAVAILABLE);
        ++attempt) {
     // A short pause lets the balancer see the failed replica first.
     std::this_thread::sleep_for(std::chrono::milliseconds(10 << std::min(attempt, 4)));
@@ -200,18 +198,18 @@ absl::StatusOr<Response> UnaryCall(Stub* stub,
 // The service config of a channel that retries UNAVAILABLE on every method
 // (gRPC allows at most 5 attempts).
 std::string RetryServiceConfig(int retries) {
-  return absl::StrCat(R"({"methodConfig": [{"name": [{"service": "attention.v1.AttentionService"}, )"
-                      R"({"service": "grpc.health.v1.Health"}], "retryPolicy": {"maxAttempts": )",
-                      std::min(retries + 1, 5),
-                      R"(, "initialBackoff": "0.01s", "maxBackoff": "0.2s", )"
-                      R"("backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})");
+  return absl::StrCat(
+      R"({"methodConfig": [{"name": [{"service": "attention.v1.AttentionService"}, )"
+      R"({"service": "grpc.health.v1.Health"}], "retryPolicy": {"maxAttempts": )",
+      std::min(retries + 1, 5),
+      R"(, "initialBackoff": "0.01s", "maxBackoff": "0.2s", )"
+      R"("backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})");
 }
 
 }  // namespace
 
 std::shared_ptr<grpc::Channel> AttentionClient::Connect(const std::string& target,
-                                                        int64_t max_message_bytes,
-                                                        bool round_robin,
+                                                        int64_t max_message_bytes, bool round_robin,
                                                         const ChannelSecurity& security,
                                                         int retries) {
   return ConnectWith(grpc::ChannelArguments(), target, max_message_bytes, round_robin, security,
@@ -223,15 +221,12 @@ std::shared_ptr<grpc::Channel> AttentionClient::ConnectAlone(const std::string& 
                                                              int retries) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  return ConnectWith(std::move(args), target, max_message_bytes, false, {}, retries);
+  return ConnectWith(args, target, max_message_bytes, false, {}, retries);
 }
 
-std::shared_ptr<grpc::Channel> AttentionClient::ConnectWith(grpc::ChannelArguments args,
-                                                            const std::string& target,
-                                                            int64_t max_message_bytes,
-                                                            bool round_robin,
-                                                            const ChannelSecurity& security,
-                                                            int retries) {
+std::shared_ptr<grpc::Channel> AttentionClient::ConnectWith(
+    grpc::ChannelArguments args, const std::string& target, int64_t max_message_bytes,
+    bool round_robin, const ChannelSecurity& security, int retries) {
   const int limit = static_cast<int>(std::min<int64_t>(max_message_bytes, INT32_MAX));
   args.SetMaxReceiveMessageSize(limit);
   args.SetMaxSendMessageSize(limit);
@@ -310,6 +305,7 @@ absl::StatusOr<std::vector<v1::AttentionResponse>> RunStream(const std::vector<R
       break;
     }
     responses.push_back(std::move(response));
+    response = v1::AttentionResponse();  // the next Read's target
     std::lock_guard<std::mutex> lock(mu);
     ++answered;
     cv.notify_all();

@@ -118,8 +118,7 @@ class AttentionClient {
   // equal arguments otherwise share one connection (gRPC's global subchannel
   // pool). Tools and tests that act as many clients use it.
   static std::shared_ptr<grpc::Channel> ConnectAlone(const std::string& target,
-                                                     int64_t max_message_bytes = int64_t{256}
-                                                                                 << 20,
+                                                     int64_t max_message_bytes = int64_t{256} << 20,
                                                      int retries = 0);
 
   explicit AttentionClient(std::shared_ptr<grpc::Channel> channel);

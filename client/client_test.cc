@@ -63,19 +63,19 @@ TEST(Retries, TheLibraryRetriesWhatTheChannelsBufferCannotHold) {
 }
 
 TEST(FromGrpcStatus, ATransportCancelUnderMemoryPressureNamesTheLimit) {
-  const absl::Status s = FromGrpcStatus(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                                     "Received RST_STREAM with error code 11"));
+  const absl::Status s = FromGrpcStatus(
+      grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "Received RST_STREAM with error code 11"));
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_TRUE(absl::StartsWith(s.message(), "Received RST_STREAM with error code 11 ("));
   EXPECT_TRUE(absl::StrContains(s.message(), "--max-memory-mb")) << s.message();
   // Other resets and codes keep gRPC's message as it is.
-  EXPECT_EQ(FromGrpcStatus(grpc::Status(grpc::StatusCode::INTERNAL,
-                                        "Received RST_STREAM with error code 2"))
+  EXPECT_EQ(FromGrpcStatus(
+                grpc::Status(grpc::StatusCode::INTERNAL, "Received RST_STREAM with error code 2"))
                 .message(),
             "Received RST_STREAM with error code 2");
-  EXPECT_EQ(FromGrpcStatus(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "queue full"))
-                .message(),
-            "queue full");
+  EXPECT_EQ(
+      FromGrpcStatus(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "queue full")).message(),
+      "queue full");
 }
 
 }  // namespace

@@ -17,55 +17,92 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "client/args.h"
 #include "client/load_calls.h"
 #include "client/load_drivers.h"
 #include "client/load_report.h"
 #include "client/load_workload.h"
+#include "client/security.h"
 
 namespace attention {
 namespace client {
 namespace {
 
-constexpr char kUsage[] =
-    R"(attention-client load: load-tests a server and reports throughput and latency.
+// Every option of the load tool, declared once: the usage and the known
+// names come from here (the security options are SecurityOptions()).
+const OptionTable& LoadOptions() {
+  static const OptionTable kTable = {{
+      {"what to send (random data unless .npy files are given)",
+       {{{"rpc"}, "--rpc attention|self-attention|health", "(default self-attention)"},
+        {{"batch", "seq", "kv-seq", "embed", "heads", "kv-heads"},
+         "--batch B --seq L [--kv-seq S] --embed E --heads H [--kv-heads G]",
+         "shapes (defaults: 1, 128, L, the model's or 512, the model's or 8)"},
+        {{"model"},
+         "--model NAME",
+         "use a model the server has (its embed_dim and heads by default)"},
+        {{"model-file"},
+         "--model-file PATH",
+         "that model's safetensors file, for --verify (default models/NAME.safetensors)"},
+        {{"weights"},
+         "--weights none|average|per-head",
+         "attention weights asked for (default none)"},
+        {{}, "--causal", "causal attention"},
+        {{"wire-dtype"}, "--wire-dtype float32|float16|bfloat16", "tensors' dtype on the wire"},
+        {{"precision"},
+         "--precision float32|bfloat16",
+         "arithmetic of the products (default float32)"},
+        {{"input", "query", "key", "value"},
+         "--input x.npy | --query q.npy --key k.npy --value v.npy",
+         "send these tensors instead"}}},
+      {"how to send",
+       {{{"concurrency"},
+         "--concurrency N[,N...]",
+         "closed loop: N callers (a list sweeps, one row per level)"},
+        {{"rate"}, "--rate R[,R...]", "open loop: R requests per second (a list sweeps)"},
+        {{"arrival"}, "--arrival constant|poisson", "open-loop arrivals (default constant)"},
+        {{"duration"}, "--duration SECONDS", "measured time per level (default 10), or"},
+        {{"requests"}, "--requests N", "requests per level"},
+        {{"warmup"},
+         "--warmup SECONDS",
+         "load before measuring, excluded from the figures (default 1)"},
+        {{"in-flight"},
+         "--stream [--in-flight N]",
+         "closed loop over bidirectional streams, N messages in flight each (default 4)"},
+        {{"connections"},
+         "--connections N",
+         "channels, each with its own TCP connection to every address (default 1)"},
+        {{"max-outstanding"},
+         "--max-outstanding N",
+         "open loop: at most N requests unanswered (default 1000); a full window delays sends, "
+         "which shows as behind schedule"},
+        {{"timeout"}, "--timeout SECONDS", "per call, its retries included (default 30)"},
+        {{"retries"},
+         "--retries N",
+         "retry a unary call that failed with UNAVAILABLE (or was reset or cancelled by a "
+         "replica or proxy) up to N times (default 0); counted apart (`retries`), a request "
+         "that still fails is one error"},
+        {{"target"},
+         "--target T",
+         "HOST:PORT, a comma-separated list of IPv4 HOST:PORT, or dns:///NAME:PORT: calls "
+         "balance round robin over every address"}}},
+      {"checking and output",
+       {{{"verify"},
+         "--verify PERCENT",
+         "check that share of responses against the naive reference"},
+        {{"json", "csv", "html"},
+         "--json FILE  --csv FILE  --html FILE",
+         "reports (a sweep writes one entry per level)"},
+        {{}, "--quiet", "no progress line"}}},
+  }};
+  return kTable;
+}
 
-usage: attention-client [--target T] load [options]
-
-what to send (random data unless .npy files are given):
-  --rpc attention|self-attention|health   (default self-attention)
-  --batch B --seq L [--kv-seq S] --embed E --heads H [--kv-heads G]
-                            shapes (defaults: 1, 128, L, the model's or 512, the model's or 8)
-  --model NAME              use a model the server has (its embed_dim and heads by default)
-  --model-file PATH         that model's safetensors file, for --verify (default models/NAME.safetensors)
-  --weights none|average|per-head    --causal    --wire-dtype float32|float16|bfloat16
-  --precision float32|bfloat16       arithmetic of the products (default float32)
-  --input x.npy | --query q.npy --key k.npy --value v.npy   send these tensors instead
-
-how to send:
-  --concurrency N[,N...]    closed loop: N callers (a list sweeps, one row per level)
-  --rate R[,R...]           open loop: R requests per second (a list sweeps)
-  --arrival constant|poisson  open-loop arrivals (default constant)
-  --duration SECONDS        measured time per level (default 10), or
-  --requests N              requests per level
-  --warmup SECONDS          load before measuring, excluded from the figures (default 1)
-  --stream                  closed loop over bidirectional streams, --in-flight messages each (default 4)
-  --connections N           channels, each with its own TCP connection to every address (default 1)
-  --max-outstanding N       open loop: at most N requests unanswered (default 1000); a full
-                            window delays sends, which shows as behind schedule
-  --timeout SECONDS         per call, its retries included (default 30)
-  --retries N               retry a unary call that failed with UNAVAILABLE (or was reset or
-                            cancelled by a replica or proxy) up to N times (default 0); counted apart (`retries`), a request
-                            that still fails is one error
-  --target T                HOST:PORT, a comma-separated list of IPv4 HOST:PORT, or
-                            dns:///NAME:PORT: calls balance round robin over every address
-
-checking and output:
-  --verify PERCENT          check that share of responses against the naive reference
-  --json FILE  --csv FILE  --html FILE     reports (a sweep writes one entry per level)
-  --quiet                   no progress line
-
-Exit code: 0, or 1 when a response was lost, out of order or failed --verify; 2 for bad usage.
-)";
+constexpr char kUsageHead[] =
+    "attention-client load: load-tests a server and reports throughput and latency.\n\n"
+    "usage: attention-client [--target T] load [options]\n\n";
+constexpr char kUsageTail[] =
+    "\nExit code: 0, or 1 when a response was lost, out of order or failed --verify; 2 for bad "
+    "usage.\n";
 
 int Usage(const std::string& problem) {
   std::fprintf(stderr, "attention-client load: %s\n(attention-client load --help for usage)\n",
@@ -86,23 +123,13 @@ struct LoadFlags {
   ChannelSecurity security;
 };
 
-const std::set<std::string>& KnownOptions() {
-  static const std::set<std::string> kKnown = {
-      "target",          "rpc",      "batch",    "seq",        "kv-seq",      "embed",
-      "heads",           "kv-heads", "model",    "model-file", "weights",     "wire-dtype",
-      "input",           "query",    "key",      "value",      "concurrency", "rate",
-      "precision",
-      "arrival",         "duration", "requests", "warmup",     "in-flight",   "connections",
-      "max-outstanding", "timeout",  "verify",   "json",       "csv",         "html",
-      "tls",             "tls-ca",   "tls-cert", "tls-key",  "tls-server-name", "token-file",
-      "retries"};
-  return kKnown;
-}
-
 // The flags of `args` but those of the workload (MakeWorkload reads them).
 // Errors: InvalidArgument with the message to print as usage.
 absl::StatusOr<LoadFlags> ParseFlags(const CliArgs& args) {
-  if (absl::Status st = args.CheckKnown(KnownOptions()); !st.ok()) return st;
+  std::set<std::string> known = LoadOptions().Names();
+  const std::set<std::string> security_names = SecurityOptions().Names();
+  known.insert(security_names.begin(), security_names.end());
+  if (absl::Status st = args.CheckKnown(known); !st.ok()) return st;
   if (args.Has("concurrency") && args.Has("rate")) {
     return absl::InvalidArgumentError(
         "give --concurrency (closed loop) or --rate (open loop), not both");
@@ -181,8 +208,9 @@ std::string SettingsLine(const LoadFlags& f) {
           : (s.stream ? absl::StrCat("closed loop over streams, ", s.in_flight, " in flight each")
                       : std::string("closed loop, unary")),
       ", ", s.requests > 0 ? absl::StrCat(s.requests, " requests") : absl::StrCat(s.duration, " s"),
-      " per level, warmup ", f.warmup, " s, ", f.connections, " connection(s) per address, timeout ",
-      s.timeout, " s, retries ", f.retries, ", verify ", f.verify, "%");
+      " per level, warmup ", f.warmup, " s, ", f.connections,
+      " connection(s) per address, timeout ", s.timeout, " s, retries ", f.retries, ", verify ",
+      f.verify, "%");
 }
 
 // Runs every level (each after its warmup), printing its figures.
@@ -231,9 +259,11 @@ bool WriteReports(const CliArgs& args, const LoadReport& report) {
 
 int RunLoad(const CliArgs& args) {
   if (args.Switch("help")) {
-    std::fputs(kUsage, stdout);
+    std::fputs(kUsageHead, stdout);
+    std::fputs(LoadOptions().Usage().c_str(), stdout);
     std::fputs("\n", stdout);
-    std::fputs(kSecurityUsage, stdout);
+    std::fputs(SecurityOptions().Usage().c_str(), stdout);
+    std::fputs(kUsageTail, stdout);
     return 0;
   }
   absl::StatusOr<LoadFlags> flags = ParseFlags(args);

@@ -11,7 +11,10 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "client/load_recorder.h"
 #include "client/load_streams.h"
 
@@ -39,8 +42,8 @@ class Progress {
     if (!enabled_) return;
     thread_ = std::thread([this, label] {
       const auto start = Clock::now();
-      std::unique_lock<std::mutex> lock(mu_);
-      while (!cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stop_; })) {
+      absl::MutexLock lock(&mu_);
+      while (!mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Seconds(1))) {
         const LoadResult r = rec_.Snapshot();
         const double t = std::chrono::duration<double>(Clock::now() - start).count();
         int64_t errors = 0;
@@ -58,19 +61,17 @@ class Progress {
   ~Progress() {
     if (!enabled_) return;
     {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
+      absl::MutexLock lock(&mu_);
+      stop_ = true;  // wakes the thread's AwaitWithTimeout
     }
-    cv_.notify_all();
     thread_.join();
   }
 
  private:
   Recorder& rec_;
   bool enabled_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
+  absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 

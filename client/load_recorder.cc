@@ -14,7 +14,7 @@ namespace client {
 
 void Recorder::Sent(const RequestTimes& t) {
   if (t.due_us >= 0 && t.sent_us - t.due_us > kBehindScheduleUs) {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     ++r_.behind_schedule;
   }
   sent_++;
@@ -100,7 +100,7 @@ void Recorder::DoneSerialized(const grpc::Status& s, grpc::ByteBuffer* response,
 
 void Recorder::Settle(const grpc::Status& status, double response_bytes, bool checked,
                       const std::optional<std::string>& mismatch, const RequestTimes& t) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   r_.latency.Record(t.done_us - t.sent_us);
   if (t.due_us >= 0) r_.corrected.Record(t.done_us - t.due_us);
   if (status.ok()) {
@@ -120,12 +120,12 @@ void Recorder::Settle(const grpc::Status& status, double response_bytes, bool ch
 
 void Recorder::Retried(int64_t count) {
   if (count == 0) return;
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   r_.retries += count;
 }
 
 void Recorder::Lost(const std::string& why, int64_t count) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   r_.lost += count;
   if (r_.first_lost.empty()) r_.first_lost = why;
   const std::string code = "LOST";
@@ -134,12 +134,12 @@ void Recorder::Lost(const std::string& why, int64_t count) {
 }
 
 void Recorder::Unexpected(const std::string& why) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (r_.unexpected++ == 0 && r_.first_lost.empty()) r_.first_lost = why;
 }
 
 LoadResult Recorder::Snapshot() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   LoadResult r = r_;
   r.sent = sent_.load();
   return r;

@@ -18,10 +18,11 @@
 #define CLIENT_LOAD_RECORDER_H_
 
 #include <atomic>
-#include <mutex>
 #include <optional>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "client/load_report.h"
 #include "client/load_workload.h"
 #include "grpcpp/support/byte_buffer.h"
@@ -57,36 +58,36 @@ class Recorder {
 
   // One request sent; with a due time (open loop), behind schedule when it
   // left more than kBehindScheduleUs after it.
-  void Sent(const RequestTimes& t = {});
+  void Sent(const RequestTimes& t = {}) ABSL_LOCKS_EXCLUDED(mu_);
 
   // One request settled with `s`. `response` (nullptr for health checks) is
   // the response of pool entry `index`; a stream message's error inside an
   // OK status counts as that error. Records the latency done - sent, and
   // done - due when due_us >= 0.
   void Done(const grpc::Status& s, const v1::AttentionResponse* response, size_t index,
-            const RequestTimes& t);
+            const RequestTimes& t) ABSL_LOCKS_EXCLUDED(mu_);
 
   // The same for a response still serialized (a unary call's): read without
   // copying its tensors, and parsed only when --verify checks it, which
   // consumes `response`. Bytes that do not parse as an AttentionResponse
   // count as INTERNAL, as a stub's failure to parse them would.
   void DoneSerialized(const grpc::Status& s, grpc::ByteBuffer* response, size_t index,
-                      const RequestTimes& t);
+                      const RequestTimes& t) ABSL_LOCKS_EXCLUDED(mu_);
 
   // `count` requests whose response never came, or came out of order: counted
   // as lost and as the error code LOST; `why` is kept when it is the first.
-  void Lost(const std::string& why, int64_t count = 1);
+  void Lost(const std::string& why, int64_t count = 1) ABSL_LOCKS_EXCLUDED(mu_);
 
   // `count` retries of requests settled by Done(): counted apart, a request
   // stays one request however often it was retried.
-  void Retried(int64_t count);
+  void Retried(int64_t count) ABSL_LOCKS_EXCLUDED(mu_);
 
   // A stream response that answered no outstanding message (not a request:
   // counted apart, and it fails the run like a lost one).
-  void Unexpected(const std::string& why);
+  void Unexpected(const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
 
   // A copy of the figures so far (for the progress line and the report).
-  LoadResult Snapshot();
+  LoadResult Snapshot() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   // Whether the next OK response (of a pool that has references) is one of
@@ -101,14 +102,15 @@ class Recorder {
   // included) with `response_bytes` when OK; `checked` says whether --verify
   // checked it, and `mismatch` what it found.
   void Settle(const grpc::Status& status, double response_bytes, bool checked,
-              const std::optional<std::string>& mismatch, const RequestTimes& t);
+              const std::optional<std::string>& mismatch, const RequestTimes& t)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   const Workload& w_;
   const double verify_;
   std::atomic<int64_t> sent_{0};
   std::atomic<int64_t> verify_counter_{0};
-  std::mutex mu_;
-  LoadResult r_;
+  absl::Mutex mu_;
+  LoadResult r_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace client

@@ -272,7 +272,8 @@ absl::Status WriteCsv(const LoadReport& report, const std::string& path) {
     const LatencyHistogram& l = r.latency;
     const LatencyHistogram& c = r.corrected;
     absl::StrAppendFormat(
-        &csv, "%s,%g,%d,%d,%d,%d,%.3f,%.3f,%.3f,%.3f,%.4f,%.4f,%.4f,%.4f,%.4f,%s,%s,%s,%s,%d,%d,%d\n",
+        &csv,
+        "%s,%g,%d,%d,%d,%d,%.3f,%.3f,%.3f,%.3f,%.4f,%.4f,%.4f,%.4f,%.4f,%s,%s,%s,%s,%d,%d,%d\n",
         r.open_loop ? "open" : "closed", r.level, r.sent, r.ok, r.error_count(), r.lost,
         r.duration_s, r.rps(), MbPerS(r), Gflops(r), l.Percentile(50) / 1e3, l.Percentile(90) / 1e3,
         l.Percentile(99) / 1e3, l.Percentile(99.9) / 1e3, l.max() / 1e3,

@@ -69,7 +69,7 @@ absl::Status FillPool(const CliArgs& args, const Shape& sh, const v1::AttentionO
   const int pool = npy ? 1 : 4;
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> u(-1, 1);
-  auto random = [&](std::vector<int64_t> shape) {
+  auto random = [&](const std::vector<int64_t>& shape) {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
     std::vector<float> data(n);
@@ -246,12 +246,12 @@ absl::StatusOr<Workload> MakeWorkload(const CliArgs& args, RpcKind rpc, Attentio
   const double E = sh->E;
   w.flops = 4.0 * b * l * s * E * (options.causal() ? 0.5 : 1.0);
   if (!model.empty()) w.flops += 2.0 * b * E * (2 * l * E + s * (sh->kdim + sh->vdim));
-  w.description = absl::StrCat(RpcKindName(rpc), " B=", sh->B, " L=", sh->L,
-                               rpc == RpcKind::kAttention ? absl::StrCat(" S=", sh->S) : "",
-                               " E=", sh->E, " H=", sh->H, model.empty() ? "" : " model " + model,
-                               options.causal() ? " causal" : "", " weights ", weights_name,
-                               " wire ", wire_name,
-                               *precision == Precision::kBFloat16 ? " precision bfloat16" : "");
+  w.description =
+      absl::StrCat(RpcKindName(rpc), " B=", sh->B, " L=", sh->L,
+                   rpc == RpcKind::kAttention ? absl::StrCat(" S=", sh->S) : "", " E=", sh->E,
+                   " H=", sh->H, model.empty() ? "" : " model " + model,
+                   options.causal() ? " causal" : "", " weights ", weights_name, " wire ",
+                   wire_name, *precision == Precision::kBFloat16 ? " precision bfloat16" : "");
   if (verify_percent > 0) {
     if (absl::Status st = ComputeReferences(args, &w); !st.ok()) return st;
   }

@@ -28,7 +28,7 @@ TEST(Npy, RoundTripsEveryDType) {
 }
 
 std::string Npy(const std::string& header, size_t data_bytes) {
-  std::string h = header;
+  const std::string& h = header;
   std::string out = "\x93NUMPY";
   out += '\x01';
   out += '\x00';

@@ -37,19 +37,22 @@ std::string FirstToken(absl::string_view text) {
 
 }  // namespace
 
-const char kSecurityUsage[] =
-    R"(security (every command):
-  --tls                     TLS, verifying the server against the system's root certificates
-  --tls-ca PATH             TLS, verifying the server against this PEM CA bundle
-  --tls-cert PATH --tls-key PATH   a client certificate (servers that require mutual TLS)
-  --tls-server-name NAME    the name the server's certificate must carry (default: the target's host)
-  --token-file PATH         send 'authorization: Bearer TOKEN' (the file's first line; needs TLS);
-                            the environment variable ATTENTION_TOKEN does the same on TLS channels
-)";
-
-bool IsSecurityFlag(const std::string& name) {
-  return name == "tls" || name == "tls-ca" || name == "tls-cert" || name == "tls-key" ||
-         name == "tls-server-name" || name == "token-file";
+const OptionTable& SecurityOptions() {
+  static const OptionTable kTable = {
+      {{"security (every command)",
+        {{{"tls"}, "--tls", "TLS, verifying the server against the system's root certificates"},
+         {{"tls-ca"}, "--tls-ca PATH", "TLS, verifying the server against this PEM CA bundle"},
+         {{"tls-cert", "tls-key"},
+          "--tls-cert PATH --tls-key PATH",
+          "a client certificate (servers that require mutual TLS)"},
+         {{"tls-server-name"},
+          "--tls-server-name NAME",
+          "the name the server's certificate must carry (default: the target's host)"},
+         {{"token-file"},
+          "--token-file PATH",
+          "send 'authorization: Bearer TOKEN' (the file's first line; needs TLS); the "
+          "environment variable ATTENTION_TOKEN does the same on TLS channels"}}}}};
+  return kTable;
 }
 
 absl::StatusOr<ChannelSecurity> SecurityFromArgs(const CliArgs& args) {

@@ -45,11 +45,10 @@ absl::StatusOr<ChannelSecurity> SecurityFromArgs(const CliArgs& args);
 std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(
     const ChannelSecurity& security, grpc::ChannelArguments* channel_args);
 
-// Whether --`name` is one of the flags above (every command accepts them).
-bool IsSecurityFlag(const std::string& name);
+// The flags above, as every command's usage shows them and accepts them.
+const OptionTable& SecurityOptions();
 
 // Help text for the flags above, for the tools' usage messages.
-extern const char kSecurityUsage[];
 
 }  // namespace client
 }  // namespace attention

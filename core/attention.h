@@ -122,6 +122,9 @@ struct ComputeOptions {
   // Upper bound on the memory one call may allocate (estimated before any
   // allocation, output and weights included).
   int64_t max_memory_bytes = int64_t{1} << 30;
+  // Upper bound on a call's estimated work (AttentionPlanInfo::work), checked
+  // before anything is allocated; 0: none. ResourceExhausted over it.
+  double max_work = 0;
   // Without weights, calls with at least this many keys take the fused path
   // (one tile of keys at a time, online softmax: memory independent of S);
   // shorter ones compute whole score rows, 128 at a time (faster: fewer,
@@ -164,11 +167,26 @@ class VectorOutputs final : public OutputBuffers {
 
 // The shapes of a call's results and what it will allocate, as validation
 // found them.
+inline constexpr double kWorkPerScore = 128;
+
+// A ResourceExhausted refusal of the work limit (ComputeOptions::max_work)
+// carries this payload, so that callers can tell it from a memory refusal.
+inline constexpr char kWorkLimitPayload[] = "attention.work_limit";
+inline bool IsWorkLimitRefusal(const absl::Status& status) {
+  return status.GetPayload(kWorkLimitPayload).has_value();
+}
+
 struct AttentionPlanInfo {
   std::vector<int64_t> output_shape;
   std::vector<int64_t> weights_shape;  // empty for WeightsMode::kNone
   int64_t memory_bytes = 0;            // estimate, outputs included
   double flops = 0;                    // multiply-adds x 2
+  // The call's estimated cost in flop-equivalents: `flops` plus
+  // kWorkPerScore for each attention score computed (a score's scaling,
+  // masks, exponential and sums cost about that many product flops: 1.3 ns a
+  // score against 107 GFLOP/s, measured with attention-bench at L = S = 8192,
+  // one head of 4 and of 64 dims), so that small head dims are not free.
+  double work = 0;
   Precision precision = Precision::kFloat32;  // what the call computes in
 };
 

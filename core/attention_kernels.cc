@@ -72,15 +72,20 @@ int64_t KeysNeeded(const HeadsProblem& problem, int64_t i0, int64_t m) {
 // chain: over every score row it cost ~9% of a (1, 2048, 512, 8) call; this
 // reduction runs in SIMD lanes. OpenMP leaves the lanes' starting value to
 // the compiler (GCC: -inf; clang: -FLT_MAX, which would hide a fully masked
-// row), hence `any`: as fast under GCC as the max alone.
+// row), hence `any`: as fast under GCC as the max alone. A NaN anywhere
+// gives NaN, so that the row's softmax is NaN as PyTorch's (a row of NaN
+// mask values is not a fully masked row).
 float RowMax(const float* row, int64_t n) {
   float m = kNegInf;
   int any = 0;  // an element above -inf
-#pragma omp simd reduction(max : m) reduction(| : any)
+  int nan = 0;
+#pragma omp simd reduction(max : m) reduction(| : any, nan)
   for (int64_t j = 0; j < n; ++j) {
     m = m > row[j] ? m : row[j];  // std::max: not vectorized
     any |= row[j] > kNegInf;
+    nan |= row[j] != row[j];
   }
+  if (nan) return std::numeric_limits<float>::quiet_NaN();
   return any ? m : kNegInf;
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 
 namespace attention {
@@ -219,7 +220,7 @@ absl::Status PlanEmbedded(const AttentionArgs& args, const TensorView& k, const 
                             ") should be num_kv_heads x head_dim = ", plan.Hkv, " x ", plan.D));
   }
   if (plan.Ev % plan.Hkv != 0) {
-    return InvalidField("value", absl::StrCat("last dim ", plan.Ev, " is not args multiple of ",
+    return InvalidField("value", absl::StrCat("last dim ", plan.Ev, " is not a multiple of ",
                                               "num_kv_heads ", plan.Hkv));
   }
   plan.Dv = plan.Ev / plan.Hkv;
@@ -461,6 +462,17 @@ absl::StatusOr<Plan> MakePlan(const AttentionArgs& args, const ComputeOptions& o
   const double bytes = ScheduleBytes(args, options, p, FixedBytes(args, p));
   p.info.memory_bytes = static_cast<int64_t>(std::min(bytes, 9e18));
   p.info.flops = CallFlops(p);
+  const double scores = static_cast<double>(p.B) * p.H * p.L * p.S * (args.causal ? 0.5 : 1.0);
+  p.info.work = p.info.flops + kWorkPerScore * scores;
+  if (options.max_work > 0 && p.info.work > options.max_work) {
+    absl::Status refused = absl::ResourceExhaustedError(absl::StrCat(
+        "request needs an estimated ", static_cast<int64_t>(p.info.work / 1e9),
+        " GFLOP of work (B=", p.B, ", H=", p.H, ", L=", p.L, ", S=", p.S,
+        "), over the per-request work limit of ", static_cast<int64_t>(options.max_work / 1e9),
+        " GFLOP; send smaller requests"));
+    refused.SetPayload(kWorkLimitPayload, absl::Cord("1"));
+    return refused;
+  }
   if (bytes > static_cast<double>(options.max_memory_bytes)) {
     return absl::ResourceExhaustedError(
         absl::StrCat("request needs an estimated ", MiB(bytes), " MiB (B=", p.B, ", H=", p.H,

@@ -52,7 +52,8 @@ T Pick(std::mt19937& rng, std::initializer_list<T> values) {
 
 bool Chance(std::mt19937& rng, double p) { return std::bernoulli_distribution(p)(rng); }
 
-TensorView MakeMask(RandomCase& c, std::vector<int64_t> shape, bool as_bool, std::mt19937& rng) {
+TensorView MakeMask(RandomCase& c, const std::vector<int64_t>& shape, bool as_bool,
+                    std::mt19937& rng) {
   const int64_t n = ShapeProduct(shape);
   if (as_bool) {
     std::vector<uint8_t>& m = c.bools.emplace_back(n);
@@ -192,12 +193,11 @@ TEST(AttentionVsReference, RandomizedGrid) {
     PoisonedOutputs got;
     ComputeOptions options;
     options.max_threads = 1 + seed % 2;
-    options.fused_min_keys = seed % 3 == 0 ? 16384 : 1;  // both paths without weights
+    options.fused_min_keys = seed % 3 == 0 ? 16384 : 1;    // both paths without weights
     options.pack_min_keys = seed / 2 % 2 == 0 ? 2048 : 1;  // K^T, V read in place or packed
     std::shared_ptr<const PreparedProjection> prepared;
     if (c.args.projection != nullptr && seed % 5 < 3) {  // as a model's weights are
-      absl::StatusOr<std::shared_ptr<const PreparedProjection>> p =
-          PrepareProjection(c.projection);
+      absl::StatusOr<std::shared_ptr<const PreparedProjection>> p = PrepareProjection(c.projection);
       ASSERT_TRUE(p.ok()) << p.status();
       prepared = *p;
       c.projection.prepared = prepared.get();
@@ -235,8 +235,7 @@ TEST(AttentionBfloat16, RandomizedGrid) {
     options.pack_min_keys = seed / 4 % 2 == 0 ? 2048 : 1;
     std::shared_ptr<const PreparedProjection> prepared;
     if (c.args.projection != nullptr && seed % 5 < 3) {
-      absl::StatusOr<std::shared_ptr<const PreparedProjection>> p =
-          PrepareProjection(c.projection);
+      absl::StatusOr<std::shared_ptr<const PreparedProjection>> p = PrepareProjection(c.projection);
       ASSERT_TRUE(p.ok()) << p.status();
       prepared = *p;
       c.projection.prepared = prepared.get();
@@ -272,8 +271,8 @@ TEST(AttentionBfloat16, OneBatchEntrySplitsItsRowsBetweenThreads) {
   for (int64_t j = 70; j < S; ++j) padding[j] = 1;
   for (WeightsMode weights : {WeightsMode::kNone, WeightsMode::kAveraged}) {
     for (bool causal : {false, true}) {
-      SCOPED_TRACE(::testing::Message() << "causal " << causal << " weights "
-                                      << static_cast<int>(weights));
+      SCOPED_TRACE(::testing::Message()
+                   << "causal " << causal << " weights " << static_cast<int>(weights));
       AttentionArgs a;
       a.query = q.view();
       a.key = k.view();
@@ -458,6 +457,36 @@ TEST(AttentionVsReference, FullyMaskedRowsAreZeroNotNaN) {
   for (float x : out.output.data) EXPECT_FALSE(std::isnan(x));
 }
 
+// A float mask row of NaN is not a masked row: the row's output is NaN, as
+// PyTorch's softmax gives it (a single NaN already did); other rows are
+// untouched. Both the whole-row and the tiled (online softmax) paths, and the
+// reference.
+TEST(AttentionVsReference, ARowOfNaNMaskValuesIsNaNAsInPyTorch) {
+  std::mt19937 rng(8);
+  FloatTensor q = RandomTensor({1, 3, 8}, rng);
+  FloatTensor k = RandomTensor({1, 5, 8}, rng);
+  std::vector<float> mask(3 * 5, 0.0f);
+  for (int j = 0; j < 5; ++j) mask[1 * 5 + j] = std::nanf("");  // row 1 all NaN
+  AttentionArgs a = CrossAttention(q, k, k);
+  a.num_heads = 2;
+  a.attn_mask = TensorView{DType::kFloat32, {3, 5}, mask.data(), mask.size() * 4};
+  for (int64_t fused_min_keys : {int64_t{1} << 30, int64_t{1}}) {
+    ComputeOptions o;
+    o.fused_min_keys = fused_min_keys;
+    VectorOutputs out;
+    ASSERT_TRUE(ComputeAttention(a, o, &out).ok());
+    for (int e = 0; e < 8; ++e) {
+      EXPECT_TRUE(std::isnan(out.output.data[1 * 8 + e])) << fused_min_keys;
+      EXPECT_FALSE(std::isnan(out.output.data[0 * 8 + e])) << fused_min_keys;
+      EXPECT_FALSE(std::isnan(out.output.data[2 * 8 + e])) << fused_min_keys;
+    }
+  }
+  absl::StatusOr<ReferenceResult> want = ReferenceAttention(a);
+  ASSERT_TRUE(want.ok());
+  EXPECT_TRUE(std::isnan(want->output[1 * 8]));
+  EXPECT_FALSE(std::isnan(want->output[0]));
+}
+
 // A valid base call, modified by each validation case.
 struct Base {
   std::mt19937 rng{1};
@@ -630,6 +659,31 @@ AttentionArgs PlanOnlySelfAttention(int64_t L, int64_t E, int64_t heads) {
   a.query = TensorView{DType::kFloat32, {1, L, E}, &kNoData, static_cast<size_t>(L * E * 4)};
   a.num_heads = heads;
   return a;
+}
+
+// Work grows as L x S even when the memory does not: 4.6 MiB of q = k = v
+// [1, 100000, 4] is 1e10 scores. The work limit refuses it before anything is
+// allocated, with a payload that tells it from a memory refusal; causal
+// halves the scores counted.
+TEST(AttentionLimits, WorkOverTheLimitIsRefusedBeforeComputing) {
+  const AttentionArgs a = PlanOnlySelfAttention(100000, 4, 1);
+  ComputeOptions o;
+  absl::StatusOr<AttentionPlanInfo> info = PlanAttention(a, o);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_DOUBLE_EQ(info->work, info->flops + kWorkPerScore * 1e10);
+  o.max_work = 1e12;
+  const absl::Status s = PlanAttention(a, o).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("needs an estimated 1440 GFLOP of work (B=1, H=1, L=100000, S=100000), "
+                        "over the per-request work limit of 1000 GFLOP"));
+  EXPECT_TRUE(IsWorkLimitRefusal(s));
+  AttentionArgs causal = a;
+  causal.causal = true;
+  absl::StatusOr<AttentionPlanInfo> half = PlanAttention(causal, {});
+  EXPECT_DOUBLE_EQ(half->work, half->flops + kWorkPerScore * 5e9);
+  EXPECT_FALSE(IsWorkLimitRefusal(PlanAttention(PlanOnlySelfAttention(1 << 20, 1 << 12, 1), {})
+                                      .status()));  // over the memory limit: not work
 }
 
 TEST(AttentionLimits, LongSequenceWithoutWeightsFitsInLittleMemory) {

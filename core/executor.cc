@@ -39,10 +39,10 @@ Executor::Executor(Options options) : max_queue_(options.max_queue) {
     std::vector<int> cpus = AllowedCpus();
     if (static_cast<int>(cpus.size()) == workers * threads_per_worker_) pinned_ = std::move(cpus);
   }
-  pending_starts_ = workers;
+  pending_starts_ = workers;  // no worker yet: no lock needed
   for (int i = 0; i < workers; ++i) threads_.emplace_back([this, i] { Work(i); });
-  std::unique_lock<std::mutex> lock(mu_);
-  started_cv_.wait(lock, [this] { return pending_starts_ == 0; });  // every team is up
+  absl::MutexLock lock(&mu_);
+  while (pending_starts_ != 0) started_cv_.Wait(&mu_);  // every team is up
   if (pin_failures_ > 0) pinned_.clear();
 }
 
@@ -58,23 +58,23 @@ Executor::~Executor() { Shutdown(); }
 
 bool Executor::TrySubmit(std::function<void()> task, size_t no_ops) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (stopping_ || queue_.size() - std::min(no_ops, queue_.size()) >= max_queue_ + idle_) {
       return false;
     }
     queue_.push_back(std::move(task));
   }
-  cv_.notify_one();
+  cv_.Signal();
   return true;
 }
 
 void Executor::Shutdown() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (stopping_ && threads_.empty()) return;
     stopping_ = true;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
   for (std::thread& t : threads_) {
     if (t.joinable()) t.join();
   }
@@ -82,7 +82,7 @@ void Executor::Shutdown() {
 }
 
 size_t Executor::queued() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return queue_.size();
 }
 
@@ -107,17 +107,17 @@ void Executor::Work(int worker) {
         if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0) ++failures;
       }
     }
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     pin_failures_ += failures.load();
     --pending_starts_;
-    started_cv_.notify_all();
+    started_cv_.SignalAll();
   }
   for (;;) {
     std::function<void()> task;
     {
-      std::unique_lock<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       ++idle_;
-      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      while (!stopping_ && queue_.empty()) cv_.Wait(&mu_);
       --idle_;
       if (queue_.empty()) return;  // stopping, and nothing left
       task = std::move(queue_.front());

@@ -14,14 +14,15 @@
 #ifndef CORE_EXECUTOR_H_
 #define CORE_EXECUTOR_H_
 
-#include <condition_variable>
 #include <cstddef>
 #include <deque>
 #include <functional>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 namespace attention {
 
@@ -55,31 +56,36 @@ class Executor {
   // another batch answered), or Shutdown() has been called. A task that
   // throws is reported on stderr and dropped (it must not: tasks own their
   // errors).
-  bool TrySubmit(std::function<void()> task, size_t no_ops = 0);
+  bool TrySubmit(std::function<void()> task, size_t no_ops = 0) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Stops accepting tasks, runs those already queued, joins the workers.
-  void Shutdown();
+  void Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
 
   int workers() const { return static_cast<int>(threads_.size()); }
   int threads_per_worker() const { return threads_per_worker_; }
   // The CPUs compute threads are pinned to, worker by worker ("" unpinned).
   std::string pinned_cpus() const;
-  size_t queued() const;
+  size_t queued() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  void Work(int worker);
+  void Work(int worker) ABSL_LOCKS_EXCLUDED(mu_);
 
   const size_t max_queue_;
   int threads_per_worker_;
-  std::vector<int> pinned_;  // CPU of worker w's OpenMP thread t: [w * threads + t]
-  std::condition_variable started_cv_;
-  int pending_starts_ = 0;  // workers still starting their teams (guarded by mu_)
-  int pin_failures_ = 0;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> queue_;
-  bool stopping_ = false;
-  size_t idle_ = 0;  // workers waiting for a task
+  // CPU of worker w's OpenMP thread t: [w * threads + t]. Set before the
+  // workers start and cleared after they are all up: never changed while one
+  // reads it.
+  std::vector<int> pinned_;
+  mutable absl::Mutex mu_;
+  absl::CondVar started_cv_;                     // pending_starts_ reached 0
+  int pending_starts_ ABSL_GUARDED_BY(mu_) = 0;  // workers still starting their teams
+  int pin_failures_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::CondVar cv_;  // a task was queued, or stopping_
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  size_t idle_ ABSL_GUARDED_BY(mu_) = 0;  // workers waiting for a task
+  // Not guarded: filled by the constructor and emptied by Shutdown, on the
+  // owner's thread once nobody else uses the executor.
   std::vector<std::thread> threads_;
 };
 

@@ -26,7 +26,6 @@ using testing::RandomTensor;
 
 constexpr int64_t kMiB = 1 << 20;
 
-
 struct Case {
   const char* name;
   std::vector<int64_t> query;  // [B, L, E]; self-attention unless kv_length > 0
@@ -138,10 +137,23 @@ TEST(MemoryEstimateTest, ThePeakOfAComputationStaysWithinItsEstimate) {
       {"per-head weights", {2, 256, 512}, 0, 8, WeightsMode::kPerHead},
       {"inline projection, averaged weights", {4, 256, 512}, 0, 8, WeightsMode::kAveraged, true},
       {"fused keys, causal", {1, 2048, 256}, 0, 4, WeightsMode::kNone, false, true},
-      {"cross-attention, float16 query", {8, 128, 256}, 512, 4, WeightsMode::kNone, false, false,
+      {"cross-attention, float16 query",
+       {8, 128, 256},
+       512,
+       4,
+       WeightsMode::kNone,
+       false,
+       false,
        DType::kFloat16},
-      {"bfloat16 precision, inline projection", {4, 256, 512}, 0, 8, WeightsMode::kNone, true,
-       false, DType::kFloat32, Precision::kBFloat16},
+      {"bfloat16 precision, inline projection",
+       {4, 256, 512},
+       0,
+       8,
+       WeightsMode::kNone,
+       true,
+       false,
+       DType::kFloat32,
+       Precision::kBFloat16},
   };
   for (const Case& c : cases) {
     const Measured m = RunInChild(c);

@@ -150,7 +150,8 @@ void Run(const std::shared_ptr<const Cached>& p, const void* const (&data)[4]) {
     Bound b{p, {}};
     const dnnl::memory::desc* descs[] = {&p->a, &p->b, &p->bias, &p->c};
     for (int i = 0; i < 4; ++i) {
-      if (!descs[i]->is_zero()) b.args.emplace(kArgs[i], dnnl::memory(*descs[i], Engine(), nullptr));
+      if (!descs[i]->is_zero())
+        b.args.emplace(kArgs[i], dnnl::memory(*descs[i], Engine(), nullptr));
     }
     b.args.emplace(DNNL_ARG_SCRATCHPAD, dnnl::memory(p->scratchpad, Engine(), nullptr));
     it = bound.emplace(p.get(), std::move(b)).first;

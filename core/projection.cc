@@ -38,7 +38,7 @@ using internal::Elem;
 using internal::Mat;
 
 absl::Status CheckMatrix(const std::optional<TensorView>& v, absl::string_view name,
-                         std::vector<int64_t> want) {
+                         const std::vector<int64_t>& want) {
   if (!v) return absl::OkStatus();
   if (absl::Status s = CheckFloatTensor(*v, name); !s.ok()) return s;
   if (v->shape != want) {
@@ -194,8 +194,7 @@ absl::StatusOr<std::shared_ptr<const PreparedProjection>> PrepareProjection(
 
 namespace internal {
 
-CallProjection::CallProjection(const ProjectionWeights& w, const ProjectionShape& shape,
-                               bool bf16)
+CallProjection::CallProjection(const ProjectionWeights& w, const ProjectionShape& shape, bool bf16)
     : shape_(shape), bf16_(bf16) {
   const float* f32[std::size(kProjectionTensors)];
   for (size_t i = 0; i < std::size(kProjectionTensors); ++i) {

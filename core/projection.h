@@ -113,8 +113,7 @@ class CallProjection {
   // `weights` validated as `shape` (ValidateProjection); both must outlive
   // this object. `bf16`: the products read bfloat16 inputs and matrices
   // (only where NativeBfloat16()); biases and accumulation stay float32.
-  CallProjection(const ProjectionWeights& weights, const ProjectionShape& shape,
-                 bool bf16 = false);
+  CallProjection(const ProjectionWeights& weights, const ProjectionShape& shape, bool bf16 = false);
 
   // The in-projections: qp [q_rows, E] = q wq^T + bq, and likewise kp, vp
   // [kv_rows, E] from k [kv_rows, kdim] and v [kv_rows, vdim]. Inputs and

@@ -153,6 +153,7 @@ void Attend(const AttentionArgs& args, const Heads& x, std::vector<double>* O,
       for (int64_t i = 0; i < L; ++i) {
         std::vector<double> s(S);
         double mx = -inf;
+        bool nan = false;  // a NaN score (a NaN mask value): the row is NaN, as in PyTorch
         for (int64_t j = 0; j < S; ++j) {
           double dot = 0;
           for (int64_t d = 0; d < D; ++d) {
@@ -165,8 +166,9 @@ void Attend(const AttentionArgs& args, const Heads& x, std::vector<double>* O,
             s[j] += MaskAt(kpm, *args.key_padding_mask, x, batched, b, h, i, j, true);
           }
           mx = std::max(mx, s[j]);
+          nan |= std::isnan(s[j]);
         }
-        if (mx == -inf) continue;  // every key masked: zeros
+        if (mx == -inf && !nan) continue;  // every key masked: zeros
         double sum = 0;
         for (int64_t j = 0; j < S; ++j) sum += std::exp(s[j] - mx);
         for (int64_t j = 0; j < S; ++j) {

@@ -8,13 +8,53 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "nlohmann/json.hpp"
 
 namespace attention {
 namespace {
 
 constexpr uint64_t kMaxHeaderBytes = 100 << 20;
+// A safetensors header nests three levels (header, tensor entry, lists); a
+// deeper one is refused before it is parsed, so that no recursive step on
+// untrusted JSON (serializing it, destroying it) can run out of stack.
+constexpr int kMaxHeaderDepth = 16;
+// The most of a name or value from the file that an error message echoes.
+constexpr size_t kMaxEchoedBytes = 64;
+
+// `text` for an error message: escaped (a newline in a name cannot forge a
+// log line) and cut to kMaxEchoedBytes.
+std::string Echo(absl::string_view text) {
+  std::string out = absl::CHexEscape(text.substr(0, kMaxEchoedBytes));
+  if (text.size() > kMaxEchoedBytes) absl::StrAppend(&out, "...(", text.size(), " bytes)");
+  return out;
+}
+
+// The deepest nesting of arrays and objects in `json` (strings skipped).
+int NestingDepth(absl::string_view json) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char c : json) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
 
 absl::Status Malformed(absl::string_view source, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(source, ": not a valid safetensors file: ", what));
@@ -74,6 +114,9 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string contents, absl::str
     return Malformed(source, absl::StrCat("header length ", header_len, " exceeds the file size ",
                                           contents.size()));
   }
+  if (NestingDepth(absl::string_view(contents).substr(8, header_len)) > kMaxHeaderDepth) {
+    return Malformed(source, absl::StrCat("header nests deeper than ", kMaxHeaderDepth, " levels"));
+  }
   nlohmann::json header =
       nlohmann::json::parse(contents.begin() + 8, contents.begin() + 8 + header_len, nullptr,
                             /*allow_exceptions=*/false);
@@ -89,13 +132,13 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string contents, absl::str
       if (!entry.is_object()) return Malformed(source, "__metadata__ is not an object");
       for (auto& [key, value] : entry.items()) {
         if (!value.is_string()) {
-          return Malformed(source, absl::StrCat("__metadata__.", key, " is not a string"));
+          return Malformed(source, absl::StrCat("__metadata__.", Echo(key), " is not a string"));
         }
         file.metadata[key] = value.get<std::string>();
       }
       continue;
     }
-    const std::string where = absl::StrCat("tensor '", name, "'");
+    const std::string where = absl::StrCat("tensor '", Echo(name), "'");
     if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") ||
         !entry.contains("data_offsets")) {
       return Malformed(source, absl::StrCat(where, " needs dtype, shape and data_offsets"));
@@ -103,8 +146,12 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string contents, absl::str
     const nlohmann::json& dtype_json = entry["dtype"];
     TensorView view;
     if (!dtype_json.is_string() || !ParseDType(dtype_json.get<std::string>(), &view.dtype)) {
-      return Malformed(source, absl::StrCat(where, " has dtype ", dtype_json.dump(),
-                                            "; supported: F32, F16, BF16, BOOL"));
+      return Malformed(source,
+                       absl::StrCat(where, " has dtype ",
+                                    dtype_json.is_string()
+                                        ? "\"" + Echo(dtype_json.get<std::string>()) + "\""
+                                        : absl::StrCat("of JSON type ", dtype_json.type_name()),
+                                    "; supported: F32, F16, BF16, BOOL"));
     }
     const nlohmann::json& shape = entry["shape"];
     if (!shape.is_array() || shape.size() > 8) {

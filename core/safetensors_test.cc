@@ -75,6 +75,37 @@ TEST(Safetensors, RejectsMalformedFiles) {
   }
 }
 
+// Hostile headers: a dtype nested 60,000 deep (a recursive serializer of
+// the value overflowed the stack), a name that would forge a log line, a
+// 50 MiB dtype string: one short line each, nothing echoed raw.
+TEST(Safetensors, HostileHeadersGetShortEscapedErrors) {
+  const std::string deep = R"({"a":{"dtype":)" + std::string(60000, '[') + std::string(60000, ']') +
+                           R"(,"shape":[1],"data_offsets":[0,4]}})";
+  absl::StatusOr<SafetensorsFile> f = ParseSafetensors(WithHeader(deep, "xxxx"), "m");
+  EXPECT_EQ(f.status().message(),
+            "m: not a valid safetensors file: header nests deeper than 16 levels");
+
+  f = ParseSafetensors(WithHeader(R"({"a\nattention-server: forged":{"dtype":"I8","shape":[1],)"
+                                  R"("data_offsets":[0,1]}})",
+                                  "x"),
+                       "m");
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(std::string(f.status().message()).find('\n'), std::string::npos);
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("tensor 'a\\nattention-server"));
+
+  f = ParseSafetensors(WithHeader(R"({"a":{"dtype":")" + std::string(50 << 20, 'D') +
+                                      R"(","shape":[1],"data_offsets":[0,4]}})",
+                                  "xxxx"),
+                       "m");
+  ASSERT_FALSE(f.ok());
+  EXPECT_LT(f.status().message().size(), 256u);
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("(52428800 bytes)"));
+
+  f = ParseSafetensors(
+      WithHeader(R"({"a":{"dtype":{"x":[1]},"shape":[1],"data_offsets":[0,4]}})", "xxxx"), "m");
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("dtype of JSON type object"));
+}
+
 TEST(Safetensors, MissingFileIsNotFound) {
   EXPECT_EQ(ReadSafetensors("/nonexistent/model.safetensors").status().code(),
             absl::StatusCode::kNotFound);

@@ -54,7 +54,7 @@ TEST(Convert, ViewsOfEveryDType) {
     ConvertFromFloat32(values, 3, dtype, bytes.data());
     float out[3];
     ConvertToFloat32({dtype, {3}, bytes.data(), bytes.size()}, out);
-    EXPECT_EQ(std::memcmp(out, values, sizeof(out)), 0) << DTypeName(dtype);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(out[i], values[i]) << DTypeName(dtype) << " " << i;
   }
 }
 

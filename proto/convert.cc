@@ -212,7 +212,7 @@ v1::AttentionOptions ToWire(const AttentionArgs& args) {
   if (args.key_padding_mask) *o.mutable_key_padding_mask() = ToWire(*args.key_padding_mask);
   o.set_weights(args.weights == WeightsMode::kAveraged  ? v1::WEIGHTS_AVERAGED
                 : args.weights == WeightsMode::kPerHead ? v1::WEIGHTS_PER_HEAD
-                                                     : v1::WEIGHTS_NONE);
+                                                        : v1::WEIGHTS_NONE);
   if (args.projection != nullptr) *o.mutable_projection() = ToWire(*args.projection);
   o.set_precision(ToWire(args.precision));
   return o;

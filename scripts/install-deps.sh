@@ -9,13 +9,15 @@ build_pkgs=(
   build-essential cmake pkg-config
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libabsl-dev libdnnl-dev ocl-icd-opencl-dev opencl-c-headers
-  nlohmann-json3-dev libgtest-dev libgmock-dev libssl-dev openssl libcpp-httplib-dev
+  nlohmann-json3-dev libgtest-dev libgmock-dev libssl-dev openssl libmicrohttpd-dev
+  libcpp-httplib-dev   # the tests' HTTP client
   python3 python3-numpy python3-grpcio python3-protobuf
   prometheus   # the tests: promtool checks /metrics, a real Prometheus scrapes it
   clang libclang-rt-dev libomp-dev   # the tests: the fuzzers (scripts/fuzz.sh)
+  clang-format clang-tidy            # the tests: scripts/lint.sh
 )
 runtime_pkgs=(libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libdnnl2 libgomp1 libssl3
-  libcpp-httplib0.11)
+  libmicrohttpd12)
 torch_pkgs=(python3-torch libopenblas0-pthread)
 
 want=()

@@ -5,11 +5,14 @@
 #      tests (against PyTorch fixtures and the naive reference), server and
 #      client unit tests, the end-to-end tests that start real servers on
 #      127.0.0.1, the Python client's tests;
-#   2. the same tests built with AddressSanitizer and UndefinedBehaviorSanitizer
-#      (scripts/test-sanitizers.sh: clang, in build-asan);
-#   3. a fuzz smoke: each fuzzer for FUZZ_SECONDS (default 30) from its
+#   2. lint (scripts/lint.sh): clang-format and clang-tidy, as .clang-format
+#      and .clang-tidy configure them;
+#   3. the same tests built with AddressSanitizer and UndefinedBehaviorSanitizer
+#      and clang's -Wthread-safety (scripts/test-sanitizers.sh: clang, in
+#      build-asan);
+#   4. a fuzz smoke: each fuzzer for FUZZ_SECONDS (default 30) from its
 #      committed corpus (scripts/fuzz.sh, in the same build-asan).
-# On 2 cores from a clean checkout: about 4, 6 and 2 minutes (12 in all).
+# On 2 cores from a clean checkout: about 4, 4, 6 and 2 minutes (16 in all).
 #   scripts/test.sh           all three (what CI runs)
 #   scripts/test.sh --quick   stage 1 only (while developing)
 set -euo pipefail
@@ -36,5 +39,6 @@ release_tests() (
 
 stage "release build and tests" release_tests
 $quick && exit 0
+stage "lint" scripts/lint.sh
 stage "sanitizer build and tests" env BUILD_DIR=build-asan scripts/test-sanitizers.sh
 stage "fuzz smoke" env BUILD_DIR=build-asan scripts/fuzz.sh "${FUZZ_SECONDS:-30}"

@@ -14,8 +14,8 @@ absl::StatusOr<std::unique_ptr<AccessLog>> AccessLog::Open(const std::string& pa
   if (path == "-") return std::unique_ptr<AccessLog>(new AccessLog(stdout, false, capacity));
   std::FILE* file = std::fopen(path.c_str(), "a");
   if (file == nullptr) {
-    return absl::InvalidArgumentError("--access-log: cannot open " + path + " for appending: " +
-                                      std::strerror(errno));
+    return absl::InvalidArgumentError("--access-log: cannot open " + path +
+                                      " for appending: " + std::strerror(errno));
   }
   return std::unique_ptr<AccessLog>(new AccessLog(file, true, capacity));
 }
@@ -25,46 +25,46 @@ AccessLog::AccessLog(std::FILE* file, bool owned, size_t capacity)
 
 AccessLog::~AccessLog() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
-  cv_.notify_one();
+  cv_.Signal();
   writer_.join();
   if (owned_) std::fclose(file_);
 }
 
 void AccessLog::Append(std::string line) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (lines_.size() >= capacity_) {
       ++dropped_;
       return;
     }
     lines_.push_back(std::move(line));
   }
-  cv_.notify_one();
+  cv_.Signal();
 }
 
 uint64_t AccessLog::dropped() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return dropped_;
 }
 
 void AccessLog::Write() {
   std::deque<std::string> batch;
-  std::unique_lock<std::mutex> lock(mu_);
   while (true) {
-    cv_.wait(lock, [this] { return stopping_ || !lines_.empty(); });
-    if (lines_.empty()) return;  // stopping, and everything is written
-    batch.swap(lines_);
-    lock.unlock();
+    {
+      absl::MutexLock lock(&mu_);
+      while (!stopping_ && lines_.empty()) cv_.Wait(&mu_);
+      if (lines_.empty()) return;  // stopping, and everything is written
+      batch.swap(lines_);
+    }
     for (const std::string& line : batch) {
       std::fwrite(line.data(), 1, line.size(), file_);
       std::fputc('\n', file_);
     }
     std::fflush(file_);
     batch.clear();
-    lock.lock();
   }
 }
 

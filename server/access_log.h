@@ -12,16 +12,16 @@
 #ifndef SERVER_ACCESS_LOG_H_
 #define SERVER_ACCESS_LOG_H_
 
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 
 namespace attention {
 namespace server {
@@ -30,29 +30,29 @@ class AccessLog {
  public:
   // `path` "-" is stdout; a file is opened for appending. InvalidArgument
   // naming the path when it cannot be opened. At most `capacity` lines wait.
-  static absl::StatusOr<std::unique_ptr<AccessLog>> Open(const std::string& path,
-                                                         size_t capacity);
+  static absl::StatusOr<std::unique_ptr<AccessLog>> Open(const std::string& path, size_t capacity);
   ~AccessLog();
   AccessLog(const AccessLog&) = delete;
   AccessLog& operator=(const AccessLog&) = delete;
 
   // Queues `line` (without its newline); drops it when the buffer is full.
   // Never blocks on I/O.
-  void Append(std::string line);
-  uint64_t dropped() const;
+  void Append(std::string line) ABSL_LOCKS_EXCLUDED(mu_);
+  uint64_t dropped() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   AccessLog(std::FILE* file, bool owned, size_t capacity);
-  void Write();
+  // The writer thread: writes the lines outside the lock.
+  void Write() ABSL_LOCKS_EXCLUDED(mu_);
 
-  std::FILE* const file_;
+  std::FILE* const file_;  // only the writer thread writes to it
   const bool owned_;
   const size_t capacity_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::string> lines_;
-  uint64_t dropped_ = 0;
-  bool stopping_ = false;
+  mutable absl::Mutex mu_;
+  absl::CondVar cv_;  // a line was queued, or stopping_
+  std::deque<std::string> lines_ ABSL_GUARDED_BY(mu_);
+  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread writer_;
 };
 

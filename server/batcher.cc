@@ -5,6 +5,7 @@
 #include <limits>
 #include <utility>
 
+#include "absl/time/time.h"
 #include "core/guard.h"
 
 namespace attention {
@@ -23,7 +24,8 @@ bool SameOptional(const std::optional<TensorView>& a, const std::optional<Tensor
 // `part` of each member, concatenated along the batch dimension into
 // `storage`: a view of the whole.
 TensorView Concatenate(const std::vector<const AttentionArgs*>& members,
-                       const TensorView& (*part)(const AttentionArgs&), std::vector<char>* storage) {
+                       const TensorView& (*part)(const AttentionArgs&),
+                       std::vector<char>* storage) {
   size_t bytes = 0;
   int64_t batch = 0;
   for (const AttentionArgs* m : members) {
@@ -77,7 +79,8 @@ bool Batcher::Compatible(const AttentionArgs& args, const AttentionArgs& b) {
          SameOptional(args.attn_mask, b.attn_mask) &&
          SameOptional(args.key_padding_mask, b.key_padding_mask) && args.num_heads == b.num_heads &&
          args.num_kv_heads == b.num_kv_heads && args.scale == b.scale && args.causal == b.causal &&
-         args.weights == b.weights && args.projection == b.projection && args.precision == b.precision;
+         args.weights == b.weights && args.projection == b.projection &&
+         args.precision == b.precision;
 }
 
 absl::Status Batcher::ComputeMerged(const std::vector<const AttentionArgs*>& members,
@@ -107,11 +110,13 @@ absl::Status Batcher::ComputeMerged(const std::vector<const AttentionArgs*>& mem
     merged.key = Concatenate(
         members, [](const AttentionArgs& args) -> const TensorView& { return *args.key; }, &key);
     merged.value = Concatenate(
-        members, [](const AttentionArgs& args) -> const TensorView& { return *args.value; }, &value);
+        members, [](const AttentionArgs& args) -> const TensorView& { return *args.value; },
+        &value);
   }
   if (merged.key_padding_mask) {
     merged.key_padding_mask = Concatenate(
-        members, [](const AttentionArgs& args) -> const TensorView& { return *args.key_padding_mask; },
+        members,
+        [](const AttentionArgs& args) -> const TensorView& { return *args.key_padding_mask; },
         &padding);
   }
   VectorOutputs whole;
@@ -120,8 +125,9 @@ absl::Status Batcher::ComputeMerged(const std::vector<const AttentionArgs*>& mem
   for (size_t i = 0; i < members.size(); ++i) {
     const int64_t rows = members[i]->query.shape[0];
     OutputBuffers* out = outputs[i];
-    if (absl::Status s = Split(whole.output, first, rows,
-                               [out](const std::vector<int64_t>& shape) { return out->Output(shape); });
+    if (absl::Status s =
+            Split(whole.output, first, rows,
+                  [out](const std::vector<int64_t>& shape) { return out->Output(shape); });
         !s.ok()) {
       return s;
     }
@@ -143,17 +149,17 @@ bool Batcher::Submit(Request request) {
   pending->request = std::move(request);
   pending->arrived = Clock::now();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     const AttentionArgs& args = *pending->request.args;
-    auto group = std::find_if(groups_.begin(), groups_.end(), [&](const auto& g) {
-      return Compatible(g->key, args);
-    });
+    auto group = std::find_if(groups_.begin(), groups_.end(),
+                              [&](const auto& g) { return Compatible(g->key, args); });
     if (group == groups_.end()) {
       // Kinds nobody waits for go before a new one is added, so a stream of
       // ever different shapes does not grow the list.
-      groups_.erase(std::remove_if(groups_.begin(), groups_.end(),
-                                   [](const auto& g) { return g->pending.empty() && g->waiting == 0; }),
-                    groups_.end());
+      groups_.erase(
+          std::remove_if(groups_.begin(), groups_.end(),
+                         [](const auto& g) { return g->pending.empty() && g->waiting == 0; }),
+          groups_.end());
       groups_.push_back(std::make_unique<Group>());
       groups_.back()->key = args;
       group = groups_.end() - 1;
@@ -161,7 +167,7 @@ bool Batcher::Submit(Request request) {
     (*group)->pending.push_back(pending);
   }
   if (!executor_->TrySubmit([this, pending] { Run(pending); }, answered_queued())) {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (!pending->taken) {
       pending->taken = true;  // another worker's batch may have taken it meanwhile
       for (auto& g : groups_) {
@@ -173,7 +179,7 @@ bool Batcher::Submit(Request request) {
     // Taken by a batch already: it is answered there, and has no task.
     --answered_queued_;
   }
-  arrived_.notify_all();
+  arrived_.SignalAll();
   return true;
 }
 
@@ -200,7 +206,7 @@ void Batcher::Forget(const std::vector<std::shared_ptr<Pending>>& batch) {
 void Batcher::Run(const std::shared_ptr<Pending>& own) {
   std::vector<std::shared_ptr<Pending>> batch;
   {
-    std::unique_lock<std::mutex> lock(mu_);
+    absl::ReleasableMutexLock lock(&mu_);
     if (own->taken) {  // answered by an earlier batch
       --answered_queued_;
       return;
@@ -214,7 +220,7 @@ void Batcher::Run(const std::shared_ptr<Pending>& own) {
     own->taken = true;
     batch.push_back(own);
     if (group == nullptr) {  // cannot happen: every pending request is in a group
-      lock.unlock();
+      lock.Release();
       ComputeBatch(batch);
       Forget(batch);
       return;
@@ -233,7 +239,11 @@ void Batcher::Run(const std::shared_ptr<Pending>& own) {
       const auto deadline = oldest + std::chrono::microseconds(options_.delay_us);
       ++group->waiting;
       while (batch.size() < static_cast<size_t>(options_.max_size)) {
-        const bool timeout = arrived_.wait_until(lock, deadline) == std::cv_status::timeout;
+        arrived_.WaitWithTimeout(&mu_, absl::FromChrono(deadline - Clock::now()));
+        // Timed out once the deadline has passed on the steady clock,
+        // whatever ended the wait (a signal, or absl's timeout, which counts
+        // on the wall clock).
+        const bool timeout = Clock::now() >= deadline;
         Take(group, &batch);
         if (timeout) break;
       }

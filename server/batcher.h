@@ -41,14 +41,14 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "core/attention.h"
 #include "core/executor.h"
 #include "server/memory_budget.h"
@@ -74,10 +74,10 @@ class Batcher {
   };
 
   struct Request {
-    const AttentionArgs* args = nullptr;  // valid until done; validated alone
-    OutputBuffers* outputs = nullptr;     // valid until done
-    std::function<absl::Status()> check;  // non-OK: answer this status instead
-    std::function<void()> started;        // optional: its computation begins
+    const AttentionArgs* args = nullptr;            // valid until done; validated alone
+    OutputBuffers* outputs = nullptr;               // valid until done
+    std::function<absl::Status()> check;            // non-OK: answer this status instead
+    std::function<void()> started;                  // optional: its computation begins
     std::function<void(const absl::Status&)> done;  // called once, on a worker
   };
 
@@ -85,7 +85,7 @@ class Batcher {
 
   // Queues `request` for computation; `done` follows on an executor thread.
   // False when the executor's queue is full (nothing is called then).
-  bool Submit(Request request);
+  bool Submit(Request request) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Executor tasks still queued whose request a batch has already answered:
   // each returns at once when a worker takes it, so they are not waiting
@@ -116,11 +116,15 @@ class Batcher {
 
  private:
   using Clock = std::chrono::steady_clock;
+  // `request` and `arrived` are set before the request is shared, and then
+  // `request` is the taker's alone; `taken` is guarded by mu_ (which
+  // ABSL_GUARDED_BY cannot name from here).
   struct Pending {
     Request request;
     Clock::time_point arrived;
     bool taken = false;
   };
+  // Guarded by mu_ as a whole (which ABSL_GUARDED_BY cannot name from here).
   struct Group {
     AttentionArgs key;  // a member's args: shapes and options only (data never read)
     std::vector<std::shared_ptr<Pending>> pending;  // in arrival order
@@ -130,21 +134,21 @@ class Batcher {
 
   // On a worker: takes `own` (unless taken already) and its company, and
   // computes them.
-  void Run(const std::shared_ptr<Pending>& own);
+  void Run(const std::shared_ptr<Pending>& own) ABSL_LOCKS_EXCLUDED(mu_);
   static void Forget(const std::vector<std::shared_ptr<Pending>>& batch);
-  // Moves pending requests of `group` into `batch` until it holds max_size
-  // (mu_ held).
-  void Take(Group* group, std::vector<std::shared_ptr<Pending>>* batch) const;
+  // Moves pending requests of `group` into `batch` until it holds max_size.
+  void Take(Group* group, std::vector<std::shared_ptr<Pending>>* batch) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ComputeBatch(const std::vector<std::shared_ptr<Pending>>& batch) const;
 
   Executor* const executor_;
   const Options options_;
   mutable std::atomic<int64_t> answered_queued_{0};  // see answered_queued()
-  std::mutex mu_;
-  std::condition_variable arrived_;
+  absl::Mutex mu_;
+  absl::CondVar arrived_;  // a request was queued
   // Few kinds at a time: a linear search. Pointers stay valid while a worker
   // waits on one (empty groups go only when none waits).
-  std::vector<std::unique_ptr<Group>> groups_;
+  std::vector<std::unique_ptr<Group>> groups_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace server

@@ -92,8 +92,8 @@ class Model {
       const int64_t keys = k.self_attention ? k.L : k.S;
       m->padding.resize(batch * keys);
       for (size_t i = 0; i < m->padding.size(); ++i) m->padding[i] = (rng() % 3 == 0);
-      a.key_padding_mask = TensorView{DType::kBool, {batch, keys}, m->padding.data(),
-                                      m->padding.size()};
+      a.key_padding_mask =
+          TensorView{DType::kBool, {batch, keys}, m->padding.data(), m->padding.size()};
     }
     a.num_heads = k.H;
     a.causal = k.causal;

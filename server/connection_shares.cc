@@ -28,10 +28,10 @@ absl::Status ConnectionShares::Enter(const std::string& peer, bool busy, Ticket*
     absl::MutexLock lock(&mu_);
     int& held = held_[peer];
     if (busy && held >= share_) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "connection share: this connection already has ", held,
-          " requests in the server while the compute queue is busy (three quarters of "
-          "--max-queue); requests of other connections come first: retry later"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("connection share: this connection already has ", held,
+                       " requests in the server while the compute queue is busy (three quarters of "
+                       "--max-queue); requests of other connections come first: retry later"));
     }
     ++held;
   }

@@ -33,7 +33,7 @@ TEST(ConnectionSharesTest, TicketsGiveTheirPlaceBackOnceWhenMovedResetOrDestroye
     ConnectionShares::Ticket t;
     ASSERT_TRUE(shares.Enter("p", true, &t).ok());
     ConnectionShares::Ticket moved(std::move(t));
-    t.Reset();  // moved from: holds nothing
+    t.Reset();  // NOLINT(bugprone-use-after-move): a moved-from ticket holds nothing
     EXPECT_EQ(shares.held("p"), 1);
     ConnectionShares::Ticket assigned;
     assigned = std::move(moved);

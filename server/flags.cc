@@ -72,6 +72,12 @@ const std::vector<Flag>& Flags() {
        [](ServerOptions* o) { return &o->max_request_memory_mb; }, 1, kMaxMiB,
        "estimated memory one request may use (inputs, scores, outputs), MiB; larger requests "
        "get RESOURCE_EXHAUSTED"},
+      {"max-request-gflop", "limits", "N", [](ServerOptions* o) { return &o->max_request_gflop; },
+       0, 1e9,
+       "estimated work one request may take, GFLOP: its products' floating-point operations "
+       "plus 128 for each attention score (a score's masks, exponential and sums cost about "
+       "that much); larger requests get RESOURCE_EXHAUSTED before they are queued, so that one "
+       "request cannot hold compute for minutes. 1000 is about 5 s on two cores (0: no limit)"},
       {"max-stream-in-flight", "limits", "N",
        [](ServerOptions* o) { return &o->max_stream_in_flight; }, 1, 4096,
        "messages of one stream read but not yet answered (flow control)"},

@@ -55,9 +55,9 @@ absl::Status MemoryBudget::Reserve(int64_t bytes) {
   int64_t used = used_.load(std::memory_order_relaxed);
   do {
     if (bytes > limit_ - used) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "memory budget: request needs ", MiB(bytes), " MiB, ", MiB(used), " of ", MiB(limit_),
-          " MiB in use; retry later or raise --max-memory-mb"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("memory budget: request needs ", MiB(bytes), " MiB, ", MiB(used), " of ",
+                       MiB(limit_), " MiB in use; retry later or raise --max-memory-mb"));
     }
   } while (!used_.compare_exchange_weak(used, used + bytes, std::memory_order_relaxed));
   return absl::OkStatus();
@@ -110,7 +110,8 @@ void Reservation::Shrink(int64_t bytes) {
 
 int64_t DefaultMemoryBudgetBytes() {
   int64_t total = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
-  for (const char* path : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+  for (const char* path :
+       {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
     const int64_t limit = ReadLimit(path);
     if (limit > 0 && limit < total) total = limit;
   }

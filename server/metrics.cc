@@ -120,15 +120,14 @@ Histogram::Histogram(std::vector<double> bounds)
 
 void Histogram::Observe(double value) {
   // The first bound >= value: buckets are "less than or equal".
-  const size_t bucket =
-      std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin();
-  std::lock_guard<std::mutex> lock(mu_);
+  const size_t bucket = std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin();
+  absl::MutexLock lock(&mu_);
   ++counts_[bucket];
   sum_ += value;
 }
 
 Histogram::Snapshot Histogram::Read() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   Snapshot snapshot;
   uint64_t total = 0;
   for (uint64_t c : counts_) snapshot.cumulative.push_back(total += c);
@@ -136,8 +135,7 @@ Histogram::Snapshot Histogram::Read() const {
   return snapshot;
 }
 
-void Histogram::Write(const std::string& name, const std::string& labels,
-                      std::string* out) const {
+void Histogram::Write(const std::string& name, const std::string& labels, std::string* out) const {
   const Snapshot snapshot = Read();
   const std::vector<uint64_t>& cumulative = snapshot.cumulative;
   for (size_t i = 0; i < bounds_.size(); ++i) {
@@ -206,7 +204,7 @@ Family<Metric>& Registry::Add(const std::string& name, const std::string& help, 
   auto family =
       std::make_unique<Family<Metric>>(name, help, type, std::move(labels), std::move(make));
   Family<Metric>& ref = *family;
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   families_.push_back(std::move(family));
   return ref;
 }
@@ -226,18 +224,19 @@ Family<Gauge>& Registry::AddGauge(const std::string& name, const std::string& he
 Family<Histogram>& Registry::AddHistogram(const std::string& name, const std::string& help,
                                           std::vector<std::string> labels,
                                           std::vector<double> bounds) {
-  return Add<Histogram>(name, help, "histogram", std::move(labels),
-                        [bounds] { return std::make_unique<Histogram>(bounds); });
+  return Add<Histogram>(name, help, "histogram", std::move(labels), [bounds = std::move(bounds)] {
+    return std::make_unique<Histogram>(bounds);
+  });
 }
 
 void Registry::AddCallback(const std::string& name, const std::string& help, const char* type,
                            std::function<double()> read) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   families_.push_back(std::make_unique<ValueFamily>(name, help, type, std::move(read)));
 }
 
 std::string Registry::Exposition() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::string out;
   for (const auto& family : families_) family->Write(&out);
   return out;
@@ -247,8 +246,9 @@ void AddProcessMetrics(Registry* registry) {
   const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
   const double page = static_cast<double>(sysconf(_SC_PAGESIZE));
   // man proc: utime 14, stime 15, starttime 22 (ticks since boot), vsize 23, rss 24 (pages).
-  registry->AddCallback("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
-                        "counter", [ticks] { return (StatField(14) + StatField(15)) / ticks; });
+  registry->AddCallback("process_cpu_seconds_total",
+                        "Total user and system CPU time spent in seconds.", "counter",
+                        [ticks] { return (StatField(14) + StatField(15)) / ticks; });
   registry->AddCallback("process_resident_memory_bytes", "Resident memory size in bytes.", "gauge",
                         [page] { return StatField(24) * page; });
   registry->AddCallback("process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge",

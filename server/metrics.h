@@ -25,9 +25,11 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 namespace attention {
 namespace server {
@@ -59,20 +61,22 @@ class Histogram {
  public:
   // `bounds` ascending, without +Inf (added on exposition).
   explicit Histogram(std::vector<double> bounds);
-  void Observe(double value);
+  void Observe(double value) ABSL_LOCKS_EXCLUDED(mu_);
   struct Snapshot {
     std::vector<uint64_t> cumulative;  // per bound, then +Inf (= the count)
     double sum = 0;
   };
   // The counts and sum at one moment (consistent with each other).
-  Snapshot Read() const;
-  void Write(const std::string& name, const std::string& labels, std::string* out) const;
+  Snapshot Read() const ABSL_LOCKS_EXCLUDED(mu_);
+  void Write(const std::string& name, const std::string& labels, std::string* out) const
+      ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   const std::vector<double> bounds_;
-  mutable std::mutex mu_;
-  std::vector<uint64_t> counts_;  // per bucket, not cumulative; last = above every bound
-  double sum_ = 0;
+  mutable absl::Mutex mu_;
+  // Per bucket, not cumulative; last = above every bound.
+  std::vector<uint64_t> counts_ ABSL_GUARDED_BY(mu_);
+  double sum_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // Seconds from 0.1 ms to 60 s, about 2.5x apart: the service's calls range
@@ -117,8 +121,8 @@ class Family final : public FamilyBase {
 
   // The child for these label values (as many as label names), made on first
   // use. Keep the values few: each combination is a time series.
-  Metric& Labels(const std::vector<std::string>& values) {
-    std::lock_guard<std::mutex> lock(mu_);
+  Metric& Labels(const std::vector<std::string>& values) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     auto it = children_.find(values);
     if (it == children_.end()) {
       it = children_.emplace(values, Child{LabelString(values), make_()}).first;
@@ -131,14 +135,14 @@ class Family final : public FamilyBase {
     std::string labels;
     std::unique_ptr<Metric> metric;
   };
-  void WriteSamples(std::string* out) const override {
-    std::lock_guard<std::mutex> lock(mu_);
+  void WriteSamples(std::string* out) const override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     for (const auto& [values, child] : children_) child.metric->Write(name_, child.labels, out);
   }
 
   const std::function<std::unique_ptr<Metric>()> make_;
-  mutable std::mutex mu_;
-  std::map<std::vector<std::string>, Child> children_;
+  mutable absl::Mutex mu_;
+  std::map<std::vector<std::string>, Child> children_ ABSL_GUARDED_BY(mu_);
 };
 
 class Registry {
@@ -152,19 +156,19 @@ class Registry {
   // A metric without labels whose value `read` returns at each exposition
   // (values kept elsewhere, such as /proc). `type` is "counter" or "gauge".
   void AddCallback(const std::string& name, const std::string& help, const char* type,
-                   std::function<double()> read);
+                   std::function<double()> read) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Every family in the order added, in the text exposition format.
-  std::string Exposition() const;
+  std::string Exposition() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   template <typename Metric>
   Family<Metric>& Add(const std::string& name, const std::string& help, const char* type,
                       std::vector<std::string> labels,
-                      std::function<std::unique_ptr<Metric>()> make);
+                      std::function<std::unique_ptr<Metric>()> make) ABSL_LOCKS_EXCLUDED(mu_);
 
-  mutable std::mutex mu_;
-  std::vector<std::unique_ptr<FamilyBase>> families_;
+  mutable absl::Mutex mu_;
+  std::vector<std::unique_ptr<FamilyBase>> families_ ABSL_GUARDED_BY(mu_);
 };
 
 // Adds the standard process metrics (process_cpu_seconds_total,

@@ -25,7 +25,8 @@ TEST(MetricsTest, LabelValuesEscapeBackslashQuoteAndNewline) {
 TEST(MetricsTest, HelpEscapesBackslashAndNewlineButNotQuotes) {
   Registry registry;
   registry.AddGauge("g", "one \\ two\nthree \"q\"");
-  EXPECT_THAT(registry.Exposition(), HasSubstr("# HELP g one \\\\ two\\nthree \"q\"\n# TYPE g gauge\n"));
+  EXPECT_THAT(registry.Exposition(),
+              HasSubstr("# HELP g one \\\\ two\\nthree \"q\"\n# TYPE g gauge\n"));
 }
 
 TEST(MetricsTest, CountersAndGaugesWithTheirTypes) {
@@ -105,9 +106,9 @@ TEST(MetricsTest, ProcessMetricsReadProc) {
   Registry registry;
   AddProcessMetrics(&registry);
   const std::string text = registry.Exposition();
-  for (const char* name :
-       {"process_cpu_seconds_total ", "process_resident_memory_bytes ", "process_virtual_memory_bytes ",
-        "process_start_time_seconds ", "process_open_fds ", "process_max_fds "}) {
+  for (const char* name : {"process_cpu_seconds_total ", "process_resident_memory_bytes ",
+                           "process_virtual_memory_bytes ", "process_start_time_seconds ",
+                           "process_open_fds ", "process_max_fds "}) {
     EXPECT_THAT(text, HasSubstr(std::string("\n") + name)) << name;
   }
   EXPECT_THAT(text, HasSubstr("# TYPE process_cpu_seconds_total counter\n"));

@@ -2,9 +2,13 @@
 
 #include <cmath>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/guard.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/wire_format_lite.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "proto/convert.h"
 #include "server/response.h"
@@ -19,7 +23,7 @@ absl::Status ResolveModel(const v1::AttentionOptions& o, const ModelRegistry& mo
                           AttentionArgs& args) {
   if (o.model().empty()) return absl::OkStatus();
   if (o.has_projection()) {
-    return absl::InvalidArgumentError("options: give args model or projection weights, not both");
+    return absl::InvalidArgumentError("options: give a model or projection weights, not both");
   }
   const Model* m = models.Find(o.model());
   if (m == nullptr) {
@@ -85,9 +89,106 @@ absl::StatusOr<int64_t> Plan(const Request& r, const ModelRegistry& models,
   return plan->memory_bytes + static_cast<int64_t>(wire_output);
 }
 
+using google::protobuf::Descriptor;
+using google::protobuf::FieldDescriptor;
+using google::protobuf::internal::WireFormatLite;
+using google::protobuf::io::CodedInputStream;
+
+// Dimensions of each tensor's shape seen so far, by field path ("input",
+// "options.attn_mask"): a message field that appears twice is merged, so its
+// shapes add up.
+using ShapeCounts = std::vector<std::pair<std::string, int64_t>>;
+
+absl::Status TooManyDims(const std::string& path) {
+  return absl::InvalidArgumentError(absl::StrCat(path, ".shape: more than ", convert::kMaxWireRank,
+                                                 " dimensions (rank at most 4)"));
+}
+
+// Adds `n` dimensions to the shape at `path`; InvalidArgument over the most
+// a wire tensor may have.
+absl::Status CountDims(const std::string& path, int64_t n, ShapeCounts* counts) {
+  for (auto& [p, count] : *counts) {
+    if (p != path) continue;
+    count += n;
+    return count > convert::kMaxWireRank ? TooManyDims(path) : absl::OkStatus();
+  }
+  counts->emplace_back(path, n);
+  return n > convert::kMaxWireRank ? TooManyDims(path) : absl::OkStatus();
+}
+
+// A packed `shape` of `length` bytes: its varints counted (at most
+// kMaxWireRank of them fit in 10 bytes each, so a longer one is refused
+// unread).
+absl::Status ScanPackedShape(CodedInputStream* in, uint32_t length, const std::string& path,
+                             ShapeCounts* counts) {
+  if (length > 10 * convert::kMaxWireRank) return TooManyDims(path);
+  std::string bytes;
+  if (!in->ReadString(&bytes, static_cast<int>(length))) return absl::OkStatus();  // truncated
+  int64_t n = 0;
+  for (char c : bytes) n += (static_cast<uint8_t>(c) & 0x80) == 0;
+  return CountDims(path, n, counts);
+}
+
+// Walks the wire bytes of a message of type `type` without parsing them:
+// every Tensor.shape on the way is counted (packed or not), so that a shape
+// of millions of entries, which a parse would expand eightfold into memory,
+// is refused first. Malformed bytes are left for the parser to refuse.
+absl::Status ScanShapes(CodedInputStream* in, const Descriptor* type, const std::string& path,
+                        ShapeCounts* counts) {
+  const bool tensor = type == v1::Tensor::descriptor();
+  while (const uint32_t tag = in->ReadTag()) {
+    const FieldDescriptor* field = type->FindFieldByNumber(static_cast<int>(tag >> 3));
+    const bool shape = tensor && field != nullptr && field->name() == "shape";
+    uint64_t varint = 0;
+    uint32_t length = 0;
+    switch (WireFormatLite::GetTagWireType(tag)) {
+      case WireFormatLite::WIRETYPE_VARINT:
+        if (!in->ReadVarint64(&varint)) return absl::OkStatus();
+        if (shape) {
+          if (absl::Status s = CountDims(path, 1, counts); !s.ok()) return s;
+        }
+        break;
+      case WireFormatLite::WIRETYPE_FIXED64:
+        if (!in->Skip(8)) return absl::OkStatus();
+        break;
+      case WireFormatLite::WIRETYPE_FIXED32:
+        if (!in->Skip(4)) return absl::OkStatus();
+        break;
+      case WireFormatLite::WIRETYPE_LENGTH_DELIMITED: {
+        if (!in->ReadVarint32(&length)) return absl::OkStatus();
+        if (shape) {
+          if (absl::Status s = ScanPackedShape(in, length, path, counts); !s.ok()) return s;
+        } else if (field != nullptr && field->type() == FieldDescriptor::TYPE_MESSAGE) {
+          const CodedInputStream::Limit limit = in->PushLimit(static_cast<int>(length));
+          const std::string inner = path.empty() ? field->name() : path + "." + field->name();
+          if (absl::Status s = ScanShapes(in, field->message_type(), inner, counts); !s.ok()) {
+            return s;
+          }
+          in->PopLimit(limit);
+        } else if (!in->Skip(static_cast<int>(length))) {
+          return absl::OkStatus();
+        }
+        break;
+      }
+      default:  // groups and invalid wire types: the parser refuses them
+        return absl::OkStatus();
+    }
+  }
+  return absl::OkStatus();
+}
+
 template <typename Request>
 absl::Status Parse(const grpc::ByteBuffer& bytes, Request* request) {
-  grpc::ByteBuffer shared(bytes);  // the same slices, not a copy
+  {
+    grpc::ByteBuffer shared(bytes);  // the same slices, not a copy
+    grpc::ProtoBufferReader reader(&shared);
+    CodedInputStream in(&reader);
+    ShapeCounts counts;
+    if (absl::Status s = ScanShapes(&in, Request::descriptor(), "", &counts); !s.ok()) {
+      return s;
+    }
+  }
+  grpc::ByteBuffer shared(bytes);
   grpc::ProtoBufferReader reader(&shared);
   if (!reader.status().ok() || !request->ParseFromZeroCopyStream(&reader)) {
     // Parsing stops at the first bad field: what came before it (an `id` of

@@ -3,8 +3,8 @@
 #include <cstring>
 
 #include "core/test_util.h"
-#include "grpcpp/support/proto_buffer_reader.h"
 #include "gmock/gmock.h"
+#include "grpcpp/support/proto_buffer_reader.h"
 #include "gtest/gtest.h"
 #include "server/response.h"
 
@@ -14,7 +14,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-v1::Tensor FloatTensorProto(std::vector<int64_t> shape, float fill) {
+v1::Tensor FloatTensorProto(const std::vector<int64_t>& shape, float fill) {
   v1::Tensor t;
   int64_t n = 1;
   for (int64_t d : shape) {
@@ -204,6 +204,58 @@ TEST(PreparedCall, ModelSpecsAreChecked) {
               HasSubstr("expected NAME=PATH"));
   EXPECT_EQ(ModelRegistry::Load({"x=/nonexistent.safetensors"}).status().code(),
             absl::StatusCode::kNotFound);
+}
+
+// Wire bytes of a length-delimited field: tag, length, payload.
+std::string Field(int number, const std::string& payload) {
+  std::string out(1, static_cast<char>(number << 3 | 2));
+  for (uint64_t n = payload.size();; n >>= 7) {
+    out += static_cast<char>((n & 0x7f) | (n >= 0x80 ? 0x80 : 0));
+    if (n < 0x80) break;
+  }
+  return out + payload;
+}
+
+grpc::ByteBuffer Bytes(const std::string& s) {
+  grpc::Slice slice(s);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+// A shape of millions of one-byte entries parses to eight bytes each: it is
+// refused from the wire bytes, before the parse, naming the tensor.
+TEST(PreparedCall, HugeShapeListsAreRefusedBeforeParsing) {
+  v1::SelfAttentionRequest request;
+  constexpr int64_t kEntries = 40 << 20;  // 40 MiB of varints: 320 MiB once parsed
+  const std::string wire =
+      Field(2, Field(2, std::string(kEntries, '\x01')));  // input { shape: [1, 1, ...] }
+  const int64_t before = attention::testing::ProcStatusBytes(0, "VmHWM");
+  const absl::Status s = ParseRequest(Bytes(wire), &request);
+  const int64_t grown = attention::testing::ProcStatusBytes(0, "VmHWM") - before;
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "input.shape: more than 8 dimensions (rank at most 4)");
+  if (!attention::testing::kAddressSanitizer) {
+    EXPECT_LT(grown, int64_t{8} << 20) << "the parse ran";
+  }
+
+  // Nested tensors are named by their path; a field sent twice is merged,
+  // so its shapes add up; unpacked shapes count as packed ones.
+  v1::AttentionRequest cross;
+  cross.mutable_options()->mutable_attn_mask()->add_shape(1);
+  std::string twice;
+  cross.SerializeToString(&twice);
+  v1::AttentionOptions mask;
+  for (int i = 0; i < 8; ++i) mask.mutable_attn_mask()->add_shape(2);
+  twice += Field(5, mask.SerializeAsString());
+  EXPECT_EQ(ParseRequest(Bytes(twice), &cross).message(),
+            "options.attn_mask.shape: more than 8 dimensions (rank at most 4)");
+  std::string unpacked;
+  for (int i = 0; i < 9; ++i) unpacked += std::string("\x10\x03", 2);  // shape: 3, unpacked
+  EXPECT_THAT(std::string(ParseRequest(Bytes(Field(2, unpacked)), &request).message()),
+              HasSubstr("input.shape: more than 8"));
+
+  // Eight dimensions still parse (the rank check names them later).
+  for (int i = 0; i < 8; ++i) request.mutable_input()->add_shape(1);
+  EXPECT_TRUE(ParseRequest(Bytes(request.SerializeAsString()), &request).ok());
 }
 
 }  // namespace

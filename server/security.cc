@@ -13,15 +13,16 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <mutex>
 #include <sstream>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/security/auth_metadata_processor.h"
 #include "grpcpp/security/tls_certificate_provider.h"
 #include "grpcpp/security/tls_credentials_options.h"
@@ -88,9 +89,8 @@ absl::Status CheckKeyMatches(const SecurityConfig& c, X509* cert) {
   const bool match = X509_check_private_key(cert, key.get()) == 1;
   ERR_clear_error();
   if (!match) {
-    return absl::InvalidArgumentError(absl::StrCat("--tls-key ", c.tls_key,
-                                                   " does not match the certificate in --tls-cert ",
-                                                   c.tls_cert));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tls-key ", c.tls_key, " does not match the certificate in --tls-cert ", c.tls_cert));
   }
   return absl::OkStatus();
 }
@@ -101,11 +101,11 @@ class TokenFile {
   explicit TokenFile(std::string path) : path_(std::move(path)) {}
 
   // Reads the file now. InvalidArgument when unreadable or without tokens.
-  absl::Status Load() {
+  absl::Status Load() ABSL_LOCKS_EXCLUDED(mu_) {
     struct stat st {};
     if (stat(path_.c_str(), &st) != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("--auth-token-file ", path_,
-                                                     ": cannot read (", std::strerror(errno), ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--auth-token-file ", path_, ": cannot read (", std::strerror(errno), ")"));
     }
     absl::StatusOr<std::string> text = ReadFile(path_, "--auth-token-file");
     if (!text.ok()) return text.status();
@@ -119,7 +119,7 @@ class TokenFile {
       return absl::InvalidArgumentError(
           absl::StrCat("--auth-token-file ", path_, ": no token in the file"));
     }
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     digests_ = std::move(digests);
     stamp_ = Stamp(st);
     return absl::OkStatus();
@@ -127,10 +127,10 @@ class TokenFile {
 
   // Whether `token` is one of the tokens (constant time in the token's
   // content). Re-reads the file first when it changed.
-  bool Accepts(absl::string_view token) {
+  bool Accepts(absl::string_view token) ABSL_LOCKS_EXCLUDED(mu_) {
     MaybeReload();
     const Digest d = Sha256(token);
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     int match = 0;
     for (const Digest& t : digests_) match |= CRYPTO_memcmp(t.data(), d.data(), d.size()) == 0;
     return match != 0;
@@ -143,32 +143,33 @@ class TokenFile {
             static_cast<int64_t>(st.st_size), static_cast<int64_t>(st.st_ino)};
   }
 
-  void MaybeReload() {
+  void MaybeReload() ABSL_LOCKS_EXCLUDED(mu_) {
     const auto now = std::chrono::steady_clock::now();
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (now - last_check_ < std::chrono::seconds(1)) return;
       last_check_ = now;
     }
     struct stat st {};
     if (stat(path_.c_str(), &st) != 0) return;  // e.g. mid-rename: keep the tokens
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (Stamp(st) == stamp_) return;
     }
     if (absl::Status s = Load(); !s.ok()) {
       std::fprintf(stderr, "attention-server: error: keeping the previous tokens: %s\n",
                    std::string(s.message()).c_str());
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       stamp_ = Stamp(st);  // say it once per change
     }
   }
 
   const std::string path_;
-  std::mutex mu_;
-  std::vector<Digest> digests_;
-  FileStamp stamp_{};
-  std::chrono::steady_clock::time_point last_check_ = std::chrono::steady_clock::now();
+  absl::Mutex mu_;
+  std::vector<Digest> digests_ ABSL_GUARDED_BY(mu_);
+  FileStamp stamp_ ABSL_GUARDED_BY(mu_) = {};
+  std::chrono::steady_clock::time_point last_check_ ABSL_GUARDED_BY(mu_) =
+      std::chrono::steady_clock::now();
 };
 
 // Checks `authorization: Bearer TOKEN` on every call but health checks.
@@ -253,8 +254,10 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   } else {
     options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
   }
-  std::shared_ptr<grpc::ServerCredentials> creds = grpc::experimental::TlsServerCredentials(options);
-  if (creds == nullptr) return absl::InvalidArgumentError("--tls-cert: gRPC refused the TLS options");
+  std::shared_ptr<grpc::ServerCredentials> creds =
+      grpc::experimental::TlsServerCredentials(options);
+  if (creds == nullptr)
+    return absl::InvalidArgumentError("--tls-cert: gRPC refused the TLS options");
   if (tokens != nullptr) {
     creds->SetAuthMetadataProcessor(std::make_shared<TokenAuthProcessor>(std::move(tokens)));
   }

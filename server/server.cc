@@ -9,10 +9,12 @@
 #include <grpcpp/resource_quota.h>
 #include <omp.h>
 #include <signal.h>
+#include <string.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -23,7 +25,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "core/executor.h"
+#include "google/protobuf/stubs/logging.h"
 #include "server/access_log.h"
 #include "server/admin_http.h"
 #include "server/flags.h"
@@ -44,12 +49,67 @@ constexpr size_t kAccessLogBuffer = 8192;
 // What /readyz reports.
 enum class Phase { kStarting, kServing, kDraining };
 
+// Lines a client can cause (a failed TLS handshake, a request id that is not
+// UTF-8) are written at most kLinesPerSecond a second from each source; the
+// rest are counted and the count is said with the next line written.
+class LogLimiter {
+ public:
+  static constexpr int kLinesPerSecond = 5;
+
+  void Write(const char* source, const char* message) {
+    const int64_t second = absl::ToUnixSeconds(absl::Now());
+    int64_t suppressed = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      if (second != second_) {
+        second_ = second;
+        written_ = 0;
+      }
+      if (written_ >= kLinesPerSecond) {
+        ++suppressed_;
+        return;
+      }
+      ++written_;
+      std::swap(suppressed, suppressed_);
+    }
+    if (suppressed > 0) {
+      std::fprintf(stderr, "attention-server: %s: %lld similar lines suppressed\n", source,
+                   static_cast<long long>(suppressed));
+    }
+    std::fprintf(stderr, "attention-server: %s: %s\n", source, message);
+  }
+
+ private:
+  absl::Mutex mu_;
+  int64_t second_ ABSL_GUARDED_BY(mu_) = 0;
+  int written_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t suppressed_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+LogLimiter& GrpcLogLimiter() {
+  static LogLimiter* const limiter = new LogLimiter();
+  return *limiter;
+}
+LogLimiter& ProtobufLogLimiter() {
+  static LogLimiter* const limiter = new LogLimiter();
+  return *limiter;
+}
+
 // gRPC's own log lines: none while starting (we print one clear line instead),
-// errors only afterwards.
+// errors only afterwards, rate-limited.
 std::atomic<bool> grpc_started{false};
 void GrpcLog(gpr_log_func_args* args) {
   if (grpc_started && args->severity == GPR_LOG_SEVERITY_ERROR) {
-    std::fprintf(stderr, "attention-server: grpc: %s\n", args->message);
+    GrpcLogLimiter().Write("grpc", args->message);
+  }
+}
+
+// Protobuf's: a request with a string that is not UTF-8 logs one each
+// (the request itself is refused with INVALID_ARGUMENT).
+void ProtobufLog(google::protobuf::LogLevel level, const char* /*filename*/, int /*line*/,
+                 const std::string& message) {
+  if (level >= google::protobuf::LOGLEVEL_ERROR) {
+    ProtobufLogLimiter().Write("protobuf", message.c_str());
   }
 }
 
@@ -104,6 +164,7 @@ ServiceLimits LimitsOf(const ServerOptions& options, const MemoryShares& memory,
   // arrived, so such a request is usually cut by the quota before.
   limits.max_receive_bytes = std::min(limits.max_message_bytes, memory.transport_bytes);
   limits.max_request_memory_bytes = options.max_request_memory_mb << 20;
+  limits.max_request_work = static_cast<double>(options.max_request_gflop) * 1e9;
   limits.max_stream_in_flight = options.max_stream_in_flight;
   limits.max_queue = options.max_queue;
   limits.batch_delay_us = options.batch_delay_us;
@@ -237,6 +298,7 @@ int Server::admin_port() const {
 absl::Status Server::Start() {
   if (absl::Status s = ValidateServerOptions(options_); !s.ok()) return s;
   gpr_set_log_function(GrpcLog);
+  google::protobuf::SetLogHandler(ProtobufLog);
   ConfigureAllocator();
   // Before the admin endpoint, whose /metrics reads the budget until it stops.
   auto state = std::make_unique<State>(options_.max_memory_mb > 0 ? options_.max_memory_mb << 20
@@ -328,11 +390,16 @@ void Server::Drain() {
 }
 
 int RunServer(const ServerOptions& options) {
-  // Signals are taken by sigwait below, so block them before any thread starts.
+  // A closed pipe (--access-log - read by a process that exited) makes
+  // writes fail with EPIPE instead of ending the process.
+  std::signal(SIGPIPE, SIG_IGN);
+  // Signals are taken by sigwait below, so block them before any thread
+  // starts: the two that drain, and those whose default action would end the
+  // process without a drain (an operator's SIGHUP expecting a reload, stray
+  // SIGUSR1/2 or SIGALRM), which are logged and ignored.
   sigset_t signals;
   sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGALRM}) sigaddset(&signals, s);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   Server server(options);
   if (const char* delay = std::getenv("ATTENTION_TEST_FAULT_DELAY_MS")) {
@@ -345,7 +412,12 @@ int RunServer(const ServerOptions& options) {
   std::printf("attention-server: %s\n", server.Summary().c_str());
   std::fflush(stdout);
   int signal = 0;
-  sigwait(&signals, &signal);
+  while (sigwait(&signals, &signal) == 0 && signal != SIGINT && signal != SIGTERM) {
+    std::printf("attention-server: %s ignored (%s)\n", strsignal(signal),
+                signal == SIGHUP ? "certificates and tokens are re-read when their files change"
+                                 : "SIGTERM or SIGINT drains and stops");
+    std::fflush(stdout);
+  }
   std::printf("attention-server: %s: draining (up to %.0f s)\n",
               signal == SIGINT ? "SIGINT" : "SIGTERM", options.drain_seconds);
   std::fflush(stdout);

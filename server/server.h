@@ -45,6 +45,7 @@ struct ServerOptions {
   int max_queue = 64;                    // requests waiting for compute
   int64_t max_message_mb = 256;
   int64_t max_request_memory_mb = 2048;
+  int64_t max_request_gflop = 1000;  // AttentionPlanInfo::work, GFLOP; 0 = none
   int max_stream_in_flight = 4;
   int64_t max_memory_mb = 0;  // the memory budget; 0 = DefaultMemoryBudgetBytes()
   // Connections: streams per connection; idle and age limits (0 = none) with

@@ -244,6 +244,7 @@ ComputeOptions AttentionServiceImpl::Options(grpc::CallbackServerContext* contex
   ComputeOptions options;
   options.max_threads = executor_->threads_per_worker();
   options.max_memory_bytes = limits_.max_request_memory_bytes;
+  options.max_work = limits_.max_request_work;
   if (context != nullptr) {
     options.check = [context, cancelled] { return CheckAlive(context, cancelled); };
   }
@@ -271,8 +272,9 @@ absl::Status AttentionServiceImpl::Admit(const char* rpc, const std::string& pee
       PlanCall(admission->request, *models_, Options(nullptr, nullptr), limits_.max_message_bytes);
   s = planned.ok() ? admission->held.Add(*planned) : planned.status();
   if (s.code() == absl::StatusCode::kResourceExhausted) {
-    call.refusal =
-        planned.ok() ? CallRecord::Refusal::kMemoryBudget : CallRecord::Refusal::kMemoryLimit;
+    call.refusal = planned.ok()                           ? CallRecord::Refusal::kMemoryBudget
+                   : IsWorkLimitRefusal(planned.status()) ? CallRecord::Refusal::kWorkLimit
+                                                          : CallRecord::Refusal::kMemoryLimit;
   }
   if (!s.ok()) return s;
   // The last quarter of the queue is kept for connections below their share.

@@ -43,6 +43,9 @@ struct ServiceLimits {
   // What ListModels tells clients.
   int64_t max_receive_bytes = 0;
   int64_t max_request_memory_bytes = int64_t{1} << 30;
+  // One request's estimated work, flop-equivalents (AttentionPlanInfo::work);
+  // 0: none.
+  double max_request_work = 0;
   int max_stream_in_flight = 4;
   int max_queue = 64;
   // The server's budget for what it holds for requests (--max-memory-mb);

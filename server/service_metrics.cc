@@ -23,8 +23,7 @@ bool Reached(CallRecord::Clock::time_point t) { return t != CallRecord::Clock::t
 
 // The code the client receives: ToGrpcStatus sends UNKNOWN as INTERNAL.
 absl::StatusCode SentCode(const absl::Status& status) {
-  return status.code() == absl::StatusCode::kUnknown ? absl::StatusCode::kInternal
-                                                     : status.code();
+  return status.code() == absl::StatusCode::kUnknown ? absl::StatusCode::kInternal : status.code();
 }
 
 const char* RefusalName(CallRecord::Refusal refusal) {
@@ -33,6 +32,8 @@ const char* RefusalName(CallRecord::Refusal refusal) {
       return "queue_full";
     case CallRecord::Refusal::kMemoryLimit:
       return "memory_limit";
+    case CallRecord::Refusal::kWorkLimit:
+      return "work_limit";
     case CallRecord::Refusal::kMemoryBudget:
       return "memory_budget";
     case CallRecord::Refusal::kConnectionShare:
@@ -88,8 +89,7 @@ ServiceMetrics::ServiceMetrics(Registry* registry, Options options, AccessLog* a
           "Time requests spent computing (validation, attention, encoding the response).",
           {"rpc", "model"}, LatencyBuckets())),
       request_bytes_(registry->AddCounter("attention_request_bytes_total",
-                                          "Bytes of request messages received.",
-                                          {"rpc", "model"})),
+                                          "Bytes of request messages received.", {"rpc", "model"})),
       response_bytes_(registry->AddCounter("attention_response_bytes_total",
                                            "Bytes of response messages produced.",
                                            {"rpc", "model"})),
@@ -97,15 +97,16 @@ ServiceMetrics::ServiceMetrics(Registry* registry, Options options, AccessLog* a
           "attention_refusals_total",
           "Requests refused with RESOURCE_EXHAUSTED, by reason: queue_full (every worker busy "
           "and --max-queue waiting), memory_limit (over --max-request-memory-mb or "
-          "--max-message-mb, or an allocation failed), memory_budget (the server's "
-          "--max-memory-mb was in use), connection_share (the caller's connection held a quarter of "
+          "--max-message-mb, or an allocation failed), work_limit (over --max-request-gflop), "
+          "memory_budget (the server's "
+          "--max-memory-mb was in use), connection_share (the caller's connection held a quarter "
+          "of "
           "--max-queue while three quarters of it were queued).",
           {"rpc", "reason"})),
-      queued_(registry->AddGauge("attention_requests_queued",
-                                 "Requests waiting for a compute worker.")
-                  .Labels({})),
-      computing_(registry->AddGauge("attention_requests_computing",
-                                    "Requests being computed.")
+      queued_(
+          registry->AddGauge("attention_requests_queued", "Requests waiting for a compute worker.")
+              .Labels({})),
+      computing_(registry->AddGauge("attention_requests_computing", "Requests being computed.")
                      .Labels({})),
       streams_open_(registry->AddGauge("attention_streams_open", "Streams open.", {"rpc"})),
       batch_size_(registry
@@ -120,24 +121,27 @@ ServiceMetrics::ServiceMetrics(Registry* registry, Options options, AccessLog* a
                                      "computation started (busy compute, or company).",
                                      {}, LatencyBuckets())
                       .Labels({})) {
-  Family<Gauge>& info = registry->AddGauge(
-      "attention_model_info", "A model the server has loaded (value 1).", {"model"});
+  Family<Gauge>& info = registry->AddGauge("attention_model_info",
+                                           "A model the server has loaded (value 1).", {"model"});
   for (const std::string& m : options.models) info.Labels({m}).Set(1);
-  registry->AddGauge("attention_build_info",
-                     "The server's version and the gRPC library's (value 1).",
-                     {"version", "grpc_version"})
+  registry
+      ->AddGauge("attention_build_info", "The server's version and the gRPC library's (value 1).",
+                 {"version", "grpc_version"})
       .Labels({ATTENTION_VERSION, grpc::Version()})
       .Set(1);
-  registry->AddGauge("attention_request_memory_limit_bytes",
-                     "Estimated memory one request may use (--max-request-memory-mb).")
+  registry
+      ->AddGauge("attention_request_memory_limit_bytes",
+                 "Estimated memory one request may use (--max-request-memory-mb).")
       .Labels({})
       .Set(static_cast<double>(options.max_request_memory_bytes));
-  registry->AddGauge("attention_message_limit_bytes",
-                     "Largest request and response message (--max-message-mb).")
+  registry
+      ->AddGauge("attention_message_limit_bytes",
+                 "Largest request and response message (--max-message-mb).")
       .Labels({})
       .Set(static_cast<double>(options.max_message_bytes));
-  registry->AddGauge("attention_queue_limit_requests",
-                     "Requests that may wait for compute (--max-queue).")
+  registry
+      ->AddGauge("attention_queue_limit_requests",
+                 "Requests that may wait for compute (--max-queue).")
       .Labels({})
       .Set(options.max_queue);
   for (const char* rpc : {"StreamAttention", "StreamSelfAttention"}) streams_open_.Labels({rpc});
@@ -188,8 +192,7 @@ std::string ServiceMetrics::ModelLabel(const std::string& requested) const {
   return models_.count(requested) > 0 ? requested : kUnknownModel;
 }
 
-void ServiceMetrics::Finish(const CallRecord& call, const absl::Status& status,
-                            int64_t bytes_out) {
+void ServiceMetrics::Finish(const CallRecord& call, const absl::Status& status, int64_t bytes_out) {
   const std::string model = ModelLabel(call.model);
   const absl::StatusCode code = SentCode(status);
   requests_.Labels({call.rpc, model, absl::StatusCodeToString(code)}).Inc();
@@ -200,8 +203,7 @@ void ServiceMetrics::Finish(const CallRecord& call, const absl::Status& status,
     queue_time_.Labels({call.rpc, model}).Observe(Seconds(call.compute_begin - call.enqueued));
   }
   if (Reached(call.compute_end)) {
-    compute_time_.Labels({call.rpc, model})
-        .Observe(Seconds(call.compute_end - call.compute_begin));
+    compute_time_.Labels({call.rpc, model}).Observe(Seconds(call.compute_end - call.compute_begin));
   }
   if (call.refusal != CallRecord::Refusal::kNone) {
     refusals_.Labels({call.rpc, RefusalName(call.refusal)}).Inc();
@@ -232,10 +234,8 @@ void ServiceMetrics::Log(const CallRecord& call, const absl::Status& status,
   if (!status.ok()) line["message"] = std::string(status.message());
   line["bytes_in"] = call.bytes_in;
   line["bytes_out"] = bytes_out;
-  line["queue_ms"] =
-      Reached(call.compute_begin) ? ms(call.compute_begin - call.enqueued) : 0.0;
-  line["compute_ms"] =
-      Reached(call.compute_end) ? ms(call.compute_end - call.compute_begin) : 0.0;
+  line["queue_ms"] = Reached(call.compute_begin) ? ms(call.compute_begin - call.enqueued) : 0.0;
+  line["compute_ms"] = Reached(call.compute_end) ? ms(call.compute_end - call.compute_begin) : 0.0;
   line["total_ms"] = ms(CallRecord::Clock::now() - call.begin);
   // Replacement characters for invalid UTF-8 (a model name is the client's bytes).
   access_log_->Append(line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));

@@ -36,7 +36,14 @@ namespace server {
 // One unary call or one stream message.
 struct CallRecord {
   using Clock = std::chrono::steady_clock;
-  enum class Refusal { kNone, kQueueFull, kMemoryLimit, kMemoryBudget, kConnectionShare };
+  enum class Refusal {
+    kNone,
+    kQueueFull,
+    kMemoryLimit,
+    kWorkLimit,
+    kMemoryBudget,
+    kConnectionShare
+  };
 
   const char* rpc = "";
   std::string peer;

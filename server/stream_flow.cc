@@ -8,12 +8,12 @@ namespace server {
 StreamFlow::StreamFlow(int max_in_flight) : max_in_flight_(max_in_flight < 1 ? 1 : max_in_flight) {}
 
 void StreamFlow::Begin() {
-  std::unique_lock<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   ReadNext();
 }
 
 void StreamFlow::ReadDone(std::shared_ptr<Slot> slot) {
-  std::unique_lock<std::mutex> lock(mu_);
+  mu_.Lock();  // FinishIfDone releases it
   reading_ = false;
   if (slot == nullptr) reads_done_ = true;
   // Nobody hears an answer once a write failed or the client cancelled: the
@@ -30,32 +30,32 @@ void StreamFlow::ReadDone(std::shared_ptr<Slot> slot) {
     WriteNext();
     ReadNext();
   }
-  FinishIfDone(lock);
+  FinishIfDone();
 }
 
 void StreamFlow::WriteDone(bool ok) {
-  std::unique_lock<std::mutex> lock(mu_);
+  mu_.Lock();  // FinishIfDone releases it
   writing_ = false;
   slots_.pop_front();
   if (!ok) cut_ = true;
   WriteNext();
   ReadNext();
-  FinishIfDone(lock);
+  FinishIfDone();
 }
 
 void StreamFlow::Computed(const std::shared_ptr<Slot>& slot, grpc::ByteBuffer response) {
-  std::unique_lock<std::mutex> lock(mu_);
+  mu_.Lock();  // FinishIfDone releases it
   slot->response = std::move(response);
   slot->answered = true;
   --computing_;
   WriteNext();
-  FinishIfDone(lock);
+  FinishIfDone();
 }
 
 void StreamFlow::Cancelled() {
   cut_ = true;
-  std::unique_lock<std::mutex> lock(mu_);
-  FinishIfDone(lock);
+  mu_.Lock();  // FinishIfDone releases it
+  FinishIfDone();
 }
 
 void StreamFlow::ReadNext() {
@@ -71,16 +71,22 @@ void StreamFlow::WriteNext() {
   IssueWrite(*slots_.front());
 }
 
-void StreamFlow::FinishIfDone(std::unique_lock<std::mutex>& lock) {
-  if (finished_ || reading_ || writing_ || computing_ > 0) return;
+void StreamFlow::FinishIfDone() {
+  if (finished_ || reading_ || writing_ || computing_ > 0) {
+    mu_.Unlock();
+    return;
+  }
   // A cut stream ends at once (the answers left are dropped: nobody hears
   // them); otherwise once the client's writes are done and every answer is out.
   const bool cut = cut_;
-  if (!cut && (!reads_done_ || !slots_.empty())) return;
+  if (!cut && (!reads_done_ || !slots_.empty())) {
+    mu_.Unlock();
+    return;
+  }
   finished_ = true;
   slots_.clear();
-  lock.unlock();
-  IssueFinish(cut);
+  mu_.Unlock();
+  IssueFinish(cut);  // may delete this object: the lock is not taken back
 }
 
 }  // namespace server

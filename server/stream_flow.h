@@ -29,8 +29,9 @@
 #include <atomic>
 #include <deque>
 #include <memory>
-#include <mutex>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/support/byte_buffer.h"
 
 namespace attention {
@@ -73,31 +74,35 @@ class StreamFlow {
  protected:
   // Actions.
   // Starts a read whose completion is reported with ReadDone.
-  virtual void IssueRead() = 0;
+  virtual void IssueRead() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) = 0;
   // Starts writing slot.response; completion is reported with WriteDone.
-  virtual void IssueWrite(const Slot& slot) = 0;
+  virtual void IssueWrite(const Slot& slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) = 0;
   // Queues the computation of `slot`, which reports back with Computed.
   // Returns false, with slot->response set to the error, when it cannot be
   // queued; the slot is then answered.
-  virtual bool IssueCompute(const std::shared_ptr<Slot>& slot) = 0;
+  virtual bool IssueCompute(const std::shared_ptr<Slot>& slot)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) = 0;
   // Ends the stream (once); `cancelled` when the client did not hear the
   // end. Runs without the lock; may delete this object.
-  virtual void IssueFinish(bool cancelled) = 0;
+  virtual void IssueFinish(bool cancelled) ABSL_LOCKS_EXCLUDED(mu_) = 0;
 
  private:
-  void ReadNext();
-  void WriteNext();
-  // Called last by every event: it may unlock and finish.
-  void FinishIfDone(std::unique_lock<std::mutex>& lock);
+  void ReadNext() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void WriteNext() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Called last by every event, with the lock held: releases it, then
+  // finishes when the stream is done (IssueFinish, which may delete this
+  // object, so nothing touches it after). It cannot take the lock back.
+  void FinishIfDone() ABSL_UNLOCK_FUNCTION(mu_);
 
   const int max_in_flight_;
-  std::mutex mu_;
-  std::deque<std::shared_ptr<Slot>> slots_;  // read, not yet written, in order
-  int computing_ = 0;
-  bool reading_ = false;
-  bool reads_done_ = false;
-  bool writing_ = false;
-  bool finished_ = false;
+  absl::Mutex mu_;
+  // Read, not yet written, in order.
+  std::deque<std::shared_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);
+  int computing_ ABSL_GUARDED_BY(mu_) = 0;
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
   // Once a write failed or the client cancelled nobody hears more: nothing
   // more is read, computed or written.
   std::atomic<bool> cut_{false};

@@ -76,7 +76,7 @@ class RecordingStream final : public StreamFlow {
   bool finished_cut() const { return finished_cut_; }
   const std::vector<std::string>& heard() const { return heard_; }  // responses written ok
   const std::string& violation() const { return violation_; }       // first rule broken
-  bool refuse_computations = false;                                  // as a full executor does
+  bool refuse_computations = false;                                 // as a full executor does
 
  private:
   void Violate(const std::string& what) {
@@ -157,7 +157,7 @@ TEST(StreamFlow, ACancellationWhileComputingFinishesWhenTheComputationReports) {
   ASSERT_EQ(s.computing(), 1u);
   ASSERT_TRUE(s.read_pending());
   s.Cancelled();
-  s.EndRead(nullptr);  // reads fail after a cancellation
+  s.EndRead(nullptr);          // reads fail after a cancellation
   EXPECT_EQ(s.finishes(), 0);  // the computation still refers to the stream
   EXPECT_TRUE(s.cut()->load());
   s.Compute(0);
@@ -221,7 +221,7 @@ TEST(StreamFlow, EveryOrderOfEventsKeepsTheRulesAndEnds) {
     s.Begin();
     int sent = 0;
     bool cancelled = false;
-    bool cut = false;  // cancelled or a write failed before the stream finished
+    bool cut = false;                   // cancelled or a write failed before the stream finished
     std::vector<std::string> expected;  // the answer to each message sent
     for (int step = 0; step < 1000; ++step) {
       // The events that could happen now. A cancellation may also come after
@@ -240,7 +240,7 @@ TEST(StreamFlow, EveryOrderOfEventsKeepsTheRulesAndEnds) {
           if (more) {
             reads_after_cancel += cancelled;
             const std::string n = std::to_string(sent);
-            expected.push_back(malformed              ? "bad " + n
+            expected.push_back(malformed               ? "bad " + n
                                : s.refuse_computations ? "refused " + n
                                                        : "answer " + n);
           }

@@ -60,8 +60,8 @@ v1::SelfAttentionRequest DemoRequest(int seed, int64_t batch, double timeout_tag
   for (float& v : x) v = uniform(rng);
   v1::SelfAttentionRequest r;
   r.set_id("r" + std::to_string(seed) + (timeout_tag > 0 ? "-short" : ""));
-  *r.mutable_input() =
-      client::MakeTensor({batch, 3, 64}, x.data(), seed % 3 == 0 ? DType::kFloat16 : DType::kFloat32);
+  *r.mutable_input() = client::MakeTensor({batch, 3, 64}, x.data(),
+                                          seed % 3 == 0 ? DType::kFloat16 : DType::kFloat32);
   r.mutable_options()->set_model("demo");
   if (seed % 2 == 1) {
     v1::Tensor* mask = r.mutable_options()->mutable_key_padding_mask();

@@ -309,9 +309,8 @@ TEST(E2EStreams, AClientThatStopsReadingIsNotBufferedWithoutBound) {
 std::vector<std::string> SlowFlags(int queue) {
   std::vector<std::string> flags = ModelFlags();
   for (const std::string& f :
-       {std::string("--workers=1"),
-        std::string("--max-queue=") + std::to_string(queue), std::string("--max-message-mb=1"),
-        std::string("--drain-seconds=5")}) {
+       {std::string("--workers=1"), std::string("--max-queue=") + std::to_string(queue),
+        std::string("--max-message-mb=1"), std::string("--drain-seconds=5")}) {
     flags.push_back(f);
   }
   return flags;
@@ -505,7 +504,8 @@ TEST(E2EShutdown, StreamsCancelledMidFlightDoNotBlockShutdown) {
 
 // A sidecar's client can reach the server over a unix socket.
 TEST(E2EStartup, ServesOnAUnixSocket) {
-  const std::string path = ::testing::TempDir() + "attention_e2e_" + std::to_string(getpid()) + ".sock";
+  const std::string path =
+      ::testing::TempDir() + "attention_e2e_" + std::to_string(getpid()) + ".sock";
   std::vector<std::string> flags = ModelFlags();
   flags.push_back("--listen=unix:" + path);
   ServerProcess server(flags);
@@ -527,9 +527,8 @@ TEST(E2EStartup, BadModelOrBusyPortExitsNonZeroWithOneLine) {
   EXPECT_THAT(out, HasSubstr("attention-server: error: --model x="));
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
   // Sizes that would overflow once in bytes.
-  EXPECT_EQ(RunCommand({ServerBinary(), "--listen=127.0.0.1:0", "--max-memory-mb=99999999999"},
-                       &out),
-            1);
+  EXPECT_EQ(
+      RunCommand({ServerBinary(), "--listen=127.0.0.1:0", "--max-memory-mb=99999999999"}, &out), 1);
   EXPECT_THAT(out, HasSubstr("attention-server: error: --max-memory-mb: must be at most "
                              "16777216, got 99999999999"));
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
@@ -563,7 +562,7 @@ class CliTest : public E2E {
   std::string Save(const std::string& name, const TensorView& v) {
     client::NpyArray a{v.dtype, v.shape,
                        std::string(static_cast<const char*>(v.data), v.byte_size)};
-    const std::string path = (dir_ / name).string();
+    std::string path = (dir_ / name).string();
     EXPECT_TRUE(client::WriteNpy(path, a).ok());
     return path;
   }

@@ -46,15 +46,15 @@ int FreePort() {
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t len = sizeof(addr);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
   close(fd);
   return ntohs(addr.sin_port);
 }
 
 std::string TempDir(const std::string& name) {
-  const std::string dir = std::filesystem::temp_directory_path() /
-                          (name + "." + std::to_string(getpid()));
+  std::string dir =
+      std::filesystem::temp_directory_path() / (name + "." + std::to_string(getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir;
@@ -169,9 +169,9 @@ TEST(MetricsE2E, CountersReadTheCallsMadePromtoolAndPrometheusAgreeAndTheAccessL
   // promtool lints what /metrics serves.
   std::ofstream(dir + "/metrics.txt") << text;
   std::string lint;
-  EXPECT_EQ(RunCommand({"/bin/sh", "-c", "promtool check metrics < " + dir + "/metrics.txt"},
-                       &lint, 30),
-            0)
+  EXPECT_EQ(
+      RunCommand({"/bin/sh", "-c", "promtool check metrics < " + dir + "/metrics.txt"}, &lint, 30),
+      0)
       << lint;
   EXPECT_EQ(lint, "");
 
@@ -219,9 +219,9 @@ TEST(MetricsE2E, CountersReadTheCallsMadePromtoolAndPrometheusAgreeAndTheAccessL
 
 TEST(MetricsE2E, RefusedCallsCountUnderTheirReason) {
   // One worker, one waiting place, 300 ms a computation, 1 MiB per request.
-  ServerProcess server(Flags({"--workers=1", "--max-queue=1", "--max-request-memory-mb=1",
-                              "--drain-seconds=5"}),
-                       FaultDelay(300));
+  ServerProcess server(
+      Flags({"--workers=1", "--max-queue=1", "--max-request-memory-mb=1", "--drain-seconds=5"}),
+      FaultDelay(300));
   ASSERT_TRUE(server.ok()) << server.Output();
   const int admin = AdminPort(server);
   AttentionClient c(AttentionClient::Connect(server.target()));
@@ -249,8 +249,9 @@ TEST(MetricsE2E, RefusedCallsCountUnderTheirReason) {
       << text;
   EXPECT_EQ(Sample(text, "attention_refusals_total{rpc=\"SelfAttention\",reason=\"queue_full\"}"),
             saturated.load());
-  EXPECT_EQ(Sample(text, "attention_requests_total{rpc=\"SelfAttention\",model=\"demo\","
-                         "code=\"RESOURCE_EXHAUSTED\"}"),
+  EXPECT_EQ(Sample(text,
+                   "attention_requests_total{rpc=\"SelfAttention\",model=\"demo\","
+                   "code=\"RESOURCE_EXHAUSTED\"}"),
             saturated.load() + 1);
   EXPECT_EQ(server.Stop(SIGTERM, 15), 0) << server.Output();
 }

@@ -56,7 +56,7 @@ bool Eventually(const std::function<bool()>& attempt, double seconds = 15) {
 
 // Asks `channel`'s server to list its services by reflection; the stream's
 // final status.
-grpc::StatusCode ListServicesByReflection(std::shared_ptr<grpc::Channel> channel) {
+grpc::StatusCode ListServicesByReflection(const std::shared_ptr<grpc::Channel>& channel) {
   auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
@@ -78,9 +78,10 @@ class Security : public ::testing::Test {
                                      ("attention_tls_" + std::to_string(getpid())));
     std::string out;
     for (const char* sub : {"a", "b"}) {  // two independent CAs and their certificates
-      ASSERT_EQ(RunCommand({"/bin/bash", SourcePath("scripts/make-certs.sh"), (*dir_ / sub).string()},
-                           &out),
-                0)
+      ASSERT_EQ(
+          RunCommand({"/bin/bash", SourcePath("scripts/make-certs.sh"), (*dir_ / sub).string()},
+                     &out),
+          0)
           << out;
     }
   }
@@ -116,9 +117,8 @@ class Security : public ::testing::Test {
 std::filesystem::path* Security::dir_ = nullptr;
 
 TEST_F(Security, TlsAnswersExactlyAndRefusesPlaintextAndStrangers) {
-  ServerProcess server(
-      {"--tls-cert", P("a/server.pem"), "--tls-key", P("a/server.key"), "--model",
-       "demo=" + SourcePath("models/demo.safetensors")});
+  ServerProcess server({"--tls-cert", P("a/server.pem"), "--tls-key", P("a/server.key"), "--model",
+                        "demo=" + SourcePath("models/demo.safetensors")});
   ASSERT_TRUE(server.ok()) << server.Output();
   EXPECT_THAT(server.Output(), HasSubstr("; TLS; models"));
 
@@ -145,9 +145,9 @@ TEST_F(Security, MutualTlsNeedsAClientCertificateFromTheCa) {
                         "--tls-client-ca", P("a/ca.pem")});
   ASSERT_TRUE(server.ok()) << server.Output();
   EXPECT_THAT(server.Output(), HasSubstr("; mutual TLS; models"));
-  EXPECT_FALSE(Models(server, Client("a/ca")).ok());                     // no certificate
-  EXPECT_FALSE(Models(server, Client("a/ca", "a/rogue-client")).ok());   // another CA's
-  EXPECT_FALSE(Models(server, Client("a/ca", "b/client")).ok());         // another CA's
+  EXPECT_FALSE(Models(server, Client("a/ca")).ok());                    // no certificate
+  EXPECT_FALSE(Models(server, Client("a/ca", "a/rogue-client")).ok());  // another CA's
+  EXPECT_FALSE(Models(server, Client("a/ca", "b/client")).ok());        // another CA's
   EXPECT_TRUE(Models(server, Client("a/ca", "a/client")).ok());
 }
 
@@ -168,8 +168,8 @@ TEST_F(Security, TokensAreRequiredExceptForHealthAndNeverPrinted) {
   EXPECT_TRUE(Models(server, Client("a/ca", "", kToken)).ok());
   EXPECT_TRUE(Models(server, Client("a/ca", "", "second-token")).ok());
 
-  AttentionClient anonymous(AttentionClient::Connect(server.target(), 1 << 20, false,
-                                                     Client("a/ca")));
+  AttentionClient anonymous(
+      AttentionClient::Connect(server.target(), 1 << 20, false, Client("a/ca")));
   absl::StatusOr<std::string> health = anonymous.Health();
   ASSERT_TRUE(health.ok()) << health.status();
   EXPECT_EQ(*health, "SERVING");
@@ -197,30 +197,32 @@ TEST_F(Security, TokensAreRequiredExceptForHealthAndNeverPrinted) {
                        &out),
             0)
       << out;
-  EXPECT_EQ(RunCommand({ClientBinary(), "--target", server.target(), "--tls-ca", P("a/ca.pem"),
-                        "models"},
-                       &out),
-            1);
+  EXPECT_EQ(
+      RunCommand({ClientBinary(), "--target", server.target(), "--tls-ca", P("a/ca.pem"), "models"},
+                 &out),
+      1);
   EXPECT_THAT(out, HasSubstr("UNAUTHENTICATED: authorization: missing"));
   EXPECT_EQ(RunCommand({ClientBinary(), "--target", server.target(), "--tls=true", "--tls-ca",
                         P("a/ca.pem"), "--token-file", token_file, "models"},
                        &out),
             0)
       << out;
-  EXPECT_EQ(RunCommand({ClientBinary(), "--target", server.target(), "load", "--tls=maybe"},
-                       &out),
+  EXPECT_EQ(RunCommand({ClientBinary(), "--target", server.target(), "load", "--tls=maybe"}, &out),
             2);
   EXPECT_THAT(out, HasSubstr("--tls: expected true or false"));
 
   // The load tool too, every answer verified.
   const std::string report = P("load.json");
-  EXPECT_EQ(RunCommand({ClientBinary(), "--target", server.target(), "load", "--tls-ca",
-                        P("a/ca.pem"), "--token-file", token_file, "--model", "demo",
-                        "--model-file", SourcePath("models/demo.safetensors"), "--batch", "2",
-                        "--seq", "8", "--requests", "20", "--warmup", "0", "--verify", "100",
-                        "--json", report},
-                       &out),
-            0)
+  EXPECT_EQ(
+      RunCommand(
+          {ClientBinary(), "--target",    server.target(), "load",
+           "--tls-ca",     P("a/ca.pem"), "--token-file",  token_file,
+           "--model",      "demo",        "--model-file",  SourcePath("models/demo.safetensors"),
+           "--batch",      "2",           "--seq",         "8",
+           "--requests",   "20",          "--warmup",      "0",
+           "--verify",     "100",         "--json",        report},
+          &out),
+      0)
       << out;
   const std::string json = ReadAll(report);
   EXPECT_THAT(json, HasSubstr("\"ok\": 20"));
@@ -262,8 +264,7 @@ TEST_F(Security, BadFilesOrTokensWithoutTlsRefuseToStartWithOneLine) {
        "--tls-key " + P("b/server.key") + " does not match the certificate"},
       {{"--tls-cert", P("a/missing.pem"), "--tls-key", P("a/server.key")},
        "--tls-cert " + P("a/missing.pem") + ": cannot read"},
-      {{"--tls-cert", P("a/server.key"), "--tls-key", P("a/server.key")},
-       "no PEM certificate"},
+      {{"--tls-cert", P("a/server.key"), "--tls-key", P("a/server.key")}, "no PEM certificate"},
       {{"--tls-cert", P("a/server.pem")}, "--tls-cert and --tls-key go together"},
       {{"--auth-token-file", P("a/ca.pem")}, "--auth-token-file needs --tls-cert"},
   };

@@ -73,7 +73,8 @@ int WaitFor(pid_t pid, double timeout_s, int fd, std::string* out) {
 std::string ServerBinary() { return ATTENTION_SERVER_BIN; }
 std::string ClientBinary() { return ATTENTION_CLIENT_BIN; }
 
-ServerProcess::ServerProcess(std::vector<std::string> flags, std::vector<std::string> env) {
+ServerProcess::ServerProcess(const std::vector<std::string>& flags,
+                             const std::vector<std::string>& env) {
   std::vector<std::string> argv = {ServerBinary(), "--listen", "127.0.0.1:0"};
   argv.insert(argv.end(), flags.begin(), flags.end());
   pid_ = Spawn(argv, &out_fd_, env);
@@ -119,6 +120,12 @@ int ServerProcess::Stop(int signal, double timeout_s) {
 std::string ServerProcess::Output() {
   if (out_fd_ >= 0) Drain(out_fd_, &output_, 0);
   return output_;
+}
+
+void ServerProcess::CloseOutput() {
+  Output();
+  if (out_fd_ >= 0) close(out_fd_);
+  out_fd_ = -1;
 }
 
 int RunCommand(const std::vector<std::string>& argv, std::string* out, double timeout_s) {

@@ -18,7 +18,8 @@ class ServerProcess {
   // --listen among them wins) and waits for its "listening on" line. ok()
   // tells whether it came up. `env`: NAME=VALUE variables added to its
   // environment (test-only knobs such as ATTENTION_TEST_FAULT_DELAY_MS).
-  explicit ServerProcess(std::vector<std::string> flags, std::vector<std::string> env = {});
+  explicit ServerProcess(const std::vector<std::string>& flags,
+                         const std::vector<std::string>& env = {});
   ~ServerProcess();  // SIGKILL if still running
 
   bool ok() const { return !target_.empty(); }
@@ -31,6 +32,9 @@ class ServerProcess {
   int Stop(int signal, double timeout_s);
   // Everything the server printed so far (stdout and stderr).
   std::string Output();
+  // Closes the reading end of the server's stdout and stderr, as a log
+  // reader that exits does: the server's next write gets EPIPE.
+  void CloseOutput();
 
  private:
   pid_t pid_ = -1;
