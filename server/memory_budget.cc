@@ -30,15 +30,6 @@ std::string MiB(double bytes) {
 }
 
 // The first number in `path`, or -1 (absent, or "max": no limit).
-int64_t ReadLimit(const char* path) {
-  std::ifstream in(path);
-  std::string word;
-  if (!(in >> word) || word == "max") return -1;
-  char* end = nullptr;
-  const long long v = std::strtoll(word.c_str(), &end, 10);
-  return end != word.c_str() && v > 0 ? v : -1;
-}
-
 // The process's resident memory (/proc/self/statm), or 0.
 int64_t ResidentBytes() {
   std::ifstream in("/proc/self/statm");
@@ -108,15 +99,7 @@ void Reservation::Shrink(int64_t bytes) {
   budget_->Release(bytes);
 }
 
-int64_t DefaultMemoryBudgetBytes() {
-  int64_t total = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
-  for (const char* path :
-       {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
-    const int64_t limit = ReadLimit(path);
-    if (limit > 0 && limit < total) total = limit;
-  }
-  return total / 5 * 3;
-}
+int64_t DefaultMemoryBudgetBytes(const MemoryLimit& limit) { return limit.bytes / 5 * 3; }
 
 MemoryShares SplitMemoryBudget(int64_t total_bytes) {
   MemoryShares shares;

@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/memory_limit.h"
 
 namespace attention {
 namespace server {
@@ -86,12 +87,11 @@ class Reservation {
   int64_t bytes_ = 0;
 };
 
-// The default --max-memory-mb, in bytes: 60% of the container's memory limit
-// (cgroup v2 memory.max, or v1 memory.limit_in_bytes), or of physical memory
-// when there is no limit (or a larger one). The rest is the process's fixed
-// part (models, libraries, threads' stacks, the compute threads' kept
-// workspaces) and the allocator's slack.
-int64_t DefaultMemoryBudgetBytes();
+// The default --max-memory-mb, in bytes: 60% of the process's memory limit
+// (server/memory_limit.h: the tightest cgroup limit, or physical memory).
+// The rest is the process's fixed part (models, libraries, threads' stacks,
+// the compute threads' kept workspaces) and the allocator's slack.
+int64_t DefaultMemoryBudgetBytes(const MemoryLimit& limit);
 
 // How --max-memory-mb is shared. gRPC's transport holds a request while it is
 // still being received, before the service sees it; gRPC's resource quota

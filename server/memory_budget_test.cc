@@ -4,7 +4,10 @@
 
 #include <atomic>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <optional>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -111,9 +114,60 @@ TEST(MemoryBudgetTest, MemoryFreedOutsideReservationsCountsTowardsATrim) {
 }
 
 TEST(MemoryBudgetTest, DefaultIsAShareOfTheMachineOrContainer) {
-  const int64_t bytes = DefaultMemoryBudgetBytes();
-  EXPECT_GT(bytes, 64 * kMiB);
-  EXPECT_LE(bytes, static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE));
+  const MemoryLimit limit = FindMemoryLimit();
+  EXPECT_LE(limit.bytes, static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE));
+  EXPECT_FALSE(limit.source.empty());
+  EXPECT_EQ(DefaultMemoryBudgetBytes({1000 * kMiB, "x"}), 600 * kMiB);
+}
+
+// Limits as each kind of place shows them: the smallest on the way up from
+// the process's own group wins, whichever hierarchy it is in.
+TEST(MemoryLimitTest, TheTightestCgroupLimitOnTheWayUpIsFound) {
+  const int64_t physical = 24 * 1024 * kMiB;
+  std::map<std::string, int64_t> files;
+  auto read = [&files](const std::string& path) -> std::optional<int64_t> {
+    auto it = files.find(path);
+    if (it == files.end()) return std::nullopt;
+    return it->second;
+  };
+  // cgroup v1 (a hybrid host), the process in a group a supervisor made: the
+  // group's own limit, below its parent's.
+  const std::string v1_cgroup = "9:name=systemd:/\n4:memory:/jobs/test-1\n0::/\n";
+  const std::string v1_mounts =
+      "30 22 0:27 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
+      "34 30 0:31 / /sys/fs/cgroup/memory rw,relatime shared:9 - cgroup cgroup rw,memory\n";
+  files["/sys/fs/cgroup/memory/memory.limit_in_bytes"] = 9223372036854771712;
+  files["/sys/fs/cgroup/memory/jobs/memory.limit_in_bytes"] = 4096 * kMiB;
+  files["/sys/fs/cgroup/memory/jobs/test-1/memory.limit_in_bytes"] = 1024 * kMiB;
+  MemoryLimit l = FindMemoryLimit(v1_cgroup, v1_mounts, physical, read);
+  EXPECT_EQ(l.bytes, 1024 * kMiB);
+  EXPECT_EQ(l.source, "cgroup v1 /sys/fs/cgroup/memory/jobs/test-1/memory.limit_in_bytes");
+  files["/sys/fs/cgroup/memory/jobs/memory.limit_in_bytes"] = 512 * kMiB;  // the parent's
+  EXPECT_EQ(FindMemoryLimit(v1_cgroup, v1_mounts, physical, read).bytes, 512 * kMiB);
+
+  // cgroup v2, a systemd unit with MemoryMax= ("max" elsewhere).
+  const std::string v2_cgroup = "0::/system.slice/attention.service\n";
+  const std::string v2_mounts =
+      "25 20 0:23 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+  files.clear();
+  files["/sys/fs/cgroup/system.slice/attention.service/memory.max"] = 2048 * kMiB;
+  l = FindMemoryLimit(v2_cgroup, v2_mounts, physical, read);
+  EXPECT_EQ(l.bytes, 2048 * kMiB);
+  EXPECT_EQ(l.source, "cgroup v2 /sys/fs/cgroup/system.slice/attention.service/memory.max");
+
+  // A container: its group is the mount's root, so the limit is at the mount.
+  const std::string container_cgroup = "0::/\n";
+  const std::string container_mounts =
+      "700 690 0:23 /kubepods/pod1/c1 /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
+  files.clear();
+  files["/sys/fs/cgroup/memory.max"] = 1024 * kMiB;
+  EXPECT_EQ(FindMemoryLimit(container_cgroup, container_mounts, physical, read).bytes, 1024 * kMiB);
+
+  // No limit anywhere, or one above physical memory: physical memory.
+  files.clear();
+  l = FindMemoryLimit(v2_cgroup, v2_mounts, physical, read);
+  EXPECT_EQ(l.bytes, physical);
+  EXPECT_EQ(l.source, "physical memory");
 }
 
 TEST(MemoryBudgetTest, AQuarterGoesToTheTransportAndTheRestToServing) {

@@ -3,7 +3,6 @@
 #include <grpc/support/log.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/impl/server_builder_option.h>
 #include <grpcpp/impl/server_builder_plugin.h>
 #include <grpcpp/resource_quota.h>
@@ -32,6 +31,7 @@
 #include "server/access_log.h"
 #include "server/admin_http.h"
 #include "server/flags.h"
+#include "server/health_service.h"
 #include "server/memory_budget.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
@@ -197,8 +197,12 @@ struct Server::State {
   std::unique_ptr<ServiceMetrics> metrics;
   std::unique_ptr<AttentionServiceImpl> service;
   grpc::ResourceQuota quota;
+  std::unique_ptr<HealthService> health;  // outlives grpc_server, which serves it
+  // gRPC serves TLS from the watcher's copies: outlives grpc_server.
+  std::shared_ptr<CertificateWatcher> certificates;
   std::unique_ptr<grpc::Server> grpc_server;
-  std::string security;  // DescribeSecurity, for the summary
+  std::string security;       // DescribeSecurity, for the summary
+  std::string budget_origin;  // where the memory budget came from, for the summary
 
   // The admin endpoint first, so that probes see the server starting (alive,
   // not ready) while the models load.
@@ -239,6 +243,10 @@ struct Server::State {
     registry.AddCallback("attention_memory_budget_used_bytes",
                          "Bytes of the memory budget reserved by requests being served.", "gauge",
                          [this] { return static_cast<double>(budget.used()); });
+    registry.AddCallback("attention_tls_certificate_reload_failures_total",
+                         "Changed TLS files refused (the last good certificate kept serving).",
+                         "counter",
+                         [] { return static_cast<double>(CertificateReloadFailures()); });
     ServiceMetrics::Options metrics_options;
     for (const Model* model : models->All()) metrics_options.models.push_back(model->info().name);
     metrics_options.max_request_memory_bytes = limits.max_request_memory_bytes;
@@ -254,7 +262,9 @@ struct Server::State {
   // the port bound (0 when it could not listen).
   int StartGrpc(const ServerOptions& options,
                 const std::shared_ptr<grpc::ServerCredentials>& credentials) {
-    grpc::EnableDefaultHealthCheckService(true);
+    // Ours, not gRPC's default health service, whose Watch streams are
+    // unbounded (health_service.h).
+    health = std::make_unique<HealthService>(std::vector<std::string>{kServiceName});
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
     if (!options.reflection) builder.SetOption(std::make_unique<WithoutReflection>());
@@ -273,14 +283,13 @@ struct Server::State {
     builder.SetResourceQuota(quota);
     SetConnectionLimits(options, &builder);
     builder.RegisterService(service.get());
+    builder.RegisterService(health.get());
     grpc_server = builder.BuildAndStart();
     return grpc_server == nullptr ? 0 : port;
   }
 
   void SetServing(bool serving) {
-    grpc::HealthCheckServiceInterface* health = grpc_server->GetHealthCheckService();
-    health->SetServingStatus(serving);
-    health->SetServingStatus(kServiceName, serving);
+    health->SetServing(serving);
     phase = serving ? Phase::kServing : Phase::kDraining;
   }
 };
@@ -301,11 +310,15 @@ absl::Status Server::Start() {
   google::protobuf::SetLogHandler(ProtobufLog);
   ConfigureAllocator();
   // Before the admin endpoint, whose /metrics reads the budget until it stops.
-  auto state = std::make_unique<State>(options_.max_memory_mb > 0 ? options_.max_memory_mb << 20
-                                                                  : DefaultMemoryBudgetBytes());
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
-      MakeServerCredentials(options_.security);
-  if (!credentials.ok()) return credentials.status();
+  const MemoryLimit limit = FindMemoryLimit();
+  auto state = std::make_unique<State>(
+      options_.max_memory_mb > 0 ? options_.max_memory_mb << 20 : DefaultMemoryBudgetBytes(limit));
+  state->budget_origin = options_.max_memory_mb > 0
+                             ? "--max-memory-mb"
+                             : absl::StrCat("60% of ", limit.bytes >> 20, " MiB: ", limit.source);
+  absl::StatusOr<ServerSecurity> security = MakeServerSecurity(options_.security);
+  if (!security.ok()) return security.status();
+  state->certificates = std::move(security->certificates);
   state->security = DescribeSecurity(options_.security);
   AddProcessMetrics(&state->registry);
   if (!options_.admin_listen.empty()) {
@@ -321,7 +334,7 @@ absl::Status Server::Start() {
   if (!models.ok()) return models.status();
   state->models = std::move(*models);
   state->BuildService(options_, test_compute_delay_ms_);
-  const int port = state->StartGrpc(options_, *credentials);
+  const int port = state->StartGrpc(options_, security->credentials);
   if (port == 0) {
     if (state->grpc_server != nullptr) state->grpc_server->Shutdown();
     state->executor->Shutdown();
@@ -342,12 +355,13 @@ std::string Server::Summary() const {
   const Executor& executor = *s.executor;
   return absl::StrFormat(
       "listening on %s; %s; models: %s; compute: %d worker(s) x %d thread(s)%s; memory budget "
-      "%d MiB (%d for requests being received, %d for requests being served; requests up to %d "
-      "MiB)",
+      "%d MiB (%s; %d for requests being received, %d for requests being served; requests up to "
+      "%d MiB)",
       target_, s.security, s.models->Names(), executor.workers(), executor.threads_per_worker(),
       executor.pinned_cpus().empty() ? "" : " on CPUs " + executor.pinned_cpus(),
-      (s.memory.transport_bytes + s.memory.served_bytes) >> 20, s.memory.transport_bytes >> 20,
-      s.memory.served_bytes >> 20, s.limits.max_receive_bytes >> 20);
+      (s.memory.transport_bytes + s.memory.served_bytes) >> 20, s.budget_origin,
+      s.memory.transport_bytes >> 20, s.memory.served_bytes >> 20,
+      s.limits.max_receive_bytes >> 20);
 }
 
 void Server::Drain() {
@@ -355,6 +369,9 @@ void Server::Drain() {
   drained_ = true;
   State& s = *state_;
   s.SetServing(false);
+  // Watch streams are told NOT_SERVING, then finished: they would hold
+  // Shutdown to its deadline.
+  s.health->Shutdown();
   const auto deadline =
       std::chrono::system_clock::now() +
       std::chrono::milliseconds(static_cast<int64_t>(options_.drain_seconds * 1000));
@@ -393,6 +410,9 @@ int RunServer(const ServerOptions& options) {
   // A closed pipe (--access-log - read by a process that exited) makes
   // writes fail with EPIPE instead of ending the process.
   std::signal(SIGPIPE, SIG_IGN);
+  // Debian's Abseil is built with deadlock detection on: every lock of an
+  // absl::Mutex (ours and gRPC's) would update a global lock graph.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   // Signals are taken by sigwait below, so block them before any thread
   // starts: the two that drain, and those whose default action would end the
   // process without a drain (an operator's SIGHUP expecting a reload, stray

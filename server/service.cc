@@ -102,7 +102,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
         service_->metrics()->Finish(a.call, admitted, item->response.Length());
       }
     }
-    ReadDone(std::move(item));
+    ReadDone(item);
   }
   void OnWriteDone(bool ok) override { WriteDone(ok); }
   void OnCancel() override { Cancelled(); }
@@ -129,7 +129,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
                            grpc::ByteBuffer answer =
                                s.ok() ? std::move(*response) : EncodeError(done.request.id(), s);
                            service_->metrics()->Finish(done.call, s, answer.Length());
-                           Computed(item, std::move(answer));
+                           Computed(item, answer);
                          });
     if (!queued) {
       a.Release();

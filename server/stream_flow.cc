@@ -12,7 +12,7 @@ void StreamFlow::Begin() {
   ReadNext();
 }
 
-void StreamFlow::ReadDone(std::shared_ptr<Slot> slot) {
+void StreamFlow::ReadDone(const std::shared_ptr<Slot>& slot) {
   mu_.Lock();  // FinishIfDone releases it
   reading_ = false;
   if (slot == nullptr) reads_done_ = true;
@@ -43,9 +43,9 @@ void StreamFlow::WriteDone(bool ok) {
   FinishIfDone();
 }
 
-void StreamFlow::Computed(const std::shared_ptr<Slot>& slot, grpc::ByteBuffer response) {
-  mu_.Lock();  // FinishIfDone releases it
-  slot->response = std::move(response);
+void StreamFlow::Computed(const std::shared_ptr<Slot>& slot, const grpc::ByteBuffer& response) {
+  mu_.Lock();                 // FinishIfDone releases it
+  slot->response = response;  // shares the slices
   slot->answered = true;
   --computing_;
   WriteNext();

@@ -59,11 +59,11 @@ class StreamFlow {
   // the read failed (the client's writes are done, or the call is over). A
   // slot already answered (say, with a parse error) is written as it is;
   // otherwise it is computed (IssueCompute).
-  void ReadDone(std::shared_ptr<Slot> slot);
+  void ReadDone(const std::shared_ptr<Slot>& slot);
   // The pending write completed; `ok` false when the client is gone.
   void WriteDone(bool ok);
   // The computation of `slot` ended with `response`.
-  void Computed(const std::shared_ptr<Slot>& slot, grpc::ByteBuffer response);
+  void Computed(const std::shared_ptr<Slot>& slot, const grpc::ByteBuffer& response);
   // The client cancelled (or the deadline passed).
   void Cancelled();
 

@@ -62,10 +62,10 @@ class RecordingStream final : public StreamFlow {
     ++writes_done_;
     WriteDone(ok);
   }
-  void EndRead(std::shared_ptr<Slot> slot) {
+  void EndRead(const std::shared_ptr<Slot>& slot) {
     read_pending_ = false;
     if (slot != nullptr) ++reads_;
-    ReadDone(std::move(slot));
+    ReadDone(slot);
   }
 
   bool read_pending() const { return read_pending_; }

@@ -21,6 +21,7 @@
 #include "core/attention.h"
 #include "core/test_util.h"
 #include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -517,6 +518,218 @@ TEST(Hardening, ARequestOverTheWorkLimitIsRefusedBeforeItComputes) {
   absl::StatusOr<v1::AttentionResponse> ok = c.SelfAttention(honest.Request(), {10});
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_LE(ErrorAgainst(ok->output(), honest.want.view()), 1e-5);
+}
+
+// Stream messages go through the same admission as unary calls: each
+// reserves its bytes, computation and response in --max-memory-mb. While one
+// computes the budget gauge says so, and streams that never read, each
+// message asking for per-head weights (256 KiB in, 16 MiB out), are refused
+// with RESOURCE_EXHAUSTED inside the budget instead of piling up responses
+// (before, 16 such streams held 4 responses each: 1 GiB).
+TEST(Hardening, StreamMessagesAreReservedInTheMemoryBudget) {
+  constexpr int64_t kBudgetMiB = 128;
+  constexpr int64_t kSlackMiB = 48;  // gRPC's buffers and the allocator's slack, as above
+  ServerProcess server({"--max-memory-mb=" + std::to_string(kBudgetMiB),
+                        "--admin-listen=127.0.0.1:0", "--max-queue=64"},
+                       FaultDelay(300));
+  ASSERT_TRUE(server.ok()) << server.Output();
+  const int admin = AdminPort(server);
+  ASSERT_GT(admin, 0);
+  auto budget_used = [admin] {
+    std::string text;
+    if (HttpGet(admin, "/metrics", &text) != 200) return -1.0;
+    return Sample(text, "attention_memory_budget_used_bytes");
+  };
+  AttentionClient c(AttentionClient::Connect(server.target()));
+  const SelfAttentionCall small({1, 64, 64}, 4, 9);
+  ASSERT_TRUE(c.SelfAttention(small.Request(), {10}).ok());  // warm
+  const int64_t baseline = ProcStatusBytes(server.pid(), "VmRSS");
+  std::thread one([&] { EXPECT_TRUE(c.StreamSelfAttention({small.Request()}, 1, {10}).ok()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));  // inside its 300 ms compute
+  EXPECT_GT(budget_used(), 0.0);
+  one.join();
+
+  v1::SelfAttentionRequest heavy = SelfAttentionCall({1, 1024, 64}, 4, 10).Request();
+  heavy.mutable_options()->set_weights(v1::WEIGHTS_PER_HEAD);
+  constexpr int kConnections = 2, kStreamsEach = 8, kMessages = 6;
+  struct Flood {
+    std::unique_ptr<AttentionClient> client;
+    std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+    std::vector<
+        std::unique_ptr<grpc::ClientReaderWriter<v1::SelfAttentionRequest, v1::AttentionResponse>>>
+        streams;
+  };
+  std::vector<Flood> floods(kConnections);
+  std::vector<std::thread> writers;
+  for (Flood& f : floods) {
+    f.client = std::make_unique<AttentionClient>(AttentionClient::ConnectAlone(server.target()));
+    for (int s = 0; s < kStreamsEach; ++s) {
+      f.contexts.push_back(std::make_unique<grpc::ClientContext>());
+      f.contexts.back()->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      f.streams.push_back(f.client->stub()->StreamSelfAttention(f.contexts.back().get()));
+      auto* stream = f.streams.back().get();
+      writers.emplace_back([stream, &heavy] {
+        for (int m = 0; m < kMessages && stream->Write(heavy); ++m) {
+        }
+      });
+    }
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(4));  // nobody reads
+  const int64_t rss = ProcStatusBytes(server.pid(), "VmRSS");
+  if (!kAddressSanitizer) {
+    EXPECT_LE(rss, baseline + (kBudgetMiB + kSlackMiB) * kMiB)
+        << "baseline " << baseline / kMiB << " MiB, now " << rss / kMiB << " MiB";
+  }
+  EXPECT_LE(budget_used(), static_cast<double>(kBudgetMiB * kMiB));
+  // Now read: every answer is the weights or a refusal by the budget.
+  int answered = 0, refused = 0;
+  for (Flood& f : floods) {
+    for (auto& stream : f.streams) {
+      v1::AttentionResponse r;
+      for (int m = 0; m < kMessages && stream->Read(&r); ++m) {
+        ++answered;
+        if (r.has_error()) {
+          EXPECT_EQ(r.error().code(), static_cast<int>(absl::StatusCode::kResourceExhausted))
+              << r.error().message();
+          ++refused;
+        } else {
+          EXPECT_EQ(r.weights().shape_size(), 4);
+        }
+      }
+    }
+  }
+  for (Flood& f : floods) {
+    for (auto& context : f.contexts) context->TryCancel();
+  }
+  for (std::thread& t : writers) t.join();
+  EXPECT_GT(refused, 0) << answered << " answered";
+  EXPECT_GT(answered - refused, 0);
+  ASSERT_TRUE(c.SelfAttention(small.Request(), {10}).ok());
+}
+
+// One grpc.health.v1.Health/Watch stream that reads only its first message.
+class HealthWatch final : public grpc::ClientReadReactor<grpc::health::v1::HealthCheckResponse> {
+ public:
+  // Opens the stream; `answered` is incremented once its first read is over
+  // (a message, or the end), `done` once the stream is.
+  HealthWatch(grpc::health::v1::Health::Stub* stub, std::atomic<int>* answered,
+              std::atomic<int>* done)
+      : answered_(answered), done_(done) {
+    stub->async()->Watch(&context_, &request_, this);
+    StartRead(&response_);
+    StartCall();
+  }
+  void Cancel() { context_.TryCancel(); }
+  void OnReadDone(bool ok) override {
+    first_ok_ = ok;
+    ++*answered_;
+  }
+  void OnDone(const grpc::Status& status) override {
+    status_ = status;
+    ++*done_;
+  }
+  // Valid once `answered` counted it.
+  bool first_ok() const { return first_ok_; }
+  grpc::health::v1::HealthCheckResponse::ServingStatus first() const { return response_.status(); }
+  // Valid once `done` counted it.
+  const grpc::Status& status() const { return status_; }
+
+ private:
+  grpc::ClientContext context_;
+  grpc::health::v1::HealthCheckRequest request_;
+  grpc::health::v1::HealthCheckResponse response_;
+  std::atomic<int>* answered_;
+  std::atomic<int>* done_;
+  bool first_ok_ = false;
+  grpc::Status status_;
+};
+
+// Health is exempt from tokens (probes must work), so anyone can open Watch
+// streams: gRPC's default health service kept every one, outside the memory
+// budget (40,000 held 750 MiB in 6 s). Now at most 1000 are open at once
+// (server/health_service.h); over that a Watch is refused with
+// RESOURCE_EXHAUSTED, Check keeps answering, and the server still drains
+// and exits promptly.
+TEST(Hardening, HealthWatchStreamsAreLimited) {
+  constexpr int kChannels = 16;  // 75 streams each: within --max-concurrent-streams (100)
+  constexpr int kStreams = 1200;
+  constexpr int kMaxWatchers = 1000;  // HealthService's default
+  constexpr int64_t kMaxGrowthBytes = 64 * kMiB;
+  using grpc::health::v1::Health;
+  using grpc::health::v1::HealthCheckResponse;
+  ServerProcess server({});
+  ASSERT_TRUE(server.ok()) << server.Output();
+  auto check = [](Health::Stub* stub) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::health::v1::HealthCheckRequest request;
+    HealthCheckResponse response;
+    const grpc::Status s = stub->Check(&context, request, &response);
+    return s.ok() ? HealthCheckResponse::ServingStatus_Name(response.status())
+                  : "error: " + s.error_message();
+  };
+  // A connection each (subchannel pools of their own), checked once so that
+  // the baseline holds the connections; the last is the prober's.
+  std::vector<std::unique_ptr<Health::Stub>> stubs;
+  for (int c = 0; c <= kChannels; ++c) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    stubs.push_back(Health::NewStub(
+        grpc::CreateCustomChannel(server.target(), grpc::InsecureChannelCredentials(), args)));
+    ASSERT_EQ(check(stubs.back().get()), "SERVING");
+  }
+  const int64_t baseline = ProcStatusBytes(server.pid(), "VmRSS");
+
+  std::atomic<int> answered{0}, done{0};
+  std::vector<std::unique_ptr<HealthWatch>> watches;
+  // Whatever happens, every stream is over before its reactor goes.
+  struct CancelAll {
+    std::vector<std::unique_ptr<HealthWatch>>* watches;
+    std::atomic<int>* done;
+    ~CancelAll() {
+      for (auto& w : *watches) w->Cancel();
+      if (!WaitFor([this] { return *done == static_cast<int>(watches->size()); }, 30)) {
+        for (auto& w : *watches) (void)w.release();  // still in gRPC's hands: leaked
+      }
+    }
+  } cancel_all{&watches, &done};
+  for (int i = 0; i < kStreams; ++i) {
+    watches.push_back(std::make_unique<HealthWatch>(stubs[i % kChannels].get(), &answered, &done));
+  }
+  ASSERT_TRUE(WaitFor([&] { return answered == kStreams; }, 60))
+      << answered << " of " << kStreams << " answered";
+  int accepted = 0;
+  for (auto& w : watches) {
+    if (!w->first_ok()) continue;
+    ++accepted;
+    EXPECT_EQ(w->first(), HealthCheckResponse::SERVING);
+  }
+  ASSERT_TRUE(WaitFor([&] { return done == kStreams - accepted; }, 30))
+      << done << " done, " << accepted << " accepted";
+  int refused = 0;
+  for (auto& w : watches) {
+    if (w->first_ok()) continue;
+    EXPECT_EQ(w->status().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+        << w->status().error_message();
+    EXPECT_THAT(w->status().error_message(), HasSubstr("too many health Watch streams"));
+    ++refused;
+  }
+  const int64_t rss = ProcStatusBytes(server.pid(), "VmRSS");
+  std::printf("health Watch: %d accepted, %d refused; RSS %.1f MiB, %.1f with the streams\n",
+              accepted, refused, baseline / double{kMiB}, rss / double{kMiB});
+  EXPECT_EQ(accepted, kMaxWatchers);
+  EXPECT_EQ(refused, kStreams - kMaxWatchers);
+  if (!kAddressSanitizer) {
+    EXPECT_LT(rss - baseline, kMaxGrowthBytes)
+        << "baseline " << baseline / kMiB << " MiB, now " << rss / kMiB << " MiB";
+  }
+  EXPECT_EQ(check(stubs.back().get()), "SERVING");
+
+  for (auto& w : watches) w->Cancel();
+  ASSERT_TRUE(WaitFor([&] { return done == kStreams; }, 30)) << done << " done";
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(server.Stop(SIGTERM, 15), 0) << server.Output();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5)) << server.Output();
 }
 
 }  // namespace

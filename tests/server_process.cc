@@ -17,9 +17,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // Forks and execs argv, with `env` added to the environment and stdout+stderr
-// on a pipe; returns the pid.
+// on a pipe, in the cgroup `cgroup_dir` if given; returns the pid.
 pid_t Spawn(const std::vector<std::string>& argv, int* read_fd,
-            const std::vector<std::string>& env = {}) {
+            const std::vector<std::string>& env = {}, const std::string& cgroup_dir = "") {
   int fds[2];
   if (pipe(fds) != 0) return -1;
   const pid_t pid = fork();
@@ -29,6 +29,11 @@ pid_t Spawn(const std::vector<std::string>& argv, int* read_fd,
     close(fds[0]);
     close(fds[1]);
     for (const std::string& e : env) putenv(const_cast<char*>(e.c_str()));
+    if (!cgroup_dir.empty()) {  // "0": the writing process itself
+      const int procs = open((cgroup_dir + "/cgroup.procs").c_str(), O_WRONLY);
+      if (procs < 0 || write(procs, "0\n", 2) != 2) _exit(126);
+      close(procs);
+    }
     std::vector<char*> args;
     for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
@@ -74,10 +79,10 @@ std::string ServerBinary() { return ATTENTION_SERVER_BIN; }
 std::string ClientBinary() { return ATTENTION_CLIENT_BIN; }
 
 ServerProcess::ServerProcess(const std::vector<std::string>& flags,
-                             const std::vector<std::string>& env) {
+                             const std::vector<std::string>& env, const std::string& cgroup_dir) {
   std::vector<std::string> argv = {ServerBinary(), "--listen", "127.0.0.1:0"};
   argv.insert(argv.end(), flags.begin(), flags.end());
-  pid_ = Spawn(argv, &out_fd_, env);
+  pid_ = Spawn(argv, &out_fd_, env, cgroup_dir);
   if (pid_ < 0) return;
   static const std::regex kListening("listening on ([^;\\s]+);");
   const auto end = Clock::now() + std::chrono::seconds(30);

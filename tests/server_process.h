@@ -18,8 +18,10 @@ class ServerProcess {
   // --listen among them wins) and waits for its "listening on" line. ok()
   // tells whether it came up. `env`: NAME=VALUE variables added to its
   // environment (test-only knobs such as ATTENTION_TEST_FAULT_DELAY_MS).
+  // `cgroup_dir`: a cgroup (tests/cgroup.h) the server runs in.
   explicit ServerProcess(const std::vector<std::string>& flags,
-                         const std::vector<std::string>& env = {});
+                         const std::vector<std::string>& env = {},
+                         const std::string& cgroup_dir = "");
   ~ServerProcess();  // SIGKILL if still running
 
   bool ok() const { return !target_.empty(); }
