@@ -38,8 +38,9 @@ struct Flag {
 constexpr const char* kGroups[] = {"listening",   "compute",       "limits",
                                    "connections", "observability", "security"};
 
-const std::vector<Flag>& Flags() {
-  static const std::vector<Flag> kFlags = {
+// Listening, compute and limits.
+std::vector<Flag> ServingFlags() {
+  return {
       {"listen", "listening", "HOST:PORT", [](ServerOptions* o) { return &o->listen; }, 0, 0,
        "where to listen (port 0 picks a free one); unix:PATH for a unix socket (a client on the "
        "same host)"},
@@ -81,6 +82,12 @@ const std::vector<Flag>& Flags() {
       {"max-stream-in-flight", "limits", "N",
        [](ServerOptions* o) { return &o->max_stream_in_flight; }, 1, 4096,
        "messages of one stream read but not yet answered (flow control)"},
+  };
+}
+
+// Memory, connections, observability and security.
+std::vector<Flag> OperatingFlags() {
+  return {
       {"max-memory-mb", "limits", "N", [](ServerOptions* o) { return &o->max_memory_mb; }, 0,
        kMaxMiB,
        "memory for everything the server holds for requests, MiB: a quarter for requests still "
@@ -123,7 +130,8 @@ const std::vector<Flag>& Flags() {
        "(attention_access_log_dropped_total). Empty: none"},
       {"tls-cert", "security", "PATH", [](ServerOptions* o) { return &o->security.tls_cert; }, 0, 0,
        "serve TLS with this PEM certificate chain (and --tls-key); empty: plaintext. Start-up "
-       "fails on unreadable or mismatched files; the files are re-read when they change"},
+       "fails on unreadable or mismatched files. A changed file is served once it validates (a "
+       "broken rotation is refused and the last good certificate kept)"},
       {"tls-key", "security", "PATH", [](ServerOptions* o) { return &o->security.tls_key; }, 0, 0,
        "the PEM private key of --tls-cert"},
       {"tls-client-ca", "security", "PATH",
@@ -138,6 +146,14 @@ const std::vector<Flag>& Flags() {
       {"reflection", "security", "", [](ServerOptions* o) { return &o->reflection; }, 0, 0,
        "serve gRPC server reflection (behind tokens when they are required)"},
   };
+}
+
+const std::vector<Flag>& Flags() {
+  static const std::vector<Flag> kFlags = [] {
+    std::vector<Flag> all = ServingFlags();
+    for (Flag& f : OperatingFlags()) all.push_back(f);
+    return all;
+  }();
   return kFlags;
 }
 
