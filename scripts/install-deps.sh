@@ -10,6 +10,7 @@ build_pkgs=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libabsl-dev libdnnl-dev ocl-icd-opencl-dev opencl-c-headers
   nlohmann-json3-dev libgtest-dev libgmock-dev libssl-dev openssl libmicrohttpd-dev
+  libjemalloc-dev   # the server's allocator (server/allocator.h)
   libcpp-httplib-dev   # the tests' HTTP client
   python3 python3-numpy python3-grpcio python3-protobuf
   prometheus   # the tests: promtool checks /metrics, a real Prometheus scrapes it
@@ -17,7 +18,7 @@ build_pkgs=(
   clang-format clang-tidy            # the tests: scripts/lint.sh
 )
 runtime_pkgs=(libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libdnnl2 libgomp1 libssl3
-  libmicrohttpd12)
+  libmicrohttpd12 libjemalloc2)
 torch_pkgs=(python3-torch libopenblas0-pthread)
 
 want=()

@@ -1,6 +1,5 @@
 #include "server/memory_budget.h"
 
-#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +10,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/allocator.h"
 
 namespace attention {
 namespace server {
@@ -21,24 +21,20 @@ namespace {
 constexpr int64_t kTrimAfterBytes = int64_t{64} << 20;
 // Growth of resident memory after which an idle server trims (IdleTrimmer).
 constexpr int64_t kIdleTrimGrowthBytes = int64_t{32} << 20;
-// Allocations from this size on are mmapped (see ConfigureAllocator).
-constexpr int kMmapThresholdBytes = 1 << 20;
 
 std::string MiB(double bytes) {
   const double mib = bytes / (1 << 20);
   return mib < 10 ? absl::StrCat(std::round(mib * 10) / 10) : absl::StrCat(std::llround(mib));
 }
 
-// The first number in `path`, or -1 (absent, or "max": no limit).
-// The process's resident memory (/proc/self/statm), or 0.
+}  // namespace
+
 int64_t ResidentBytes() {
   std::ifstream in("/proc/self/statm");
   int64_t size = 0, resident = 0;
   if (!(in >> size >> resident)) return 0;
   return resident * sysconf(_SC_PAGESIZE);
 }
-
-}  // namespace
 
 MemoryBudget::MemoryBudget(int64_t limit_bytes) : limit_(limit_bytes) {}
 
@@ -68,7 +64,7 @@ void MemoryBudget::Freed(int64_t bytes) {
 
 void MemoryBudget::TrimAfter(int64_t released) {
   if (released >= kTrimAfterBytes && released_since_trim_.exchange(0) >= kTrimAfterBytes) {
-    malloc_trim(0);
+    ReturnFreeMemory();
     trims_.fetch_add(1, std::memory_order_relaxed);
   }
 }
@@ -127,13 +123,11 @@ void IdleTrimmer::Run(const MemoryBudget* budget, absl::Duration period) {
     const int64_t resident = ResidentBytes();
     if (resident < after_last_trim) after_last_trim = resident;
     if (resident - after_last_trim < kIdleTrimGrowthBytes) continue;
-    malloc_trim(0);
+    ReturnFreeMemory();
     trims_.fetch_add(1, std::memory_order_relaxed);
     after_last_trim = ResidentBytes();
   }
 }
-
-void ConfigureAllocator() { mallopt(M_MMAP_THRESHOLD, kMmapThresholdBytes); }
 
 }  // namespace server
 }  // namespace attention

@@ -13,7 +13,7 @@
 //
 // When the budget falls back to zero after large releases (64 MiB, closed
 // streams included: Freed), the allocator's free memory is returned to the
-// system (malloc_trim), so that a burst does not leave the process holding
+// system (ReturnFreeMemory, server/allocator.h), so that a burst does not leave the process holding
 // its peak. Thread-safe.
 #ifndef SERVER_MEMORY_BUDGET_H_
 #define SERVER_MEMORY_BUDGET_H_
@@ -93,6 +93,9 @@ class Reservation {
 // the compute threads' kept workspaces) and the allocator's slack.
 int64_t DefaultMemoryBudgetBytes(const MemoryLimit& limit);
 
+// The process's resident memory now (/proc/self/statm), or 0.
+int64_t ResidentBytes();
+
 // How --max-memory-mb is shared. gRPC's transport holds a request while it is
 // still being received, before the service sees it; gRPC's resource quota
 // (`transport_bytes`) bounds that: over it, gRPC 1.51 sends idle connections
@@ -113,7 +116,7 @@ MemoryShares SplitMemoryBudget(int64_t total_bytes);
 // Returns memory the allocator keeps after requests are gone: every
 // `period`, when `budget` is idle (nothing reserved) and the process's
 // resident memory has grown by 32 MiB or more since the last trim, it calls
-// malloc_trim. This catches what the budget's own trim cannot see: gRPC's
+// ReturnFreeMemory. This catches what the budget's own trim cannot see: gRPC's
 // read buffers of requests the transport cancelled or is still receiving.
 // The thread stops when the trimmer is destroyed.
 class IdleTrimmer {
@@ -133,11 +136,6 @@ class IdleTrimmer {
   std::atomic<int64_t> trims_{0};
   std::thread thread_;
 };
-
-// Sets the allocator up for a server whose large buffers come and go: a
-// fixed mmap threshold, so that buffers above it (tensors) go back to the
-// system when freed instead of staying in the heap. Call once at start.
-void ConfigureAllocator();
 
 }  // namespace server
 }  // namespace attention

@@ -30,6 +30,7 @@
 #include "google/protobuf/stubs/logging.h"
 #include "server/access_log.h"
 #include "server/admin_http.h"
+#include "server/allocator.h"
 #include "server/flags.h"
 #include "server/health_service.h"
 #include "server/memory_budget.h"
@@ -356,12 +357,12 @@ std::string Server::Summary() const {
   return absl::StrFormat(
       "listening on %s; %s; models: %s; compute: %d worker(s) x %d thread(s)%s; memory budget "
       "%d MiB (%s; %d for requests being received, %d for requests being served; requests up to "
-      "%d MiB)",
+      "%d MiB); fixed part %d MiB (resident now); allocator %s",
       target_, s.security, s.models->Names(), executor.workers(), executor.threads_per_worker(),
       executor.pinned_cpus().empty() ? "" : " on CPUs " + executor.pinned_cpus(),
       (s.memory.transport_bytes + s.memory.served_bytes) >> 20, s.budget_origin,
-      s.memory.transport_bytes >> 20, s.memory.served_bytes >> 20,
-      s.limits.max_receive_bytes >> 20);
+      s.memory.transport_bytes >> 20, s.memory.served_bytes >> 20, s.limits.max_receive_bytes >> 20,
+      ResidentBytes() >> 20, AllocatorName());
 }
 
 void Server::Drain() {

@@ -45,7 +45,6 @@ FileStamp StampOfPath(const std::string& path) {
   return StampOf(st);
 }
 
-
 absl::StatusOr<FileContents> ReadBounded(const std::string& path, absl::string_view flag) {
   auto error = [&](absl::string_view problem) {
     return absl::InvalidArgumentError(absl::StrCat(flag, " ", path, ": ", problem));
