@@ -231,6 +231,39 @@ absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::SelfAttentionReques
   return Parse(bytes, request);
 }
 
+std::string PeekRequestId(const grpc::ByteBuffer& bytes) {
+  grpc::ByteBuffer shared(bytes);  // the same slices, not a copy
+  grpc::ProtoBufferReader reader(&shared);
+  CodedInputStream in(&reader);
+  std::string id;
+  // Both request types keep `id` in field 1; the last occurrence wins, as
+  // in a parse.
+  while (const uint32_t tag = in.ReadTag()) {
+    const int wire_type = WireFormatLite::GetTagWireType(tag);
+    uint32_t length = 0;
+    uint64_t varint = 0;
+    if (wire_type == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
+      if (!in.ReadVarint32(&length)) return "";
+      if (tag >> 3 == 1) {
+        if (length > kMaxIdBytes || !in.ReadString(&id, static_cast<int>(length))) return "";
+      } else if (!in.Skip(static_cast<int>(length))) {
+        return "";
+      }
+    } else if (wire_type == WireFormatLite::WIRETYPE_VARINT) {
+      if (!in.ReadVarint64(&varint)) return "";
+    } else if (wire_type == WireFormatLite::WIRETYPE_FIXED64) {
+      if (!in.Skip(8)) return "";
+    } else if (wire_type == WireFormatLite::WIRETYPE_FIXED32) {
+      if (!in.Skip(4)) return "";
+    } else {
+      return "";
+    }
+  }
+  return google::protobuf::internal::IsStructurallyValidUTF8(id.data(), static_cast<int>(id.size()))
+             ? id
+             : "";
+}
+
 absl::Status ComputeResponse(const PreparedCall& call, const ComputeOptions& options,
                              const std::string& id, grpc::ByteBuffer* response) {
   ResponseOutputs outputs(call.output_dtype);

@@ -65,6 +65,12 @@ absl::StatusOr<int64_t> PlanCall(const v1::SelfAttentionRequest& request,
 absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::AttentionRequest* request);
 absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::SelfAttentionRequest* request);
 
+// The request's `id` read from its bytes without parsing the rest, for an
+// answer to a request refused before it is parsed (its memory did not fit):
+// a stream's client matches answers by id. "" when the bytes are malformed
+// or the id is not valid UTF-8 or longer than 1024 bytes.
+std::string PeekRequestId(const grpc::ByteBuffer& bytes);
+
 // Computes `call` and encodes the attention.v1.AttentionResponse (`id`, the
 // output in call.output_dtype, float32 weights when asked for) into
 // `response`. The core writes the tensors into 64-byte aligned buffers that

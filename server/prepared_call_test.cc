@@ -258,6 +258,27 @@ TEST(PreparedCall, HugeShapeListsAreRefusedBeforeParsing) {
   EXPECT_TRUE(ParseRequest(Bytes(request.SerializeAsString()), &request).ok());
 }
 
+// A request refused before it is parsed (its memory did not fit) is still
+// answered with its id, read from the bytes: a stream's client matches
+// answers to requests by id.
+TEST(PreparedCall, TheIdIsReadWithoutParsing) {
+  v1::SelfAttentionRequest request;
+  request.set_id("stream-7.3");
+  request.mutable_input()->add_shape(2);
+  request.mutable_input()->set_data(std::string(4096, 'x'));
+  EXPECT_EQ(PeekRequestId(Bytes(request.SerializeAsString())), "stream-7.3");
+  v1::AttentionRequest cross;
+  cross.mutable_query()->add_shape(1);
+  cross.set_id("cross");
+  EXPECT_EQ(PeekRequestId(Bytes(cross.SerializeAsString())), "cross");
+  // What a parse would refuse, or what may not be echoed, gives no id.
+  EXPECT_EQ(PeekRequestId(Bytes(Field(1, "\xff\xfe"))), "");
+  EXPECT_EQ(PeekRequestId(Bytes(Field(1, std::string(1025, 'a')))), "");
+  EXPECT_EQ(PeekRequestId(Bytes(Field(1, "ok") + "\x0f")), "");  // a bad wire type
+  EXPECT_EQ(PeekRequestId(Bytes("")), "");
+}
+
 }  // namespace
 }  // namespace server
+
 }  // namespace attention

@@ -149,6 +149,14 @@ void SetConnectionLimits(const ServerOptions& options, grpc::ServerBuilder* buil
   builder->AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
                               options.min_client_ping_seconds * kMs);
   builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+  // HTTP/2 flow control without BDP probing: a stream whose request is not
+  // being read (an upload waiting for the receive gate, a stream message
+  // beyond --max-stream-in-flight) holds at most 64 KiB of the client's
+  // bytes. With probing, gRPC 1.51 grows every new stream's window to about
+  // 4 MiB, which 48 parked uploads filled past the memory budget. A stream
+  // being read still gets 1 MiB of window at a time until its message is in.
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 10);
   builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60 * kMs);
   builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20 * kMs);
@@ -164,6 +172,9 @@ ServiceLimits LimitsOf(const ServerOptions& options, const MemoryShares& memory,
   // line and ListModels say it). gRPC checks the size only once a message has
   // arrived, so such a request is usually cut by the quota before.
   limits.max_receive_bytes = std::min(limits.max_message_bytes, memory.transport_bytes);
+  // Each upload may be the largest: at most as many as fit in the share.
+  limits.receive_slots =
+      static_cast<int>(std::max<int64_t>(1, memory.transport_bytes / limits.max_receive_bytes));
   limits.max_request_memory_bytes = options.max_request_memory_mb << 20;
   limits.max_request_work = static_cast<double>(options.max_request_gflop) * 1e9;
   limits.max_stream_in_flight = options.max_stream_in_flight;
@@ -357,12 +368,12 @@ std::string Server::Summary() const {
   return absl::StrFormat(
       "listening on %s; %s; models: %s; compute: %d worker(s) x %d thread(s)%s; memory budget "
       "%d MiB (%s; %d for requests being received, %d for requests being served; requests up to "
-      "%d MiB); fixed part %d MiB (resident now); allocator %s",
+      "%d MiB, %d received at once); fixed part %d MiB (resident now); allocator %s",
       target_, s.security, s.models->Names(), executor.workers(), executor.threads_per_worker(),
       executor.pinned_cpus().empty() ? "" : " on CPUs " + executor.pinned_cpus(),
       (s.memory.transport_bytes + s.memory.served_bytes) >> 20, s.budget_origin,
       s.memory.transport_bytes >> 20, s.memory.served_bytes >> 20, s.limits.max_receive_bytes >> 20,
-      ResidentBytes() >> 20, AllocatorName());
+      s.limits.receive_slots, ResidentBytes() >> 20, AllocatorName());
 }
 
 void Server::Drain() {
@@ -382,9 +393,8 @@ void Server::Drain() {
   // drain to the deadline: once no call of ours has been left for kQuiet,
   // the connections are closed (health Watch and reflection streams are not
   // counted: they end here too). kQuiet lets Shutdown begin and the clients
-  // read the last responses. A unary request still being received is not
-  // counted (gRPC hands it to the service only once it has all of it): if
-  // its upload outlasts kQuiet it is cancelled, as at the deadline.
+  // read the last responses. A unary request waiting for a receive slot
+  // or being received counts as a call (server/receive_gate.h).
   constexpr auto kQuiet = std::chrono::milliseconds(250);
   std::atomic<bool> shut_down{false};
   std::thread stopper([&] {

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/guard.h"
+#include "grpcpp/impl/codegen/server_callback_handlers.h"
 #include "server/response.h"
 #include "server/stream_flow.h"
 
@@ -43,26 +44,82 @@ constexpr int64_t kStreamBytes = 16 << 10;
 
 }  // namespace
 
-// A unary call's reactor, counted as active until gRPC is done with it. What
-// its request holds (its Admission: the memory budget's share and its
-// connection's ticket) goes when gRPC is done with the call (the response
-// written), or at once when the request is refused.
+// ListModels' reactor, counted as active until gRPC is done with it.
 class UnaryReactor final : public grpc::ServerUnaryReactor {
  public:
   explicit UnaryReactor(AttentionServiceImpl* service) : scope_(service) {}
   void OnDone() override { delete this; }
-  // Keeps `admission` until the call ends; returns it.
-  template <typename Request>
-  AttentionServiceImpl::Admission<Request>* Hold(
-      std::shared_ptr<AttentionServiceImpl::Admission<Request>> admission) {
-    held_ = admission;
-    return admission.get();
-  }
-  const std::shared_ptr<void>& held() const { return held_; }
 
  private:
   AttentionServiceImpl::CallScope scope_;
-  std::shared_ptr<void> held_;
+};
+
+// A unary call (Attention, SelfAttention), which gRPC serves as a stream of
+// one message each way (see the constructor of AttentionServiceImpl): the
+// request is read only once the receive gate gives it a slot, admitted (its
+// bytes then move to the memory budget and the slot to the next upload),
+// computed, and answered with one message and the status, as a unary call
+// is. What its request holds (its Admission) goes when gRPC is done with the
+// call, or at once when the request is refused.
+template <typename Request>
+class UnaryCallReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  UnaryCallReactor(AttentionServiceImpl* service, grpc::CallbackServerContext* context,
+                   const char* rpc)
+      : scope_(service),
+        service_(service),
+        context_(context),
+        rpc_(rpc),
+        admission_(std::make_shared<Admission>(service->limits().memory_budget)) {
+    service_->receive_gate_.Enter(&slot_, [this] { StartRead(&incoming_); });
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // cancelled, or the client closed without sending a request
+      slot_.Reset();
+      Answer(context_->IsCancelled()
+                 ? absl::CancelledError("the call was cancelled")
+                 : absl::InvalidArgumentError("the call carried no request message"),
+             /*counted=*/false);
+      return;
+    }
+    service_->ServeUnary<Request>(rpc_, context_, &incoming_, admission_, &response_,
+                                  [this](const absl::Status& s) { Answer(s, true); });
+    slot_.Reset();  // the request's bytes are in the memory budget now (or gone)
+  }
+  void OnCancel() override {
+    if (slot_.Cancel()) Answer(absl::CancelledError("the call was cancelled"), false);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  using Admission = AttentionServiceImpl::Admission<Request>;
+
+  // The response (when `s` is OK) and the status; `counted`: reported to the
+  // metrics (a call that never sent its request is not).
+  void Answer(const absl::Status& s, bool counted) {
+    if (counted) {
+      service_->metrics()->Finish(admission_->call, s,
+                                  s.ok() ? static_cast<int64_t>(response_.Length()) : 0);
+    }
+    if (s.ok()) {
+      StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
+    } else {
+      admission_->Release();  // a refused request's memory goes at once
+      Finish(ToGrpcStatus(s));
+    }
+  }
+
+  AttentionServiceImpl::CallScope scope_;
+  AttentionServiceImpl* const service_;
+  grpc::CallbackServerContext* const context_;
+  const char* const rpc_;
+  // Shared with the computation, which may outlive an answer to a
+  // cancelled call until it notices.
+  std::shared_ptr<Admission> admission_;
+  ReceiveGate::Ticket slot_;
+  grpc::ByteBuffer incoming_;
+  grpc::ByteBuffer response_;
 };
 
 // A bidirectional stream: each message an independent request, answered in
@@ -159,7 +216,8 @@ AttentionServiceImpl::AttentionServiceImpl(const ModelRegistry* models, Executor
       executor_(executor),
       limits_(limits),
       metrics_(metrics),
-      shares_(std::max(1, limits.max_queue / 4)) {
+      shares_(std::max(1, limits.max_queue / 4)),
+      receive_gate_(limits.receive_slots) {
   if (limits_.batch_delay_us > 0) {
     Batcher::Options options;
     options.delay_us = limits_.batch_delay_us;
@@ -171,6 +229,23 @@ AttentionServiceImpl::AttentionServiceImpl(const ModelRegistry* models, Executor
     options.on_wait = [metrics](double seconds) { metrics->BatchWaited(seconds); };
     batcher_ = std::make_unique<Batcher>(executor_, std::move(options));
   }
+  ServeAsStream<v1::AttentionRequest>(kAttentionMethod, "Attention");
+  ServeAsStream<v1::SelfAttentionRequest>(kSelfAttentionMethod, "SelfAttention");
+}
+
+template <typename Request>
+void AttentionServiceImpl::ServeAsStream(int method, const char* rpc) {
+  auto handler = [this, rpc] {
+    return new grpc::internal::CallbackBidiHandler<grpc::ByteBuffer, grpc::ByteBuffer>(
+        [this, rpc](grpc::CallbackServerContext* context) {
+          return new UnaryCallReactor<Request>(this, context, rpc);
+        });
+  };
+  // MarkMethodStreamed makes the method a stream at the transport (each
+  // call replaces the handler, so each gets its own), MarkMethodRawCallback
+  // serves it on the callback API with raw bytes.
+  MarkMethodStreamed(method, handler());
+  MarkMethodRawCallback(method, handler());
 }
 
 template <typename Request>
@@ -260,7 +335,10 @@ absl::Status AttentionServiceImpl::Admit(const char* rpc, const std::string& pee
   call = metrics_->Begin(rpc, peer, bytes);
   call.stream_message = stream_message;
   absl::Status s = admission->held.Add(2 * bytes);
-  if (!s.ok()) call.refusal = CallRecord::Refusal::kMemoryBudget;
+  if (!s.ok()) {
+    call.refusal = CallRecord::Refusal::kMemoryBudget;
+    admission->request.set_id(PeekRequestId(*received));  // for the answer
+  }
   if (s.ok()) s = ParseRequest(*received, &admission->request);
   // Once parsed, the received bytes are not needed: a queued request is held
   // once, not twice.
@@ -316,35 +394,20 @@ absl::Status AttentionServiceImpl::Run(const Request& request, grpc::CallbackSer
 }
 
 template <typename Request>
-grpc::ServerUnaryReactor* AttentionServiceImpl::Unary(const char* rpc,
-                                                      grpc::CallbackServerContext* context,
-                                                      const grpc::ByteBuffer* request_bytes,
-                                                      grpc::ByteBuffer* response) {
-  auto* reactor = new UnaryReactor(this);
-  Admission<Request>* admission =
-      reactor->Hold(std::make_shared<Admission<Request>>(limits_.memory_budget));
-  // Counted before the client can see the answer.
-  auto finish = [this, reactor, admission](const absl::Status& s, int64_t bytes_out) {
-    metrics_->Finish(admission->call, s, bytes_out);
-    reactor->Finish(ToGrpcStatus(s));
-  };
-  // gRPC keeps the received bytes until the call ends; Admit clears them once
-  // parsed. (The buffer is gRPC's own mutable object, handed to handlers as
-  // const.)
-  absl::Status admitted =
-      Admit(rpc, context->peer(), -1, const_cast<grpc::ByteBuffer*>(request_bytes), admission);
+void AttentionServiceImpl::ServeUnary(const char* rpc, grpc::CallbackServerContext* context,
+                                      grpc::ByteBuffer* received,
+                                      const std::shared_ptr<Admission<Request>>& admission,
+                                      grpc::ByteBuffer* response,
+                                      std::function<void(const absl::Status&)> answer) {
+  absl::Status admitted = Admit(rpc, context->peer(), -1, received, admission.get());
   if (admitted.ok()) {
-    const bool queued = Submit<Request>(
-        std::shared_ptr<const Request>(reactor->held(), &admission->request), context, nullptr,
-        &admission->call, response, [response, finish](const absl::Status& s) {
-          finish(s, s.ok() ? static_cast<int64_t>(response->Length()) : 0);
-        });
-    if (queued) return reactor;
+    const bool queued =
+        Submit<Request>(std::shared_ptr<const Request>(admission, &admission->request), context,
+                        nullptr, &admission->call, response, answer);
+    if (queued) return;
     admitted = Saturated(Waiting());
   }
-  admission->Release();  // a refused request's memory goes at once
-  finish(admitted, 0);
-  return reactor;
+  answer(admitted);
 }
 
 template <typename Request>
@@ -362,18 +425,6 @@ absl::Status AttentionServiceImpl::TEST_ServeUnary(const char* rpc, grpc::ByteBu
   }
   metrics_->Finish(admission.call, s, s.ok() ? static_cast<int64_t>(response->Length()) : 0);
   return s;
-}
-
-grpc::ServerUnaryReactor* AttentionServiceImpl::Attention(grpc::CallbackServerContext* context,
-                                                          const grpc::ByteBuffer* request,
-                                                          grpc::ByteBuffer* response) {
-  return Unary<v1::AttentionRequest>("Attention", context, request, response);
-}
-
-grpc::ServerUnaryReactor* AttentionServiceImpl::SelfAttention(grpc::CallbackServerContext* context,
-                                                              const grpc::ByteBuffer* request,
-                                                              grpc::ByteBuffer* response) {
-  return Unary<v1::SelfAttentionRequest>("SelfAttention", context, request, response);
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionServiceImpl::StreamAttention(

@@ -31,6 +31,7 @@
 #include "server/connection_shares.h"
 #include "server/memory_budget.h"
 #include "server/prepared_call.h"
+#include "server/receive_gate.h"
 #include "server/service_metrics.h"
 
 namespace attention {
@@ -47,6 +48,8 @@ struct ServiceLimits {
   // 0: none.
   double max_request_work = 0;
   int max_stream_in_flight = 4;
+  // Unary requests received at once (server/receive_gate.h); 0: no limit.
+  int receive_slots = 0;
   int max_queue = 64;
   // The server's budget for what it holds for requests (--max-memory-mb);
   // null: none. Not owned.
@@ -69,6 +72,8 @@ using ServiceBase = v1::AttentionService::WithRawCallbackMethod_Attention<
 
 class UnaryReactor;
 template <typename Request>
+class UnaryCallReactor;
+template <typename Request>
 class StreamReactor;
 
 class AttentionServiceImpl final : public ServiceBase {
@@ -77,14 +82,10 @@ class AttentionServiceImpl final : public ServiceBase {
   AttentionServiceImpl(const ModelRegistry* models, Executor* executor, ServiceLimits limits,
                        ServiceMetrics* metrics);
 
-  // AttentionRequest in, AttentionResponse out.
-  grpc::ServerUnaryReactor* Attention(grpc::CallbackServerContext* context,
-                                      const grpc::ByteBuffer* request,
-                                      grpc::ByteBuffer* response) override;
-  // SelfAttentionRequest in, AttentionResponse out.
-  grpc::ServerUnaryReactor* SelfAttention(grpc::CallbackServerContext* context,
-                                          const grpc::ByteBuffer* request,
-                                          grpc::ByteBuffer* response) override;
+  // Attention (AttentionRequest in, AttentionResponse out) and SelfAttention
+  // (SelfAttentionRequest in) are unary for clients, served as streams of
+  // one message each way (UnaryCallReactor), so that uploads wait for the
+  // receive gate (server/receive_gate.h) instead of being read at once.
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* StreamAttention(
       grpc::CallbackServerContext* context) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* StreamSelfAttention(
@@ -113,7 +114,13 @@ class AttentionServiceImpl final : public ServiceBase {
  private:
   friend class UnaryReactor;
   template <typename Request>
+  friend class UnaryCallReactor;
+  template <typename Request>
   friend class StreamReactor;
+
+  // The methods' indexes in attention.proto's service.
+  static constexpr int kAttentionMethod = 0;
+  static constexpr int kSelfAttentionMethod = 1;
 
   // Counts one call for as long as it lives (a member of its reactor).
   class CallScope {
@@ -190,9 +197,17 @@ class AttentionServiceImpl final : public ServiceBase {
   ComputeOptions Options(grpc::CallbackServerContext* context,
                          const std::atomic<bool>* cancelled) const;
 
+  // Serves unary method `method` (its index) as a stream (UnaryCallReactor).
   template <typename Request>
-  grpc::ServerUnaryReactor* Unary(const char* rpc, grpc::CallbackServerContext* context,
-                                  const grpc::ByteBuffer* request, grpc::ByteBuffer* response);
+  void ServeAsStream(int method, const char* rpc);
+
+  // A unary call's request, received: admits it and queues its computation
+  // into `response`; `answer` gets the status (on an executor thread, or at
+  // once when the request is refused).
+  template <typename Request>
+  void ServeUnary(const char* rpc, grpc::CallbackServerContext* context, grpc::ByteBuffer* received,
+                  const std::shared_ptr<Admission<Request>>& admission, grpc::ByteBuffer* response,
+                  std::function<void(const absl::Status&)> answer);
 
   ServiceMetrics* metrics() { return metrics_; }
   const ServiceLimits& limits() const { return limits_; }
@@ -209,6 +224,7 @@ class AttentionServiceImpl final : public ServiceBase {
   ServiceLimits limits_;
   ServiceMetrics* metrics_;
   ConnectionShares shares_;           // a quarter of --max-queue each, once 3/4 of it is queued
+  ReceiveGate receive_gate_;          // unary requests being received
   std::unique_ptr<Batcher> batcher_;  // null when batching is off
   std::atomic<int> active_calls_{0};
   int test_compute_delay_ms_ = 0;

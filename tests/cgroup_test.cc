@@ -4,11 +4,16 @@
 #include "tests/cgroup.h"
 
 #include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "client/client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/e2e_util.h"
 #include "tests/server_process.h"
 
@@ -17,6 +22,51 @@ namespace testing {
 namespace {
 
 using ::testing::HasSubstr;
+
+constexpr int64_t kMiB = int64_t{1} << 20;
+
+// One flood: attention-client load's arguments.
+struct Flood {
+  const char* name;
+  std::vector<std::string> load;
+};
+
+// The floods one client can send (issue: "under every flood one client can
+// send"), each sized to press a 1 GiB server with default flags.
+std::vector<Flood> Floods() {
+  const std::vector<std::string> self = {"--rpc", "self-attention"};
+  auto with = [&self](std::vector<std::string> more) {
+    std::vector<std::string> all = self;
+    all.insert(all.end(), more.begin(), more.end());
+    return all;
+  };
+  return {
+      // 48 uploads of 50 MiB at once over 4 connections: before the receive
+      // gate, OOM-killed at 1 GiB (and 95% of the calls cut mid-upload).
+      {"large uploads, many at once",
+       with({"--batch", "100", "--seq", "128", "--embed", "1024", "--heads", "8", "--concurrency",
+             "48", "--connections", "4", "--requests", "48"})},
+      {"small uploads over many connections",
+       with({"--batch", "1", "--seq", "64", "--embed", "256", "--heads", "4", "--concurrency",
+             "200", "--connections", "50", "--requests", "2000"})},
+      {"streams of 4 MiB messages",
+       with({"--batch", "16", "--seq", "128", "--embed", "512", "--heads", "8", "--stream",
+             "--in-flight", "4", "--concurrency", "32", "--connections", "4", "--requests",
+             "400"})},
+      // 256 KiB in, 32 MiB of weights out each.
+      {"per-head weights results",
+       with({"--batch", "1", "--seq", "1024", "--embed", "64", "--heads", "8", "--weights",
+             "per-head", "--concurrency", "32", "--connections", "8", "--requests", "200"})},
+  };
+}
+
+// Process memory the kernel charged to the group at most, and what the server
+// says its fixed part is (start line).
+int64_t FixedPartBytes(const std::string& start_line) {
+  const size_t at = start_line.find("fixed part ");
+  if (at == std::string::npos) return -1;
+  return std::stoll(start_line.substr(at + 11)) * kMiB;
+}
 
 TEST(Cgroup, TheServerSeesTheLimitOfItsOwnGroup) {
   absl::StatusOr<std::unique_ptr<MemoryCgroup>> group = MemoryCgroup::Create(int64_t{1} << 30);
@@ -35,6 +85,49 @@ TEST(Cgroup, TheServerSeesTheLimitOfItsOwnGroup) {
   }
   EXPECT_EQ((*group)->OomKills(), 0);
   EXPECT_GT((*group)->PeakBytes(), 0);
+}
+
+// The server in a 1 GiB memory cgroup, default flags (a 614 MiB budget), and
+// each flood in turn: never killed, within the budget plus its fixed part,
+// serving after each, refusals only RESOURCE_EXHAUSTED, and some calls of
+// each flood answered.
+TEST(Cgroup, EveryFloodStaysWithinTheBudgetOfA1GiBServer) {
+  absl::StatusOr<std::unique_ptr<MemoryCgroup>> group = MemoryCgroup::Create(int64_t{1} << 30);
+  if (!group.ok()) GTEST_SKIP() << group.status();
+  ServerProcess server({}, {}, (*group)->dir());
+  ASSERT_TRUE(server.ok()) << server.Output();
+  const std::string start = server.Output();
+  ASSERT_THAT(start, HasSubstr("memory budget 614 MiB"));
+  const int64_t fixed = FixedPartBytes(start);
+  ASSERT_GT(fixed, 0) << start;
+  client::AttentionClient c(client::AttentionClient::Connect(server.target()));
+  const std::string report = ::testing::TempDir() + "/flood.json";
+  for (const Flood& flood : Floods()) {
+    SCOPED_TRACE(flood.name);
+    std::vector<std::string> argv = {ClientBinary(), "--target", server.target(), "load"};
+    argv.insert(argv.end(), flood.load.begin(), flood.load.end());
+    argv.insert(argv.end(), {"--timeout", "60", "--quiet", "--json", report});
+    std::string out;
+    const int code = RunCommand(argv, &out, 240);
+    std::ifstream in(report);
+    std::stringstream text;
+    text << in.rdbuf();
+    const nlohmann::json result = nlohmann::json::parse(text.str(), nullptr, false);
+    ASSERT_FALSE(result.is_discarded()) << code << ": " << out;
+    const int64_t peak = (*group)->PeakBytes();
+    std::printf("%s: %d ok, errors %s; peak %lld MiB (budget 614 + fixed %lld)\n", flood.name,
+                result["ok"].get<int>(), result["errors"].dump().c_str(),
+                static_cast<long long>(peak / kMiB), static_cast<long long>(fixed / kMiB));
+    EXPECT_EQ((*group)->OomKills(), 0);
+    ASSERT_EQ(kill(server.pid(), 0), 0) << "the server died: " << server.Output();
+    EXPECT_GT(result["ok"].get<int>(), 0) << out;
+    for (const auto& [status, count] : result["errors"].items()) {
+      EXPECT_EQ(status, "RESOURCE_EXHAUSTED") << count << " calls: " << out;
+    }
+    EXPECT_LE(peak, 614 * kMiB + fixed);
+    EXPECT_EQ(*c.Health("", {10}), "SERVING");
+  }
+  EXPECT_EQ(server.Stop(SIGTERM, 15), 0) << server.Output();
 }
 
 }  // namespace
