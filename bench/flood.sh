@@ -1,21 +1,79 @@
 #!/usr/bin/env bash
-# A flood of large uploads against a server with a memory budget: starts
-# attention-server (--max-memory-mb, default 512) on loopback, runs
-# attention-flood (48 callers x 2 requests of 50 MiB by default), prints its
-# JSON line (answered, refused, the server's peak and final RSS) and stops
-# the server. Extra environment for the server (an allocator to compare)
-# goes in SERVER_ENV, e.g.
-#   SERVER_ENV="LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2" bench/flood.sh
-# Usage: bench/flood.sh [BUILD_DIR] [BUDGET_MIB] [CALLERS] [CALLS] [MIB]
+# The server in a memory cgroup (1 GiB by default, as a container or a
+# systemd unit with MemoryMax= gives it) with default flags, flooded by one
+# client with each shape in turn: for each, the calls answered and refused,
+# the group's peak memory against the budget plus the fixed part (both from
+# the server's start line), and the goodput (MB/s of answered calls) against
+# the same request sent one at a time to the same server, unflooded.
+# Needs root (it makes the cgroup); v1 or v2, whichever the machine has.
+# Usage: bench/flood.sh [BUILD_DIR] [LIMIT_MIB]
 set -euo pipefail
 build=${1:-build}
-budget=${2:-512}
-callers=${3:-48}
-calls=${4:-2}
-mib=${5:-50}
+limit_mib=${2:-1024}
 work=$(mktemp -d)
-trap 'kill ${server_pid:-} 2>/dev/null; rm -rf "$work"' EXIT
-. "$(dirname "$0")/lib.sh"
-start_server "$build" --max-memory-mb "$budget"
-"$build/bench/attention-flood" --target "$target" --pid "$server_pid" --callers "$callers" \
-  --calls "$calls" --mib "$mib"
+group=""
+cleanup() {
+  [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  [ -n "$group" ] && rmdir "$group" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# A child of this shell's own memory group, so that only the server is in it.
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+  parent=/sys/fs/cgroup$(awk -F: '$1 == "0" { print $3 }' /proc/self/cgroup)
+  group=$parent/attention-flood-$$
+  mkdir "$group"
+  echo $((limit_mib << 20)) >"$group/memory.max"
+  peak_file=$group/memory.peak
+  oom() { awk '$1 == "oom_kill" { print $2 }' "$group/memory.events"; }
+else
+  parent=/sys/fs/cgroup/memory$(awk -F: '$2 == "memory" { print $3 }' /proc/self/cgroup)
+  group=$parent/attention-flood-$$
+  mkdir "$group"
+  echo $((limit_mib << 20)) >"$group/memory.limit_in_bytes"
+  peak_file=$group/memory.max_usage_in_bytes
+  oom() { awk '$1 == "oom_kill" { print $2 }' "$group/memory.oom_control"; }
+fi
+
+sh -c "echo \$\$ >'$group/cgroup.procs'; exec '$build/server/attention-server' --listen 127.0.0.1:0" \
+  >"$work/server.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 100); do
+  grep -q "listening on" "$work/server.log" && break
+  sleep 0.1
+done
+target=$(sed -n 's/.*listening on \([^;]*\);.*/\1/p' "$work/server.log")
+[ -n "$target" ] || { cat "$work/server.log" >&2; exit 1; }
+budget=$(sed -n 's/.*memory budget \([0-9]*\) MiB.*/\1/p' "$work/server.log")
+fixed=$(sed -n 's/.*fixed part \([0-9]*\) MiB.*/\1/p' "$work/server.log")
+echo "server in a ${limit_mib} MiB cgroup ($group): budget $budget MiB, fixed part $fixed MiB"
+
+load() { "$build/client/attention-client" --target "$target" load --quiet --timeout 60 "$@"; }
+field() { /usr/bin/python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
+
+printf '%-38s %9s %-34s %9s %13s %22s\n' shape ok/sent refusals "peak MiB" "budget+fixed" \
+  "goodput MB/s (alone)"
+run() {
+  local name=$1
+  shift
+  load "$@" --concurrency 1 --in-flight 1 --requests 8 --json "$work/alone.json" >/dev/null 2>&1 || true
+  echo 0 >"$peak_file" 2>/dev/null || true  # v1: resets the peak; v2 keeps the lifetime peak
+  load "$@" --json "$work/flood.json" >/dev/null 2>&1 || true
+  kill -0 "$server_pid" 2>/dev/null || { echo "$name: the server died (OOM kills: $(oom))"; exit 1; }
+  printf '%-38s %9s %-34s %9s %13s %22s\n' "$name" \
+    "$(field "$work/flood.json" '"%d/%d" % (d["ok"], d["sent"])')" \
+    "$(field "$work/flood.json" '",".join("%s %d" % kv for kv in d["errors"].items()) or "none"')" \
+    $(($(cat "$peak_file") >> 20)) $((budget + fixed)) \
+    "$(field "$work/flood.json" '"%.0f" % d["mb_per_s"]') ($(field "$work/alone.json" '"%.0f" % d["mb_per_s"]'))"
+}
+self=(--rpc self-attention)
+run "large uploads: 48 x 50 MiB at once" "${self[@]}" --batch 100 --seq 128 --embed 1024 --heads 8 \
+  --concurrency 48 --connections 4 --requests 96
+run "small uploads over 50 connections" "${self[@]}" --batch 1 --seq 64 --embed 256 --heads 4 \
+  --concurrency 200 --connections 50 --requests 4000
+run "streams of 4 MiB messages" "${self[@]}" --batch 16 --seq 128 --embed 512 --heads 8 --stream \
+  --in-flight 4 --concurrency 32 --connections 4 --requests 400
+run "per-head weights (32 MiB out each)" "${self[@]}" --batch 1 --seq 1024 --embed 64 --heads 8 \
+  --weights per-head --concurrency 32 --connections 8 --requests 200
+echo "OOM kills: $(oom)"
