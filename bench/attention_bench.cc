@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -505,9 +506,19 @@ int Main(int argc, char** argv) {
                                                     {"out_proj.weight", d.out_w.view()},
                                                     {"out_proj.bias", d.out_b.view()}},
                                                    {{"num_heads", std::to_string(s.H)}});
-    FILE* f = std::fopen(a.Get("write-model").c_str(), "wb");
-    if (f == nullptr || std::fwrite(bytes.data(), 1, bytes.size(), f) != bytes.size()) return 1;
-    std::fclose(f);
+    const std::string path = a.Get("write-model");
+    FILE* f = std::fopen(path.c_str(), "wb");
+    const bool written =
+        f != nullptr && std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+    if (f != nullptr && std::fclose(f) != 0) return 1;
+    if (!written) {
+      std::fprintf(stderr, "attention-bench: --write-model %s: cannot write (%s)\n", path.c_str(),
+                   std::strerror(errno));
+      return 1;
+    }
+    std::printf(
+        "wrote %s: a random model, embed_dim %d, %d heads (serve it with --model NAME=%s)\n",
+        path.c_str(), static_cast<int>(s.E), static_cast<int>(s.H), path.c_str());
     return 0;
   }
   MakeData(s, d);

@@ -174,7 +174,11 @@ def mha_from_state_dict(state_dict, num_heads, prefix=""):
     """Build an nn.MultiheadAttention(batch_first=True) from a (possibly prefixed) state_dict."""
     sd = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if "out_proj.weight" not in sd:
-        raise ValueError(f"no {prefix}out_proj.weight in the state_dict")
+        found = sorted(k[: -len("out_proj.weight")] for k in state_dict
+                       if k.endswith("out_proj.weight"))
+        hint = (f"; attention modules in it: --prefix {' / --prefix '.join(found[:5])}"
+                if found else "; it holds no nn.MultiheadAttention (no key ends in out_proj.weight)")
+        raise ValueError(f"no {prefix}out_proj.weight in the state_dict{hint}")
     embed_dim = sd["out_proj.weight"].shape[0]
     kdim = sd["k_proj_weight"].shape[1] if "k_proj_weight" in sd else embed_dim
     vdim = sd["v_proj_weight"].shape[1] if "v_proj_weight" in sd else embed_dim
@@ -209,7 +213,10 @@ def main(argv=None):
         else:
             if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
                 obj = obj["state_dict"]
-            module = mha_from_state_dict(obj, args.num_heads, args.prefix)
+            try:
+                module = mha_from_state_dict(obj, args.num_heads, args.prefix)
+            except (ValueError, RuntimeError, KeyError) as e:
+                p.error(f"--from-state-dict {args.from_state_dict}: {e}")
     else:
         if args.embed_dim is None:
             p.error("--embed-dim is required without --from-state-dict")

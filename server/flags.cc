@@ -82,6 +82,12 @@ std::vector<Flag> ServingFlags() {
       {"max-stream-in-flight", "limits", "N",
        [](ServerOptions* o) { return &o->max_stream_in_flight; }, 1, 4096,
        "messages of one stream read but not yet answered (flow control)"},
+      {"receive-timeout-seconds", "limits", "N",
+       [](ServerOptions* o) { return &o->receive_timeout_seconds; }, 0, kMaxSeconds,
+       "a unary request must arrive within N s of the server starting to read it while other "
+       "uploads wait for the server (it reads a few at a time, --max-memory-mb); a slower one is "
+       "cancelled, so that a client cannot hold the server's uploads by never finishing its own "
+       "(0: never)"},
   };
 }
 

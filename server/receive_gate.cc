@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <utility>
+#include <vector>
 
 namespace attention {
 namespace server {
@@ -15,7 +16,21 @@ void ReceiveGate::Ticket::Reset() {
 
 bool ReceiveGate::Ticket::Cancel() { return gate_ != nullptr && gate_->Withdraw(this); }
 
-void ReceiveGate::Enter(Ticket* ticket, std::function<void()> start) {
+ReceiveGate::ReceiveGate(int slots, absl::Duration max_hold) : slots_(slots), max_hold_(max_hold) {
+  if (slots_ > 0 && max_hold_ < absl::InfiniteDuration()) {
+    watchdog_ = std::thread([this] { Watch(); });
+  }
+}
+
+ReceiveGate::~ReceiveGate() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  if (watchdog_.joinable()) watchdog_.join();
+}
+
+void ReceiveGate::Enter(Ticket* ticket, std::function<void()> start, std::function<void()> expire) {
   if (slots_ <= 0) {
     start();
     return;
@@ -25,13 +40,40 @@ void ReceiveGate::Enter(Ticket* ticket, std::function<void()> start) {
     ticket->gate_ = this;
     if (holding_ >= slots_ || !waiting_.empty()) {
       ticket->id_ = next_id_++;
-      waiting_.push_back({ticket->id_, ticket, std::move(start)});
+      waiting_.push_back({ticket->id_, ticket, std::move(start), std::move(expire)});
       return;
     }
     ++holding_;
-    ticket->id_ = 0;
+    HoldLocked(ticket, std::move(expire));
   }
   start();
+}
+
+void ReceiveGate::HoldLocked(Ticket* ticket, std::function<void()> expire) {
+  ticket->id_ = 0;
+  holders_[ticket] = Holder{absl::Now(), std::move(expire)};
+}
+
+void ReceiveGate::Watch() {
+  const absl::Duration period = std::min(absl::Seconds(1), max_hold_ / 4);
+  absl::MutexLock lock(&mu_);
+  while (!mu_.AwaitWithTimeout(absl::Condition(&stop_), period)) {
+    if (waiting_.empty()) continue;
+    const absl::Time now = absl::Now();
+    std::vector<std::function<void()>> due;
+    for (auto& [ticket, holder] : holders_) {
+      if (holder.expire && now - holder.since >= max_hold_) {
+        due.push_back(std::move(holder.expire));
+        holder.expire = nullptr;
+        ++expired_;
+      }
+    }
+    // Outside the lock: cancelling a call may run its reactions (and their
+    // Reset) on this thread.
+    mu_.Unlock();
+    for (auto& expire : due) expire();
+    mu_.Lock();
+  }
 }
 
 void ReceiveGate::Leave(Ticket* ticket) {
@@ -47,6 +89,7 @@ void ReceiveGate::Leave(Ticket* ticket) {
                      waiting_.end());
       return;
     }
+    holders_.erase(ticket);
     if (waiting_.empty()) {
       --holding_;
       return;
@@ -54,7 +97,7 @@ void ReceiveGate::Leave(Ticket* ticket) {
     // The slot passes to the first waiter.
     Waiter next = std::move(waiting_.front());
     waiting_.pop_front();
-    next.ticket->id_ = 0;
+    HoldLocked(next.ticket, std::move(next.expire));
     start = std::move(next.start);
   }
   start();
@@ -74,6 +117,11 @@ bool ReceiveGate::Withdraw(Ticket* ticket) {
 int ReceiveGate::holding() const {
   absl::MutexLock lock(&mu_);
   return holding_;
+}
+
+int64_t ReceiveGate::expired() const {
+  absl::MutexLock lock(&mu_);
+  return expired_;
 }
 
 int ReceiveGate::waiting() const {

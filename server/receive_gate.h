@@ -14,6 +14,12 @@
 // flow-control window (64 KiB) at most; the client sees a slower upload, not
 // an error. Slots are granted in arrival order.
 //
+// A slot is held while the request's bytes arrive. So that one client cannot
+// hold the slots by starting requests it never finishes sending, a read that
+// has held its slot for `max_hold` while others wait is expired: its
+// `expire` callback runs (once, on the gate's watchdog thread, with no lock
+// held) and cancels the call, whose Reset then frees the slot.
+//
 //   ReceiveGate gate(4);
 //   gate.Enter(&ticket, [reactor] { reactor->StartRead(&buffer); });
 //   ... OnReadDone: admitted into the memory budget, then ticket.Reset() ...
@@ -27,9 +33,13 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
+#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 namespace attention {
 namespace server {
@@ -57,33 +67,53 @@ class ReceiveGate {
   };
 
   // `slots` >= 1 reads at once; 0: no gate (every read starts at once).
-  explicit ReceiveGate(int slots) : slots_(slots) {}
+  // `max_hold`: see the overview (infinite: never expired).
+  explicit ReceiveGate(int slots, absl::Duration max_hold = absl::InfiniteDuration());
+  ~ReceiveGate();
   ReceiveGate(const ReceiveGate&) = delete;
   ReceiveGate& operator=(const ReceiveGate&) = delete;
 
-  // Runs `start` once a slot is the ticket's (now, or later from a Reset).
-  // `ticket` must be unused and outlive the wait.
-  void Enter(Ticket* ticket, std::function<void()> start) ABSL_LOCKS_EXCLUDED(mu_);
+  // Runs `start` once a slot is the ticket's (now, or later from a Reset);
+  // `expire` (may be empty) if it then holds the slot too long. `ticket`
+  // must be unused and outlive the wait. `expire` may run after the ticket
+  // is gone: it must not refer to it.
+  void Enter(Ticket* ticket, std::function<void()> start, std::function<void()> expire = nullptr)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   int slots() const { return slots_; }
   int holding() const ABSL_LOCKS_EXCLUDED(mu_);
   int waiting() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Reads expired since the gate was made.
+  int64_t expired() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Waiter {
     uint64_t id;
     Ticket* ticket;
     std::function<void()> start;
+    std::function<void()> expire;
+  };
+  struct Holder {
+    absl::Time since;
+    std::function<void()> expire;  // emptied once run
   };
   // Ticket's halves.
   void Leave(Ticket* ticket) ABSL_LOCKS_EXCLUDED(mu_);
   bool Withdraw(Ticket* ticket) ABSL_LOCKS_EXCLUDED(mu_);
+  // `ticket` takes a slot.
+  void HoldLocked(Ticket* ticket, std::function<void()> expire) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Watch() ABSL_LOCKS_EXCLUDED(mu_);
 
   const int slots_;
+  const absl::Duration max_hold_;
   mutable absl::Mutex mu_;
   int holding_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::deque<Waiter> waiting_ ABSL_GUARDED_BY(mu_);
+  std::map<const Ticket*, Holder> holders_ ABSL_GUARDED_BY(mu_);
+  int64_t expired_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread watchdog_;  // with a finite max_hold
 };
 
 }  // namespace server

@@ -2,8 +2,10 @@
 // waiter that leaves never starts; a slot given back starts the next waiter.
 #include "server/receive_gate.h"
 
+#include <atomic>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 
 namespace attention {
@@ -50,6 +52,28 @@ TEST(ReceiveGate, AWaiterThatLeavesNeverStarts) {
   EXPECT_EQ(gate.waiting(), 0);
   next.Reset();
   EXPECT_EQ(gate.holding(), 0);
+}
+
+// A holder past max_hold is expired only while someone waits, once.
+TEST(ReceiveGate, AHolderIsExpiredOnlyWhileOthersWait) {
+  ReceiveGate gate(1, absl::Milliseconds(40));
+  std::atomic<int> expired{0};
+  ReceiveGate::Ticket holder, waiter;
+  gate.Enter(
+      &holder, [] {}, [&] { ++expired; });
+  absl::SleepFor(absl::Milliseconds(150));
+  EXPECT_EQ(expired, 0) << "nobody waits";
+  bool started = false;
+  gate.Enter(&waiter, [&] { started = true; });
+  for (int i = 0; i < 200 && expired == 0; ++i) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_EQ(expired, 1);
+  EXPECT_FALSE(started);  // the slot is freed by the holder's Reset, not by the expiry
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ(expired, 1);  // once
+  holder.Reset();
+  EXPECT_TRUE(started);
+  EXPECT_EQ(gate.expired(), 1);
+  waiter.Reset();
 }
 
 TEST(ReceiveGate, ZeroSlotsMeansNoGate) {

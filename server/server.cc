@@ -178,6 +178,7 @@ ServiceLimits LimitsOf(const ServerOptions& options, const MemoryShares& memory,
   limits.max_request_memory_bytes = options.max_request_memory_mb << 20;
   limits.max_request_work = static_cast<double>(options.max_request_gflop) * 1e9;
   limits.max_stream_in_flight = options.max_stream_in_flight;
+  limits.receive_timeout_seconds = options.receive_timeout_seconds;
   limits.max_queue = options.max_queue;
   limits.batch_delay_us = options.batch_delay_us;
   limits.batch_max_size = options.batch_max_size;

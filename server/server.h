@@ -47,6 +47,9 @@ struct ServerOptions {
   int64_t max_request_memory_mb = 2048;
   int64_t max_request_gflop = 1000;  // AttentionPlanInfo::work, GFLOP; 0 = none
   int max_stream_in_flight = 4;
+  // An upload holding a receive slot this long while others wait is cancelled
+  // (server/receive_gate.h); 0: never.
+  int receive_timeout_seconds = 30;
   int64_t max_memory_mb = 0;  // the memory budget; 0 = DefaultMemoryBudgetBytes()
   // Connections: streams per connection; idle and age limits (0 = none) with
   // the grace given to calls on an aged connection; the shortest interval

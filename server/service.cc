@@ -54,6 +54,57 @@ class UnaryReactor final : public grpc::ServerUnaryReactor {
   AttentionServiceImpl::CallScope scope_;
 };
 
+// Lets the receive gate's watchdog cancel a call whose request is too slow to
+// arrive without racing the call's own end (its context is gone once the
+// call is finished): the reactor finishes through Close, which waits for a
+// cancellation in progress. Shared by the reactor and the gate's callback.
+class CallCanceller {
+ public:
+  explicit CallCanceller(grpc::CallbackServerContext* context) : context_(context) {}
+
+  // The gate's watchdog: cancels the call unless it is finishing.
+  void Expire() {
+    int state = kOpen;
+    if (!state_.compare_exchange_strong(state, kCancelling)) return;
+    expired_ = true;
+    context_->TryCancel();  // may run the reactor's reactions on this thread
+    state = kCancelling;
+    if (state_.compare_exchange_strong(state, kOpen)) return;
+    // The call was answered meanwhile: its finish waited for the cancellation.
+    state_ = kClosed;
+    std::function<void()> finish = std::move(deferred_);
+    finish();
+  }
+
+  // The reactor's one way to finish: runs `finish` now, or as soon as a
+  // cancellation in progress is over.
+  void Close(const std::function<void()>& finish) {
+    while (true) {
+      int state = state_.load();
+      if (state == kOpen) {
+        if (state_.compare_exchange_strong(state, kClosed)) {
+          finish();
+          return;
+        }
+      } else if (state == kCancelling) {
+        deferred_ = finish;
+        if (state_.compare_exchange_strong(state, kDeferred)) return;
+      } else {
+        return;  // closed already
+      }
+    }
+  }
+
+  bool expired() const { return expired_; }
+
+ private:
+  static constexpr int kOpen = 0, kCancelling = 1, kDeferred = 2, kClosed = 3;
+  grpc::CallbackServerContext* const context_;
+  std::atomic<int> state_{kOpen};
+  std::atomic<bool> expired_{false};
+  std::function<void()> deferred_;  // written before kDeferred, read after
+};
+
 // A unary call (Attention, SelfAttention), which gRPC serves as a stream of
 // one message each way (see the constructor of AttentionServiceImpl): the
 // request is read only once the receive gate gives it a slot, admitted (its
@@ -70,17 +121,28 @@ class UnaryCallReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, 
         service_(service),
         context_(context),
         rpc_(rpc),
-        admission_(std::make_shared<Admission>(service->limits().memory_budget)) {
-    service_->receive_gate_.Enter(&slot_, [this] { StartRead(&incoming_); });
+        admission_(std::make_shared<Admission>(service->limits().memory_budget)),
+        canceller_(std::make_shared<CallCanceller>(context)) {
+    service_->receive_gate_.Enter(
+        &slot_, [this] { StartRead(&incoming_); },
+        [canceller = canceller_] { canceller->Expire(); });
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {  // cancelled, or the client closed without sending a request
       slot_.Reset();
-      Answer(context_->IsCancelled()
-                 ? absl::CancelledError("the call was cancelled")
-                 : absl::InvalidArgumentError("the call carried no request message"),
-             /*counted=*/false);
+      if (canceller_->expired()) {
+        Answer(absl::DeadlineExceededError(
+                   absl::StrCat("request: not received within --receive-timeout-seconds (",
+                                service_->limits().receive_timeout_seconds,
+                                " s) while other uploads waited; send it faster or retry")),
+               /*counted=*/false);
+      } else {
+        Answer(context_->IsCancelled()
+                   ? absl::CancelledError("the call was cancelled")
+                   : absl::InvalidArgumentError("the call carried no request message"),
+               /*counted=*/false);
+      }
       return;
     }
     service_->ServeUnary<Request>(rpc_, context_, &incoming_, admission_, &response_,
@@ -103,10 +165,11 @@ class UnaryCallReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, 
                                   s.ok() ? static_cast<int64_t>(response_.Length()) : 0);
     }
     if (s.ok()) {
-      StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
+      canceller_->Close(
+          [this] { StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK); });
     } else {
       admission_->Release();  // a refused request's memory goes at once
-      Finish(ToGrpcStatus(s));
+      canceller_->Close([this, status = ToGrpcStatus(s)] { Finish(status); });
     }
   }
 
@@ -117,6 +180,7 @@ class UnaryCallReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, 
   // Shared with the computation, which may outlive an answer to a
   // cancelled call until it notices.
   std::shared_ptr<Admission> admission_;
+  std::shared_ptr<CallCanceller> canceller_;
   ReceiveGate::Ticket slot_;
   grpc::ByteBuffer incoming_;
   grpc::ByteBuffer response_;
@@ -217,7 +281,9 @@ AttentionServiceImpl::AttentionServiceImpl(const ModelRegistry* models, Executor
       limits_(limits),
       metrics_(metrics),
       shares_(std::max(1, limits.max_queue / 4)),
-      receive_gate_(limits.receive_slots) {
+      receive_gate_(limits.receive_slots, limits.receive_timeout_seconds > 0
+                                              ? absl::Seconds(limits.receive_timeout_seconds)
+                                              : absl::InfiniteDuration()) {
   if (limits_.batch_delay_us > 0) {
     Batcher::Options options;
     options.delay_us = limits_.batch_delay_us;

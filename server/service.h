@@ -50,6 +50,8 @@ struct ServiceLimits {
   int max_stream_in_flight = 4;
   // Unary requests received at once (server/receive_gate.h); 0: no limit.
   int receive_slots = 0;
+  // How long an upload may hold a slot while others wait; 0: no limit.
+  int receive_timeout_seconds = 0;
   int max_queue = 64;
   // The server's budget for what it holds for requests (--max-memory-mb);
   // null: none. Not owned.

@@ -25,6 +25,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "tests/cgroup.h"
 #include "tests/e2e_util.h"
 #include "tests/server_process.h"
 
@@ -529,9 +530,12 @@ TEST(Hardening, ARequestOverTheWorkLimitIsRefusedBeforeItComputes) {
 TEST(Hardening, StreamMessagesAreReservedInTheMemoryBudget) {
   constexpr int64_t kBudgetMiB = 128;
   constexpr int64_t kSlackMiB = 48;  // gRPC's buffers and the allocator's slack, as above
+  // In a 512 MiB memory cgroup where the test can make one (the flood once
+  // got a pod OOM-killed): the kernel's own account of the server's memory.
+  absl::StatusOr<std::unique_ptr<MemoryCgroup>> group = MemoryCgroup::Create(int64_t{512} << 20);
   ServerProcess server({"--max-memory-mb=" + std::to_string(kBudgetMiB),
                         "--admin-listen=127.0.0.1:0", "--max-queue=64"},
-                       FaultDelay(300));
+                       FaultDelay(300), group.ok() ? (*group)->dir() : "");
   ASSERT_TRUE(server.ok()) << server.Output();
   const int admin = AdminPort(server);
   ASSERT_GT(admin, 0);
@@ -605,6 +609,10 @@ TEST(Hardening, StreamMessagesAreReservedInTheMemoryBudget) {
   EXPECT_GT(refused, 0) << answered << " answered";
   EXPECT_GT(answered - refused, 0);
   ASSERT_TRUE(c.SelfAttention(small.Request(), {10}).ok());
+  if (group.ok() && !kAddressSanitizer) {
+    EXPECT_EQ((*group)->OomKills(), 0);
+    EXPECT_LE((*group)->PeakBytes(), baseline + (kBudgetMiB + kSlackMiB) * kMiB);
+  }
 }
 
 // One grpc.health.v1.Health/Watch stream that reads only its first message.
@@ -657,7 +665,9 @@ TEST(Hardening, HealthWatchStreamsAreLimited) {
   constexpr int64_t kMaxGrowthBytes = 64 * kMiB;
   using grpc::health::v1::Health;
   using grpc::health::v1::HealthCheckResponse;
-  ServerProcess server({});
+  // In a 256 MiB memory cgroup where the test can make one.
+  absl::StatusOr<std::unique_ptr<MemoryCgroup>> group = MemoryCgroup::Create(int64_t{256} << 20);
+  ServerProcess server({}, {}, group.ok() ? (*group)->dir() : "");
   ASSERT_TRUE(server.ok()) << server.Output();
   auto check = [](Health::Stub* stub) {
     grpc::ClientContext context;
@@ -724,12 +734,57 @@ TEST(Hardening, HealthWatchStreamsAreLimited) {
         << "baseline " << baseline / kMiB << " MiB, now " << rss / kMiB << " MiB";
   }
   EXPECT_EQ(check(stubs.back().get()), "SERVING");
+  if (group.ok() && !kAddressSanitizer) {
+    EXPECT_EQ((*group)->OomKills(), 0);
+    EXPECT_LE((*group)->PeakBytes(), baseline + kMaxGrowthBytes);
+  }
 
   for (auto& w : watches) w->Cancel();
   ASSERT_TRUE(WaitFor([&] { return done == kStreams; }, 30)) << done << " done";
   const auto start = std::chrono::steady_clock::now();
   EXPECT_EQ(server.Stop(SIGTERM, 15), 0) << server.Output();
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5)) << server.Output();
+}
+
+// With one receive slot (a 64 MiB budget: requests up to its 16 MiB transport
+// share, one at a time), a client that starts a request and never sends it
+// would hold every other upload: after --receive-timeout-seconds its call is
+// cancelled and the others go on. (With 0, no timeout, the honest call below
+// waits until its deadline.)
+TEST(Hardening, AnUploadThatNeverArrivesDoesNotHoldTheOthers) {
+  ServerProcess server({"--max-memory-mb=64", "--receive-timeout-seconds=1"});
+  ASSERT_TRUE(server.ok()) << server.Output();
+  ASSERT_THAT(server.Output(), HasSubstr("requests up to 16 MiB, 1 received at once"));
+  // The unary method opened as a stream that never sends its message.
+  grpc::GenericStub stub(grpc::CreateChannel(server.target(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext stalled_context;
+  grpc::CompletionQueue cq;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stalled =
+      stub.PrepareCall(&stalled_context, "/attention.v1.AttentionService/SelfAttention", &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  stalled->StartCall(&stalled_context);
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  ASSERT_TRUE(ok);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // it holds the slot now
+
+  AttentionClient c(AttentionClient::ConnectAlone(server.target()));
+  const SelfAttentionCall small({1, 16, 64}, 4, 3);
+  const auto start = std::chrono::steady_clock::now();
+  auto answer = c.SelfAttention(small.Request(), {10});
+  const auto waited = std::chrono::steady_clock::now() - start;
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_LE(ErrorAgainst(answer->output(), small.want.view()), 1e-5);
+  EXPECT_GE(waited, std::chrono::milliseconds(500)) << "it should have waited for the slot";
+
+  grpc::Status status;
+  stalled->Finish(&status, &status);
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  EXPECT_NE(status.error_code(), grpc::StatusCode::OK);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  EXPECT_EQ(server.Stop(SIGTERM, 15), 0) << server.Output();
 }
 
 }  // namespace
