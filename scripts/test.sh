@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The test command (CI runs it: .ci/run). Installs missing Debian packages,
-# then runs three stages, stopping at the first that fails:
+# then runs these stages, stopping at the first that fails:
 #   1. the Release build (${BUILD_DIR:-build}) and every test in it: core unit
 #      tests (against PyTorch fixtures and the naive reference), server and
 #      client unit tests, the end-to-end tests that start real servers on
-#      127.0.0.1, the Python client's tests;
+#      127.0.0.1, the Python client's tests; then the README's command blocks
+#      in order, checked against what the README says they print
+#      (scripts/test-readme.sh);
 #   2. lint (scripts/lint.sh): clang-format and clang-tidy, as .clang-format
 #      and .clang-tidy configure them;
 #   3. the same tests built with AddressSanitizer and UndefinedBehaviorSanitizer
@@ -12,8 +14,8 @@
 #      build-asan);
 #   4. a fuzz smoke: each fuzzer for FUZZ_SECONDS (default 30) from its
 #      committed corpus (scripts/fuzz.sh, in the same build-asan).
-# On 2 cores from a clean checkout: about 4, 4, 6 and 2 minutes (16 in all).
-#   scripts/test.sh           all three (what CI runs)
+# On 2 cores from a clean checkout: about 7, 4, 6 and 2 minutes (19 in all).
+#   scripts/test.sh           all of them (what CI runs)
 #   scripts/test.sh --quick   stage 1 only (while developing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +41,7 @@ release_tests() (
 
 stage "release build and tests" release_tests
 $quick && exit 0
+stage "README blocks" scripts/test-readme.sh
 stage "lint" scripts/lint.sh
 stage "sanitizer build and tests" env BUILD_DIR=build-asan scripts/test-sanitizers.sh
 stage "fuzz smoke" env BUILD_DIR=build-asan scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
