@@ -68,7 +68,12 @@ int Usage(const std::string& problem) {
   return 2;
 }
 
-int Failed(const absl::Status& s) {
+// The channel's security, once known, so that failures can say what to
+// check on a TLS channel.
+ChannelSecurity g_security;
+
+int Failed(const absl::Status& status) {
+  const absl::Status s = ExplainTlsFailure(status, g_security);
   std::fprintf(stderr, "attention-client: %s: %s\n", absl::StatusCodeToString(s.code()).c_str(),
                std::string(s.message()).c_str());
   return 1;
@@ -278,6 +283,7 @@ int RunCli(int argc, char** argv) {
   }
   absl::StatusOr<ChannelSecurity> security = SecurityFromArgs(args);
   if (!security.ok()) return Usage(std::string(security.status().message()));
+  g_security = *security;
   absl::StatusOr<std::string> target = ChannelTarget(args.Get("target", "localhost:50051"));
   if (!target.ok()) return Usage(std::string(target.status().message()));
   absl::StatusOr<CallOptions> options = CallOptionsFrom(args, 0);

@@ -4,11 +4,15 @@
 #include "client/client.h"
 
 #include "absl/strings/match.h"
+#include "client/security.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace attention {
 namespace client {
 namespace {
+
+using ::testing::HasSubstr;
 
 TEST(ChannelTarget, AnIpv4ListBecomesOneMultiAddressTarget) {
   absl::StatusOr<std::string> t = ChannelTarget("127.0.0.2:50051,127.0.0.3:50052,");
@@ -60,6 +64,25 @@ TEST(Retries, TheLibraryRetriesWhatTheChannelsBufferCannotHold) {
   EXPECT_FALSE(RetriesByClient(kChannelRetryBufferBytes));
   EXPECT_TRUE(RetriesByClient(kChannelRetryBufferBytes + 1));
   EXPECT_TRUE(RetriesByClient(int64_t{64} << 20));
+}
+
+// A server that closes the TLS handshake (a refused client certificate)
+// shows up as "Socket closed": the CLI says what to check, on TLS channels.
+TEST(ExplainTlsFailure, AClosedHandshakeSaysWhatToCheck) {
+  const absl::Status closed = absl::UnavailableError("Socket closed");
+  ChannelSecurity tls;
+  tls.tls = true;
+  EXPECT_THAT(std::string(ExplainTlsFailure(closed, tls).message()),
+              HasSubstr("the server may require a client certificate"));
+  tls.cert_chain_pem = "a certificate";
+  const absl::Status explained = ExplainTlsFailure(closed, tls);
+  EXPECT_EQ(explained.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(explained.message()),
+              HasSubstr("the server may have refused the client certificate"));
+  EXPECT_THAT(std::string(explained.message()), HasSubstr("(Socket closed)"));
+  EXPECT_EQ(ExplainTlsFailure(closed, ChannelSecurity()), closed);  // plaintext: as it is
+  const absl::Status other = absl::UnavailableError("failed to connect to all addresses");
+  EXPECT_EQ(ExplainTlsFailure(other, tls), other);
 }
 
 TEST(FromGrpcStatus, ATransportCancelUnderMemoryPressureNamesTheLimit) {

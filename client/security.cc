@@ -115,5 +115,24 @@ std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(
   return creds;
 }
 
+absl::Status ExplainTlsFailure(const absl::Status& status, const ChannelSecurity& security) {
+  if (!security.tls || status.code() != absl::StatusCode::kUnavailable) return status;
+  const std::string m = absl::AsciiStrToLower(status.message());
+  if (m.find("socket closed") == std::string::npos &&
+      m.find("connection reset") == std::string::npos) {
+    return status;
+  }
+  const char* check =
+      security.cert_chain_pem.empty()
+          ? "the server may require a client certificate (--tls-cert and --tls-key)"
+          : "the server may have refused the client certificate (--tls-cert must be signed by a "
+            "CA in the server's --tls-client-ca)";
+  return absl::Status(
+      status.code(),
+      absl::StrCat("the TLS connection was closed during the "
+                   "handshake: ",
+                   check, ", or it does not serve TLS on this port (", status.message(), ")"));
+}
+
 }  // namespace client
 }  // namespace attention

@@ -50,6 +50,13 @@ const OptionTable& SecurityOptions();
 
 // Help text for the flags above, for the tools' usage messages.
 
+// A call's failure, explained for a TLS channel: gRPC reports a server that
+// closes the connection during the handshake (it refused the client's
+// certificate, or wanted one and got none; or it does not speak TLS) only as
+// UNAVAILABLE "Socket closed" or "Connection reset". Other statuses, and
+// plaintext channels, are returned as they are.
+absl::Status ExplainTlsFailure(const absl::Status& status, const ChannelSecurity& security);
+
 }  // namespace client
 }  // namespace attention
 

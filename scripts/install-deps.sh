@@ -16,6 +16,7 @@ build_pkgs=(
   prometheus   # the tests: promtool checks /metrics, a real Prometheus scrapes it
   clang libclang-rt-dev libomp-dev   # the tests: the fuzzers (scripts/fuzz.sh)
   clang-format clang-tidy            # the tests: scripts/lint.sh
+  curl                               # the README's examples (scripts/test-readme.sh)
 )
 runtime_pkgs=(libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libdnnl2 libgomp1 libssl3
   libmicrohttpd12 libjemalloc2)

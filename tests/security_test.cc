@@ -31,6 +31,7 @@ namespace {
 
 using client::AttentionClient;
 using client::ChannelSecurity;
+using ::testing::AnyOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -210,6 +211,24 @@ TEST_F(Security, MutualTlsNeedsAClientCertificateFromTheCa) {
   EXPECT_FALSE(Models(server, Client("a/ca", "a/rogue-client")).ok());  // another CA's
   EXPECT_FALSE(Models(server, Client("a/ca", "b/client")).ok());        // another CA's
   EXPECT_TRUE(Models(server, Client("a/ca", "a/client")).ok());
+  // The CLI says what to check when the server closes the handshake (gRPC
+  // itself says only "Socket closed").
+  std::string out;
+  EXPECT_EQ(RunCommand({ClientBinary(), "--target", server.target(), "--tls-ca", P("a/ca.pem"),
+                        "--tls-cert", P("a/rogue-client.pem"), "--tls-key", P("a/rogue-client.key"),
+                        "--timeout", "10", "models"},
+                       &out),
+            1);
+  EXPECT_THAT(out, AnyOf(HasSubstr("the server may have refused the client certificate"),
+                         HasSubstr("TLS handshake failed")))
+      << out;
+  EXPECT_EQ(RunCommand({ClientBinary(), "--target", server.target(), "--tls-ca", P("a/ca.pem"),
+                        "--timeout", "10", "models"},
+                       &out),
+            1);
+  EXPECT_THAT(out, AnyOf(HasSubstr("the server may require a client certificate"),
+                         HasSubstr("TLS handshake failed")))
+      << out;
 }
 
 TEST_F(Security, TokensAreRequiredExceptForHealthAndNeverPrinted) {
