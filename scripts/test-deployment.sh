@@ -134,7 +134,7 @@ echo "deployment: $proxy sees $(proxy_up) of 3 replicas up"
   --concurrency 1 --warmup 0 --quiet > /dev/null
 for i in 0 1 2; do
   n="$(served "$i" || echo "no /metrics")"
-  echo "deployment: proxy, one connection, 30 calls: ${addresses[$i]} answered $n"
+  echo "deployment: proxy, one connection, 30 calls and the load tool's ListModels: ${addresses[$i]} answered $n"
   [[ "$n" =~ ^[0-9]+$ ]] && ((n > 0)) || { echo "deployment: FAILED: the proxy does not balance per call" >&2; tail "$work/proxy.log" >&2; exit 1; }
 done
 
