@@ -7,8 +7,10 @@
 namespace attention {
 namespace server {
 
-// A ticket holds a slot when gate_ is set and id_ is 0; it waits when both
-// are set (id_: its place in the queue).
+// A ticket's gate_ is set once, by Enter, before its call's reactions can
+// run; under the gate's lock, `active_` says it waits (id_: its place in
+// the queue) or holds a slot (id_ 0). Reset and Cancel may race (a call's
+// OnCancel runs beside its other reactions): the lock orders them.
 
 void ReceiveGate::Ticket::Reset() {
   if (gate_ != nullptr) gate_->Leave(this);
@@ -38,6 +40,7 @@ void ReceiveGate::Enter(Ticket* ticket, std::function<void()> start, std::functi
   {
     absl::MutexLock lock(&mu_);
     ticket->gate_ = this;
+    ticket->active_ = true;
     if (holding_ >= slots_ || !waiting_.empty()) {
       ticket->id_ = next_id_++;
       waiting_.push_back({ticket->id_, ticket, std::move(start), std::move(expire)});
@@ -80,8 +83,8 @@ void ReceiveGate::Leave(Ticket* ticket) {
   std::function<void()> start;
   {
     absl::MutexLock lock(&mu_);
-    if (ticket->gate_ == nullptr) return;
-    ticket->gate_ = nullptr;
+    if (!ticket->active_) return;
+    ticket->active_ = false;
     if (ticket->id_ != 0) {  // still waiting: leaves the queue
       const uint64_t id = std::exchange(ticket->id_, 0);
       waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(),
@@ -105,9 +108,9 @@ void ReceiveGate::Leave(Ticket* ticket) {
 
 bool ReceiveGate::Withdraw(Ticket* ticket) {
   absl::MutexLock lock(&mu_);
-  if (ticket->gate_ == nullptr || ticket->id_ == 0) return false;  // holds a slot, or left
+  if (!ticket->active_ || ticket->id_ == 0) return false;  // holds a slot, or left
   const uint64_t id = std::exchange(ticket->id_, 0);
-  ticket->gate_ = nullptr;
+  ticket->active_ = false;
   waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(),
                                 [id](const Waiter& w) { return w.id == id; }),
                  waiting_.end());

@@ -62,8 +62,10 @@ class ReceiveGate {
 
    private:
     friend class ReceiveGate;
-    ReceiveGate* gate_ = nullptr;
-    uint64_t id_ = 0;
+    ReceiveGate* gate_ = nullptr;  // set once, by Enter
+    // Under the gate's lock:
+    bool active_ = false;  // waiting or holding
+    uint64_t id_ = 0;      // waiting: its place; holding: 0
   };
 
   // `slots` >= 1 reads at once; 0: no gate (every read starts at once).
