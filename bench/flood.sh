@@ -36,15 +36,8 @@ else
   oom() { awk '$1 == "oom_kill" { print $2 }' "$group/memory.oom_control"; }
 fi
 
-sh -c "echo \$\$ >'$group/cgroup.procs'; exec '$build/server/attention-server' --listen 127.0.0.1:0" \
-  >"$work/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 100); do
-  grep -q "listening on" "$work/server.log" && break
-  sleep 0.1
-done
-target=$(sed -n 's/.*listening on \([^;]*\);.*/\1/p' "$work/server.log")
-[ -n "$target" ] || { cat "$work/server.log" >&2; exit 1; }
+. "$(dirname "$0")/lib.sh"
+SERVER_CGROUP=$group start_server "$build"
 budget=$(sed -n 's/.*memory budget \([0-9]*\) MiB.*/\1/p' "$work/server.log")
 fixed=$(sed -n 's/.*fixed part \([0-9]*\) MiB.*/\1/p' "$work/server.log")
 echo "server in a ${limit_mib} MiB cgroup ($group): budget $budget MiB, fixed part $fixed MiB"

@@ -95,7 +95,9 @@ void Reservation::Shrink(int64_t bytes) {
   budget_->Release(bytes);
 }
 
-int64_t DefaultMemoryBudgetBytes(const MemoryLimit& limit) { return limit.bytes / 5 * 3; }
+int64_t DefaultMemoryBudgetBytes(const MemoryLimit& limit) {
+  return limit.bytes / 100 * kDefaultBudgetPercent;
+}
 
 MemoryShares SplitMemoryBudget(int64_t total_bytes) {
   MemoryShares shares;

@@ -87,6 +87,9 @@ class Reservation {
   int64_t bytes_ = 0;
 };
 
+// The share of the memory limit the default budget takes, percent.
+inline constexpr int kDefaultBudgetPercent = 60;
+
 // The default --max-memory-mb, in bytes: 60% of the process's memory limit
 // (server/memory_limit.h: the tightest cgroup limit, or physical memory).
 // The rest is the process's fixed part (models, libraries, threads' stacks,

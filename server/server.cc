@@ -323,12 +323,16 @@ absl::Status Server::Start() {
   google::protobuf::SetLogHandler(ProtobufLog);
   ConfigureAllocator();
   // Before the admin endpoint, whose /metrics reads the budget until it stops.
-  const MemoryLimit limit = FindMemoryLimit();
-  auto state = std::make_unique<State>(
-      options_.max_memory_mb > 0 ? options_.max_memory_mb << 20 : DefaultMemoryBudgetBytes(limit));
-  state->budget_origin = options_.max_memory_mb > 0
-                             ? "--max-memory-mb"
-                             : absl::StrCat("60% of ", limit.bytes >> 20, " MiB: ", limit.source);
+  int64_t budget_bytes = options_.max_memory_mb << 20;
+  std::string budget_origin = "--max-memory-mb";
+  if (options_.max_memory_mb == 0) {  // the limit is looked for only when needed
+    const MemoryLimit limit = FindMemoryLimit();
+    budget_bytes = DefaultMemoryBudgetBytes(limit);
+    budget_origin =
+        absl::StrCat(kDefaultBudgetPercent, "% of ", limit.bytes >> 20, " MiB: ", limit.source);
+  }
+  auto state = std::make_unique<State>(budget_bytes);
+  state->budget_origin = std::move(budget_origin);
   absl::StatusOr<ServerSecurity> security = MakeServerSecurity(options_.security);
   if (!security.ok()) return security.status();
   state->certificates = std::move(security->certificates);
