@@ -1,5 +1,7 @@
 #include "client/cli.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 
@@ -7,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "client/client.h"
 #include "client/load.h"
@@ -25,6 +28,10 @@ commands:
   attention       multi-head attention: --query q.npy --key k.npy --value v.npy
   self-attention  multi-head self-attention: --input x.npy
   models          list the server's models and limits
+  decode          incremental decoding on one StreamDecode stream: --input x.npy --model NAME
+                  (or --query/--key/--value with --heads): the first --prefill N rows as one
+                  message, then one row a message; --out gets the rows concatenated (equal to
+                  the causal forward over x); prints the steps' latency and bytes sent
   health          print the server's health (SERVING / NOT_SERVING); exit 0 when serving
   load            load test (see attention-client load --help)
 
@@ -47,6 +54,12 @@ options of attention and self-attention:
   --timeout SECONDS         deadline of the call (default none)
   --id ID                   request id (echoed by the server)
 
+options of decode (and --model, --heads, --kv-heads, --scale, --weights, --weights-out,
+--wire-dtype, --precision (bfloat16: keys and values held in bfloat16), --out as above):
+  --prefill N               rows sent in the first message (default 1)
+  --sequence NAME           the sequence's name on the stream (default "cli")
+  --no-causal               queries attend every key held (default: causal)
+
 common:
   --target HOST:PORT        server (default localhost:50051); also a comma-separated list of
                             IPv4 HOST:PORT or dns:///name:port, balanced round robin
@@ -60,7 +73,7 @@ name and the server's message on stderr and exits 1 (so does an unreadable input
 its own message); bad usage (unknown option or command, bad option value) exits 2.
 )";
 
-const std::set<std::string> kSwitches = {"causal", "help", "stream", "quiet", "tls"};
+const std::set<std::string> kSwitches = {"causal", "help", "stream", "quiet", "tls", "no-causal"};
 
 int Usage(const std::string& problem) {
   std::fprintf(stderr, "attention-client: %s\n(attention-client --help for usage)\n",
@@ -215,6 +228,133 @@ int RunAttention(const CliArgs& args, AttentionClient& client, bool self) {
   return 0;
 }
 
+// Rows [first, first + count) of a [T, W] or [1, T, W] array, as a wire tensor.
+v1::Tensor RowsOf(const FloatTensor& a, int64_t first, int64_t count, DType wire) {
+  const int64_t width = a.shape.back();
+  std::vector<int64_t> shape = a.shape;
+  shape[shape.size() - 2] = count;
+  return MakeTensor(shape, a.data.data() + first * width, wire);
+}
+
+// The decode's percentiles of step latency (ms), from sorted `ms`.
+std::string Percentiles(std::vector<double> ms) {
+  if (ms.empty()) return "no steps";
+  std::sort(ms.begin(), ms.end());
+  auto at = [&](double p) {
+    return ms[static_cast<size_t>(p * static_cast<double>(ms.size() - 1))];
+  };
+  return absl::StrFormat("p50 %.3f ms, p90 %.3f ms, p99 %.3f ms, max %.3f ms", at(0.5), at(0.9),
+                         at(0.99), ms.back());
+}
+
+// Zero-padded rows of one message's weights ([t, s] or [H, t, s]) into the
+// whole decode's ([T, S] or [H, T, S]) at row `row`.
+void PlaceWeights(const FloatTensor& w, int64_t row, int64_t rows, int64_t keys,
+                  std::vector<float>* all) {
+  const size_t r = w.shape.size();
+  const int64_t heads = r >= 3 ? w.shape[r - 3] : 1, t = w.shape[r - 2], s = w.shape[r - 1];
+  if (all->empty()) all->assign(heads * rows * keys, 0.0f);
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t i = 0; i < t; ++i) {
+      std::copy_n(w.data.data() + (h * t + i) * s, s, all->data() + (h * rows + row + i) * keys);
+    }
+  }
+}
+
+int RunDecode(const CliArgs& args, AttentionClient& client) {
+  absl::StatusOr<DType> wire = ParseWireDType(args.Get("wire-dtype", "float32"));
+  if (!wire.ok()) return Usage(std::string(wire.status().message()));
+  absl::StatusOr<int64_t> prefill = args.GetInt("prefill", 1);
+  if (!prefill.ok() || *prefill < 1) return Usage("--prefill: expected a count of at least 1");
+  const bool self = args.Has("input");
+  if (self == (args.Has("query") || args.Has("key") || args.Has("value")) ||
+      (!self && !(args.Has("query") && args.Has("key") && args.Has("value")))) {
+    return Usage("decode needs --input x.npy, or --query q.npy --key k.npy --value v.npy");
+  }
+  std::vector<FloatTensor> arrays;
+  for (const char* flag : self ? std::vector<const char*>{"input"}
+                               : std::vector<const char*>{"query", "key", "value"}) {
+    absl::StatusOr<NpyArray> a = ReadNpy(args.Get(flag));
+    if (!a.ok()) return Failed(a.status());
+    const size_t r = a->shape.size();
+    if ((r != 2 && r != 3) || (r == 3 && a->shape[0] != 1) || !IsFloat(a->dtype)) {
+      return Failed(absl::InvalidArgumentError(absl::StrCat(
+          flag, ": decode takes a float [T, E] or [1, T, E] array, got ", ShapeString(a->shape))));
+    }
+    if (!arrays.empty() && a->shape[r - 2] != arrays[0].shape[r - 2]) {
+      return Failed(absl::InvalidArgumentError(absl::StrCat(
+          flag, ": ", a->shape[r - 2], " rows where query has ", arrays[0].shape[r - 2])));
+    }
+    FloatTensor f;
+    f.shape = a->shape;
+    f.data.resize(ShapeProduct<size_t>(a->shape));
+    ConvertToFloat32(TensorView{a->dtype, a->shape, a->data.data(), a->data.size()}, f.data.data());
+    arrays.push_back(std::move(f));
+  }
+  v1::DecodeRequest base;
+  base.set_sequence(args.Get("sequence", "cli"));
+  if (absl::Status s = FillOptions(args, base.mutable_options()); !s.ok()) return Local(s);
+  base.mutable_options()->set_causal(!args.switches.count("no-causal"));
+  absl::StatusOr<CallOptions> options = CallOptionsFrom(args, 0);
+  if (!options.ok()) return Usage(std::string(options.status().message()));
+  DecodeStream stream(&client, *options);
+  const int64_t rows = arrays[0].shape[arrays[0].shape.size() - 2];
+  std::vector<float> output, weights;
+  std::vector<int64_t> out_shape;
+  std::vector<double> step_ms;
+  int64_t first_bytes = 0, step_bytes = 0, messages = 0;
+  v1::Precision precision = v1::PRECISION_FLOAT32;
+  for (int64_t done = 0; done < rows; ++messages) {
+    const int64_t n = done == 0 ? std::min(*prefill, rows) : 1;
+    v1::DecodeRequest step = base;
+    if (self) {
+      *step.mutable_input() = RowsOf(arrays[0], done, n, *wire);
+    } else {
+      *step.mutable_query() = RowsOf(arrays[0], done, n, *wire);
+      *step.mutable_key() = RowsOf(arrays[1], done, n, *wire);
+      *step.mutable_value() = RowsOf(arrays[2], done, n, *wire);
+    }
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<v1::AttentionResponse> r = stream.Append(std::move(step));
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    if (!r.ok()) return Failed(r.status());
+    (done == 0 ? first_bytes : step_bytes) += stream.last_request_bytes();
+    if (done > 0) step_ms.push_back(ms);
+    absl::StatusOr<FloatTensor> out = ToFloat(r->output(), "output");
+    if (!out.ok()) return Failed(out.status());
+    output.insert(output.end(), out->data.begin(), out->data.end());
+    out_shape = out->shape;
+    precision = r->precision();
+    if (r->has_weights()) {
+      absl::StatusOr<FloatTensor> w = ToFloat(r->weights(), "weights");
+      if (!w.ok()) return Failed(w.status());
+      PlaceWeights(*w, done, rows, rows, &weights);
+    }
+    done += n;
+  }
+  if (absl::Status s = stream.End(base.sequence()); !s.ok()) return Failed(s);
+  if (absl::Status s = stream.Close(); !s.ok()) return Failed(s);
+  out_shape[out_shape.size() - 2] = rows;
+  std::printf("decoded %lld tokens in %lld messages (prefill %lld)\n", static_cast<long long>(rows),
+              static_cast<long long>(messages), static_cast<long long>(std::min(*prefill, rows)));
+  std::printf("steps: %s\n", Percentiles(step_ms).c_str());
+  std::printf("bytes sent: first message %lld, then %lld per step\n",
+              static_cast<long long>(first_bytes),
+              static_cast<long long>(messages > 1 ? step_bytes / (messages - 1) : 0));
+  v1::AttentionResponse whole;
+  whole.set_precision(precision);
+  *whole.mutable_output() = MakeTensor(out_shape, output.data(), DType::kFloat32);
+  if (!weights.empty()) {
+    const int64_t heads = static_cast<int64_t>(weights.size()) / (rows * rows);
+    std::vector<int64_t> w_shape = {rows, rows};
+    if (heads > 1 || args.Get("weights") == "per-head") w_shape.insert(w_shape.begin(), heads);
+    *whole.mutable_weights() = MakeTensor(w_shape, weights.data(), DType::kFloat32);
+  }
+  if (absl::Status s = WriteResults(args, whole); !s.ok()) return Failed(s);
+  return 0;
+}
+
 int RunModels(const CliArgs& args, AttentionClient& client) {
   absl::StatusOr<CallOptions> options = CallOptionsFrom(args, 10);
   if (!options.ok()) return Usage(std::string(options.status().message()));
@@ -267,6 +407,7 @@ int RunCli(int argc, char** argv) {
       {"attention", {"query", "key", "value"}},
       {"self-attention", {"input"}},
       {"models", {}},
+      {"decode", {"input", "query", "key", "value", "prefill", "sequence"}},
       {"health", {"service"}}};
   auto known = kKnown.find(args.command);
   if (known == kKnown.end()) return Usage("unknown command '" + args.command + "'");
@@ -275,7 +416,8 @@ int RunCli(int argc, char** argv) {
       "attn-mask",   "key-padding-mask", "model", "projection", "weights",
       "weights-out", "wire-dtype",       "out",   "id",         "precision"};
   for (const auto& [name, value] : args.values) {
-    const bool is_call = args.command == "attention" || args.command == "self-attention";
+    const bool is_call =
+        args.command == "attention" || args.command == "self-attention" || args.command == "decode";
     if (!known->second.count(name) && name != "target" && name != "timeout" && name != "retries" &&
         !SecurityOptions().Declares(name) && !(is_call && shared.count(name))) {
       return Usage("unknown option --" + name + " for " + args.command);
@@ -293,6 +435,7 @@ int RunCli(int argc, char** argv) {
   if (args.command == "attention") return RunAttention(args, client, false);
   if (args.command == "self-attention") return RunAttention(args, client, true);
   if (args.command == "models") return RunModels(args, client);
+  if (args.command == "decode") return RunDecode(args, client);
   return RunHealth(args, client);
 }
 

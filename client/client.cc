@@ -342,5 +342,70 @@ absl::StatusOr<std::vector<v1::AttentionResponse>> AttentionClient::StreamSelfAt
                    [&](grpc::ClientContext* c) { return stub_->StreamSelfAttention(c); });
 }
 
+DecodeStream::DecodeStream(AttentionClient* client, const CallOptions& options) {
+  ApplyOptions(options, &context_);
+  stream_ = client->stub()->StreamDecode(&context_);
+}
+
+DecodeStream::~DecodeStream() {
+  if (!closed_) {
+    context_.TryCancel();
+    Close().IgnoreError();
+  }
+}
+
+absl::StatusOr<v1::AttentionResponse> DecodeStream::Append(v1::DecodeRequest request) {
+  if (!broken_.ok()) return broken_;
+  if (closed_) return absl::FailedPreconditionError("the decode stream is closed");
+  request.set_position(length(request.sequence()));
+  if (request.id().empty()) request.set_id(absl::StrCat(next_id_++));
+  last_request_bytes_ = static_cast<int64_t>(request.ByteSizeLong());
+  v1::AttentionResponse response;
+  if (!stream_->Write(request) || !stream_->Read(&response)) {
+    closed_ = true;
+    broken_ = FromGrpcStatus(stream_->Finish());
+    if (broken_.ok()) broken_ = absl::UnavailableError("the server ended the decode stream");
+    lengths_.clear();  // nothing outlives the stream
+    return broken_;
+  }
+  if (response.id() != request.id()) {
+    return absl::InternalError(absl::StrCat("decode stream: response id '", response.id(),
+                                            "' for request '", request.id(), "'"));
+  }
+  if (response.has_error()) {
+    return absl::Status(static_cast<absl::StatusCode>(response.error().code()),
+                        response.error().message());
+  }
+  if (response.sequence_length() > 0) {
+    lengths_[request.sequence()] = response.sequence_length();
+  } else {
+    lengths_.erase(request.sequence());
+  }
+  return response;
+}
+
+absl::Status DecodeStream::End(const std::string& sequence) {
+  v1::DecodeRequest request;
+  request.set_sequence(sequence);
+  request.set_end(true);
+  return Append(std::move(request)).status();
+}
+
+absl::Status DecodeStream::Close() {
+  if (closed_) return broken_;
+  closed_ = true;
+  stream_->WritesDone();
+  v1::AttentionResponse extra;
+  while (stream_->Read(&extra)) {
+  }
+  broken_ = FromGrpcStatus(stream_->Finish());
+  return broken_;
+}
+
+int64_t DecodeStream::length(const std::string& sequence) const {
+  auto it = lengths_.find(sequence);
+  return it == lengths_.end() ? 0 : it->second;
+}
+
 }  // namespace client
 }  // namespace attention

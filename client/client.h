@@ -18,6 +18,7 @@
 #ifndef CLIENT_CLIENT_H_
 #define CLIENT_CLIENT_H_
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -154,6 +155,56 @@ class AttentionClient {
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::AttentionService::Stub> stub_;
+};
+
+// One StreamDecode stream (docs/api.md, "StreamDecode"): the server keeps
+// each sequence's keys and values while the stream is open, so a step sends
+// only its new tokens. Synchronous: Append waits for its answer. The stream
+// tracks each sequence's length and sets `position` from it.
+//
+//   DecodeStream stream(&client);
+//   v1::DecodeRequest step;
+//   step.set_sequence("a");
+//   *step.mutable_input() = MakeTensor({1, E}, token.data(), DType::kFloat32);
+//   step.mutable_options()->set_model("demo");
+//   step.mutable_options()->set_causal(true);
+//   absl::StatusOr<v1::AttentionResponse> r = stream.Append(step);
+//   ...
+//   stream.End("a");
+//   absl::Status s = stream.Close();
+//
+// Not thread-safe (one stream, one caller).
+class DecodeStream {
+ public:
+  // Opens a stream on the client's channel (the deadline of `options`, if
+  // any, bounds the whole stream).
+  explicit DecodeStream(AttentionClient* client, const CallOptions& options = {});
+  ~DecodeStream();  // closes the stream if Close was not called
+
+  // Sends `request` with `position` set to what the stream knows its sequence
+  // holds, and returns the answer. A refused message is its error as a
+  // status (the stream goes on, the sequence unchanged); a broken stream is
+  // the stream's status (UNAVAILABLE when the server drained: reopen and
+  // resend each sequence's tokens).
+  absl::StatusOr<v1::AttentionResponse> Append(v1::DecodeRequest request);
+  // Frees `sequence` on the server.
+  absl::Status End(const std::string& sequence);
+  // Half-closes and returns the stream's status.
+  absl::Status Close();
+
+  // Keys the server holds for `sequence` (0 when unknown or ended).
+  int64_t length(const std::string& sequence) const;
+  // The serialized size of the last message sent.
+  int64_t last_request_bytes() const { return last_request_bytes_; }
+
+ private:
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::DecodeRequest, v1::AttentionResponse>> stream_;
+  std::map<std::string, int64_t> lengths_;
+  int64_t last_request_bytes_ = 0;
+  int64_t next_id_ = 0;
+  bool closed_ = false;
+  absl::Status broken_;  // once the stream itself failed
 };
 
 // Sets the deadline of `context` from `options` (none when timeout_seconds

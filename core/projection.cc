@@ -247,7 +247,8 @@ void CallProjection::In(int64_t q_rows, int64_t kv_rows, const void* q, const vo
                         const void* v, void* qp, void* kp, void* vp) const {
   const int64_t E = shape_.embed_dim;
   const Elem t = bf16_ ? Elem::kBF16 : Elem::kF32;
-  Project(q_rows, E, E, q, wq_.data, bq_, qp, wq_.packed, t, t);
+  if (q_rows > 0) Project(q_rows, E, E, q, wq_.data, bq_, qp, wq_.packed, t, t);
+  if (kv_rows == 0) return;  // a decode step's queries over held keys only
   Project(kv_rows, shape_.kdim, E, k, wk_.data, bk_, kp, wk_.packed, t, t);
   Project(kv_rows, shape_.vdim, E, v, wv_.data, bv_, vp, wv_.packed, t, t);
 }

@@ -116,8 +116,8 @@ class CallProjection {
   CallProjection(const ProjectionWeights& weights, const ProjectionShape& shape, bool bf16 = false);
 
   // The in-projections: qp [q_rows, E] = q wq^T + bq, and likewise kp, vp
-  // [kv_rows, E] from k [kv_rows, kdim] and v [kv_rows, vdim]. Inputs and
-  // outputs are float32, or bfloat16 with `bf16`.
+  // [kv_rows, E] from k [kv_rows, kdim] and v [kv_rows, vdim] (none when a
+  // count is 0). Inputs and outputs are float32, or bfloat16 with `bf16`.
   void In(int64_t q_rows, int64_t kv_rows, const void* q, const void* k, const void* v, void* qp,
           void* kp, void* vp) const;
 

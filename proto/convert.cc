@@ -191,6 +191,27 @@ absl::Status FromWire(const v1::SelfAttentionRequest& r, AttentionArgs* args,
   return OptionsFromWire(r.options(), args, inline_weights);
 }
 
+absl::Status FromWire(const v1::DecodeRequest& r, AttentionArgs* args,
+                      ProjectionWeights* inline_weights) {
+  if (r.has_input()) {
+    if (r.has_query() || r.has_key() || r.has_value()) {
+      return absl::InvalidArgumentError(
+          "input: give input (self-attention) or query/key/value, not both");
+    }
+    args->self_attention = true;
+    if (absl::Status s = Required(true, r.input(), "input", &args->query); !s.ok()) return s;
+  } else {
+    if (absl::Status s = Required(r.has_query(), r.query(), "query", &args->query); !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = Optional(r.has_key(), r.key(), "key", &args->key); !s.ok()) return s;
+    if (absl::Status s = Optional(r.has_value(), r.value(), "value", &args->value); !s.ok()) {
+      return s;
+    }
+  }
+  return OptionsFromWire(r.options(), args, inline_weights);
+}
+
 v1::Projection ToWire(const ProjectionWeights& weights) {
   v1::Projection p;
   const google::protobuf::Reflection& r = *p.GetReflection();

@@ -44,6 +44,10 @@ absl::Status FromWire(const v1::AttentionRequest& request, AttentionArgs* args,
                       ProjectionWeights* inline_weights);
 absl::Status FromWire(const v1::SelfAttentionRequest& request, AttentionArgs* args,
                       ProjectionWeights* inline_weights);
+// A StreamDecode message: `input` (self-attention) or `query` with optional
+// `key` and `value` (absent: queries over what the sequence holds).
+absl::Status FromWire(const v1::DecodeRequest& request, AttentionArgs* args,
+                      ProjectionWeights* inline_weights);
 
 // Options carrying what `args` says (heads, scale, causal, masks, weights
 // mode, precision, and args.projection as inline weights); tensors copied as they are.

@@ -82,6 +82,17 @@ std::vector<Flag> ServingFlags() {
       {"max-stream-in-flight", "limits", "N",
        [](ServerOptions* o) { return &o->max_stream_in_flight; }, 1, 4096,
        "messages of one stream read but not yet answered (flow control)"},
+      {"max-sequence-tokens", "limits", "N",
+       [](ServerOptions* o) { return &o->max_sequence_tokens; }, 1, int64_t{1} << 30,
+       "StreamDecode: keys (tokens) one sequence may hold; a message that would take it over is "
+       "refused (RESOURCE_EXHAUSTED) and changes nothing"},
+      {"max-sequences-per-stream", "limits", "N",
+       [](ServerOptions* o) { return &o->max_sequences_per_stream; }, 1, 1 << 20,
+       "StreamDecode: sequences one stream may hold at once (end one to start another)"},
+      {"sequence-idle-seconds", "limits", "N",
+       [](ServerOptions* o) { return &o->sequence_idle_seconds; }, 1, kMaxSeconds,
+       "StreamDecode: a sequence untouched this long is freed (its keys and values go back to "
+       "--max-memory-mb); its next message gets FAILED_PRECONDITION saying so"},
       {"receive-timeout-seconds", "limits", "N",
        [](ServerOptions* o) { return &o->receive_timeout_seconds; }, 0, kMaxSeconds,
        "a unary request must arrive within N s of the server starting to read it while other "

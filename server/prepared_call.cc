@@ -212,6 +212,32 @@ absl::Status PrepareCall(const v1::SelfAttentionRequest& r, const ModelRegistry&
   return Prepare(r, models, call);
 }
 
+absl::Status PrepareCall(const v1::DecodeRequest& r, const ModelRegistry& models,
+                         PreparedCall* call) {
+  if (r.options().has_projection()) {
+    return absl::InvalidArgumentError(
+        "options.projection: StreamDecode takes a model loaded on the server (--model), not "
+        "weights sent in the message");
+  }
+  if (r.sequence().size() > kMaxIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequence: ", r.sequence().size(), " bytes; at most ", kMaxIdBytes));
+  }
+  if (r.position() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("position: must not be negative (got ", r.position(), ")"));
+  }
+  if (!r.has_input() && !r.has_query() && !r.has_key() && !r.has_value() && r.end()) {
+    // Only ends the sequence: the options are still checked.
+    if (r.id().size() > kMaxIdBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("id: ", r.id().size(), " bytes; at most ", kMaxIdBytes));
+    }
+    return absl::OkStatus();
+  }
+  return Prepare(r, models, call);
+}
+
 absl::StatusOr<int64_t> PlanCall(const v1::AttentionRequest& request, const ModelRegistry& models,
                                  const ComputeOptions& options, int64_t max_message_bytes) {
   return Plan(request, models, options, max_message_bytes);
@@ -228,6 +254,10 @@ absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::AttentionRequest* r
 }
 
 absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::SelfAttentionRequest* request) {
+  return Parse(bytes, request);
+}
+
+absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::DecodeRequest* request) {
   return Parse(bytes, request);
 }
 

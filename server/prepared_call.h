@@ -45,6 +45,10 @@ absl::Status PrepareCall(const v1::AttentionRequest& request, const ModelRegistr
                          PreparedCall* call);
 absl::Status PrepareCall(const v1::SelfAttentionRequest& request, const ModelRegistry& models,
                          PreparedCall* call);
+// A StreamDecode message: as above; its model must be loaded, and inline
+// projection weights are refused (a sequence outlives its first message).
+absl::Status PrepareCall(const v1::DecodeRequest& request, const ModelRegistry& models,
+                         PreparedCall* call);
 
 // Validates `request` as ComputeResponse will (PrepareCall, then the core's plan
 // under `options`) without computing, and returns the memory its
@@ -64,6 +68,7 @@ absl::StatusOr<int64_t> PlanCall(const v1::SelfAttentionRequest& request,
 // answer to it carries no id).
 absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::AttentionRequest* request);
 absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::SelfAttentionRequest* request);
+absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::DecodeRequest* request);
 
 // The request's `id` read from its bytes without parsing the rest, for an
 // answer to a request refused before it is parsed (its memory did not fit):

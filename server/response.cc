@@ -84,7 +84,8 @@ float* ResponseOutputs::Weights(const std::vector<int64_t>& shape) {
   return reinterpret_cast<float*>(weights_.Allocate(DType::kFloat32, shape, n * sizeof(float)));
 }
 
-grpc::ByteBuffer ResponseOutputs::Encode(const std::string& id, Precision precision) {
+grpc::ByteBuffer ResponseOutputs::Encode(const std::string& id, Precision precision,
+                                         int64_t sequence_length) {
   if (output_.bytes.size() > 0 && !staging_.empty()) {
     ConvertFromFloat32(staging_.data(), output_.bytes.size() / DTypeSize(dtype_), dtype_,
                        output_.data);
@@ -102,6 +103,10 @@ grpc::ByteBuffer ResponseOutputs::Encode(const std::string& id, Precision precis
   if (const v1::Precision p = convert::ToWire(precision); p != v1::PRECISION_FLOAT32) {
     AppendVarint(v1::AttentionResponse::kPrecisionFieldNumber << 3, &head);  // wire type 0
     AppendVarint(p, &head);
+  }
+  if (sequence_length > 0) {
+    AppendVarint(v1::AttentionResponse::kSequenceLengthFieldNumber << 3, &head);
+    AppendVarint(static_cast<uint64_t>(sequence_length), &head);
   }
   if (!head.empty() || slices.empty()) slices.emplace_back(head);
   return grpc::ByteBuffer(slices.data(), slices.size());

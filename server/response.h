@@ -60,7 +60,10 @@ class ResponseOutputs final : public OutputBuffers {
   // Converts a staged half-precision output, then frames an AttentionResponse
   // in field order (id, output, weights, precision: the one the call computed
   // in). Throws std::bad_alloc when memory runs out.
-  grpc::ByteBuffer Encode(const std::string& id, Precision precision = Precision::kFloat32);
+  // `sequence_length` (StreamDecode: the keys its sequence holds after the
+  // message) is framed when not negative.
+  grpc::ByteBuffer Encode(const std::string& id, Precision precision = Precision::kFloat32,
+                          int64_t sequence_length = -1);
 
  private:
   DType dtype_;

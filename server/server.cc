@@ -178,6 +178,9 @@ ServiceLimits LimitsOf(const ServerOptions& options, const MemoryShares& memory,
   limits.max_request_memory_bytes = options.max_request_memory_mb << 20;
   limits.max_request_work = static_cast<double>(options.max_request_gflop) * 1e9;
   limits.max_stream_in_flight = options.max_stream_in_flight;
+  limits.max_sequence_tokens = options.max_sequence_tokens;
+  limits.max_sequences_per_stream = options.max_sequences_per_stream;
+  limits.sequence_idle_seconds = options.sequence_idle_seconds;
   limits.receive_timeout_seconds = options.receive_timeout_seconds;
   limits.max_queue = options.max_queue;
   limits.batch_delay_us = options.batch_delay_us;
@@ -389,6 +392,7 @@ void Server::Drain() {
   // Watch streams are told NOT_SERVING, then finished: they would hold
   // Shutdown to its deadline.
   s.health->Shutdown();
+  s.service->DrainDecodeStreams();
   const auto deadline =
       std::chrono::system_clock::now() +
       std::chrono::milliseconds(static_cast<int64_t>(options_.drain_seconds * 1000));

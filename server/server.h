@@ -51,6 +51,11 @@ struct ServerOptions {
   // (server/receive_gate.h); 0: never.
   int receive_timeout_seconds = 30;
   int64_t max_memory_mb = 0;  // the memory budget; 0 = DefaultMemoryBudgetBytes()
+  // StreamDecode: keys one sequence may hold, sequences one stream may hold,
+  // and how long an untouched sequence is kept (server/decode_stream.h).
+  int64_t max_sequence_tokens = 32768;
+  int max_sequences_per_stream = 64;
+  int sequence_idle_seconds = 600;
   // Connections: streams per connection; idle and age limits (0 = none) with
   // the grace given to calls on an aged connection; the shortest interval
   // between a client's pings without calls.

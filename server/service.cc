@@ -523,6 +523,8 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ListModels(grpc::CallbackServerC
   l->set_compute_threads(executor_->workers() * executor_->threads_per_worker());
   l->set_max_queue(limits_.max_queue);
   l->set_max_stream_in_flight(limits_.max_stream_in_flight);
+  l->set_max_sequence_tokens(limits_.max_sequence_tokens);
+  l->set_max_sequences_per_stream(limits_.max_sequences_per_stream);
   response->set_native_bfloat16(EffectivePrecision(Precision::kBFloat16) == Precision::kBFloat16);
   grpc::ServerUnaryReactor* reactor = new UnaryReactor(this);
   metrics_->Finish(metrics_->Begin("ListModels", context->peer(), 0), absl::OkStatus(),

@@ -29,6 +29,7 @@
 #include "core/executor.h"
 #include "server/batcher.h"
 #include "server/connection_shares.h"
+#include "server/decode_stream.h"
 #include "server/memory_budget.h"
 #include "server/prepared_call.h"
 #include "server/receive_gate.h"
@@ -59,6 +60,10 @@ struct ServiceLimits {
   // Dynamic batching (server/batcher.h): 0 = off.
   int64_t batch_delay_us = 0;
   int batch_max_size = 32;
+  // StreamDecode (server/decode_stream.h).
+  int64_t max_sequence_tokens = 32768;
+  int max_sequences_per_stream = 64;
+  int sequence_idle_seconds = 600;
 };
 
 // The attention methods take and return raw bytes, parsed and encoded by
@@ -70,9 +75,11 @@ using ServiceBase = v1::AttentionService::WithRawCallbackMethod_Attention<
         v1::AttentionService::WithRawCallbackMethod_StreamAttention<
             v1::AttentionService::WithRawCallbackMethod_StreamSelfAttention<
                 v1::AttentionService::WithCallbackMethod_ListModels<
-                    v1::AttentionService::Service>>>>>;
+                    v1::AttentionService::WithRawCallbackMethod_StreamDecode<
+                        v1::AttentionService::Service>>>>>>;
 
 class UnaryReactor;
+class DecodeReactor;
 template <typename Request>
 class UnaryCallReactor;
 template <typename Request>
@@ -92,6 +99,10 @@ class AttentionServiceImpl final : public ServiceBase {
       grpc::CallbackServerContext* context) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* StreamSelfAttention(
       grpc::CallbackServerContext* context) override;
+  // StreamDecode (server/decode_stream.h): one message at a time per stream,
+  // its sequences kept until it ends.
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* StreamDecode(
+      grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
                                        const v1::ListModelsRequest* request,
                                        v1::ListModelsResponse* response) override;
@@ -100,6 +111,10 @@ class AttentionServiceImpl final : public ServiceBase {
   // handler until gRPC is done with it (OnDone): once this is 0 after
   // shutdown began, nothing is left but idle connections.
   int active_calls() const { return active_calls_.load(); }
+
+  // The server drains: decode streams answer what they read, then end with
+  // UNAVAILABLE (so do those opened from now on).
+  void DrainDecodeStreams() { decode_streams_.DrainAll(); }
 
   // Test seam: every computation first sleeps `ms` (batched ones do not).
   // Call before serving.
@@ -115,6 +130,7 @@ class AttentionServiceImpl final : public ServiceBase {
 
  private:
   friend class UnaryReactor;
+  friend class DecodeReactor;
   template <typename Request>
   friend class UnaryCallReactor;
   template <typename Request>
@@ -228,6 +244,7 @@ class AttentionServiceImpl final : public ServiceBase {
   ConnectionShares shares_;           // a quarter of --max-queue each, once 3/4 of it is queued
   ReceiveGate receive_gate_;          // unary requests being received
   std::unique_ptr<Batcher> batcher_;  // null when batching is off
+  DecodeStreams decode_streams_;      // open StreamDecode streams
   std::atomic<int> active_calls_{0};
   int test_compute_delay_ms_ = 0;
 };

@@ -70,6 +70,14 @@ void DescribeRequest(const v1::SelfAttentionRequest& request, CallRecord* call) 
   DescribeOptions(request.options(), call);
 }
 
+void DescribeRequest(const v1::DecodeRequest& request, CallRecord* call) {
+  if (request.has_input()) AddShape("input", request.input(), call);
+  if (request.has_query()) AddShape("query", request.query(), call);
+  if (request.has_key()) AddShape("key", request.key(), call);
+  if (request.has_value()) AddShape("value", request.value(), call);
+  DescribeOptions(request.options(), call);
+}
+
 ServiceMetrics::ServiceMetrics(Registry* registry, Options options, AccessLog* access_log)
     : models_(options.models.begin(), options.models.end()),
       access_log_(access_log),
@@ -120,7 +128,25 @@ ServiceMetrics::ServiceMetrics(Registry* registry, Options options, AccessLog* a
                                      "Time requests waited in the batcher before their "
                                      "computation started (busy compute, or company).",
                                      {}, LatencyBuckets())
-                      .Labels({})) {
+                      .Labels({})),
+      decode_sequences_(registry
+                            ->AddGauge("attention_decode_sequences",
+                                       "Sequences StreamDecode streams hold (their keys and "
+                                       "values kept between messages).")
+                            .Labels({})),
+      decode_bytes_(registry
+                        ->AddGauge("attention_decode_held_bytes",
+                                   "Bytes of keys and values StreamDecode streams hold (in "
+                                   "--max-memory-mb).")
+                        .Labels({})),
+      decode_tokens_(registry
+                         ->AddCounter("attention_decode_tokens_appended_total",
+                                      "Keys (tokens) appended to StreamDecode sequences.")
+                         .Labels({})),
+      decode_expired_(registry
+                          ->AddCounter("attention_decode_sequences_expired_total",
+                                       "Sequences freed after --sequence-idle-seconds untouched.")
+                          .Labels({})) {
   Family<Gauge>& info = registry->AddGauge("attention_model_info",
                                            "A model the server has loaded (value 1).", {"model"});
   for (const std::string& m : options.models) info.Labels({m}).Set(1);
@@ -144,7 +170,9 @@ ServiceMetrics::ServiceMetrics(Registry* registry, Options options, AccessLog* a
                  "Requests that may wait for compute (--max-queue).")
       .Labels({})
       .Set(options.max_queue);
-  for (const char* rpc : {"StreamAttention", "StreamSelfAttention"}) streams_open_.Labels({rpc});
+  for (const char* rpc : {"StreamAttention", "StreamSelfAttention", "StreamDecode"}) {
+    streams_open_.Labels({rpc});
+  }
   if (access_log_ != nullptr) {
     registry->AddCallback("attention_access_log_dropped_total",
                           "Access log lines dropped because the writer fell behind.", "counter",
@@ -240,6 +268,17 @@ void ServiceMetrics::Log(const CallRecord& call, const absl::Status& status,
   // Replacement characters for invalid UTF-8 (a model name is the client's bytes).
   access_log_->Append(line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
+
+void ServiceMetrics::DecodeHeld(int64_t sequences, int64_t bytes) {
+  decode_sequences_.Inc(static_cast<double>(sequences));
+  decode_bytes_.Inc(static_cast<double>(bytes));
+}
+
+void ServiceMetrics::DecodeAppended(int64_t tokens) {
+  decode_tokens_.Inc(static_cast<double>(tokens));
+}
+
+void ServiceMetrics::DecodeExpired() { decode_expired_.Inc(); }
 
 void ServiceMetrics::StreamOpened(const char* rpc) { streams_open_.Labels({rpc}).Inc(); }
 void ServiceMetrics::StreamClosed(const char* rpc) { streams_open_.Labels({rpc}).Dec(); }

@@ -59,6 +59,7 @@ struct CallRecord {
 // The model and the tensor shapes of a request (never their data).
 void DescribeRequest(const v1::AttentionRequest& request, CallRecord* call);
 void DescribeRequest(const v1::SelfAttentionRequest& request, CallRecord* call);
+void DescribeRequest(const v1::DecodeRequest& request, CallRecord* call);
 
 class ServiceMetrics {
  public:
@@ -84,6 +85,12 @@ class ServiceMetrics {
   // The call is answered with `status` and `bytes_out` response bytes:
   // counts it, observes its latencies, logs it; INTERNAL also goes to stderr.
   void Finish(const CallRecord& call, const absl::Status& status, int64_t bytes_out);
+
+  // StreamDecode: sequences and bytes held (changes), tokens appended, a
+  // sequence freed for being idle.
+  void DecodeHeld(int64_t sequences, int64_t bytes);
+  void DecodeAppended(int64_t tokens);
+  void DecodeExpired();
 
   void StreamOpened(const char* rpc);
   void StreamClosed(const char* rpc);
@@ -111,6 +118,10 @@ class ServiceMetrics {
   Family<Gauge>& streams_open_;
   Histogram& batch_size_;
   Histogram& batch_wait_;
+  Gauge& decode_sequences_;
+  Gauge& decode_bytes_;
+  Counter& decode_tokens_;
+  Counter& decode_expired_;
 };
 
 }  // namespace server

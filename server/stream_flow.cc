@@ -18,7 +18,7 @@ void StreamFlow::ReadDone(const std::shared_ptr<Slot>& slot) {
   if (slot == nullptr) reads_done_ = true;
   // Nobody hears an answer once a write failed or the client cancelled: the
   // message is not computed (a read can complete after the cancellation).
-  if (slot != nullptr && !cut_) {
+  if (slot != nullptr && !cut_ && !draining_ && !finished_) {
     slots_.push_back(slot);
     if (!slot->answered) {
       ++computing_;
@@ -58,8 +58,14 @@ void StreamFlow::Cancelled() {
   FinishIfDone();
 }
 
+void StreamFlow::Drain() {
+  draining_ = true;
+  mu_.Lock();  // FinishIfDone releases it
+  FinishIfDone();
+}
+
 void StreamFlow::ReadNext() {
-  if (reading_ || reads_done_ || cut_) return;
+  if (reading_ || reads_done_ || cut_ || draining_) return;
   if (static_cast<int>(slots_.size()) >= max_in_flight_) return;
   reading_ = true;
   IssueRead();
@@ -72,14 +78,15 @@ void StreamFlow::WriteNext() {
 }
 
 void StreamFlow::FinishIfDone() {
-  if (finished_ || reading_ || writing_ || computing_ > 0) {
+  // A draining stream does not wait for the client's next message.
+  if (finished_ || (reading_ && !draining_) || writing_ || computing_ > 0) {
     mu_.Unlock();
     return;
   }
   // A cut stream ends at once (the answers left are dropped: nobody hears
   // them); otherwise once the client's writes are done and every answer is out.
   const bool cut = cut_;
-  if (!cut && (!reads_done_ || !slots_.empty())) {
+  if (!cut && ((!reads_done_ && !draining_) || !slots_.empty())) {
     mu_.Unlock();
     return;
   }

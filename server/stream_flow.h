@@ -66,10 +66,16 @@ class StreamFlow {
   void Computed(const std::shared_ptr<Slot>& slot, const grpc::ByteBuffer& response);
   // The client cancelled (or the deadline passed).
   void Cancelled();
+  // The server drains: no more messages are read; once every message read
+  // is answered and written, the stream finishes (even with a read pending:
+  // a message that arrives then is not computed), IssueFinish seeing
+  // draining() true.
+  void Drain();
 
   // True once nobody will hear more (the client cancelled or a write
   // failed): computations poll it and stop early.
   const std::atomic<bool>* cut() const { return &cut_; }
+  bool draining() const { return draining_; }
 
  protected:
   // Actions.
@@ -106,6 +112,7 @@ class StreamFlow {
   // Once a write failed or the client cancelled nobody hears more: nothing
   // more is read, computed or written.
   std::atomic<bool> cut_{false};
+  std::atomic<bool> draining_{false};
 };
 
 }  // namespace server

@@ -111,7 +111,7 @@ class RecordingStream final : public StreamFlow {
   }
   void IssueFinish(bool cut) override {
     if (finishes_ > 0) Violate("Finish twice");
-    if (read_pending_ || write_pending_ || !computing_.empty()) {
+    if ((read_pending_ && !draining()) || write_pending_ || !computing_.empty()) {
       Violate("Finish with a read, write or computation pending");
     }
     ++finishes_;
@@ -164,6 +164,32 @@ TEST(StreamFlow, ACancellationWhileComputingFinishesWhenTheComputationReports) {
   EXPECT_FALSE(s.write_pending());  // nobody hears it
   EXPECT_EQ(s.finishes(), 1);
   EXPECT_TRUE(s.finished_cut());
+  EXPECT_EQ(s.violation(), "");
+}
+
+// Draining: what was read is answered and written, then the stream finishes
+// without waiting for the client's next message; one that arrives after is
+// not computed.
+TEST(StreamFlow, ADrainingStreamAnswersWhatItReadThenFinishes) {
+  RecordingStream s(4);
+  s.Begin();
+  s.EndRead(RecordingStream::NewMessage(0, false));
+  s.EndRead(RecordingStream::NewMessage(1, false));
+  ASSERT_TRUE(s.read_pending());
+  s.Drain();
+  EXPECT_EQ(s.finishes(), 0);  // two computations pending
+  s.Compute(0);
+  s.EndWrite(true);
+  EXPECT_EQ(s.finishes(), 0);
+  s.Compute(0);
+  EXPECT_EQ(s.finishes(), 0);  // its answer is being written
+  s.EndWrite(true);
+  EXPECT_EQ(s.finishes(), 1);
+  EXPECT_FALSE(s.finished_cut());
+  EXPECT_THAT(s.heard(), ::testing::ElementsAre("answer 0", "answer 1"));
+  s.EndRead(RecordingStream::NewMessage(2, false));  // the pending read, after Finish
+  EXPECT_EQ(s.computations_issued(), 2);
+  EXPECT_EQ(s.finishes(), 1);
   EXPECT_EQ(s.violation(), "");
 }
 

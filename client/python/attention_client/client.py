@@ -63,7 +63,8 @@ class Error(Exception):
     code : grpc.StatusCode
         The status code, e.g. ``grpc.StatusCode.INVALID_ARGUMENT``.
     message : str
-        The server's message; it names the field and the problem.
+        The server's message; it names the field and the problem. On a TLS
+        channel, a failed handshake's message also says what to check.
 
     ``str(error)`` is ``"CODE_NAME: message"``.
     """
@@ -86,10 +87,39 @@ _QUOTA_CANCEL_EXPLANATION = (
     "or send smaller requests")
 
 
-def _error_from_rpc(e):
+def _explain_tls_failure(message, client_certificate):
+    """What to check when a call on a TLS channel failed with UNAVAILABLE
+    `message`, in the C++ client's words (client/security.h and
+    client/client.cc), or None when it is no TLS failure. gRPC reports an
+    untrusted or misnamed server certificate (or a port without TLS) as a
+    failed handshake, but a server that refuses the client's certificate, or
+    wanted one and got none, closes the connection during the handshake: that
+    reads only "Socket closed" (or "Connection reset"), and only a connection
+    that failed ("failed to connect") says so while connecting: a reset in the
+    middle of a call (a replica dying) is no handshake."""
+    m = message.lower()
+    if "handshake" in m or "peer certificate" in m or "certificate verify" in m:
+        return ("TLS handshake failed (check tls_ca, tls_server_name and the client "
+                "certificate): " + message)
+    if "failed to connect" in m and ("socket closed" in m or "connection reset" in m):
+        if client_certificate:
+            check = ("the server may have refused the client certificate (tls_cert must be "
+                     "signed by a CA in the server's --tls-client-ca)")
+        else:
+            check = "the server may require a client certificate (tls_cert and tls_key)"
+        return (f"the TLS connection was closed during the handshake: {check}, or it does "
+                f"not serve TLS on this port ({message})")
+    return None
+
+
+def _error_from_rpc(e, tls=None):
+    """The Error of a failed call; `tls` is None on a plaintext channel, else
+    whether the channel has a client certificate."""
     message = e.details() or ""
     if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and message.startswith(_QUOTA_CANCEL):
         message += _QUOTA_CANCEL_EXPLANATION
+    if e.code() == grpc.StatusCode.UNAVAILABLE and tls is not None:
+        message = _explain_tls_failure(message, tls) or message
     return Error(e.code(), message)
 
 
@@ -329,6 +359,7 @@ class Client:
             self._new_channel = lambda: grpc.secure_channel(target, credentials, options)
         else:
             self._new_channel = lambda: grpc.insecure_channel(target, options)
+        self._tls = bool(tls_cert) if secure else None  # what a failed call's Error explains
         if token is None and secure:
             token = os.environ.get("ATTENTION_TOKEN")
         self._metadata = (("authorization", "Bearer " + token),) if token else None
@@ -370,7 +401,7 @@ class Client:
         """Raise `error` as an Error unless it may be retried; else back off and
         reconnect."""
         if error.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self._retries:
-            raise _error_from_rpc(error) from None
+            raise _error_from_rpc(error, self._tls) from None
         time.sleep(min(0.1 * 2 ** attempt, 1.0) * random.uniform(0.75, 1.0))
         self._reconnect(stubs)
 

@@ -1,8 +1,9 @@
 """attention_client.Client against a real attention-server, checked against
 the committed PyTorch fixtures (no torch needed): every method, streams with a
 refused message in the middle, errors, wire dtypes, masks, non-contiguous
-inputs, retries; TLS, mutual TLS and tokens against attention-server, and what
-the client sends against an in-process Python gRPC server."""
+inputs, retries; TLS, mutual TLS and tokens against attention-server (and what
+a refused handshake's error says to check), and what the client sends against
+an in-process Python gRPC server."""
 
 import os
 import shutil
@@ -398,12 +399,16 @@ class AttentionServerSecurityTest(unittest.TestCase):
     """attention-server with mutual TLS and tokens, certificates from
     scripts/make-certs.sh."""
 
-    def test_mutual_tls_and_tokens(self):
+    def certificates(self):
+        """A path function into a new directory of scripts/make-certs.sh's files."""
         tmp = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, tmp)
         subprocess.run(["bash", os.path.join(SOURCE_DIR, "scripts", "make-certs.sh"), tmp],
                        check=True, capture_output=True)
-        path = lambda n: os.path.join(tmp, n)  # noqa: E731
+        return lambda n: os.path.join(tmp, n)
+
+    def test_mutual_tls_and_tokens(self):
+        path = self.certificates()
         with open(path("tokens"), "w") as f:
             f.write("# callers\npython-token\n")
         server = Server([*MODEL_FLAGS, "--tls-cert", path("server.pem"), "--tls-key",
@@ -427,6 +432,54 @@ class AttentionServerSecurityTest(unittest.TestCase):
             with self.assertRaises(Error) as e:  # no client certificate
                 client.models(timeout=5)
             self.assertEqual(e.exception.code, grpc.StatusCode.UNAVAILABLE)
+
+    def test_a_refused_handshake_says_what_to_check(self):
+        # gRPC reads a server that closes the handshake (it refused the client
+        # certificate) as UNAVAILABLE "Socket closed" alone; the error says
+        # what to check, as attention-client does.
+        path = self.certificates()
+        server = Server(["--tls-cert", path("server.pem"), "--tls-key", path("server.key"),
+                         "--tls-client-ca", path("ca.pem")])
+        self.addCleanup(server.stop)
+        cases = [
+            ({"tls_cert": path("rogue-client.pem"), "tls_key": path("rogue-client.key")},
+             ["closed during the handshake", "refused the client certificate",
+              "tls_cert must be signed by a CA in the server's --tls-client-ca"]),
+            ({}, ["closed during the handshake", "may require a client certificate",
+                  "tls_cert and tls_key"]),
+        ]
+        for kwargs, hints in cases:
+            with Client(server.target, tls_ca=path("ca.pem"), **kwargs) as client:
+                with self.assertRaises(Error) as e:
+                    client.health(timeout=5)
+            self.assertEqual(e.exception.code, grpc.StatusCode.UNAVAILABLE)
+            for hint in hints:
+                self.assertIn(hint, e.exception.message)
+        # A server certificate the client does not trust (signed by a CA it
+        # was not given) fails the handshake on the client's side.
+        with Client(server.target, tls_ca=path("rogue-ca.pem"), tls_cert=path("client.pem"),
+                    tls_key=path("client.key")) as client:
+            with self.assertRaises(Error) as e:
+                client.health(timeout=5)
+        self.assertEqual(e.exception.code, grpc.StatusCode.UNAVAILABLE)
+        self.assertIn("TLS handshake failed (check tls_ca, tls_server_name", e.exception.message)
+        # The same certificate the server trusts is served, and a plaintext
+        # channel's failure is left as gRPC says it.
+        with Client(server.target, tls_ca=path("ca.pem"), tls_cert=path("client.pem"),
+                    tls_key=path("client.key")) as client:
+            self.assertEqual(client.health(), "SERVING")
+        with Client(server.target) as client:
+            with self.assertRaises(Error) as e:
+                client.health(timeout=5)
+        self.assertNotIn("TLS", e.exception.message)
+        # A connection reset in the middle of a call (a replica dying) is no
+        # handshake: only a failure to connect gets the hint.
+        from attention_client.client import _explain_tls_failure
+        self.assertIsNone(_explain_tls_failure("Connection reset", True))
+        self.assertIsNone(_explain_tls_failure("Socket closed", False))
+        self.assertIn("--tls-client-ca", _explain_tls_failure(
+            "failed to connect to all addresses; last error: UNAVAILABLE: "
+            "ipv4:127.0.0.1:1: Socket closed", True))
 
 
 class PackageTest(unittest.TestCase):

@@ -1,0 +1,470 @@
+#include "core/decode.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "core/arith.h"
+#include "core/decode_kernels.h"
+#include "core/guard.h"
+
+namespace attention {
+namespace {
+
+constexpr int64_t kBlock = SequenceCache::kBlockTokens;
+
+int64_t ElementBytes(const SequenceShape& s) { return s.bfloat16 ? 2 : 4; }
+
+// A sequence's message disagrees with what its first message fixed.
+absl::Status Differs(absl::string_view field, const std::string& got, const std::string& held) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, ": ", got, " differs from the sequence's ", held,
+      " (fixed by its first message; leave it unset or repeat it, or start a new sequence)"));
+}
+
+// The rows of a rank-2 [rows, width] or rank-3 [1, rows, width] tensor.
+absl::Status Rows(const TensorView& v, absl::string_view name, int64_t* rows, int64_t* width) {
+  if (absl::Status s = CheckFloatTensor(v, name); !s.ok()) return s;
+  if (v.shape.size() == 3 && v.shape[0] != 1) {
+    return InvalidField(name, absl::StrCat("shape ", ShapeString(v.shape),
+                                           ": StreamDecode takes one sequence a message, [T, E] "
+                                           "or [1, T, E]; name each sequence in `sequence`"));
+  }
+  if (v.shape.size() != 2 && v.shape.size() != 3) {
+    return InvalidField(name, absl::StrCat("shape ", ShapeString(v.shape),
+                                           ": StreamDecode takes [T, E] or [1, T, E]"));
+  }
+  *rows = v.shape[v.shape.size() - 2];
+  *width = v.shape.back();
+  return absl::OkStatus();
+}
+
+// The shape a message gives its sequence (before comparing with a held one).
+struct Message {
+  SequenceShape shape;
+  int64_t queries = 0, keys = 0;
+  int64_t query_width = 0, key_width = 0, value_width = 0;
+  ProjectionShape projection;
+};
+
+absl::Status ReadTensors(const AttentionArgs& a, Message* m) {
+  const char* qname = a.self_attention ? "input" : "query";
+  if (absl::Status s = Rows(a.query, qname, &m->queries, &m->query_width); !s.ok()) return s;
+  if (m->queries == 0) return InvalidField(qname, "no rows: send at least one token");
+  if (a.self_attention) {
+    m->keys = m->queries;
+    m->key_width = m->value_width = m->query_width;
+    return absl::OkStatus();
+  }
+  if (a.key.has_value() != a.value.has_value()) {
+    return InvalidField(a.key ? "value" : "key", "required with the other (send both or neither)");
+  }
+  if (!a.key) return absl::OkStatus();
+  int64_t value_rows = 0;
+  if (absl::Status s = Rows(*a.key, "key", &m->keys, &m->key_width); !s.ok()) return s;
+  if (absl::Status s = Rows(*a.value, "value", &value_rows, &m->value_width); !s.ok()) return s;
+  if (value_rows != m->keys) {
+    return InvalidField("value", absl::StrCat("shape ", ShapeString(a.value->shape), " has ",
+                                              value_rows, " rows where key has ", m->keys));
+  }
+  if (a.key->shape.size() != a.query.shape.size() ||
+      a.value->shape.size() != a.query.shape.size()) {
+    return InvalidField("key", "must have the query's rank");
+  }
+  return absl::OkStatus();
+}
+
+// Heads and head dims from the message alone; `held` fills what it leaves unset.
+absl::Status ReadShape(const AttentionArgs& a, const SequenceCache* held, Message* m) {
+  SequenceShape& s = m->shape;
+  s.projection = a.projection != nullptr ? a.projection
+                 : held != nullptr       ? held->shape().projection
+                                         : nullptr;
+  s.num_heads = a.num_heads > 0 ? a.num_heads : held != nullptr ? held->shape().num_heads : 0;
+  if (s.num_heads <= 0) return InvalidField("options.num_heads", "required (at least 1)");
+  const bool has_keys = a.self_attention || a.key.has_value();
+  if (s.projection != nullptr) {
+    absl::StatusOr<ProjectionShape> ps = ValidateProjection(*s.projection, "options.projection.");
+    if (!ps.ok()) return ps.status();
+    m->projection = *ps;
+    s.embed_dim = ps->embed_dim;
+    if (m->query_width != ps->embed_dim) {
+      return InvalidField(
+          a.self_attention ? "input" : "query",
+          absl::StrCat("width ", m->query_width, " does not match the model's ", ps->embed_dim));
+    }
+    if (has_keys && !a.self_attention && (m->key_width != ps->kdim || m->value_width != ps->vdim)) {
+      return InvalidField(
+          m->key_width != ps->kdim ? "key" : "value",
+          absl::StrCat("width ", m->key_width != ps->kdim ? m->key_width : m->value_width,
+                       " does not match the model's ",
+                       m->key_width != ps->kdim ? ps->kdim : ps->vdim));
+    }
+    if (ps->embed_dim % s.num_heads != 0) {
+      return InvalidField("options.num_heads",
+                          absl::StrCat(s.num_heads, " does not divide ", ps->embed_dim));
+    }
+    if (a.num_kv_heads != 0 && a.num_kv_heads != s.num_heads) {
+      return InvalidField("options.num_kv_heads",
+                          "grouped-query heads need plain attention (no model)");
+    }
+    s.num_kv_heads = s.num_heads;
+    s.head_dim = s.value_dim = ps->embed_dim / s.num_heads;
+  } else {
+    const int64_t kv = a.num_kv_heads > 0 ? a.num_kv_heads
+                       : a.self_attention ? s.num_heads
+                       : held != nullptr  ? held->shape().num_kv_heads
+                                          : s.num_heads;
+    if (kv <= 0 || s.num_heads % kv != 0) {
+      return InvalidField("options.num_kv_heads",
+                          absl::StrCat(kv, " does not divide num_heads ", s.num_heads));
+    }
+    s.num_kv_heads = kv;
+    if (m->query_width % s.num_heads != 0) {
+      return InvalidField(
+          a.self_attention ? "input" : "query",
+          absl::StrCat("width ", m->query_width, " is not a multiple of num_heads ", s.num_heads));
+    }
+    s.head_dim = m->query_width / s.num_heads;
+    if (a.self_attention && kv != s.num_heads) {
+      return InvalidField("options.num_kv_heads", "self-attention uses num_heads key heads");
+    }
+    if (has_keys) {
+      if (m->key_width != kv * s.head_dim) {
+        return InvalidField("key", absl::StrCat("width ", m->key_width, " is not num_kv_heads (",
+                                                kv, ") x the head dim ", s.head_dim));
+      }
+      if (m->value_width % kv != 0) {
+        return InvalidField("value", absl::StrCat("width ", m->value_width,
+                                                  " is not a multiple of num_kv_heads ", kv));
+      }
+      s.value_dim = m->value_width / kv;
+    } else {
+      s.value_dim = held != nullptr ? held->shape().value_dim : s.head_dim;
+    }
+  }
+  s.scale = a.scale.has_value() ? *a.scale
+            : held != nullptr   ? held->shape().scale
+                                : 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+  s.bfloat16 = a.precision == Precision::kBFloat16 || (held != nullptr && held->shape().bfloat16);
+  return absl::OkStatus();
+}
+
+absl::Status CompareWithHeld(const SequenceShape& got, const SequenceShape& held) {
+  if (got.projection != held.projection) {
+    return Differs("options.model", got.projection ? "this model" : "no model",
+                   held.projection ? "model" : "plain attention");
+  }
+  if (got.num_heads != held.num_heads) {
+    return Differs("options.num_heads", absl::StrCat(got.num_heads), absl::StrCat(held.num_heads));
+  }
+  if (got.num_kv_heads != held.num_kv_heads) {
+    return Differs("options.num_kv_heads", absl::StrCat(got.num_kv_heads),
+                   absl::StrCat(held.num_kv_heads));
+  }
+  if (got.head_dim != held.head_dim || got.value_dim != held.value_dim) {
+    return Differs("the head dims", absl::StrCat(got.head_dim, "/", got.value_dim),
+                   absl::StrCat(held.head_dim, "/", held.value_dim));
+  }
+  if (got.scale != held.scale) {
+    return Differs("options.scale", absl::StrCat(got.scale), absl::StrCat(held.scale));
+  }
+  return absl::OkStatus();
+}
+
+// A view of `floats` float32 elements (for planning; never read).
+TensorView Planned(std::vector<int64_t> shape) {
+  static const float kNothing = 0;
+  const auto bytes = static_cast<size_t>(ShapeProduct<int64_t>(shape) * 4);
+  return TensorView{DType::kFloat32, std::move(shape), &kNothing, bytes};
+}
+
+// The gathered call (ComputeAttention over the held keys) for `plan`.
+AttentionArgs Gathered(const DecodePlan& plan, WeightsMode weights) {
+  const SequenceShape& s = plan.shape;
+  const int64_t S = plan.length_after;
+  AttentionArgs g;
+  g.query = Planned({1, plan.queries, s.num_heads * s.head_dim});
+  g.key = Planned({1, S, s.num_kv_heads * s.head_dim});
+  g.value = Planned({1, S, s.num_kv_heads * s.value_dim});
+  g.num_heads = s.num_heads;
+  g.num_kv_heads = s.num_kv_heads;
+  g.scale = s.scale;
+  g.weights = weights;
+  return g;
+}
+
+bool UsesKernel(const AttentionArgs& a, const DecodePlan& plan) {
+  return a.weights == WeightsMode::kNone && plan.queries <= kStepMaxQueries;
+}
+
+}  // namespace
+
+int64_t SequenceShape::TokenBytes() const {
+  return num_kv_heads * (head_dim + value_dim) * (bfloat16 ? 2 : 4);
+}
+
+bool SequenceShape::operator==(const SequenceShape& o) const {
+  return num_heads == o.num_heads && num_kv_heads == o.num_kv_heads && head_dim == o.head_dim &&
+         value_dim == o.value_dim && embed_dim == o.embed_dim && scale == o.scale &&
+         bfloat16 == o.bfloat16 && projection == o.projection;
+}
+
+SequenceCache::SequenceCache(const SequenceShape& shape) : shape_(shape) {}
+SequenceCache::~SequenceCache() = default;
+
+void SequenceCache::FreeBlock::operator()(void* p) const { std::free(p); }
+
+int64_t SequenceCache::BlockBytes() const {
+  return internal::RoundUp(kBlock * shape_.TokenBytes(), 64);
+}
+
+int64_t SequenceCache::AppendBytes(int64_t tokens) const {
+  const int64_t needed = internal::CeilDiv(length_ + tokens, kBlock);
+  return std::max<int64_t>(0, needed - blocks()) * BlockBytes();
+}
+
+const void* SequenceCache::Keys(int64_t block, int64_t g) const {
+  const int64_t e = ElementBytes(shape_);
+  return blocks_[block].get() + g * kBlock * (shape_.head_dim + shape_.value_dim) * e;
+}
+
+const void* SequenceCache::Values(int64_t block, int64_t g) const {
+  return static_cast<const char*>(Keys(block, g)) + kBlock * shape_.head_dim * ElementBytes(shape_);
+}
+
+void SequenceCache::Append(int64_t tokens, const float* keys, int64_t key_stride,
+                           const float* values, int64_t value_stride) {
+  const int64_t needed = internal::CeilDiv(length_ + tokens, kBlock);
+  const size_t had = blocks_.size();
+  try {
+    while (blocks() < needed) {
+      void* p = std::aligned_alloc(64, static_cast<size_t>(BlockBytes()));
+      if (p == nullptr) throw std::bad_alloc();
+      blocks_.emplace_back(static_cast<char*>(p));
+    }
+  } catch (...) {
+    blocks_.resize(had);
+    throw;
+  }
+  const int64_t D = shape_.head_dim, Dv = shape_.value_dim;
+  for (int64_t i = 0; i < tokens; ++i) {
+    const int64_t pos = length_ + i, b = pos / kBlock, j = pos % kBlock;
+    for (int64_t g = 0; g < shape_.num_kv_heads; ++g) {
+      const float* k = keys + i * key_stride + g * D;
+      const float* v = values + i * value_stride + g * Dv;
+      auto* kd = const_cast<char*>(static_cast<const char*>(Keys(b, g)));
+      auto* vd = const_cast<char*>(static_cast<const char*>(Values(b, g)));
+      if (shape_.bfloat16) {
+        FloatsToBFloat16(k, D, reinterpret_cast<uint16_t*>(kd) + j * D);
+        FloatsToBFloat16(v, Dv, reinterpret_cast<uint16_t*>(vd) + j * Dv);
+      } else {
+        std::memcpy(reinterpret_cast<float*>(kd) + j * D, k, D * sizeof(float));
+        std::memcpy(reinterpret_cast<float*>(vd) + j * Dv, v, Dv * sizeof(float));
+      }
+    }
+  }
+  length_ += tokens;
+}
+
+void SequenceCache::Truncate(int64_t length) {
+  length_ = std::min(length_, length);
+  blocks_.resize(static_cast<size_t>(internal::CeilDiv(length_, kBlock)));
+}
+
+absl::StatusOr<DecodePlan> PlanDecode(const AttentionArgs& a, const SequenceCache* held,
+                                      const ComputeOptions& options) {
+  if (a.attn_mask)
+    return InvalidField("options.attn_mask", "not taken by StreamDecode (use causal)");
+  if (a.key_padding_mask) {
+    return InvalidField("options.key_padding_mask",
+                        "not taken by StreamDecode (send only the tokens to attend)");
+  }
+  Message m;
+  if (absl::Status s = ReadTensors(a, &m); !s.ok()) return s;
+  if (absl::Status s = ReadShape(a, held, &m); !s.ok()) return s;
+  if (held != nullptr) {
+    if (absl::Status s = CompareWithHeld(m.shape, held->shape()); !s.ok()) return s;
+  }
+  DecodePlan plan;
+  plan.shape = m.shape;
+  plan.queries = m.queries;
+  plan.new_keys = m.keys;
+  const int64_t P = held != nullptr ? held->length() : 0;
+  plan.length_after = P + m.keys;
+  plan.append_bytes = held != nullptr ? held->AppendBytes(m.keys) : [&] {
+    SequenceCache empty(m.shape);
+    return empty.AppendBytes(m.keys);
+  }();
+  const SequenceShape& s = m.shape;
+  const int64_t T = m.queries, out_width = s.projection ? s.embed_dim : s.num_heads * s.value_dim;
+  const bool rank3 = a.query.shape.size() == 3;
+  plan.output_shape =
+      rank3 ? std::vector<int64_t>{1, T, out_width} : std::vector<int64_t>{T, out_width};
+  if (a.weights != WeightsMode::kNone) {
+    plan.weights_shape = {T, plan.length_after};
+    if (a.weights == WeightsMode::kPerHead)
+      plan.weights_shape.insert(plan.weights_shape.begin(), s.num_heads);
+    if (rank3) plan.weights_shape.insert(plan.weights_shape.begin(), 1);
+  }
+  // Intermediates, in floats: the inputs converted, the projections, the
+  // heads' output, the output; then the attention's own.
+  double floats = T * m.query_width + m.keys * (m.key_width + m.value_width) +
+                  T * s.num_heads * s.head_dim +
+                  m.keys * s.num_kv_heads * (s.head_dim + s.value_dim) +
+                  T * s.num_heads * s.value_dim + T * out_width;
+  double bytes = 0;
+  if (UsesKernel(a, plan)) {
+    const double units = s.num_kv_heads * (internal::CeilDiv(plan.length_after, kBlock) + 1);
+    const auto group = static_cast<double>(s.num_heads / s.num_kv_heads);  // exact
+    floats += units * group * static_cast<double>(T * (s.value_dim + 2));
+  } else {
+    floats += static_cast<double>(plan.length_after) * s.num_kv_heads * (s.head_dim + s.value_dim);
+    bytes += static_cast<double>(T) * plan.length_after;  // the causal mask
+    absl::StatusOr<AttentionPlanInfo> g = PlanAttention(Gathered(plan, a.weights), options);
+    if (!g.ok()) return g.status();
+    bytes += static_cast<double>(g->memory_bytes);
+  }
+  bytes += 4 * floats;
+  if (bytes > static_cast<double>(options.max_memory_bytes)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the message needs about ", static_cast<int64_t>(bytes / (1 << 20)) + 1,
+        " MiB to compute, over the per-request limit of ", options.max_memory_bytes >> 20,
+        " MiB; send fewer tokens a message or ask for no weights"));
+  }
+  plan.memory_bytes = static_cast<int64_t>(bytes);
+  return plan;
+}
+
+namespace {
+
+// Forwards ComputeAttention's results to where the step wants them.
+class Redirect final : public OutputBuffers {
+ public:
+  Redirect(float* output, OutputBuffers* outer, std::vector<int64_t> weights_shape)
+      : output_(output), outer_(outer), weights_shape_(std::move(weights_shape)) {}
+  float* Output(const std::vector<int64_t>&) override { return output_; }
+  float* Weights(const std::vector<int64_t>&) override { return outer_->Weights(weights_shape_); }
+
+ private:
+  float* output_;
+  OutputBuffers* outer_;
+  std::vector<int64_t> weights_shape_;
+};
+
+// The attention of the step's queries `q` [T, H*D] over everything held,
+// into `heads` [T, H*Dv], through ComputeAttention on gathered keys.
+absl::Status GatheredAttention(const AttentionArgs& a, const DecodePlan& plan,
+                               const SequenceCache& cache, int64_t held_before, const float* q,
+                               const ComputeOptions& options, float* heads,
+                               OutputBuffers* outputs) {
+  const SequenceShape& s = plan.shape;
+  const int64_t S = cache.length(), T = plan.queries, D = s.head_dim, Dv = s.value_dim;
+  const int64_t Hkv = s.num_kv_heads;
+  std::vector<float> keys(S * Hkv * D), values(S * Hkv * Dv);
+  for (int64_t pos = 0; pos < S; ++pos) {
+    const int64_t b = pos / kBlock, j = pos % kBlock;
+    for (int64_t g = 0; g < Hkv; ++g) {
+      float* k = keys.data() + pos * Hkv * D + g * D;
+      float* v = values.data() + pos * Hkv * Dv + g * Dv;
+      if (s.bfloat16) {
+        const auto* kb = static_cast<const uint16_t*>(cache.Keys(b, g)) + j * D;
+        const auto* vb = static_cast<const uint16_t*>(cache.Values(b, g)) + j * Dv;
+        for (int64_t d = 0; d < D; ++d) k[d] = BFloat16ToFloat(kb[d]);
+        for (int64_t d = 0; d < Dv; ++d) v[d] = BFloat16ToFloat(vb[d]);
+      } else {
+        std::memcpy(k, static_cast<const float*>(cache.Keys(b, g)) + j * D, D * sizeof(float));
+        std::memcpy(v, static_cast<const float*>(cache.Values(b, g)) + j * Dv, Dv * sizeof(float));
+      }
+    }
+  }
+  AttentionArgs g = Gathered(plan, a.weights);
+  g.query.data = q;
+  g.key->data = keys.data();
+  g.value->data = values.data();
+  std::vector<uint8_t> mask;
+  if (a.causal && held_before == 0) {
+    g.causal = true;  // top-left: query i attends keys j <= i
+  } else if (a.causal) {
+    mask.resize(T * S);
+    for (int64_t i = 0; i < T; ++i) {
+      for (int64_t j = 0; j < S; ++j) mask[i * S + j] = j > held_before + i;
+    }
+    g.attn_mask = TensorView{DType::kBool, {T, S}, mask.data(), mask.size()};
+  }
+  Redirect redirect(heads, outputs, plan.weights_shape);
+  return ComputeAttention(g, options, &redirect);
+}
+
+}  // namespace
+
+absl::Status DecodeStep(const AttentionArgs& a, SequenceCache* cache, const ComputeOptions& options,
+                        OutputBuffers* outputs) {
+  absl::StatusOr<DecodePlan> planned = PlanDecode(a, cache, options);
+  if (!planned.ok()) return planned.status();
+  const DecodePlan& plan = *planned;
+  if (!(plan.shape == cache->shape())) {
+    return absl::InternalError("DecodeStep: the cache was made for another shape");
+  }
+  if (options.check) {
+    if (absl::Status s = options.check(); !s.ok()) return s;
+  }
+  const int64_t held_before = cache->length();
+  absl::Status status = GuardStatus([&]() -> absl::Status {
+    const SequenceShape& s = plan.shape;
+    const int64_t T = plan.queries, Tk = plan.new_keys;
+    const int64_t qw = s.num_heads * s.head_dim, kw = s.num_kv_heads * s.head_dim,
+                  vw = s.num_kv_heads * s.value_dim;
+    std::vector<float> q_in, k_in, v_in, qp, kp, vp, heads;
+    const float* q = AsFloat32(a.query, q_in);
+    const float* k = a.self_attention ? q : a.key ? AsFloat32(*a.key, k_in) : nullptr;
+    const float* v = a.self_attention ? q : a.value ? AsFloat32(*a.value, v_in) : nullptr;
+    std::optional<ProjectionShape> ps;
+    std::optional<internal::CallProjection> projection;
+    if (s.projection != nullptr) {
+      ps = *ValidateProjection(*s.projection, "options.projection.");
+      projection.emplace(*s.projection, *ps);
+      qp.resize(T * qw);
+      kp.resize(Tk * kw);
+      vp.resize(Tk * vw);
+      projection->In(T, Tk, q, k, v, qp.data(), kp.data(), vp.data());
+      q = qp.data();
+      k = kp.data();
+      v = vp.data();
+    }
+    if (Tk > 0) cache->Append(Tk, k, kw, v, vw);
+    float* out = outputs->Output(plan.output_shape);
+    if (out == nullptr) return absl::InternalError("no output buffer");
+    float* target = out;
+    if (projection) {
+      heads.resize(T * s.num_heads * s.value_dim);
+      target = heads.data();
+    }
+    if (UsesKernel(a, plan)) {
+      internal::DecodeKernelArgs k_args;
+      k_args.cache = cache;
+      k_args.queries = q;
+      k_args.count = T;
+      k_args.held_before = held_before;
+      k_args.causal = a.causal;
+      k_args.out = target;
+      k_args.max_threads = options.max_threads;
+      internal::DecodeAttention(k_args);
+    } else if (absl::Status st =
+                   GatheredAttention(a, plan, *cache, held_before, q, options, target, outputs);
+               !st.ok()) {
+      return st;
+    }
+    if (projection) projection->Out(T, heads.data(), out);
+    return absl::OkStatus();
+  });
+  if (!status.ok()) cache->Truncate(held_before);
+  return status;
+}
+
+}  // namespace attention

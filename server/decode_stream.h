@@ -1,0 +1,139 @@
+// StreamDecode: a bidirectional stream that keeps its sequences' keys and
+// values between messages, so that a decode step sends only its new tokens
+// (docs/api.md, "StreamDecode"). Nothing outlives the stream: its sequences
+// are freed when it ends, however it ends.
+//
+// - DecodeSequences: the sequences of one stream (core/decode.h's
+//   SequenceCache each) and their share of the memory budget: every byte a
+//   sequence holds is reserved before it is appended; a refused message
+//   changes nothing.
+// - A stream's messages are computed one at a time, in order (each may
+//   depend on the one before), on the service's executor; reading, writing
+//   and finishing are StreamFlow's (server/stream_flow.h).
+// - DecodeStreams: the open decode streams of a service, so that idle
+//   sequences are freed (--sequence-idle-seconds) while their stream waits,
+//   and a drain ends every stream with UNAVAILABLE once what it read is
+//   answered.
+#ifndef SERVER_DECODE_STREAM_H_
+#define SERVER_DECODE_STREAM_H_
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "attention/v1/attention.pb.h"
+#include "core/decode.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "server/memory_budget.h"
+#include "server/model_registry.h"
+#include "server/service_metrics.h"
+
+namespace attention {
+namespace server {
+
+struct DecodeLimits {
+  int64_t max_sequence_tokens = 32768;
+  int max_sequences_per_stream = 64;
+  absl::Duration idle = absl::Seconds(600);
+  int64_t max_message_bytes = int64_t{256} << 20;  // the largest response
+};
+
+// The sequences of one stream. Thread-safe: the stream computes one message
+// at a time, the idle sweep runs beside it.
+class DecodeSequences {
+ public:
+  // `budget` (may be null: no budget) and `metrics` must outlive this.
+  DecodeSequences(DecodeLimits limits, MemoryBudget* budget, ServiceMetrics* metrics);
+  ~DecodeSequences();  // frees every sequence
+  DecodeSequences(const DecodeSequences&) = delete;
+  DecodeSequences& operator=(const DecodeSequences&) = delete;
+
+  // One message: checks its position against its sequence, validates it,
+  // reserves what the append adds (the sequence's share) and the step's own
+  // memory (`step`: the message's share, given back once its response is
+  // written), computes, and encodes the response into `response`. A refused
+  // or failed message changes nothing. Errors: FAILED_PRECONDITION (position,
+  // an expired sequence), INVALID_ARGUMENT, NOT_FOUND (model),
+  // RESOURCE_EXHAUSTED (limits, budget), CANCELLED (options.check).
+  absl::Status Serve(const v1::DecodeRequest& request, const ModelRegistry& models,
+                     const ComputeOptions& options, Reservation* step, grpc::ByteBuffer* response)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Frees the sequences untouched since `now - idle`; skipped (false) while
+  // a message is being computed (its sequences are in use).
+  bool ExpireIdle(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  // Frees every sequence.
+  void Clear() ABSL_LOCKS_EXCLUDED(mu_);
+
+  int sequences() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Keys `sequence` holds (0 when it holds none).
+  int64_t Length(const std::string& sequence) const ABSL_LOCKS_EXCLUDED(mu_);
+  int64_t held_bytes() const ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  struct Sequence {
+    std::unique_ptr<SequenceCache> cache;
+    Reservation held;  // the cache's blocks
+    absl::Time used;
+  };
+  using Map = std::map<std::string, Sequence>;
+
+  void Free(Map::iterator it, bool expired) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool WasExpired(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Step(const v1::DecodeRequest& request, const ModelRegistry& models,
+                    const ComputeOptions& options, Map::iterator it, Reservation* step,
+                    grpc::ByteBuffer* response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const DecodeLimits limits_;
+  MemoryBudget* const budget_;
+  ServiceMetrics* const metrics_;
+  mutable absl::Mutex mu_;
+  Map sequences_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> expired_ ABSL_GUARDED_BY(mu_);  // recent names, at most 1024
+};
+
+// The open decode streams of a service (anything with ExpireIdle and
+// Drain), held weakly: a stream unregisters by expiring.
+class DecodeStream {
+ public:
+  virtual ~DecodeStream() = default;
+  virtual void ExpireIdle(absl::Time now) = 0;
+  virtual void Drain() = 0;
+};
+
+class DecodeStreams {
+ public:
+  // Sweeps idle sequences every `period` on a thread of its own.
+  explicit DecodeStreams(absl::Duration period = absl::Seconds(1));
+  ~DecodeStreams();  // stops the sweep
+  DecodeStreams(const DecodeStreams&) = delete;
+  DecodeStreams& operator=(const DecodeStreams&) = delete;
+
+  // A stream opened (drained at once when the service drains already).
+  void Add(const std::shared_ptr<DecodeStream>& stream) ABSL_LOCKS_EXCLUDED(mu_);
+  // Drains every open stream, and those opened from now on.
+  void DrainAll() ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  std::vector<std::shared_ptr<DecodeStream>> Open() ABSL_LOCKS_EXCLUDED(mu_);
+  void Sweep(absl::Duration period) ABSL_LOCKS_EXCLUDED(mu_);
+
+  absl::Mutex mu_;
+  std::vector<std::weak_ptr<DecodeStream>> streams_ ABSL_GUARDED_BY(mu_);
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread sweeper_;
+};
+
+}  // namespace server
+}  // namespace attention
+
+#endif  // SERVER_DECODE_STREAM_H_

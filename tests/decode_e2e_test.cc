@@ -1,0 +1,340 @@
+// StreamDecode end to end, through a real server on 127.0.0.1: decoding
+// message by message equals one causal forward (PyTorch's fixtures, the
+// double-precision reference), many sequences interleaved on one stream,
+// refusals that change nothing, the memory budget, idle expiry, a cancelled
+// stream's bytes back in the budget, and a drain with sequences held.
+#include <signal.h>
+
+#include <chrono>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "client/client.h"
+#include "core/model.h"
+#include "core/reference.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/e2e_util.h"
+#include "tests/server_process.h"
+
+namespace attention {
+namespace testing {
+namespace {
+
+using client::AttentionClient;
+using client::DecodeStream;
+using client::MakeTensor;
+using ::testing::HasSubstr;
+
+constexpr double kTolerance = 1e-4;
+
+// Rows [first, first + n) of a row-major [rows, width] array as a [n, width]
+// wire tensor.
+v1::Tensor Rows(const std::vector<float>& x, int64_t width, int64_t first, int64_t n) {
+  return MakeTensor({n, width}, x.data() + first * width, DType::kFloat32);
+}
+
+v1::DecodeRequest Step(const std::string& sequence, v1::Tensor input, const std::string& model) {
+  v1::DecodeRequest r;
+  r.set_sequence(sequence);
+  *r.mutable_input() = std::move(input);
+  r.mutable_options()->set_model(model);
+  r.mutable_options()->set_causal(true);
+  return r;
+}
+
+std::vector<float> Floats(const v1::Tensor& t) {
+  absl::StatusOr<FloatTensor> f = client::ToFloat(t, "output");
+  EXPECT_TRUE(f.ok()) << f.status();
+  return f.ok() ? f->data : std::vector<float>{};
+}
+
+int64_t HeldBytes(ServerProcess& server) {
+  std::string text;
+  if (HttpGet(AdminPort(server), "/metrics", &text) != 200) return -1;
+  return static_cast<int64_t>(Sample(text, "attention_decode_held_bytes"));
+}
+
+class DecodeE2E : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    std::vector<std::string> flags = ModelFlags();
+    flags.push_back("--admin-listen=127.0.0.1:0");
+    flags.push_back("--max-sequence-tokens=300");
+    flags.push_back("--max-sequences-per-stream=3");
+    server_ = new ServerProcess(flags);
+    ASSERT_TRUE(server_->ok()) << server_->Output();
+  }
+  static void TearDownTestSuite() {
+    EXPECT_EQ(server_->Stop(SIGTERM, 15), 0) << server_->Output();
+    delete server_;
+    server_ = nullptr;
+  }
+  AttentionClient Client() { return AttentionClient(AttentionClient::Connect(server_->target())); }
+  static ServerProcess* server_;
+};
+ServerProcess* DecodeE2E::server_ = nullptr;
+
+// PyTorch's causal scaled_dot_product_attention: both batch entries decoded
+// as two sequences interleaved on one stream, in odd splits.
+TEST_F(DecodeE2E, InterleavedSequencesEqualPyTorchsCausalForward) {
+  absl::StatusOr<std::unique_ptr<Fixture>> f =
+      LoadFixture(SourcePath("tests/fixtures/sdpa_self_causal_avg.safetensors"));
+  ASSERT_TRUE(f.ok()) << f.status();
+  const std::vector<float> x = ToFloats((*f)->args.query);
+  const std::vector<float> want = ToFloats(*(*f)->expected_output);
+  const int64_t B = 2, L = 8, E = 32;
+  AttentionClient c = Client();
+  DecodeStream stream(&c);
+  std::vector<std::vector<float>> got(B);
+  const std::vector<std::vector<int64_t>> splits = {{3, 1, 1, 2, 1}, {1, 4, 1, 1, 1}};
+  for (size_t m = 0; m < 5; ++m) {
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t done = static_cast<int64_t>(got[b].size()) / E;
+      v1::DecodeRequest r =
+          Step("seq" + std::to_string(b), Rows(x, E, b * L + done, splits[b][m]), "");
+      r.mutable_options()->set_num_heads(4);
+      absl::StatusOr<v1::AttentionResponse> resp = stream.Append(r);
+      ASSERT_TRUE(resp.ok()) << resp.status();
+      EXPECT_EQ(resp->sequence_length(), done + splits[b][m]);
+      const std::vector<float> out = Floats(resp->output());
+      got[b].insert(got[b].end(), out.begin(), out.end());
+    }
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    const std::vector<double> rows(want.begin() + b * L * E, want.begin() + (b + 1) * L * E);
+    ASSERT_EQ(got[b].size(), rows.size());
+    EXPECT_LE(RelativeMaxError(got[b].data(), rows), kTolerance);
+  }
+  EXPECT_TRUE(stream.Close().ok());
+}
+
+// A model's decode, one token a message after a prefill, against the double
+// reference of the causal forward with the model's weights.
+TEST_F(DecodeE2E, AModelsDecodeEqualsTheReference) {
+  absl::StatusOr<std::unique_ptr<const Model>> model =
+      LoadModel("demo", SourcePath("models/demo.safetensors"));
+  ASSERT_TRUE(model.ok()) << model.status();
+  const int64_t L = 150, E = 64;
+  std::mt19937 rng(11);
+  const FloatTensor x = RandomTensor({1, L, E}, rng);
+  AttentionArgs whole;
+  whole.query = x.view();
+  whole.self_attention = true;
+  whole.num_heads = (*model)->info().num_heads;
+  whole.causal = true;
+  whole.projection = &(*model)->weights();
+  absl::StatusOr<ReferenceResult> want = ReferenceAttention(whole);
+  ASSERT_TRUE(want.ok()) << want.status();
+  for (const bool bf16 : {false, true}) {
+    SCOPED_TRACE(bf16 ? "bfloat16 keys and values" : "float32");
+    AttentionClient c = Client();
+    DecodeStream stream(&c);
+    std::vector<float> got;
+    for (int64_t done = 0; done < L;) {
+      const int64_t n = done == 0 ? 70 : 1;
+      v1::DecodeRequest r = Step("s", Rows(x.data, E, done, n), "demo");
+      if (bf16) r.mutable_options()->set_precision(v1::PRECISION_BFLOAT16);
+      absl::StatusOr<v1::AttentionResponse> resp = stream.Append(r);
+      ASSERT_TRUE(resp.ok()) << resp.status();
+      EXPECT_EQ(resp->precision(), bf16 ? v1::PRECISION_BFLOAT16 : v1::PRECISION_FLOAT32);
+      if (done > 0) {
+        EXPECT_LT(stream.last_request_bytes(), E * 4 + 200);  // one token and a little
+      }
+      const std::vector<float> out = Floats(resp->output());
+      got.insert(got.end(), out.begin(), out.end());
+      done += n;
+    }
+    ASSERT_EQ(got.size(), want->output.size());
+    const double error = RelativeMaxError(got.data(), want->output);
+    EXPECT_LE(error, bf16 ? 1e-2 : kTolerance);
+    if (bf16) {
+      EXPECT_GT(error, 1e-6);
+    }
+    EXPECT_TRUE(stream.End("s").ok());
+    EXPECT_TRUE(stream.Close().ok());
+  }
+}
+
+// Refused messages are answered with their error, change nothing, and the
+// stream goes on.
+TEST_F(DecodeE2E, RefusalsChangeNothingAndTheStreamGoesOn) {
+  AttentionClient c = Client();
+  grpc::ClientContext context;
+  auto stream = c.stub()->StreamDecode(&context);
+  std::mt19937 rng(2);
+  const FloatTensor x = RandomTensor({400, 64}, rng);
+  auto send = [&](v1::DecodeRequest r, int64_t position) {
+    r.set_position(position);
+    EXPECT_TRUE(stream->Write(r));
+    v1::AttentionResponse resp;
+    EXPECT_TRUE(stream->Read(&resp));
+    return resp;
+  };
+  auto error_of = [](const v1::AttentionResponse& r) {
+    return r.has_error()
+               ? absl::StrCat(
+                     absl::StatusCodeToString(static_cast<absl::StatusCode>(r.error().code())),
+                     ": ", r.error().message())
+               : std::string("OK");
+  };
+  v1::AttentionResponse r = send(Step("a", Rows(x.data, 64, 0, 4), "demo"), 0);
+  ASSERT_FALSE(r.has_error()) << r.error().message();
+  EXPECT_EQ(r.sequence_length(), 4);
+  EXPECT_THAT(error_of(send(Step("a", Rows(x.data, 64, 4, 1), "demo"), 3)),
+              HasSubstr("FAILED_PRECONDITION: position: 3, but sequence 'a' holds 4 keys"));
+  EXPECT_THAT(error_of(send(Step("b", Rows(x.data, 64, 0, 1), "demo"), 2)),
+              HasSubstr("FAILED_PRECONDITION: position: 2, but this stream holds no sequence 'b'"));
+  v1::DecodeRequest changed = Step("a", Rows(x.data, 64, 4, 1), "demo");
+  changed.mutable_options()->set_num_heads(2);
+  EXPECT_THAT(error_of(send(changed, 4)), HasSubstr("INVALID_ARGUMENT: options.num_heads: 2 does"));
+  changed = Step("a", Rows(x.data, 64, 4, 1), "mha_e32_h4");
+  EXPECT_THAT(error_of(send(changed, 4)), HasSubstr("INVALID_ARGUMENT: input: width 64"));
+  changed = Step("a", Rows(x.data, 64, 4, 1), "demo");
+  *changed.mutable_options()->mutable_key_padding_mask() =
+      MakeTensor({1}, x.data.data(), DType::kFloat32);
+  EXPECT_THAT(error_of(send(changed, 4)), HasSubstr("options.key_padding_mask: not taken"));
+  changed = Step("a", Rows(x.data, 64, 4, 1), "nope");
+  EXPECT_THAT(error_of(send(changed, 4)), HasSubstr("NOT_FOUND: options.model: no model 'nope'"));
+  changed = Step("c", Rows(x.data, 64, 0, 1), "");
+  *changed.mutable_options()->mutable_projection()->mutable_out_proj_weight() =
+      MakeTensor({64, 64}, x.data.data(), DType::kFloat32);
+  EXPECT_THAT(error_of(send(changed, 0)),
+              HasSubstr("options.projection: StreamDecode takes a model"));
+  // --max-sequence-tokens 300: refused whole, the sequence as it was.
+  EXPECT_THAT(error_of(send(Step("a", Rows(x.data, 64, 4, 297), "demo"), 4)),
+              HasSubstr("RESOURCE_EXHAUSTED: sequence 'a': would hold 301 keys"));
+  // --max-sequences-per-stream 3.
+  EXPECT_EQ(error_of(send(Step("b", Rows(x.data, 64, 0, 1), "demo"), 0)), "OK");
+  EXPECT_EQ(error_of(send(Step("c", Rows(x.data, 64, 0, 1), "demo"), 0)), "OK");
+  EXPECT_THAT(error_of(send(Step("d", Rows(x.data, 64, 0, 1), "demo"), 0)),
+              HasSubstr("RESOURCE_EXHAUSTED: sequence: this stream holds 3 sequences"));
+  v1::DecodeRequest end;
+  end.set_sequence("c");
+  end.set_end(true);
+  r = send(end, 1);
+  EXPECT_FALSE(r.has_error()) << r.error().message();
+  EXPECT_EQ(r.sequence_length(), 0);
+  EXPECT_EQ(error_of(send(Step("d", Rows(x.data, 64, 0, 1), "demo"), 0)), "OK");
+  // After every refusal, 'a' still holds its 4 keys and goes on.
+  r = send(Step("a", Rows(x.data, 64, 4, 1), "demo"), 4);
+  EXPECT_FALSE(r.has_error()) << r.error().message();
+  EXPECT_EQ(r.sequence_length(), 5);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+// Nothing outlives a stream: a cancelled stream's keys and values go back
+// to the budget (the metric of held bytes returns to 0).
+TEST_F(DecodeE2E, ACancelledStreamsBytesGoBack) {
+  std::mt19937 rng(4);
+  const FloatTensor x = RandomTensor({200, 64}, rng);
+  AttentionClient c = Client();
+  {
+    DecodeStream stream(&c);
+    ASSERT_TRUE(stream.Append(Step("a", Rows(x.data, 64, 0, 200), "demo")).ok());
+    ASSERT_TRUE(stream.Append(Step("b", Rows(x.data, 64, 0, 10), "demo")).ok());
+    EXPECT_GE(HeldBytes(*server_), 200 * 2 * 64 * 4);
+  }  // cancelled
+  for (int i = 0; i < 100 && HeldBytes(*server_) != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(HeldBytes(*server_), 0);
+}
+
+// Held keys count in --max-memory-mb: a sequence that would not fit is
+// refused and keeps what it held.
+TEST(DecodeLimits, TheBudgetRefusesAnAppendAndKeepsTheSequence) {
+  std::vector<std::string> flags = ModelFlags();
+  flags.push_back("--max-memory-mb=16");  // 12 MiB for serving
+  ServerProcess server(flags);
+  ASSERT_TRUE(server.ok()) << server.Output();
+  AttentionClient c(AttentionClient::Connect(server.target()));
+  DecodeStream stream(&c);
+  std::mt19937 rng(6);
+  const FloatTensor x = RandomTensor({16, 1024}, rng);  // plain, 8 KiB of keys and values a token
+  auto step = [&](int64_t rows) {
+    v1::DecodeRequest r = Step("a", Rows(x.data, 1024, 0, rows), "");
+    r.mutable_options()->set_num_heads(8);
+    return stream.Append(r);
+  };
+  int64_t held = 0;
+  absl::Status refused;
+  for (int i = 0; i < 400 && refused.ok(); ++i) {
+    absl::StatusOr<v1::AttentionResponse> r = step(16);
+    refused = r.status();
+    if (r.ok()) held = r->sequence_length();
+  }
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("memory budget"));
+  EXPECT_GT(held, 0);
+  EXPECT_EQ(stream.length("a"), held);
+  absl::StatusOr<v1::AttentionResponse> r = step(1);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->sequence_length(), held + 1);
+  EXPECT_TRUE(stream.Close().ok());
+  EXPECT_EQ(server.Stop(SIGTERM, 15), 0);
+}
+
+// --sequence-idle-seconds: an untouched sequence is freed while its stream
+// waits; its next message says so.
+TEST(DecodeLimits, AnIdleSequenceIsFreedAndItsNextMessageSaysSo) {
+  std::vector<std::string> flags = ModelFlags();
+  flags.push_back("--sequence-idle-seconds=1");
+  flags.push_back("--admin-listen=127.0.0.1:0");
+  ServerProcess server(flags);
+  ASSERT_TRUE(server.ok()) << server.Output();
+  AttentionClient c(AttentionClient::Connect(server.target()));
+  grpc::ClientContext context;
+  auto stream = c.stub()->StreamDecode(&context);
+  std::mt19937 rng(8);
+  const FloatTensor x = RandomTensor({8, 64}, rng);
+  v1::DecodeRequest r = Step("a", Rows(x.data, 64, 0, 8), "demo");
+  v1::AttentionResponse resp;
+  ASSERT_TRUE(stream->Write(r) && stream->Read(&resp));
+  ASSERT_FALSE(resp.has_error());
+  EXPECT_GT(HeldBytes(server), 0);
+  for (int i = 0; i < 150 && HeldBytes(server) != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(HeldBytes(server), 0);  // freed while the stream waited
+  r = Step("a", Rows(x.data, 64, 0, 1), "demo");
+  r.set_position(8);
+  ASSERT_TRUE(stream->Write(r) && stream->Read(&resp));
+  EXPECT_EQ(resp.error().code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(resp.error().message(), HasSubstr("sequence 'a': freed after 1s untouched"));
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(server.Stop(SIGTERM, 15), 0);
+}
+
+// Draining: a decode stream holding sequences ends with UNAVAILABLE at once
+// (it does not hold the drain to its deadline), after its answers.
+TEST(DecodeLimits, DrainEndsDecodeStreamsWithUnavailable) {
+  ServerProcess server(ModelFlags());
+  ASSERT_TRUE(server.ok()) << server.Output();
+  AttentionClient c(AttentionClient::Connect(server.target()));
+  DecodeStream stream(&c);
+  std::mt19937 rng(9);
+  const FloatTensor x = RandomTensor({8, 64}, rng);
+  ASSERT_TRUE(stream.Append(Step("a", Rows(x.data, 64, 0, 8), "demo")).ok());
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_EQ(kill(server.pid(), SIGTERM), 0);
+  absl::StatusOr<v1::AttentionResponse> r;
+  for (int i = 0; i < 100; ++i) {  // until the drain reaches the stream
+    r = stream.Append(Step("a", Rows(x.data, 64, 0, 1), "demo"));
+    if (!r.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("draining"));
+  EXPECT_EQ(server.Stop(0, 15), 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(8));  // not the deadline
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace attention
