@@ -13,6 +13,8 @@
 #include "core/attention_kernels.h"
 #include "core/attention_plan.h"
 #include "core/bf16_kernels.h"
+#include "core/decode.h"
+#include "core/decode_kernels.h"
 #include "core/guard.h"
 #include "core/onednn_ops.h"
 #include "core/projection.h"
@@ -124,6 +126,38 @@ absl::Status ComputeProjected(const Plan& plan, const AttentionArgs& args,
   return absl::OkStatus();
 }
 
+// A few queries over many keys (a decode step sent whole, L = 1 and the
+// like) without weights, masks or projections: the decode kernel
+// (core/decode_kernels.h) reads each key and value once for all the query
+// heads that share them, where the row path would compute a tile of 128
+// query rows for each of them. Causal as everywhere here: query i attends
+// keys j <= i.
+constexpr int64_t kFewQueriesMinKeys = 1024;
+
+bool FewQueries(const Plan& plan, const AttentionArgs& args) {
+  return !plan.has_projection && !plan.bf16 && args.weights == WeightsMode::kNone &&
+         !plan.attn_mask && !plan.key_padding_mask && plan.L <= kStepMaxQueries &&
+         plan.S >= kFewQueriesMinKeys;
+}
+
+absl::Status AttendFewQueries(const Plan& plan, const HeadsProblem& pr,
+                              const ComputeOptions& options) {
+  internal::DecodeKernelArgs k({plan.H, plan.Hkv, plan.D, plan.Dv, plan.scale});
+  k.length = plan.S;
+  k.count = plan.L;
+  k.causal = pr.causal;
+  k.max_threads = plan.threads;
+  for (int64_t b = 0; b < plan.B; ++b) {
+    if (absl::Status s = Check(options); !s.ok()) return s;
+    k.keys = {static_cast<const float*>(pr.k) + b * pr.kl.batch, pr.kl.head, pr.kl.row};
+    k.values = {static_cast<const float*>(pr.v) + b * pr.vl.batch, pr.vl.head, pr.vl.row};
+    k.queries = {static_cast<const float*>(pr.q) + b * pr.ql.batch, pr.ql.head, pr.ql.row};
+    k.out = {static_cast<float*>(pr.out) + b * pr.ol.batch, pr.ol.head, pr.ol.row};
+    internal::DecodeAttention(k);
+  }
+  return absl::OkStatus();
+}
+
 // Runs `plan` (made from `args` under `options`) into `outputs`.
 absl::Status ComputePlanned(const Plan& plan, const AttentionArgs& args,
                             const ComputeOptions& options, OutputBuffers* outputs) {
@@ -156,6 +190,7 @@ absl::Status ComputePlanned(const Plan& plan, const AttentionArgs& args,
   if (plan.has_projection) return ComputeProjected(plan, args, options, q, k, v, out, problem, ws);
   problem.q = q, problem.k = k, problem.v = v, problem.out = out;
   SetHeadLayouts(plan, problem);
+  if (FewQueries(plan, args)) return AttendFewQueries(plan, problem, options);
   return internal::AttendHeads(problem, options, ws);
 }
 

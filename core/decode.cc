@@ -171,6 +171,9 @@ absl::Status CompareWithHeld(const SequenceShape& got, const SequenceShape& held
     return Differs("the head dims", absl::StrCat(got.head_dim, "/", got.value_dim),
                    absl::StrCat(held.head_dim, "/", held.value_dim));
   }
+  if (got.bfloat16 != held.bfloat16) {  // (float32 is also "unset": it keeps bfloat16)
+    return Differs("options.precision", "PRECISION_BFLOAT16", "float32 keys and values");
+  }
   if (got.scale != held.scale) {
     return Differs("options.scale", absl::StrCat(got.scale), absl::StrCat(held.scale));
   }
@@ -246,6 +249,7 @@ void SequenceCache::Append(int64_t tokens, const float* keys, int64_t key_stride
     while (blocks() < needed) {
       void* p = std::aligned_alloc(64, static_cast<size_t>(BlockBytes()));
       if (p == nullptr) throw std::bad_alloc();
+      std::memset(p, 0, static_cast<size_t>(BlockBytes()));  // the step reads whole blocks
       blocks_.emplace_back(static_cast<char*>(p));
     }
   } catch (...) {
@@ -260,11 +264,15 @@ void SequenceCache::Append(int64_t tokens, const float* keys, int64_t key_stride
       const float* v = values + i * value_stride + g * Dv;
       auto* kd = const_cast<char*>(static_cast<const char*>(Keys(b, g)));
       auto* vd = const_cast<char*>(static_cast<const char*>(Values(b, g)));
+      // Keys transposed within the block ([D, kBlock]: the step's products run
+      // along the keys), values as rows ([kBlock, Dv]).
       if (shape_.bfloat16) {
-        FloatsToBFloat16(k, D, reinterpret_cast<uint16_t*>(kd) + j * D);
+        auto* kb = reinterpret_cast<uint16_t*>(kd);
+        for (int64_t d = 0; d < D; ++d) kb[d * kBlock + j] = FloatToBFloat16(k[d]);
         FloatsToBFloat16(v, Dv, reinterpret_cast<uint16_t*>(vd) + j * Dv);
       } else {
-        std::memcpy(reinterpret_cast<float*>(kd) + j * D, k, D * sizeof(float));
+        auto* kf = reinterpret_cast<float*>(kd);
+        for (int64_t d = 0; d < D; ++d) kf[d * kBlock + j] = k[d];
         std::memcpy(reinterpret_cast<float*>(vd) + j * Dv, v, Dv * sizeof(float));
       }
     }
@@ -321,8 +329,9 @@ absl::StatusOr<DecodePlan> PlanDecode(const AttentionArgs& a, const SequenceCach
   double bytes = 0;
   if (UsesKernel(a, plan)) {
     const double units = s.num_kv_heads * (internal::CeilDiv(plan.length_after, kBlock) + 1);
-    const auto group = static_cast<double>(s.num_heads / s.num_kv_heads);  // exact
-    floats += units * group * static_cast<double>(T * (s.value_dim + 2));
+    const int64_t queries = T * s.num_heads;  // over all key/value heads' groups
+    floats += units / static_cast<double>(s.num_kv_heads) * static_cast<double>(queries) *
+              static_cast<double>(s.value_dim + 2);
   } else {
     floats += static_cast<double>(plan.length_after) * s.num_kv_heads * (s.head_dim + s.value_dim);
     bytes += static_cast<double>(T) * plan.length_after;  // the causal mask
@@ -373,12 +382,13 @@ absl::Status GatheredAttention(const AttentionArgs& a, const DecodePlan& plan,
       float* k = keys.data() + pos * Hkv * D + g * D;
       float* v = values.data() + pos * Hkv * Dv + g * Dv;
       if (s.bfloat16) {
-        const auto* kb = static_cast<const uint16_t*>(cache.Keys(b, g)) + j * D;
+        const auto* kb = static_cast<const uint16_t*>(cache.Keys(b, g)) + j;
         const auto* vb = static_cast<const uint16_t*>(cache.Values(b, g)) + j * Dv;
-        for (int64_t d = 0; d < D; ++d) k[d] = BFloat16ToFloat(kb[d]);
+        for (int64_t d = 0; d < D; ++d) k[d] = BFloat16ToFloat(kb[d * kBlock]);
         for (int64_t d = 0; d < Dv; ++d) v[d] = BFloat16ToFloat(vb[d]);
       } else {
-        std::memcpy(k, static_cast<const float*>(cache.Keys(b, g)) + j * D, D * sizeof(float));
+        const auto* kf = static_cast<const float*>(cache.Keys(b, g)) + j;
+        for (int64_t d = 0; d < D; ++d) k[d] = kf[d * kBlock];
         std::memcpy(v, static_cast<const float*>(cache.Values(b, g)) + j * Dv, Dv * sizeof(float));
       }
     }
@@ -446,13 +456,15 @@ absl::Status DecodeStep(const AttentionArgs& a, SequenceCache* cache, const Comp
       target = heads.data();
     }
     if (UsesKernel(a, plan)) {
-      internal::DecodeKernelArgs k_args;
+      internal::DecodeKernelArgs k_args(
+          {s.num_heads, s.num_kv_heads, s.head_dim, s.value_dim, s.scale});
       k_args.cache = cache;
-      k_args.queries = q;
+      k_args.length = cache->length();
+      k_args.queries = {q, s.head_dim, qw};
       k_args.count = T;
       k_args.held_before = held_before;
       k_args.causal = a.causal;
-      k_args.out = target;
+      k_args.out = {target, s.value_dim, s.num_heads * s.value_dim};
       k_args.max_threads = options.max_threads;
       internal::DecodeAttention(k_args);
     } else if (absl::Status st =

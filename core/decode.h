@@ -99,8 +99,9 @@ class SequenceCache {
   // Drops the keys from `length` on (the undo of an append).
   void Truncate(int64_t length);
 
-  // Key/value head g's keys (then values) of block b: [kBlockTokens, D] and
-  // [kBlockTokens, Dv], float or uint16_t (bfloat16) elements.
+  // Key/value head g's keys of block b, transposed: [D, kBlockTokens]; its
+  // values: [kBlockTokens, Dv]; float or uint16_t (bfloat16) elements. A
+  // block's slots past length() hold zeros.
   const void* Keys(int64_t block, int64_t g) const;
   const void* Values(int64_t block, int64_t g) const;
   int64_t blocks() const { return static_cast<int64_t>(blocks_.size()); }

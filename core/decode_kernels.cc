@@ -16,6 +16,8 @@ namespace internal {
 namespace {
 
 constexpr int64_t kBlock = SequenceCache::kBlockTokens;
+constexpr int64_t kLanes = 16;  // floats of an AVX-512 register
+static_assert(kBlock % kLanes == 0);
 
 inline float Load(float x) { return x; }
 inline float Load(uint16_t b) {  // bfloat16: the top half of a float32
@@ -38,24 +40,47 @@ struct UnitContext {
   int64_t group;   // query heads per key/value head
   int64_t nq;      // group * T: the query vectors of one key/value head
   float* qs;       // [nq, D] scaled queries (scratch)
-  float* scores;   // [nq, kBlock] (scratch)
+  float* scores;   // [kBlock] (scratch)
+  float* kt;       // [D, kBlock]: a block of strided keys, transposed (scratch)
   float* partial;  // [nq, Dv + 2] this unit's result: acc, then max and sum
 };
 
+// exp(x) for x <= 0 to about 1 ulp (Cephes' expf: x = n ln2 + r, a degree-7
+// polynomial of r), in plain arithmetic so that loops of it vectorize. Below
+// -87 it returns exp(-87) (about 1.6e-38) instead of underflowing: nothing
+// a sum of probabilities can tell.
+inline float Exp(float x) {
+  x = std::max(x, -87.0f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) * (1 << 23);
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return p * two_n;
+}
+
 // The unit's online softmax over its blocks, written to ctx.partial. Inlined
-// into each ISA's variant below, where its loops vectorize.
-template <typename E>
+// into each ISA's variant below, where its fixed-length loops vectorize:
+// a block's keys are stored transposed ([D, kBlock]), so a query's 64 scores
+// are D multiply-adds of whole vectors, no horizontal sums.
+template <typename E, bool kHeld>
 inline __attribute__((always_inline)) void RunUnit(const Unit& u, const UnitContext& ctx) {
   const DecodeKernelArgs& a = *ctx.args;
-  const SequenceShape& sh = a.cache->shape();
-  const int64_t D = sh.head_dim, Dv = sh.value_dim, H = sh.num_heads, T = a.count;
-  const int64_t nq = ctx.nq, length = a.cache->length();
+  const int64_t D = a.head_dim, Dv = a.value_dim, T = a.count;
+  const int64_t nq = ctx.nq, length = a.length;
   for (int64_t gi = 0; gi < ctx.group; ++gi) {  // the group's queries, scaled
     const int64_t h = u.g * ctx.group + gi;
     for (int64_t t = 0; t < T; ++t) {
-      const float* q = a.queries + t * H * D + h * D;
+      const float* q = a.queries.data + h * a.queries.head + t * a.queries.row;
       float* qs = ctx.qs + (gi * T + t) * D;
-      for (int64_t d = 0; d < D; ++d) qs[d] = q[d] * sh.scale;
+      for (int64_t d = 0; d < D; ++d) qs[d] = q[d] * a.scale;
     }
   }
   const int64_t stride = Dv + 2;
@@ -65,65 +90,99 @@ inline __attribute__((always_inline)) void RunUnit(const Unit& u, const UnitCont
     p[Dv] = -std::numeric_limits<float>::infinity();
     p[Dv + 1] = 0;
   }
+  float* __restrict s = ctx.scores;
   for (int64_t b = u.first; b < u.last; ++b) {
     const int64_t start = b * kBlock, n = std::min(kBlock, length - start);
-    const E* keys = static_cast<const E*>(a.cache->Keys(b, u.g));
-    const E* values = static_cast<const E*>(a.cache->Values(b, u.g));
-    for (int64_t j = 0; j < n; ++j) {  // each key read once for all queries
-      const E* k = keys + j * D;
-      for (int64_t i = 0; i < nq; ++i) {
-        const float* q = ctx.qs + i * D;
-        float dot = 0;
-#pragma omp simd reduction(+ : dot)
-        for (int64_t d = 0; d < D; ++d) dot += q[d] * Load(k[d]);
-        ctx.scores[i * kBlock + j] = dot;
+    const E* keys;    // [D, kBlock]
+    const E* values;  // rows of Dv, `vrow` apart
+    int64_t vrow = Dv;
+    if constexpr (kHeld) {
+      keys = static_cast<const E*>(a.cache->Keys(b, u.g));
+      values = static_cast<const E*>(a.cache->Values(b, u.g));
+    } else {  // the block's key rows transposed into scratch (in cache from here on)
+      const float* k = a.keys.data + u.g * a.keys.head + start * a.keys.row;
+      for (int64_t j = 0; j < kBlock; ++j) {
+        for (int64_t d = 0; d < D; ++d) ctx.kt[d * kBlock + j] = j < n ? k[j * a.keys.row + d] : 0;
       }
+      keys = ctx.kt;
+      values = a.values.data + u.g * a.values.head + start * a.values.row;
+      vrow = a.values.row;
     }
     for (int64_t i = 0; i < nq; ++i) {
       const int64_t t = i % T;
       const int64_t valid = a.causal ? std::clamp<int64_t>(a.held_before + t - start + 1, 0, n) : n;
       if (valid == 0) continue;
-      const float* s = ctx.scores + i * kBlock;
-      float* p = ctx.partial + i * stride;
+      const float* __restrict q = ctx.qs + i * D;
+      // 16 keys at a time, their scores kept in one register across D.
+      for (int64_t j0 = 0; j0 < valid; j0 += kLanes) {
+        float acc[kLanes] = {};
+        for (int64_t d = 0; d < D; ++d) {
+          const float qd = q[d];
+          const E* __restrict row = keys + d * kBlock + j0;
+          for (int64_t l = 0; l < kLanes; ++l) acc[l] += qd * Load(row[l]);
+        }
+        for (int64_t l = 0; l < kLanes; ++l) s[j0 + l] = acc[l];
+      }
+      float* __restrict p = ctx.partial + i * stride;
       float top = s[0];
       for (int64_t j = 1; j < valid; ++j) top = std::max(top, s[j]);
       const float m = std::max(p[Dv], top);
-      if (m == -std::numeric_limits<float>::infinity()) continue;
-      const float keep = std::exp(p[Dv] - m);  // 0 at the first block
-      float sum = p[Dv + 1] * keep;
-      if (keep != 1.0f) {
-        for (int64_t d = 0; d < Dv; ++d) p[d] *= keep;
+      if (std::isnan(m)) {  // NaN scores make their row NaN, as in PyTorch
+        std::fill(p, p + Dv + 2, std::numeric_limits<float>::quiet_NaN());
+        continue;
       }
+      const float keep = std::exp(p[Dv] - m);  // 0 at the first block
+      float sum = 0;
       for (int64_t j = 0; j < valid; ++j) {
-        const float w = std::exp(s[j] - m);
-        sum += w;
-        const E* v = values + j * Dv;
-#pragma omp simd
-        for (int64_t d = 0; d < Dv; ++d) p[d] += w * Load(v[d]);
+        s[j] = Exp(s[j] - m);
+        sum += s[j];
+      }
+      // 16 value dims at a time, accumulated in one register across the keys.
+      int64_t d0 = 0;
+      for (; d0 + kLanes <= Dv; d0 += kLanes) {
+        float acc[kLanes];
+        for (int64_t l = 0; l < kLanes; ++l) acc[l] = p[d0 + l] * keep;
+        for (int64_t j = 0; j < valid; ++j) {
+          const float w = s[j];
+          const E* __restrict v = values + j * vrow + d0;
+          for (int64_t l = 0; l < kLanes; ++l) acc[l] += w * Load(v[l]);
+        }
+        for (int64_t l = 0; l < kLanes; ++l) p[d0 + l] = acc[l];
+      }
+      for (; d0 < Dv; ++d0) {  // a value width that is not a multiple of 16
+        float acc = p[d0] * keep;
+        for (int64_t j = 0; j < valid; ++j) acc += s[j] * Load(values[j * vrow + d0]);
+        p[d0] = acc;
       }
       p[Dv] = m;
-      p[Dv + 1] = sum;
+      p[Dv + 1] = p[Dv + 1] * keep + sum;
     }
   }
 }
 
 #define ATTENTION_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
 #define ATTENTION_AVX2 __attribute__((target("avx2,fma")))
-ATTENTION_AVX512 void UnitF32Avx512(const Unit& u, const UnitContext& c) { RunUnit<float>(u, c); }
-ATTENTION_AVX512 void UnitBf16Avx512(const Unit& u, const UnitContext& c) {
-  RunUnit<uint16_t>(u, c);
+ATTENTION_AVX512 void F32Avx512(const Unit& u, const UnitContext& c) { RunUnit<float, true>(u, c); }
+ATTENTION_AVX512 void Bf16Avx512(const Unit& u, const UnitContext& c) {
+  RunUnit<uint16_t, true>(u, c);
 }
-ATTENTION_AVX2 void UnitF32Avx2(const Unit& u, const UnitContext& c) { RunUnit<float>(u, c); }
-ATTENTION_AVX2 void UnitBf16Avx2(const Unit& u, const UnitContext& c) { RunUnit<uint16_t>(u, c); }
-void UnitF32(const Unit& u, const UnitContext& c) { RunUnit<float>(u, c); }
-void UnitBf16(const Unit& u, const UnitContext& c) { RunUnit<uint16_t>(u, c); }
+ATTENTION_AVX512 void RowsAvx512(const Unit& u, const UnitContext& c) {
+  RunUnit<float, false>(u, c);
+}
+ATTENTION_AVX2 void F32Avx2(const Unit& u, const UnitContext& c) { RunUnit<float, true>(u, c); }
+ATTENTION_AVX2 void Bf16Avx2(const Unit& u, const UnitContext& c) { RunUnit<uint16_t, true>(u, c); }
+ATTENTION_AVX2 void RowsAvx2(const Unit& u, const UnitContext& c) { RunUnit<float, false>(u, c); }
+void F32(const Unit& u, const UnitContext& c) { RunUnit<float, true>(u, c); }
+void Bf16(const Unit& u, const UnitContext& c) { RunUnit<uint16_t, true>(u, c); }
+void RowsBaseline(const Unit& u, const UnitContext& c) { RunUnit<float, false>(u, c); }
 #undef ATTENTION_AVX512
 #undef ATTENTION_AVX2
 
 using UnitFn = void (*)(const Unit&, const UnitContext&);
 
-// The variant for this CPU (learned once).
-UnitFn ChooseUnit(bool bf16) {
+// The variant for this CPU (learned once) and these keys: a sequence's
+// float32 or bfloat16 blocks, or rows of a tensor (kind 2).
+UnitFn ChooseUnit(int kind) {
   static const int isa = [] {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -132,23 +191,18 @@ UnitFn ChooseUnit(bool bf16) {
     }
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
   }();
-  switch (isa) {
-    case 2:
-      return bf16 ? UnitBf16Avx512 : UnitF32Avx512;
-    case 1:
-      return bf16 ? UnitBf16Avx2 : UnitF32Avx2;
-    default:
-      return bf16 ? UnitBf16 : UnitF32;
-  }
+  static constexpr UnitFn kUnits[3][3] = {{F32, Bf16, RowsBaseline},
+                                          {F32Avx2, Bf16Avx2, RowsAvx2},
+                                          {F32Avx512, Bf16Avx512, RowsAvx512}};
+  return kUnits[isa][kind];
 }
 
 }  // namespace
 
 void DecodeAttention(const DecodeKernelArgs& a) {
-  const SequenceShape& sh = a.cache->shape();
-  const int64_t H = sh.num_heads, Hkv = sh.num_kv_heads, D = sh.head_dim, Dv = sh.value_dim;
+  const int64_t H = a.heads, Hkv = a.kv_heads, D = a.head_dim, Dv = a.value_dim;
   const int64_t T = a.count, group = H / Hkv, nq = group * T;
-  const int64_t blocks = a.cache->blocks();
+  const int64_t blocks = CeilDiv(a.length, kBlock);
   const int threads = a.max_threads > 0 ? a.max_threads : omp_get_max_threads();
   // Enough units for every thread to stay busy to the end (a few per
   // thread), none shorter than 4 blocks (256 keys) where there are keys.
@@ -164,14 +218,15 @@ void DecodeAttention(const DecodeKernelArgs& a) {
   }
   const int64_t stride = Dv + 2;
   std::vector<float> partials(units.size() * nq * stride);
-  const UnitFn run = ChooseUnit(sh.bfloat16);
+  const UnitFn run = ChooseUnit(a.cache == nullptr ? 2 : a.cache->shape().bfloat16 ? 1 : 0);
   const int team = static_cast<int>(std::min<int64_t>(threads, static_cast<int64_t>(units.size())));
 #pragma omp parallel num_threads(team)
   {
-    std::vector<float> qs(nq * D), scores(nq * kBlock);
+    std::vector<float> qs(nq * D), scores(kBlock), kt(a.cache == nullptr ? D * kBlock : 0);
 #pragma omp for schedule(dynamic, 1)
     for (size_t i = 0; i < units.size(); ++i) {
-      UnitContext ctx{&a, group, nq, qs.data(), scores.data(), partials.data() + i * nq * stride};
+      UnitContext ctx{
+          &a, group, nq, qs.data(), scores.data(), kt.data(), partials.data() + i * nq * stride};
       run(units[i], ctx);
     }
   }
@@ -179,12 +234,16 @@ void DecodeAttention(const DecodeKernelArgs& a) {
   for (int64_t g = 0; g < Hkv; ++g) {
     for (int64_t i = 0; i < nq; ++i) {
       const int64_t h = g * group + i / T, t = i % T;
-      float* out = a.out + t * H * Dv + h * Dv;
+      float* out = a.out.data + h * a.out.head + t * a.out.row;
       float top = -std::numeric_limits<float>::infinity();
+      bool nan = false;
       for (int64_t c = 0; c < chunks; ++c) {
-        top = std::max(top, partials[((g * chunks + c) * nq + i) * stride + Dv]);
+        const float m = partials[((g * chunks + c) * nq + i) * stride + Dv];
+        nan = nan || std::isnan(m);
+        top = std::max(top, m);
       }
-      std::fill(out, out + Dv, 0.0f);
+      std::fill(out, out + Dv, nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f);
+      if (nan) continue;
       if (top == -std::numeric_limits<float>::infinity()) continue;  // nothing to attend
       float sum = 0;
       for (int64_t c = 0; c < chunks; ++c) {

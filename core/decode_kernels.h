@@ -18,17 +18,48 @@ namespace attention {
 class SequenceCache;
 namespace internal {
 
-struct DecodeKernelArgs {
-  const SequenceCache* cache = nullptr;
-  const float* queries = nullptr;  // [T, H*D] float32, unscaled
-  int64_t count = 0;               // T
-  int64_t held_before = 0;         // P: keys held before this message's
-  bool causal = false;             // query i attends keys j <= P + i
-  float* out = nullptr;            // [T, H*Dv]
-  int max_threads = 0;             // 0: omp_get_max_threads()
+// Rows of a float32 tensor: row r of head h at data + h * head + r * row.
+struct Rows {
+  const float* data = nullptr;
+  int64_t head = 0;
+  int64_t row = 0;
 };
 
-// The attention of args.count queries over all the cache's keys. Throws
+struct OutRows {
+  float* data = nullptr;
+  int64_t head = 0;
+  int64_t row = 0;
+};
+
+struct DecodeKernelArgs {
+  // The heads' shape: H, Hkv, D, Dv and the scores' scale.
+  struct Heads {
+    int64_t heads = 0, kv_heads = 0, head_dim = 0, value_dim = 0;
+    float scale = 1;
+  };
+  explicit DecodeKernelArgs(const Heads& h)
+      : heads(h.heads),
+        kv_heads(h.kv_heads),
+        head_dim(h.head_dim),
+        value_dim(h.value_dim),
+        scale(h.scale) {}
+
+  int64_t heads, kv_heads, head_dim, value_dim;
+  float scale;
+  // The keys and values: a sequence's blocks, or (cache null) rows of
+  // float32 tensors, `length` of them.
+  const SequenceCache* cache = nullptr;
+  Rows keys, values;
+  int64_t length = 0;
+  Rows queries;             // T rows of each of the H query heads, unscaled
+  int64_t count = 0;        // T
+  int64_t held_before = 0;  // P: keys before the first query's own
+  bool causal = false;      // query i attends keys j <= P + i
+  OutRows out;              // T rows of Dv for each head
+  int max_threads = 0;      // 0: omp_get_max_threads()
+};
+
+// The attention of args.count queries over all the keys. Throws
 // std::bad_alloc.
 void DecodeAttention(const DecodeKernelArgs& args);
 

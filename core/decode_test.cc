@@ -284,6 +284,10 @@ TEST(Decode, RefusedOrFailedMessagesLeaveTheSequenceAsItWas) {
   EXPECT_THAT(DecodeStep(changed, &cache, {}, &out).message(),
               ::testing::HasSubstr("options.scale"));
   changed = args;
+  changed.precision = Precision::kBFloat16;
+  EXPECT_THAT(DecodeStep(changed, &cache, {}, &out).message(),
+              ::testing::HasSubstr("options.precision: PRECISION_BFLOAT16 differs"));
+  changed = args;
   const FloatTensor mask = testing::RandomTensor({1, 4}, rng);
   changed.attn_mask = mask.view();
   EXPECT_THAT(DecodeStep(changed, &cache, {}, &out).message(),
@@ -301,6 +305,46 @@ TEST(Decode, RefusedOrFailedMessagesLeaveTheSequenceAsItWas) {
   EXPECT_EQ(cache.length(), 3);
   ASSERT_TRUE(DecodeStep(args, &cache, {}, &out).ok());
   EXPECT_EQ(cache.length(), 4);
+}
+
+// The stateless core's few-queries path (ComputeAttention with L <= 16 over
+// at least 1024 keys, no weights or masks, runs the decode kernel on the
+// tensors' rows): ranks 3 and 4, grouped-query heads, causal, batches.
+TEST(Decode, FewQueriesOverManyKeysMatchTheReference) {
+  std::mt19937 rng(13);
+  struct Shape {
+    int64_t B, L, S, H, Hkv, D, Dv;
+    bool rank4, causal;
+  };
+  for (const Shape& c :
+       {Shape{1, 1, 1024, 4, 4, 16, 16, false, false}, Shape{2, 3, 1500, 8, 2, 8, 12, false, true},
+        Shape{2, 16, 1100, 4, 1, 32, 20, true, false},
+        Shape{1, 5, 2048, 2, 2, 64, 64, true, true}}) {
+    SCOPED_TRACE(::testing::Message() << "B " << c.B << " L " << c.L << " S " << c.S);
+    const FloatTensor q = c.rank4 ? testing::RandomTensor({c.B, c.H, c.L, c.D}, rng)
+                                  : testing::RandomTensor({c.B, c.L, c.H * c.D}, rng);
+    const FloatTensor k = c.rank4 ? testing::RandomTensor({c.B, c.Hkv, c.S, c.D}, rng)
+                                  : testing::RandomTensor({c.B, c.S, c.Hkv * c.D}, rng);
+    const FloatTensor v = c.rank4 ? testing::RandomTensor({c.B, c.Hkv, c.S, c.Dv}, rng)
+                                  : testing::RandomTensor({c.B, c.S, c.Hkv * c.Dv}, rng);
+    AttentionArgs args;
+    args.query = q.view();
+    args.key = k.view();
+    args.value = v.view();
+    args.num_heads = c.rank4 ? 0 : c.H;
+    args.num_kv_heads = c.rank4 ? 0 : c.Hkv;
+    args.causal = c.causal;
+    absl::StatusOr<ReferenceResult> want = ReferenceAttention(args);
+    ASSERT_TRUE(want.ok()) << want.status();
+    for (int threads : {1, 2}) {
+      ComputeOptions options;
+      options.max_threads = threads;
+      VectorOutputs out;
+      ASSERT_TRUE(ComputeAttention(args, options, &out).ok());
+      ASSERT_EQ(out.output.shape, want->output_shape);
+      EXPECT_LE(RelativeMaxError(out.output.data.data(), want->output), kTolerance);
+    }
+  }
 }
 
 // Blocks: an append takes whole blocks only when it crosses into new ones.

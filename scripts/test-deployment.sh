@@ -10,10 +10,21 @@
 # another drained with SIGTERM and restarted. It passes when the client sees
 # no failed call, every answer is verified, and sent = ok (the ledger exact);
 # it prints retries and latency (the faults dominate the tail).
+#   3. HTTP/2 attacks (scripts/h2_attack.py: rapid reset, header and CONTINUATION
+#      floods, PING and SETTINGS floods, a slow reader, 1000 idle connections),
+#      each for ATTACK_SECONDS (whole seconds, at least 3; default 5; rapid reset
+#      from two processes) against a bare server (a fresh one on 127.0.0.5, in no
+#      upstream), then through the proxy, an honest client calling at
+#      HONEST_RATE/s beside it; a table of its failures and latency, the bare
+#      server's peak memory, and health afterwards. Fails when a server or the
+#      proxy dies, or when the honest client sees an error through the proxy
+#      under rapid reset or without attack; what the attacks do to the bare
+#      server is the figure, not a failure (deploy/README.md has them). About 90 s.
 #
 #   scripts/test-deployment.sh            # after the build (BUILD_DIR, default build)
 #   RATE=100 DURATION=20 PORT=50651 ADMIN_PORT=50652 PROXY_PORT=50650 scripts/test-deployment.sh
-# Installs nginx-light or haproxy (apt-get) when missing. About a minute.
+#   ATTACKS="rapid-reset ping-flood" scripts/test-deployment.sh   # some attacks (none: no stage 3)
+# Installs nginx-light or haproxy, and python3-h2 (apt-get) when missing. About 2 minutes 15 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,9 +42,17 @@ retries="${RETRIES:-5}"
 batch="${BATCH:-8}"   # 8 x 128 x 64 float32: 256 KiB requests, beyond gRPC's retry buffer
 seq="${SEQ:-128}"
 addresses=(127.0.0.2 127.0.0.3 127.0.0.4)
+bare=127.0.0.5        # stage 3's bare server
+attacks="${ATTACKS:-rapid-reset header-flood continuation-flood ping-flood settings-flood slow-reader idle-connections}"
+attack_seconds="${ATTACK_SECONDS:-5}"
+honest_rate="${HONEST_RATE:-100}"
 model=models/demo.safetensors
 
 [[ -x "$server" && -x "$client" ]] || { echo "build first: scripts/build.sh" >&2; exit 2; }
+if ! [[ "$attack_seconds" =~ ^[0-9]+$ ]] || ((attack_seconds < 3)); then
+  echo "ATTACK_SECONDS: whole seconds, at least 3" >&2
+  exit 2
+fi
 case "$proxy" in
   nginx) package=nginx-light ;;
   haproxy) package=haproxy ;;
@@ -45,11 +64,16 @@ if ! PATH="$PATH:/usr/sbin" command -v "$proxy" > /dev/null; then
     --no-install-recommends "$package" > /dev/null
 fi
 PATH="$PATH:/usr/sbin"
+if [[ "$attacks" != none ]] && ! /usr/bin/python3 -c 'import h2' 2> /dev/null; then
+  echo "deployment: installing python3-h2" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends python3-h2 > /dev/null
+fi
 
 # Nothing may listen where this test will (HAProxy binds with SO_REUSEPORT and
 # would share a port with a leftover process without a word).
 for hp in "127.0.0.1:$proxy_port" "127.0.0.1:$stats_port" "${addresses[@]/%/:$port}" \
-  "${addresses[@]/%/:$admin_port}"; do
+  "${addresses[@]/%/:$admin_port}" "$bare:$port" "$bare:$admin_port"; do
   if (exec 3<> "/dev/tcp/${hp%:*}/${hp##*:}") 2> /dev/null; then
     echo "deployment: something already listens on $hp (choose PORT, ADMIN_PORT, PROXY_PORT," \
       "STATS_PORT)" >&2
@@ -198,4 +222,127 @@ if ((failed)); then
   grep -v -e ' ---- ' -e '^<' "$work/proxy.log" | tail -20 >&2
   exit 1
 fi
-echo "deployment: passed ($proxy; rate $rate/s for $duration s, each run through a SIGKILL and a drain)"
+summary="$proxy; rate $rate/s for $duration s, each run through a SIGKILL and a drain"
+if [[ "$attacks" == none ]]; then
+  echo "deployment: passed ($summary)"
+  exit 0
+fi
+
+# Stage 3: HTTP/2 attacks. One row: `attack` (or none) on `target` for
+# attack_seconds, the honest client calling at honest_rate/s from its second
+# second to one before its end, then a health check. The honest calls' deadline
+# is 10 s: the attacker shares this machine's cores with the proxy, which slows
+# calls through it by up to a few seconds. No ListModels first: the shapes are
+# given. Rapid reset comes from two processes: one Python process (about 20,000
+# streams a second here) is about what the bare server absorbs on this machine;
+# two outpace it, as an attacker with a second core would.
+rows="$work/attacks.tsv"
+attack_row() {  # attack where target
+  local attack="$1" where="$2" target="$3" out="$work/$1-$2" apids=() k procs=1
+  if [[ "$attack" == rapid-reset ]]; then procs=2; fi
+  if [[ "$attack" != none ]]; then
+    for ((k = 0; k < procs; k++)); do
+      /usr/bin/python3 scripts/h2_attack.py "$attack" "$target" --seconds "$attack_seconds" \
+        >> "$out.attack" 2>&1 &
+      apids+=($!)
+    done
+    sleep 1
+  fi
+  "$client" --target "$target" load --embed 64 --heads 4 --seq 16 --rate "$honest_rate" \
+    --duration "$((attack_seconds - 2))" --warmup 0 --timeout 10 --quiet --json "$out.json" \
+    > "$out.load" 2>&1 || true
+  for k in "${apids[@]}"; do wait "$k" || echo "(h2_attack.py exited $?)" >> "$out.attack"; done
+  local health
+  health="$("$client" --target "$target" --timeout 2 health 2>&1 | tr '\n' ' ')" || true
+  printf '%s\t%s\t%s\t%s' "$attack" "$where" "$out" "$health" >> "$rows"
+}
+alive() {  # index: the replica's process still runs (or else: how it ended, and its log)
+  kill -0 "${pids[$1]}" 2> /dev/null && return 0
+  local code=0
+  wait "${pids[$1]}" || code=$?
+  echo "deployment: ${addresses[$1]} DIED (exit $code); its log ends:" >&2
+  tail -n 20 "$work/replica$1.log" >&2
+  return 1
+}
+crashed=0
+attack_stage() {
+  addresses[3]="$bare"  # index 3: the bare server, in no upstream; a fresh one per row
+  local attack i peak state
+  for attack in none $attacks; do
+    echo "== $attack" >> "$work/replica3.log"
+    start_replica 3
+    wait_ready 3
+    attack_row "$attack" bare "$bare:$port"
+    peak="$(awk '/^VmHWM/ { print int($2 / 1024) }' "/proc/${pids[3]}/status" 2> /dev/null || true)"
+    if alive 3; then
+      state=alive
+      kill -9 "${pids[3]}"
+      wait "${pids[3]}" 2> /dev/null || true
+    else
+      state=DIED crashed=1
+    fi
+    printf '\t%s\t%s\n' "$state" "${peak:-?}" >> "$rows"
+    attack_row "$attack" proxy "127.0.0.1:$proxy_port"
+    state=alive
+    for i in 0 1 2; do
+      alive "$i" && continue
+      state="DIED: ${addresses[$i]}" crashed=1
+      start_replica "$i"
+      wait_ready "$i"
+    done
+    if ! kill -0 "$proxy_pid" 2> /dev/null; then
+      printf '\tDIED: %s\t-\n' "$proxy" >> "$rows"
+      echo "deployment: $proxy DIED; its log ends:" >&2
+      tail -n 20 "$work/proxy.log" >&2
+      crashed=1
+      break
+    fi
+    printf '\t%s\t-\n' "$state" >> "$rows"
+  done
+}
+stage_start=$SECONDS
+attack_stage
+echo "deployment: attacks: $((SECONDS - stage_start)) s; honest client $honest_rate/s for" \
+  "$((attack_seconds - 2)) s a row, beside $attack_seconds s of attack"
+/usr/bin/python3 - "$rows" << 'PY' || failed=1
+import json, os, sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+print(f"{'attack':<19}{'target':<7}{'honest ok/sent':>15}  {'errors':<44}{'p50 ms':>9}{'p99 ms':>9}"
+      f"  {'health after':<13}{'server':<8}{'peak MiB':>8}")
+bad, first = [], {}
+for attack, where, out, health, state, peak in rows:
+    try:
+        r = json.load(open(out + ".json"))
+        errors = sum(r["errors"].values())
+        if errors:
+            first[f"{attack} {where}"] = r["first_errors"]
+        lat = r["corrected_latency_ms"]
+        codes = ", ".join(f"{n} {c}" for c, n in r["errors"].items())
+        cells = (f"{r['ok']}/{r['sent']}", codes or "0", f"{lat['p50']:.2f}", f"{lat['p99']:.2f}")
+    except (OSError, ValueError, KeyError):
+        errors = None
+        cells = ("-", "load tool: " + open(out + ".load").read().strip()[-60:], "-", "-")
+    health = "SERVING" if "SERVING" in health and "NOT_SERVING" not in health else health[:60]
+    print(f"{attack:<19}{where:<7}{cells[0]:>15}  {cells[1]:<44}{cells[2]:>9}{cells[3]:>9}"
+          f"  {health:<13}{state:<8}{peak:>8}")
+    if state != "alive":
+        bad.append(f"{attack} {where}: {state}")
+    if where == "proxy" and attack in ("none", "rapid-reset") and errors != 0:
+        bad.append(f"{attack} through the proxy: the honest client saw {cells[1]}")
+    if where == "bare" and attack == "none" and errors != 0:
+        bad.append(f"the bare server without attack: {cells[1]}")
+for attack, where, out, *_ in rows:
+    if os.path.exists(out + ".attack"):
+        for line in open(out + ".attack").read().strip().split("\n"):
+            print(f"deployment: {where}: {line}")
+for row, errors in first.items():
+    print(f"deployment: the honest client's first errors, {row}: {errors}")
+for b in bad:
+    print(f"deployment: FAILED: {b}", file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+if ((failed || crashed)); then
+  echo "deployment: attacks FAILED" >&2
+  exit 1
+fi
+echo "deployment: passed ($summary; attacks: a bare server's figures above, the proxy held)"

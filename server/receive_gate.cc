@@ -43,7 +43,8 @@ void ReceiveGate::Enter(Ticket* ticket, std::function<void()> start, std::functi
     ticket->active_ = true;
     if (holding_ >= slots_ || !waiting_.empty()) {
       ticket->id_ = next_id_++;
-      waiting_.push_back({ticket->id_, ticket, std::move(start), std::move(expire)});
+      waiting_.emplace(ticket->id_,
+                       Waiter{ticket->id_, ticket, std::move(start), std::move(expire)});
       return;
     }
     ++holding_;
@@ -86,10 +87,7 @@ void ReceiveGate::Leave(Ticket* ticket) {
     if (!ticket->active_) return;
     ticket->active_ = false;
     if (ticket->id_ != 0) {  // still waiting: leaves the queue
-      const uint64_t id = std::exchange(ticket->id_, 0);
-      waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(),
-                                    [id](const Waiter& w) { return w.id == id; }),
-                     waiting_.end());
+      waiting_.erase(std::exchange(ticket->id_, 0));
       return;
     }
     holders_.erase(ticket);
@@ -98,8 +96,8 @@ void ReceiveGate::Leave(Ticket* ticket) {
       return;
     }
     // The slot passes to the first waiter.
-    Waiter next = std::move(waiting_.front());
-    waiting_.pop_front();
+    Waiter next = std::move(waiting_.begin()->second);
+    waiting_.erase(waiting_.begin());
     HoldLocked(next.ticket, std::move(next.expire));
     start = std::move(next.start);
   }
@@ -109,11 +107,8 @@ void ReceiveGate::Leave(Ticket* ticket) {
 bool ReceiveGate::Withdraw(Ticket* ticket) {
   absl::MutexLock lock(&mu_);
   if (!ticket->active_ || ticket->id_ == 0) return false;  // holds a slot, or left
-  const uint64_t id = std::exchange(ticket->id_, 0);
   ticket->active_ = false;
-  waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(),
-                                [id](const Waiter& w) { return w.id == id; }),
-                 waiting_.end());
+  waiting_.erase(std::exchange(ticket->id_, 0));
   return true;
 }
 

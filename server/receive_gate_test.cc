@@ -55,6 +55,28 @@ TEST(ReceiveGate, AWaiterThatLeavesNeverStarts) {
 }
 
 // A holder past max_hold is expired only while someone waits, once.
+// A rapid reset's many cancelled waiters (each leaves the queue by its id,
+// not by a scan of it): the others keep their order.
+TEST(ReceiveGate, ManyCancelledWaitersLeaveTheOthersInOrder) {
+  ReceiveGate gate(1);
+  std::vector<int> started;
+  constexpr int kWaiters = 20000;
+  std::vector<ReceiveGate::Ticket> t(kWaiters);
+  for (int i = 0; i < kWaiters; ++i) gate.Enter(&t[i], [&started, i] { started.push_back(i); });
+  for (int i = 1; i < kWaiters; ++i) {
+    if (i % 3 != 0) {
+      EXPECT_TRUE(t[i].Cancel());
+    }
+  }
+  EXPECT_EQ(gate.waiting(), (kWaiters - 1) / 3);
+  for (int i = 0; i < kWaiters; i += 3) t[i].Reset();  // each passes its slot on
+  std::vector<int> want;
+  for (int i = 0; i < kWaiters; i += 3) want.push_back(i);
+  EXPECT_EQ(started, want);
+  EXPECT_EQ(gate.waiting(), 0);
+  EXPECT_EQ(gate.holding(), 0);
+}
+
 TEST(ReceiveGate, AHolderIsExpiredOnlyWhileOthersWait) {
   ReceiveGate gate(1, absl::Milliseconds(40));
   std::atomic<int> expired{0};
