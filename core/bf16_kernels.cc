@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "core/avx512_math.h"
+
 // Every function here runs only where the bfloat16 path runs (see the
 // header); the rest of the build stays at the baseline ISA.
 #define ATTENTION_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
@@ -26,28 +28,6 @@ ATTENTION_BF16_TARGET inline void StoreBfloat16(uint16_t* out, __m512 v, __mmask
   _mm256_mask_storeu_epi16(out, k, (__m256i)_mm512_cvtneps_pbh(v));
 }
 
-// exp(x) in every lane, within 2 float32 ulps: x = n ln2 + r with |r| <=
-// ln2 / 2 (ln2 in two parts, Cody-Waite), exp(r) by Cephes' expf polynomial,
-// times 2^n by VSCALEFPS. Below -87 (exp < 1.7e-38, and -inf) the result is
-// 0; NaN stays NaN (VMAXPS/VMINPS return their second operand for NaN).
-ATTENTION_BF16_TARGET inline __m512 Exp(__m512 x) {
-  const __m512 c = _mm512_min_ps(_mm512_set1_ps(88.5f), _mm512_max_ps(_mm512_set1_ps(-88.0f), x));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), c);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  const __m512 e = _mm512_scalef_ps(p, n);
-  const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
-  return _mm512_mask_mov_ps(e, tiny, _mm512_setzero_ps());
-}
-
 // The softmax of one row (see SoftmaxRowsToBfloat16); returns its sum.
 ATTENTION_BF16_TARGET float SoftmaxRow(int64_t n, float* x, bool keep_float32, uint16_t* p16) {
   const __m512 neg_inf = _mm512_set1_ps(-__builtin_inff());
@@ -66,13 +46,14 @@ ATTENTION_BF16_TARGET float SoftmaxRow(int64_t n, float* x, bool keep_float32, u
   const __m512 m = _mm512_set1_ps(row_max);
   __m512 vsum = _mm512_setzero_ps();
   for (j = 0; j + kLanes <= n; j += kLanes) {
-    const __m512 e = Exp(_mm512_sub_ps(_mm512_loadu_ps(x + j), m));
+    const __m512 e = Exp16(_mm512_sub_ps(_mm512_loadu_ps(x + j), m));
     _mm512_storeu_ps(x + j, e);
     vsum = _mm512_add_ps(vsum, e);
   }
   if (j < n) {
     const __mmask16 k = Tail(n - j);
-    const __m512 e = _mm512_maskz_mov_ps(k, Exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), m)));
+    const __m512 e =
+        _mm512_maskz_mov_ps(k, Exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), m)));
     _mm512_mask_storeu_ps(x + j, k, e);
     vsum = _mm512_add_ps(vsum, e);
   }

@@ -1,5 +1,6 @@
 #include "core/decode_kernels.h"
 
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "core/arith.h"
+#include "core/avx512_math.h"
 #include "core/decode.h"
 
 namespace attention {
@@ -66,11 +68,157 @@ inline float Exp(float x) {
   return p * two_n;
 }
 
+// One query's online softmax over one block of keys: its scores `s` (the
+// block's 64, scratch), then the running max and sum and the accumulated
+// values in `p` ([Dv] then max, sum). `keys` [D, kBlock] transposed,
+// `values` rows `vrow` apart; the first `valid` keys count.
+struct PortableBlock {
+  template <typename E>
+  static inline __attribute__((always_inline)) void Attend(const float* __restrict q, int64_t D,
+                                                           const E* keys, const E* values,
+                                                           int64_t vrow, int64_t Dv, int64_t valid,
+                                                           float* __restrict s,
+                                                           float* __restrict p) {
+    // 16 keys at a time, their scores kept in one register across D.
+    for (int64_t j0 = 0; j0 < valid; j0 += kLanes) {
+      float acc[kLanes] = {};
+      for (int64_t d = 0; d < D; ++d) {
+        const float qd = q[d];
+        const E* __restrict row = keys + d * kBlock + j0;
+        for (int64_t l = 0; l < kLanes; ++l) acc[l] += qd * Load(row[l]);
+      }
+      for (int64_t l = 0; l < kLanes; ++l) s[j0 + l] = acc[l];
+    }
+    float top = s[0];
+    for (int64_t j = 1; j < valid; ++j) top = std::max(top, s[j]);
+    const float m = std::max(p[Dv], top);
+    if (std::isnan(m)) {  // NaN scores make their row NaN, as in PyTorch
+      std::fill(p, p + Dv + 2, std::numeric_limits<float>::quiet_NaN());
+      return;
+    }
+    const float keep = std::exp(p[Dv] - m);  // 0 at the first block
+    float sum = 0;
+    for (int64_t j = 0; j < valid; ++j) {
+      s[j] = Exp(s[j] - m);
+      sum += s[j];
+    }
+    // 16 value dims at a time, accumulated in one register across the keys.
+    int64_t d0 = 0;
+    for (; d0 + kLanes <= Dv; d0 += kLanes) {
+      float acc[kLanes];
+      for (int64_t l = 0; l < kLanes; ++l) acc[l] = p[d0 + l] * keep;
+      for (int64_t j = 0; j < valid; ++j) {
+        const float w = s[j];
+        const E* __restrict v = values + j * vrow + d0;
+        for (int64_t l = 0; l < kLanes; ++l) acc[l] += w * Load(v[l]);
+      }
+      for (int64_t l = 0; l < kLanes; ++l) p[d0 + l] = acc[l];
+    }
+    for (; d0 < Dv; ++d0) {  // a value width that is not a multiple of 16
+      float acc = p[d0] * keep;
+      for (int64_t j = 0; j < valid; ++j) acc += s[j] * Load(values[j * vrow + d0]);
+      p[d0] = acc;
+    }
+    p[Dv] = m;
+    p[Dv + 1] = p[Dv + 1] * keep + sum;
+  }
+};
+
+#define ATTENTION_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+
+// The same in AVX-512 intrinsics (the compiler does not vectorize the
+// portable loops well): 64 scores in four registers along D, exp on whole
+// registers, values accumulated four registers (64 dims) at a time.
+struct Avx512Block {
+  static ATTENTION_AVX512 inline __m512 Load16(const float* p) { return _mm512_loadu_ps(p); }
+  static ATTENTION_AVX512 inline __m512 Load16(const uint16_t* p) {
+    const __m512i wide =
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  }
+  template <typename E>
+  static ATTENTION_AVX512 inline void Attend(const float* __restrict q, int64_t D, const E* keys,
+                                             const E* values, int64_t vrow, int64_t Dv,
+                                             int64_t valid, float* __restrict s,
+                                             float* __restrict p) {
+    static_assert(kBlock == 4 * kLanes);
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    for (int64_t d = 0; d < D; ++d) {
+      const __m512 qd = _mm512_set1_ps(q[d]);
+      const E* row = keys + d * kBlock;
+      s0 = _mm512_fmadd_ps(qd, Load16(row), s0);
+      s1 = _mm512_fmadd_ps(qd, Load16(row + 16), s1);
+      s2 = _mm512_fmadd_ps(qd, Load16(row + 32), s2);
+      s3 = _mm512_fmadd_ps(qd, Load16(row + 48), s3);
+    }
+    __m512 sc[4] = {s0, s1, s2, s3};
+    const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    __m512 top = minus_inf;
+    __mmask16 nan = 0;
+    for (int c = 0; c < 4; ++c) {  // keys past `valid` do not count
+      const int64_t left = std::clamp<int64_t>(valid - 16 * c, 0, 16);
+      const __mmask16 mask = static_cast<__mmask16>((uint32_t{1} << left) - 1);
+      sc[c] = _mm512_mask_blend_ps(mask, minus_inf, sc[c]);
+      nan |= _mm512_cmp_ps_mask(sc[c], sc[c], _CMP_UNORD_Q);
+      top = _mm512_max_ps(top, sc[c]);
+    }
+    const float m = std::max(p[Dv], _mm512_reduce_max_ps(top));
+    if (nan != 0 || std::isnan(m)) {
+      PortableBlock::Attend(q, D, keys, values, vrow, Dv, valid, s, p);  // NaN: as PyTorch
+      return;
+    }
+    const float keep = std::exp(p[Dv] - m);  // 0 at the first block
+    __m512 total = _mm512_setzero_ps();
+    for (int c = 0; c < 4; ++c) {
+      const int64_t left = std::clamp<int64_t>(valid - 16 * c, 0, 16);
+      const __mmask16 mask = static_cast<__mmask16>((uint32_t{1} << left) - 1);
+      const __m512 e = _mm512_maskz_mov_ps(mask, Exp16(_mm512_sub_ps(sc[c], _mm512_set1_ps(m))));
+      _mm512_storeu_ps(s + 16 * c, e);
+      total = _mm512_add_ps(total, e);
+    }
+    const float sum = _mm512_reduce_add_ps(total);
+    const __m512 k = _mm512_set1_ps(keep);
+    int64_t d0 = 0;
+    for (; d0 + 4 * kLanes <= Dv; d0 += 4 * kLanes) {  // 64 value dims at a time
+      __m512 a0 = _mm512_mul_ps(_mm512_loadu_ps(p + d0), k);
+      __m512 a1 = _mm512_mul_ps(_mm512_loadu_ps(p + d0 + 16), k);
+      __m512 a2 = _mm512_mul_ps(_mm512_loadu_ps(p + d0 + 32), k);
+      __m512 a3 = _mm512_mul_ps(_mm512_loadu_ps(p + d0 + 48), k);
+      for (int64_t j = 0; j < valid; ++j) {
+        const __m512 w = _mm512_set1_ps(s[j]);
+        const E* v = values + j * vrow + d0;
+        a0 = _mm512_fmadd_ps(w, Load16(v), a0);
+        a1 = _mm512_fmadd_ps(w, Load16(v + 16), a1);
+        a2 = _mm512_fmadd_ps(w, Load16(v + 32), a2);
+        a3 = _mm512_fmadd_ps(w, Load16(v + 48), a3);
+      }
+      _mm512_storeu_ps(p + d0, a0);
+      _mm512_storeu_ps(p + d0 + 16, a1);
+      _mm512_storeu_ps(p + d0 + 32, a2);
+      _mm512_storeu_ps(p + d0 + 48, a3);
+    }
+    for (; d0 + kLanes <= Dv; d0 += kLanes) {
+      __m512 a0 = _mm512_mul_ps(_mm512_loadu_ps(p + d0), k);
+      for (int64_t j = 0; j < valid; ++j) {
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(s[j]), Load16(values + j * vrow + d0), a0);
+      }
+      _mm512_storeu_ps(p + d0, a0);
+    }
+    for (; d0 < Dv; ++d0) {  // a value width that is not a multiple of 16
+      float acc = p[d0] * keep;
+      for (int64_t j = 0; j < valid; ++j) acc += s[j] * Load(values[j * vrow + d0]);
+      p[d0] = acc;
+    }
+    p[Dv] = m;
+    p[Dv + 1] = p[Dv + 1] * keep + sum;
+  }
+};
+
 // The unit's online softmax over its blocks, written to ctx.partial. Inlined
 // into each ISA's variant below, where its fixed-length loops vectorize:
 // a block's keys are stored transposed ([D, kBlock]), so a query's 64 scores
 // are D multiply-adds of whole vectors, no horizontal sums.
-template <typename E, bool kHeld>
+template <typename E, bool kHeld, typename Block>
 inline __attribute__((always_inline)) void RunUnit(const Unit& u, const UnitContext& ctx) {
   const DecodeKernelArgs& a = *ctx.args;
   const int64_t D = a.head_dim, Dv = a.value_dim, T = a.count;
@@ -112,69 +260,24 @@ inline __attribute__((always_inline)) void RunUnit(const Unit& u, const UnitCont
       const int64_t t = i % T;
       const int64_t valid = a.causal ? std::clamp<int64_t>(a.held_before + t - start + 1, 0, n) : n;
       if (valid == 0) continue;
-      const float* __restrict q = ctx.qs + i * D;
-      // 16 keys at a time, their scores kept in one register across D.
-      for (int64_t j0 = 0; j0 < valid; j0 += kLanes) {
-        float acc[kLanes] = {};
-        for (int64_t d = 0; d < D; ++d) {
-          const float qd = q[d];
-          const E* __restrict row = keys + d * kBlock + j0;
-          for (int64_t l = 0; l < kLanes; ++l) acc[l] += qd * Load(row[l]);
-        }
-        for (int64_t l = 0; l < kLanes; ++l) s[j0 + l] = acc[l];
-      }
-      float* __restrict p = ctx.partial + i * stride;
-      float top = s[0];
-      for (int64_t j = 1; j < valid; ++j) top = std::max(top, s[j]);
-      const float m = std::max(p[Dv], top);
-      if (std::isnan(m)) {  // NaN scores make their row NaN, as in PyTorch
-        std::fill(p, p + Dv + 2, std::numeric_limits<float>::quiet_NaN());
-        continue;
-      }
-      const float keep = std::exp(p[Dv] - m);  // 0 at the first block
-      float sum = 0;
-      for (int64_t j = 0; j < valid; ++j) {
-        s[j] = Exp(s[j] - m);
-        sum += s[j];
-      }
-      // 16 value dims at a time, accumulated in one register across the keys.
-      int64_t d0 = 0;
-      for (; d0 + kLanes <= Dv; d0 += kLanes) {
-        float acc[kLanes];
-        for (int64_t l = 0; l < kLanes; ++l) acc[l] = p[d0 + l] * keep;
-        for (int64_t j = 0; j < valid; ++j) {
-          const float w = s[j];
-          const E* __restrict v = values + j * vrow + d0;
-          for (int64_t l = 0; l < kLanes; ++l) acc[l] += w * Load(v[l]);
-        }
-        for (int64_t l = 0; l < kLanes; ++l) p[d0 + l] = acc[l];
-      }
-      for (; d0 < Dv; ++d0) {  // a value width that is not a multiple of 16
-        float acc = p[d0] * keep;
-        for (int64_t j = 0; j < valid; ++j) acc += s[j] * Load(values[j * vrow + d0]);
-        p[d0] = acc;
-      }
-      p[Dv] = m;
-      p[Dv + 1] = p[Dv + 1] * keep + sum;
+      Block::Attend(ctx.qs + i * D, D, keys, values, vrow, Dv, valid, s, ctx.partial + i * stride);
     }
   }
 }
 
-#define ATTENTION_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
 #define ATTENTION_AVX2 __attribute__((target("avx2,fma")))
-ATTENTION_AVX512 void F32Avx512(const Unit& u, const UnitContext& c) { RunUnit<float, true>(u, c); }
-ATTENTION_AVX512 void Bf16Avx512(const Unit& u, const UnitContext& c) {
-  RunUnit<uint16_t, true>(u, c);
+template <typename E, bool kHeld>
+ATTENTION_AVX512 void UnitAvx512(const Unit& u, const UnitContext& c) {
+  RunUnit<E, kHeld, Avx512Block>(u, c);
 }
-ATTENTION_AVX512 void RowsAvx512(const Unit& u, const UnitContext& c) {
-  RunUnit<float, false>(u, c);
+template <typename E, bool kHeld>
+ATTENTION_AVX2 void UnitAvx2(const Unit& u, const UnitContext& c) {
+  RunUnit<E, kHeld, PortableBlock>(u, c);
 }
-ATTENTION_AVX2 void F32Avx2(const Unit& u, const UnitContext& c) { RunUnit<float, true>(u, c); }
-ATTENTION_AVX2 void Bf16Avx2(const Unit& u, const UnitContext& c) { RunUnit<uint16_t, true>(u, c); }
-ATTENTION_AVX2 void RowsAvx2(const Unit& u, const UnitContext& c) { RunUnit<float, false>(u, c); }
-void F32(const Unit& u, const UnitContext& c) { RunUnit<float, true>(u, c); }
-void Bf16(const Unit& u, const UnitContext& c) { RunUnit<uint16_t, true>(u, c); }
-void RowsBaseline(const Unit& u, const UnitContext& c) { RunUnit<float, false>(u, c); }
+template <typename E, bool kHeld>
+void UnitBaseline(const Unit& u, const UnitContext& c) {
+  RunUnit<E, kHeld, PortableBlock>(u, c);
+}
 #undef ATTENTION_AVX512
 #undef ATTENTION_AVX2
 
@@ -191,9 +294,10 @@ UnitFn ChooseUnit(int kind) {
     }
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
   }();
-  static constexpr UnitFn kUnits[3][3] = {{F32, Bf16, RowsBaseline},
-                                          {F32Avx2, Bf16Avx2, RowsAvx2},
-                                          {F32Avx512, Bf16Avx512, RowsAvx512}};
+  static constexpr UnitFn kUnits[3][3] = {
+      {UnitBaseline<float, true>, UnitBaseline<uint16_t, true>, UnitBaseline<float, false>},
+      {UnitAvx2<float, true>, UnitAvx2<uint16_t, true>, UnitAvx2<float, false>},
+      {UnitAvx512<float, true>, UnitAvx512<uint16_t, true>, UnitAvx512<float, false>}};
   return kUnits[isa][kind];
 }
 
