@@ -256,6 +256,47 @@ TEST(Decode, QueriesOverAMemorySentOnce) {
   EXPECT_LE(RelativeMaxError(got.data(), want->output), kTolerance);
 }
 
+// PyTorch's grouped-query cross-attention (scaled_dot_product_attention with
+// enable_gqa semantics, 4 query heads over 2 key/value heads): the memory sent
+// with the first queries, the other queries alone, per batch entry.
+TEST(Decode, GroupedQueryCrossAttentionOverAMemoryMatchesPyTorch) {
+  absl::StatusOr<std::unique_ptr<testing::Fixture>> f =
+      LoadFixture(SourcePath("tests/fixtures/sdpa_gqa_avg.safetensors"));
+  ASSERT_TRUE(f.ok()) << f.status();
+  const AttentionArgs& whole = (*f)->args;
+  ASSERT_FALSE(whole.causal);
+  ASSERT_EQ(whole.num_kv_heads * 2, whole.num_heads);
+  const int64_t B = whole.query.shape[0], L = whole.query.shape[1], S = whole.key->shape[1];
+  const int64_t qw = whole.query.shape[2], kw = whole.key->shape[2], vw = whole.value->shape[2];
+  const std::vector<float> q = testing::ToFloats(whole.query), k = testing::ToFloats(*whole.key),
+                           v = testing::ToFloats(*whole.value),
+                           want = testing::ToFloats(*(*f)->expected_output);
+  const int64_t ow = (*f)->expected_output->shape[2];
+  for (int64_t b = 0; b < B; ++b) {
+    AttentionArgs args;
+    args.num_heads = whole.num_heads;
+    args.num_kv_heads = whole.num_kv_heads;
+    args.query = Rows(q, qw, b * L, 2);
+    args.key = Rows(k, kw, b * S, S);
+    args.value = Rows(v, vw, b * S, S);
+    absl::StatusOr<DecodePlan> plan = PlanDecode(args, nullptr, {});
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    SequenceCache cache(plan->shape);
+    std::vector<float> got;
+    VectorOutputs out;
+    ASSERT_TRUE(DecodeStep(args, &cache, {}, &out).ok());
+    got.insert(got.end(), out.output.data.begin(), out.output.data.end());
+    args.key.reset();
+    args.value.reset();
+    args.query = Rows(q, qw, b * L + 2, L - 2);
+    ASSERT_TRUE(DecodeStep(args, &cache, {}, &out).ok());
+    got.insert(got.end(), out.output.data.begin(), out.output.data.end());
+    const std::vector<double> rows(want.begin() + b * L * ow, want.begin() + (b + 1) * L * ow);
+    ASSERT_EQ(got.size(), rows.size());
+    EXPECT_LE(RelativeMaxError(got.data(), rows), kTolerance);
+  }
+}
+
 // Refusals change nothing; a failed step is undone.
 TEST(Decode, RefusedOrFailedMessagesLeaveTheSequenceAsItWas) {
   std::mt19937 rng(5);
