@@ -148,6 +148,9 @@ absl::Status ReadShape(const AttentionArgs& a, const SequenceCache* held, Messag
       s.value_dim = held != nullptr ? held->shape().value_dim : s.head_dim;
     }
   }
+  if (a.scale.has_value() && !std::isfinite(*a.scale)) {
+    return InvalidField("options.scale", absl::StrCat(*a.scale, " is not a finite number"));
+  }
   s.scale = a.scale.has_value() ? *a.scale
             : held != nullptr   ? held->shape().scale
                                 : 1.0f / std::sqrt(static_cast<float>(s.head_dim));
@@ -327,7 +330,7 @@ absl::StatusOr<DecodePlan> PlanDecode(const AttentionArgs& a, const SequenceCach
                   m.keys * s.num_kv_heads * (s.head_dim + s.value_dim) +
                   T * s.num_heads * s.value_dim + T * out_width;
   double bytes = 0;
-  if (UsesKernel(a, plan)) {
+  if (UsesKernel(a, plan) || plan.length_after == 0) {
     const double units = s.num_kv_heads * (internal::CeilDiv(plan.length_after, kBlock) + 1);
     const int64_t queries = T * s.num_heads;  // over all key/value heads' groups
     floats += units / static_cast<double>(s.num_kv_heads) * static_cast<double>(queries) *
@@ -455,7 +458,10 @@ absl::Status DecodeStep(const AttentionArgs& a, SequenceCache* cache, const Comp
       heads.resize(T * s.num_heads * s.value_dim);
       target = heads.data();
     }
-    if (UsesKernel(a, plan)) {
+    if (plan.length_after == 0) {  // nothing to attend: zeros, as everywhere
+      std::fill(target, target + T * s.num_heads * s.value_dim, 0.0f);
+      if (!plan.weights_shape.empty()) outputs->Weights(plan.weights_shape);  // no elements
+    } else if (UsesKernel(a, plan)) {
       internal::DecodeKernelArgs k_args(
           {s.num_heads, s.num_kv_heads, s.head_dim, s.value_dim, s.scale});
       k_args.cache = cache;

@@ -101,7 +101,8 @@ class SequenceCache {
 
   // Key/value head g's keys of block b, transposed: [D, kBlockTokens]; its
   // values: [kBlockTokens, Dv]; float or uint16_t (bfloat16) elements. A
-  // block's slots past length() hold zeros.
+  // block's slots past length() hold zeros, or an undone append's values
+  // (the kernels never count them).
   const void* Keys(int64_t block, int64_t g) const;
   const void* Values(int64_t block, int64_t g) const;
   int64_t blocks() const { return static_cast<int64_t>(blocks_.size()); }

@@ -5,6 +5,7 @@
 #include "core/decode.h"
 
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -325,6 +326,10 @@ TEST(Decode, RefusedOrFailedMessagesLeaveTheSequenceAsItWas) {
   EXPECT_THAT(DecodeStep(changed, &cache, {}, &out).message(),
               ::testing::HasSubstr("options.scale"));
   changed = args;
+  changed.scale = std::numeric_limits<float>::infinity();
+  EXPECT_THAT(DecodeStep(changed, &cache, {}, &out).message(),
+              ::testing::HasSubstr("options.scale: inf is not a finite number"));
+  changed = args;
   changed.precision = Precision::kBFloat16;
   EXPECT_THAT(DecodeStep(changed, &cache, {}, &out).message(),
               ::testing::HasSubstr("options.precision: PRECISION_BFLOAT16 differs"));
@@ -384,6 +389,31 @@ TEST(Decode, FewQueriesOverManyKeysMatchTheReference) {
       ASSERT_TRUE(ComputeAttention(args, options, &out).ok());
       ASSERT_EQ(out.output.shape, want->output_shape);
       EXPECT_LE(RelativeMaxError(out.output.data.data(), want->output), kTolerance);
+    }
+  }
+}
+
+// Queries over a sequence that holds no keys yet attend nothing: zeros (and
+// empty weights), on either path.
+TEST(Decode, QueriesWithNothingToAttendGiveZeros) {
+  std::mt19937 rng(21);
+  const FloatTensor q = testing::RandomTensor({1, 20, 16}, rng);
+  for (const WeightsMode w : {WeightsMode::kNone, WeightsMode::kAveraged}) {
+    for (const int64_t rows : {int64_t{1}, int64_t{20}}) {  // the kernel and the gathered path
+      AttentionArgs args;
+      args.num_heads = 2;
+      args.weights = w;
+      args.query = Rows(q.data, 16, 0, rows);
+      absl::StatusOr<DecodePlan> plan = PlanDecode(args, nullptr, {});
+      ASSERT_TRUE(plan.ok()) << plan.status();
+      SequenceCache cache(plan->shape);
+      VectorOutputs out;
+      ASSERT_TRUE(DecodeStep(args, &cache, {}, &out).ok());
+      EXPECT_THAT(out.output.data, ::testing::Each(0.0f));
+      EXPECT_EQ(out.output.data.size(), static_cast<size_t>(rows * 16));
+      if (w == WeightsMode::kAveraged) {
+        EXPECT_THAT(out.weights.shape, ::testing::ElementsAre(rows, 0));
+      }
     }
   }
 }

@@ -30,14 +30,15 @@ void DecodeSequences::Free(Map::iterator it, bool expired) {
   metrics_->DecodeHeld(-1, -it->second.held.bytes());
   if (expired) {
     metrics_->DecodeExpired();
-    expired_.push_back(it->first);
+    expired_.push_back(std::hash<std::string>()(it->first));
     if (expired_.size() > kExpiredNames) expired_.pop_front();
   }
   sequences_.erase(it);  // its reservation goes back to the budget
 }
 
 bool DecodeSequences::WasExpired(const std::string& name) const {
-  return std::find(expired_.begin(), expired_.end(), name) != expired_.end();
+  return std::find(expired_.begin(), expired_.end(), std::hash<std::string>()(name)) !=
+         expired_.end();
 }
 
 void DecodeSequences::Clear() {
@@ -100,7 +101,9 @@ absl::Status DecodeSequences::Serve(const v1::DecodeRequest& request, const Mode
         absl::StrCat("position: ", request.position(), ", but ", Quoted(name), " holds ", held,
                      " keys; nothing was changed (was a message lost, repeated or reordered?)"));
   }
-  return Step(request, models, options, it, step, response);
+  // Nothing may escape: the stream's next messages wait for this one's answer.
+  return GuardStatus([&] { return Step(request, models, options, it, step, response); },
+                     "out of memory computing the message");
 }
 
 absl::Status DecodeSequences::Step(const v1::DecodeRequest& request, const ModelRegistry& models,
@@ -347,40 +350,58 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     return answer;
   }
 
+  // Computes `item`, then starts the next message, then answers `item`:
+  // Computed is always reached (the stream cannot finish while a computation
+  // is pending). Where even an error's answer cannot be allocated, the stream
+  // is cancelled instead.
   void Compute(const std::shared_ptr<Item>& item) {
-    ServiceMetrics* metrics = service_->metrics();
-    metrics->ComputeBegins(&item->call);
     grpc::ByteBuffer answer;
-    absl::Status s =
-        cut()->load() ? absl::CancelledError("the stream was cancelled")
-                      : sequences_.Serve(item->request, *service_->models_,
-                                         service_->Options(context_, cut()), &item->held, &answer);
-    metrics->ComputeEnds(&item->call, s);
-    if (!s.ok()) {
-      if (absl::StartsWith(s.message(), "memory budget")) {
-        item->call.refusal = CallRecord::Refusal::kMemoryBudget;
+    try {
+      ServiceMetrics* metrics = service_->metrics();
+      metrics->ComputeBegins(&item->call);
+      absl::Status s = cut()->load() ? absl::CancelledError("the stream was cancelled")
+                                     : sequences_.Serve(item->request, *service_->models_,
+                                                        service_->Options(context_, cut()),
+                                                        &item->held, &answer);
+      metrics->ComputeEnds(&item->call, s);
+      if (!s.ok()) {
+        if (absl::StartsWith(s.message(), "memory budget")) {
+          item->call.refusal = CallRecord::Refusal::kMemoryBudget;
+        }
+        item->held.Reset();
+        answer = EncodeError(item->request.id(), s);
       }
-      item->held.Reset();
-      answer = EncodeError(item->request.id(), s);
+      metrics->Finish(item->call, s, answer.Length());
+    } catch (...) {
+      context_->TryCancel();
     }
-    metrics->Finish(item->call, s, answer.Length());
-    // The next message, before this one's answer (which may end the stream).
+    StartNext();
+    Computed(item, answer);
+  }
+
+  // The next message of the chain, if any: submitted, or answered as refused.
+  void StartNext() {
     while (true) {
       std::shared_ptr<Item> next;
       {
         absl::MutexLock lock(&chain_mu_);
         if (chain_.empty()) {
           running_ = false;
-          break;
+          return;
         }
         next = std::move(chain_.front());
         chain_.pop_front();
       }
-      if (Submit(next)) break;
-      next->held.Reset();
-      Computed(next, Refused(next.get()));
+      grpc::ByteBuffer refused;
+      try {
+        if (Submit(next)) return;
+        next->held.Reset();
+        refused = Refused(next.get());
+      } catch (...) {
+        context_->TryCancel();
+      }
+      Computed(next, refused);
     }
-    Computed(item, answer);
   }
 
   void IssueFinish(bool cut) override {

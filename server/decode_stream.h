@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -97,7 +98,8 @@ class DecodeSequences {
   ServiceMetrics* const metrics_;
   mutable absl::Mutex mu_;
   Map sequences_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::string> expired_ ABSL_GUARDED_BY(mu_);  // recent names, at most 1024
+  // Hashes of the names of recently expired sequences, at most 1024.
+  std::deque<size_t> expired_ ABSL_GUARDED_BY(mu_);
 };
 
 // The open decode streams of a service (anything with ExpireIdle and

@@ -244,9 +244,11 @@ class AttentionServiceImpl final : public ServiceBase {
   ConnectionShares shares_;           // a quarter of --max-queue each, once 3/4 of it is queued
   ReceiveGate receive_gate_;          // unary requests being received
   std::unique_ptr<Batcher> batcher_;  // null when batching is off
-  DecodeStreams decode_streams_;      // open StreamDecode streams
   std::atomic<int> active_calls_{0};
   int test_compute_delay_ms_ = 0;
+  // Last: its sweep may hold the last reference to a stream, whose end
+  // touches the members above.
+  DecodeStreams decode_streams_;  // open StreamDecode streams
 };
 
 }  // namespace server
