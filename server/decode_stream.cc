@@ -1,6 +1,8 @@
 #include "server/decode_stream.h"
 
 #include <algorithm>
+#include <exception>
+#include <new>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -102,8 +104,13 @@ absl::Status DecodeSequences::Serve(const v1::DecodeRequest& request, const Mode
                      " keys; nothing was changed (was a message lost, repeated or reordered?)"));
   }
   // Nothing may escape: the stream's next messages wait for this one's answer.
-  return GuardStatus([&] { return Step(request, models, options, it, step, response); },
-                     "out of memory computing the message");
+  try {
+    return Step(request, models, options, it, step, response);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("out of memory computing the message");
+  } catch (const std::exception& e) {
+    return absl::InternalError(e.what());
+  }
 }
 
 absl::Status DecodeSequences::Step(const v1::DecodeRequest& request, const ModelRegistry& models,
