@@ -68,6 +68,21 @@ inline float Exp(float x) {
   return p * two_n;
 }
 
+// The end of a block's update of `p`: value dims from `d0` on (those the
+// vector loops left), then the running max `m` and sum.
+template <typename E>
+inline __attribute__((always_inline)) void FinishBlock(const E* values, int64_t vrow, int64_t Dv,
+                                                       int64_t d0, int64_t valid, const float* s,
+                                                       float keep, float m, float sum, float* p) {
+  for (; d0 < Dv; ++d0) {  // a value width that is not a multiple of 16
+    float acc = p[d0] * keep;
+    for (int64_t j = 0; j < valid; ++j) acc += s[j] * Load(values[j * vrow + d0]);
+    p[d0] = acc;
+  }
+  p[Dv] = m;
+  p[Dv + 1] = p[Dv + 1] * keep + sum;
+}
+
 // One query's online softmax over one block of keys: its scores `s` (the
 // block's 64, scratch), then the running max and sum and the accumulated
 // values in `p` ([Dv] then max, sum). `keys` [D, kBlock] transposed,
@@ -114,13 +129,7 @@ struct PortableBlock {
       }
       for (int64_t l = 0; l < kLanes; ++l) p[d0 + l] = acc[l];
     }
-    for (; d0 < Dv; ++d0) {  // a value width that is not a multiple of 16
-      float acc = p[d0] * keep;
-      for (int64_t j = 0; j < valid; ++j) acc += s[j] * Load(values[j * vrow + d0]);
-      p[d0] = acc;
-    }
-    p[Dv] = m;
-    p[Dv + 1] = p[Dv + 1] * keep + sum;
+    FinishBlock(values, vrow, Dv, d0, valid, s, keep, m, sum, p);
   }
 };
 
@@ -204,13 +213,7 @@ struct Avx512Block {
       }
       _mm512_storeu_ps(p + d0, a0);
     }
-    for (; d0 < Dv; ++d0) {  // a value width that is not a multiple of 16
-      float acc = p[d0] * keep;
-      for (int64_t j = 0; j < valid; ++j) acc += s[j] * Load(values[j * vrow + d0]);
-      p[d0] = acc;
-    }
-    p[Dv] = m;
-    p[Dv + 1] = p[Dv + 1] * keep + sum;
+    FinishBlock(values, vrow, Dv, d0, valid, s, keep, m, sum, p);
   }
 };
 

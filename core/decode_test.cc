@@ -84,6 +84,33 @@ Decoded Decode(AttentionArgs args, const std::vector<float>& q, const std::vecto
   return d;
 }
 
+// Decodes, on one new sequence, `args` (queries with the memory as its keys
+// and values), then each of `rest` (queries alone, the other options left
+// unset: fixed by the first message); the outputs concatenated. `held`: the
+// keys the sequence holds at the end.
+std::vector<float> MemoryThenQueries(AttentionArgs args, const std::vector<TensorView>& rest,
+                                     int64_t* held = nullptr) {
+  absl::StatusOr<DecodePlan> plan = PlanDecode(args, nullptr, {});
+  EXPECT_TRUE(plan.ok()) << plan.status();
+  if (!plan.ok()) return {};
+  SequenceCache cache(plan->shape);
+  std::vector<float> got;
+  VectorOutputs out;
+  EXPECT_TRUE(DecodeStep(args, &cache, {}, &out).ok());
+  got.insert(got.end(), out.output.data.begin(), out.output.data.end());
+  args.key.reset();
+  args.value.reset();
+  args.num_heads = 0;
+  args.num_kv_heads = 0;
+  for (const TensorView& q : rest) {
+    args.query = q;
+    EXPECT_TRUE(DecodeStep(args, &cache, {}, &out).ok());
+    got.insert(got.end(), out.output.data.begin(), out.output.data.end());
+  }
+  if (held != nullptr) *held = cache.length();
+  return got;
+}
+
 const std::vector<std::vector<int64_t>> kSplits = {
     {1}, {1000}, {17, 1}, {64, 1}, {5, 1, 1, 3, 70, 2}, {100, 1}, {3, 16, 17}};
 
@@ -237,22 +264,13 @@ TEST(Decode, QueriesOverAMemorySentOnce) {
   args.query = Rows(queries.data, H * D, 0, 2);
   args.key = Rows(memory_k.data, H * D, 0, S);
   args.value = Rows(memory_v.data, H * D, 0, S);
-  absl::StatusOr<DecodePlan> plan = PlanDecode(args, nullptr, {});
-  ASSERT_TRUE(plan.ok()) << plan.status();
-  SequenceCache cache(plan->shape);
-  std::vector<float> got;
-  VectorOutputs out;
-  ASSERT_TRUE(DecodeStep(args, &cache, {}, &out).ok());
-  got.insert(got.end(), out.output.data.begin(), out.output.data.end());
-  args.key.reset();
-  args.value.reset();
-  args.num_heads = 0;  // fixed by the first message
-  for (int64_t i = 2; i < 5; ++i) {
-    args.query = Rows(queries.data, H * D, i, 1);
-    ASSERT_TRUE(DecodeStep(args, &cache, {}, &out).ok());
-    got.insert(got.end(), out.output.data.begin(), out.output.data.end());
-  }
-  EXPECT_EQ(cache.length(), S);
+  int64_t held = 0;
+  const std::vector<float> got =
+      MemoryThenQueries(args,
+                        {Rows(queries.data, H * D, 2, 1), Rows(queries.data, H * D, 3, 1),
+                         Rows(queries.data, H * D, 4, 1)},
+                        &held);
+  EXPECT_EQ(held, S);
   ASSERT_EQ(got.size(), want->output.size());
   EXPECT_LE(RelativeMaxError(got.data(), want->output), kTolerance);
 }
@@ -280,18 +298,7 @@ TEST(Decode, GroupedQueryCrossAttentionOverAMemoryMatchesPyTorch) {
     args.query = Rows(q, qw, b * L, 2);
     args.key = Rows(k, kw, b * S, S);
     args.value = Rows(v, vw, b * S, S);
-    absl::StatusOr<DecodePlan> plan = PlanDecode(args, nullptr, {});
-    ASSERT_TRUE(plan.ok()) << plan.status();
-    SequenceCache cache(plan->shape);
-    std::vector<float> got;
-    VectorOutputs out;
-    ASSERT_TRUE(DecodeStep(args, &cache, {}, &out).ok());
-    got.insert(got.end(), out.output.data.begin(), out.output.data.end());
-    args.key.reset();
-    args.value.reset();
-    args.query = Rows(q, qw, b * L + 2, L - 2);
-    ASSERT_TRUE(DecodeStep(args, &cache, {}, &out).ok());
-    got.insert(got.end(), out.output.data.begin(), out.output.data.end());
+    const std::vector<float> got = MemoryThenQueries(args, {Rows(q, qw, b * L + 2, L - 2)});
     const std::vector<double> rows(want.begin() + b * L * ow, want.begin() + (b + 1) * L * ow);
     ASSERT_EQ(got.size(), rows.size());
     EXPECT_LE(RelativeMaxError(got.data(), rows), kTolerance);

@@ -78,6 +78,26 @@ void DescribeRequest(const v1::DecodeRequest& request, CallRecord* call) {
   DescribeOptions(request.options(), call);
 }
 
+ServiceMetrics::DecodeMetrics::DecodeMetrics(Registry* registry)
+    : sequences(registry
+                    ->AddGauge("attention_decode_sequences",
+                               "Sequences StreamDecode streams hold (their keys and "
+                               "values kept between messages).")
+                    .Labels({})),
+      bytes(registry
+                ->AddGauge("attention_decode_held_bytes",
+                           "Bytes of keys and values StreamDecode streams hold (in "
+                           "--max-memory-mb).")
+                .Labels({})),
+      tokens(registry
+                 ->AddCounter("attention_decode_tokens_appended_total",
+                              "Keys (tokens) appended to StreamDecode sequences.")
+                 .Labels({})),
+      expired(registry
+                  ->AddCounter("attention_decode_sequences_expired_total",
+                               "Sequences freed after --sequence-idle-seconds untouched.")
+                  .Labels({})) {}
+
 ServiceMetrics::ServiceMetrics(Registry* registry, Options options, AccessLog* access_log)
     : models_(options.models.begin(), options.models.end()),
       access_log_(access_log),
@@ -129,24 +149,7 @@ ServiceMetrics::ServiceMetrics(Registry* registry, Options options, AccessLog* a
                                      "computation started (busy compute, or company).",
                                      {}, LatencyBuckets())
                       .Labels({})),
-      decode_sequences_(registry
-                            ->AddGauge("attention_decode_sequences",
-                                       "Sequences StreamDecode streams hold (their keys and "
-                                       "values kept between messages).")
-                            .Labels({})),
-      decode_bytes_(registry
-                        ->AddGauge("attention_decode_held_bytes",
-                                   "Bytes of keys and values StreamDecode streams hold (in "
-                                   "--max-memory-mb).")
-                        .Labels({})),
-      decode_tokens_(registry
-                         ->AddCounter("attention_decode_tokens_appended_total",
-                                      "Keys (tokens) appended to StreamDecode sequences.")
-                         .Labels({})),
-      decode_expired_(registry
-                          ->AddCounter("attention_decode_sequences_expired_total",
-                                       "Sequences freed after --sequence-idle-seconds untouched.")
-                          .Labels({})) {
+      decode_(registry) {
   Family<Gauge>& info = registry->AddGauge("attention_model_info",
                                            "A model the server has loaded (value 1).", {"model"});
   for (const std::string& m : options.models) info.Labels({m}).Set(1);
@@ -270,15 +273,15 @@ void ServiceMetrics::Log(const CallRecord& call, const absl::Status& status,
 }
 
 void ServiceMetrics::DecodeHeld(int64_t sequences, int64_t bytes) {
-  decode_sequences_.Inc(static_cast<double>(sequences));
-  decode_bytes_.Inc(static_cast<double>(bytes));
+  decode_.sequences.Inc(static_cast<double>(sequences));
+  decode_.bytes.Inc(static_cast<double>(bytes));
 }
 
 void ServiceMetrics::DecodeAppended(int64_t tokens) {
-  decode_tokens_.Inc(static_cast<double>(tokens));
+  decode_.tokens.Inc(static_cast<double>(tokens));
 }
 
-void ServiceMetrics::DecodeExpired() { decode_expired_.Inc(); }
+void ServiceMetrics::DecodeExpired() { decode_.expired.Inc(); }
 
 void ServiceMetrics::StreamOpened(const char* rpc) { streams_open_.Labels({rpc}).Inc(); }
 void ServiceMetrics::StreamClosed(const char* rpc) { streams_open_.Labels({rpc}).Dec(); }

@@ -118,10 +118,15 @@ class ServiceMetrics {
   Family<Gauge>& streams_open_;
   Histogram& batch_size_;
   Histogram& batch_wait_;
-  Gauge& decode_sequences_;
-  Gauge& decode_bytes_;
-  Counter& decode_tokens_;
-  Counter& decode_expired_;
+  // StreamDecode's families.
+  struct DecodeMetrics {
+    explicit DecodeMetrics(Registry* registry);
+    Gauge& sequences;
+    Gauge& bytes;
+    Counter& tokens;
+    Counter& expired;
+  };
+  DecodeMetrics decode_;
 };
 
 }  // namespace server
