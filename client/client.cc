@@ -342,16 +342,121 @@ absl::StatusOr<std::vector<v1::AttentionResponse>> AttentionClient::StreamSelfAt
                    [&](grpc::ClientContext* c) { return stub_->StreamSelfAttention(c); });
 }
 
-DecodeStream::DecodeStream(AttentionClient* client, const CallOptions& options) {
-  ApplyOptions(options, &context_);
-  stream_ = client->stub()->StreamDecode(&context_);
+namespace {
+
+// `rows` appended to `into` along the rows (the second-to-last dimension);
+// tensors of different dtypes meet in float32.
+absl::Status AppendRows(const v1::Tensor& rows, v1::Tensor* into) {
+  if (into->shape_size() == 0) {
+    *into = rows;
+    return absl::OkStatus();
+  }
+  const int r = into->shape_size() - 2;
+  if (rows.shape_size() != into->shape_size() || r < 0) {
+    return absl::InvalidArgumentError("decode stream: a sequence's tensors changed rank");
+  }
+  if (rows.dtype() != into->dtype()) {
+    absl::StatusOr<FloatTensor> a = ToFloat(*into, "kept rows");
+    absl::StatusOr<FloatTensor> b = ToFloat(rows, "rows");
+    if (!a.ok()) return a.status();
+    if (!b.ok()) return b.status();
+    *into = MakeTensor(a->shape, a->data.data(), DType::kFloat32);
+    return AppendRows(MakeTensor(b->shape, b->data.data(), DType::kFloat32), into);
+  }
+  into->mutable_data()->append(rows.data());
+  into->set_shape(r, into->shape(r) + rows.shape(r));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+DecodeStream::DecodeStream(AttentionClient* client, const CallOptions& options)
+    : client_(client), options_(options) {
+  Open();
+}
+
+void DecodeStream::Open() {
+  stream_.reset();
+  context_ = std::make_unique<grpc::ClientContext>();
+  ApplyOptions(options_, context_.get());
+  stream_ = client_->stub()->StreamDecode(context_.get());
+  closed_ = false;
 }
 
 DecodeStream::~DecodeStream() {
   if (!closed_) {
-    context_.TryCancel();
+    context_->TryCancel();
     Close().IgnoreError();
   }
+}
+
+bool DecodeStream::Exchange(const v1::DecodeRequest& request, v1::AttentionResponse* response) {
+  response->Clear();
+  return stream_->Write(request) && stream_->Read(response);
+}
+
+void DecodeStream::Keep(const v1::DecodeRequest& request) {
+  auto [it, fresh] = kept_.try_emplace(request.sequence());
+  Kept& k = it->second;
+  if (fresh) {
+    k.options = request.options();
+    k.options.set_weights(v1::WEIGHTS_NONE);
+    if (request.has_query()) k.query = request.query();
+  }
+  absl::Status s = absl::OkStatus();
+  if (request.has_input()) s.Update(AppendRows(request.input(), &k.input));
+  if (request.has_key()) s.Update(AppendRows(request.key(), &k.key));
+  if (request.has_value()) s.Update(AppendRows(request.value(), &k.value));
+  if (!s.ok()) kept_.erase(it);  // cannot be rebuilt (Reopen then says so)
+}
+
+absl::Status DecodeStream::Reopen(grpc::Status broken, int* attempt) {
+  while (ShouldRetry(broken, *attempt, options_.retries)) {
+    // A short pause lets the balancer see the failed replica first.
+    std::this_thread::sleep_for(std::chrono::milliseconds(10 << std::min(*attempt, 4)));
+    ++*attempt;
+    ++retries_;
+    Open();
+    bool rebuilt = true;
+    for (const auto& [name, held] : lengths_) {
+      auto k = kept_.find(name);
+      if (k == kept_.end()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "decode stream: sequence '", name, "' cannot be rebuilt after the stream broke"));
+      }
+      v1::DecodeRequest again;
+      again.set_id(absl::StrCat("rebuild-", name));
+      again.set_sequence(name);
+      *again.mutable_options() = k->second.options;
+      if (k->second.input.shape_size() > 0) {
+        *again.mutable_input() = k->second.input;
+      } else {
+        *again.mutable_query() = k->second.query;
+        *again.mutable_key() = k->second.key;
+        *again.mutable_value() = k->second.value;
+      }
+      v1::AttentionResponse response;
+      if (!Exchange(again, &response)) {
+        closed_ = true;
+        broken = stream_->Finish();
+        rebuilt = false;
+        break;
+      }
+      if (response.has_error()) {
+        return absl::Status(static_cast<absl::StatusCode>(response.error().code()),
+                            absl::StrCat("decode stream: rebuilding sequence '", name,
+                                         "' on a new stream: ", response.error().message()));
+      }
+      if (response.sequence_length() != held) {
+        return absl::InternalError(absl::StrCat("decode stream: sequence '", name,
+                                                "' rebuilt with ", response.sequence_length(),
+                                                " keys, not ", held));
+      }
+    }
+    if (rebuilt) return absl::OkStatus();
+  }
+  absl::Status s = FromGrpcStatus(broken);
+  return s.ok() ? absl::UnavailableError("the server ended the decode stream") : s;
 }
 
 absl::StatusOr<v1::AttentionResponse> DecodeStream::Append(v1::DecodeRequest request) {
@@ -361,11 +466,16 @@ absl::StatusOr<v1::AttentionResponse> DecodeStream::Append(v1::DecodeRequest req
   if (request.id().empty()) request.set_id(absl::StrCat(next_id_++));
   last_request_bytes_ = static_cast<int64_t>(request.ByteSizeLong());
   v1::AttentionResponse response;
-  if (!stream_->Write(request) || !stream_->Read(&response)) {
+  int attempt = 0;
+  while (!Exchange(request, &response)) {
     closed_ = true;
-    broken_ = FromGrpcStatus(stream_->Finish());
-    if (broken_.ok()) broken_ = absl::UnavailableError("the server ended the decode stream");
+    const grpc::Status status = stream_->Finish();
+    absl::Status s = options_.retries > 0 ? Reopen(status, &attempt) : FromGrpcStatus(status);
+    if (s.ok() && options_.retries > 0) continue;  // rebuilt on a new stream: send it again
+    closed_ = true;
+    broken_ = s.ok() ? absl::UnavailableError("the server ended the decode stream") : s;
     lengths_.clear();  // nothing outlives the stream
+    kept_.clear();
     return broken_;
   }
   if (response.id() != request.id()) {
@@ -376,10 +486,12 @@ absl::StatusOr<v1::AttentionResponse> DecodeStream::Append(v1::DecodeRequest req
     return absl::Status(static_cast<absl::StatusCode>(response.error().code()),
                         response.error().message());
   }
+  if (options_.retries > 0) Keep(request);
   if (response.sequence_length() > 0) {
     lengths_[request.sequence()] = response.sequence_length();
   } else {
     lengths_.erase(request.sequence());
+    kept_.erase(request.sequence());
   }
   return response;
 }

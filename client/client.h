@@ -162,7 +162,7 @@ class AttentionClient {
 // only its new tokens. Synchronous: Append waits for its answer. The stream
 // tracks each sequence's length and sets `position` from it.
 //
-//   DecodeStream stream(&client);
+//   DecodeStream stream(&client, {/*timeout=*/0, /*retries=*/3});
 //   v1::DecodeRequest step;
 //   step.set_sequence("a");
 //   *step.mutable_input() = MakeTensor({1, E}, token.data(), DType::kFloat32);
@@ -173,19 +173,28 @@ class AttentionClient {
 //   stream.End("a");
 //   absl::Status s = stream.Close();
 //
+// With CallOptions::retries > 0 the stream survives its replica: when it
+// breaks as ShouldRetry says (the replica killed, drained, restarted), a new
+// stream is opened on the client's channel (its balancer then picks a live
+// replica), each sequence held is rebuilt by sending all its tokens again in
+// one message, and the message that was pending is sent again, so the caller
+// gets the answers it would have got without the fault. For that the stream
+// keeps the tokens (and keys and values) it sent of each sequence while the
+// sequence is held. Each reopening is one retry, up to `retries` for one
+// message. The deadline of CallOptions bounds each stream opened.
+//
 // Not thread-safe (one stream, one caller).
 class DecodeStream {
  public:
-  // Opens a stream on the client's channel (the deadline of `options`, if
-  // any, bounds the whole stream).
+  // Opens a stream on the client's channel.
   explicit DecodeStream(AttentionClient* client, const CallOptions& options = {});
   ~DecodeStream();  // closes the stream if Close was not called
 
   // Sends `request` with `position` set to what the stream knows its sequence
   // holds, and returns the answer. A refused message is its error as a
-  // status (the stream goes on, the sequence unchanged); a broken stream is
-  // the stream's status (UNAVAILABLE when the server drained: reopen and
-  // resend each sequence's tokens).
+  // status (the stream goes on, the sequence unchanged); a broken stream
+  // that is not retried is the stream's status (UNAVAILABLE when the server
+  // drained: reopen and resend each sequence's tokens).
   absl::StatusOr<v1::AttentionResponse> Append(v1::DecodeRequest request);
   // Frees `sequence` on the server.
   absl::Status End(const std::string& sequence);
@@ -196,13 +205,35 @@ class DecodeStream {
   int64_t length(const std::string& sequence) const;
   // The serialized size of the last message sent.
   int64_t last_request_bytes() const { return last_request_bytes_; }
+  // Streams reopened after a break so far (see the class comment).
+  int retries() const { return retries_; }
 
  private:
-  grpc::ClientContext context_;
+  // What a sequence's messages sent, to rebuild it on another stream: the
+  // first message's options and queries, the rows of `input` (or `key` and
+  // `value`) of every message, concatenated.
+  struct Kept {
+    v1::AttentionOptions options;
+    v1::Tensor input, query, key, value;
+  };
+
+  void Open();
+  // One message written and its answer read; false when the stream broke.
+  bool Exchange(const v1::DecodeRequest& request, v1::AttentionResponse* response);
+  // Opens a new stream and rebuilds every kept sequence on it, retrying while
+  // the message's attempts (`attempt`: made so far) last; OK, or why not.
+  absl::Status Reopen(grpc::Status broken, int* attempt);
+  void Keep(const v1::DecodeRequest& request);
+
+  AttentionClient* const client_;
+  const CallOptions options_;
+  std::unique_ptr<grpc::ClientContext> context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::DecodeRequest, v1::AttentionResponse>> stream_;
   std::map<std::string, int64_t> lengths_;
+  std::map<std::string, Kept> kept_;  // with retries
   int64_t last_request_bytes_ = 0;
   int64_t next_id_ = 0;
+  int retries_ = 0;
   bool closed_ = false;
   absl::Status broken_;  // once the stream itself failed
 };

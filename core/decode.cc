@@ -414,75 +414,220 @@ absl::Status GatheredAttention(const AttentionArgs& a, const DecodePlan& plan,
   return ComputeAttention(g, options, &redirect);
 }
 
+// A member of a batched step, as validation found it.
+struct StepMember {
+  const DecodeMember* member;
+  DecodePlan plan;
+  absl::Status* status;
+  int64_t held_before = 0;
+  const float* q = nullptr;  // float32 queries, keys and values (the message's own
+  const float* k = nullptr;  // or converted copies)
+  const float* v = nullptr;
+  std::vector<float> q_in, k_in, v_in;
+};
+
+// The attention of one member's projected queries `q` [T, H*D] over its
+// sequence (its keys appended already) into `heads` [T, H*Dv].
+absl::Status Attend(const StepMember& m, const float* q, const ComputeOptions& options,
+                    float* heads) {
+  const AttentionArgs& a = *m.member->args;
+  const DecodePlan& plan = m.plan;
+  const SequenceShape& s = plan.shape;
+  const int64_t T = plan.queries;
+  if (plan.length_after == 0) {  // nothing to attend: zeros, as everywhere
+    std::fill(heads, heads + T * s.num_heads * s.value_dim, 0.0f);
+    if (!plan.weights_shape.empty()) m.member->outputs->Weights(plan.weights_shape);  // empty
+    return absl::OkStatus();
+  }
+  if (!UsesKernel(a, plan)) {
+    return GatheredAttention(a, plan, *m.member->cache, m.held_before, q, options, heads,
+                             m.member->outputs);
+  }
+  internal::DecodeKernelArgs k_args(
+      {s.num_heads, s.num_kv_heads, s.head_dim, s.value_dim, s.scale});
+  k_args.cache = m.member->cache;
+  k_args.length = m.member->cache->length();
+  k_args.queries = {q, s.head_dim, s.num_heads * s.head_dim};
+  k_args.count = T;
+  k_args.held_before = m.held_before;
+  k_args.causal = a.causal;
+  k_args.out = {heads, s.value_dim, s.num_heads * s.value_dim};
+  k_args.max_threads = options.max_threads;
+  internal::DecodeAttention(k_args);
+  return absl::OkStatus();
+}
+
+// Rows of every member's `part` one after the other; a member's own rows
+// when it is alone (no copy).
+const float* Concatenated(const std::vector<StepMember*>& group, int64_t width,
+                          const float* StepMember::*part, int64_t (*rows)(const DecodePlan&),
+                          std::vector<float>* storage) {
+  if (group.size() == 1) return group[0]->*part;
+  int64_t total = 0;
+  for (const StepMember* m : group) total += rows(m->plan);
+  storage->resize(static_cast<size_t>(total * width));
+  float* at = storage->data();
+  for (const StepMember* m : group) {
+    const int64_t n = rows(m->plan) * width;
+    if (n > 0) std::memcpy(at, m->*part, static_cast<size_t>(n) * sizeof(float));
+    at += n;
+  }
+  return storage->data();
+}
+
+int64_t QueryRows(const DecodePlan& p) { return p.queries; }
+int64_t KeyRows(const DecodePlan& p) { return p.new_keys; }
+
+// The steps of members that share `projection` (null: plain attention): the
+// products over all their rows at once, each one's attention over its own
+// keys. A member whose attention fails is undone alone; a failure of what
+// they share is returned (every member undone).
+absl::Status RunGroup(const std::vector<StepMember*>& group, const ProjectionWeights* projection,
+                      const ComputeOptions& options) {
+  for (StepMember* m : group) m->held_before = m->member->cache->length();
+  absl::Status shared = GuardStatus([&]() -> absl::Status {
+    for (StepMember* m : group) {
+      const AttentionArgs& a = *m->member->args;
+      m->q = AsFloat32(a.query, m->q_in);
+      m->k = a.self_attention ? m->q : a.key ? AsFloat32(*a.key, m->k_in) : nullptr;
+      m->v = a.self_attention ? m->q : a.value ? AsFloat32(*a.value, m->v_in) : nullptr;
+    }
+    // The in-projection of every member's rows as one product.
+    std::optional<ProjectionShape> ps;
+    std::optional<internal::CallProjection> call;
+    std::vector<float> q_all, k_all, v_all, qp, kp, vp;
+    int64_t q_rows = 0, k_rows = 0;
+    for (const StepMember* m : group) {
+      q_rows += m->plan.queries;
+      k_rows += m->plan.new_keys;
+    }
+    if (projection != nullptr) {
+      ps = *ValidateProjection(*projection, "options.projection.");
+      call.emplace(*projection, *ps);
+      const float* q = Concatenated(group, ps->embed_dim, &StepMember::q, QueryRows, &q_all);
+      const float* k = Concatenated(group, ps->kdim, &StepMember::k, KeyRows, &k_all);
+      const float* v = Concatenated(group, ps->vdim, &StepMember::v, KeyRows, &v_all);
+      qp.resize(static_cast<size_t>(q_rows * ps->embed_dim));
+      kp.resize(static_cast<size_t>(k_rows * ps->embed_dim));
+      vp.resize(static_cast<size_t>(k_rows * ps->embed_dim));
+      call->In(q_rows, k_rows, q, k, v, qp.data(), kp.data(), vp.data());
+      int64_t qi = 0, ki = 0;
+      for (StepMember* m : group) {
+        m->q = qp.data() + qi * ps->embed_dim;
+        m->k = kp.data() + ki * ps->embed_dim;
+        m->v = vp.data() + ki * ps->embed_dim;
+        qi += m->plan.queries;
+        ki += m->plan.new_keys;
+      }
+    }
+    for (StepMember* m : group) {
+      const SequenceShape& s = m->plan.shape;
+      if (m->plan.new_keys > 0) {
+        m->member->cache->Append(m->plan.new_keys, m->k, s.num_kv_heads * s.head_dim, m->v,
+                                 s.num_kv_heads * s.value_dim);
+      }
+    }
+    // Each member's attention over its own keys: into its output (plain),
+    // or into its rows of `heads` for the out-projection.
+    std::vector<float> heads;
+    if (projection != nullptr) heads.resize(static_cast<size_t>(q_rows * ps->embed_dim));
+    int64_t row = 0;
+    for (StepMember* m : group) {
+      float* target = projection != nullptr ? heads.data() + row * ps->embed_dim
+                                            : m->member->outputs->Output(m->plan.output_shape);
+      row += m->plan.queries;
+      absl::Status s = target == nullptr
+                           ? absl::InternalError("no output buffer")
+                           : GuardStatus([&] { return Attend(*m, m->q, options, target); });
+      if (!s.ok()) {
+        m->member->cache->Truncate(m->held_before);
+        *m->status = s;
+      }
+    }
+    if (projection == nullptr) return absl::OkStatus();
+    // The out-projection of every member's rows as one product, then each
+    // member's rows to its output.
+    std::vector<float> out_all;
+    float* out = group.size() == 1 ? group[0]->member->outputs->Output(group[0]->plan.output_shape)
+                                   : (out_all.resize(heads.size()), out_all.data());
+    if (out == nullptr) return absl::InternalError("no output buffer");
+    call->Out(q_rows, heads.data(), out);
+    if (group.size() == 1) return absl::OkStatus();
+    row = 0;
+    for (StepMember* m : group) {
+      const int64_t n = m->plan.queries * ps->embed_dim;
+      if (m->status->ok()) {
+        float* own = m->member->outputs->Output(m->plan.output_shape);
+        if (own == nullptr) return absl::InternalError("no output buffer");
+        std::memcpy(own, out_all.data() + row, static_cast<size_t>(n) * sizeof(float));
+      }
+      row += n;
+    }
+    return absl::OkStatus();
+  });
+  if (!shared.ok()) {
+    for (StepMember* m : group) m->member->cache->Truncate(m->held_before);
+  }
+  return shared;
+}
+
 }  // namespace
+
+std::vector<absl::Status> DecodeSteps(const std::vector<DecodeMember>& members,
+                                      const ComputeOptions& options) {
+  std::vector<absl::Status> status(members.size());
+  std::vector<std::unique_ptr<StepMember>> planned;
+  for (size_t i = 0; i < members.size(); ++i) {
+    const DecodeMember& m = members[i];
+    absl::StatusOr<DecodePlan> plan = PlanDecode(*m.args, m.cache, options);
+    if (!plan.ok()) {
+      status[i] = plan.status();
+    } else if (!(plan->shape == m.cache->shape())) {
+      status[i] = absl::InternalError("DecodeStep: the cache was made for another shape");
+    } else {
+      planned.push_back(std::make_unique<StepMember>());
+      planned.back()->member = &m;
+      planned.back()->plan = *std::move(plan);
+      planned.back()->status = &status[i];
+    }
+  }
+  if (options.check && !planned.empty()) {
+    if (absl::Status s = options.check(); !s.ok()) {
+      for (auto& m : planned) *m->status = s;
+      return status;
+    }
+  }
+  // Groups of one model (or of none), in the members' order.
+  std::vector<const ProjectionWeights*> models;
+  for (const auto& m : planned) {
+    if (std::find(models.begin(), models.end(), m->plan.shape.projection) == models.end()) {
+      models.push_back(m->plan.shape.projection);
+    }
+  }
+  for (const ProjectionWeights* model : models) {
+    std::vector<StepMember*> group;
+    for (const auto& m : planned) {
+      if (m->plan.shape.projection == model) group.push_back(m.get());
+    }
+    const absl::Status shared = RunGroup(group, model, options);
+    if (shared.ok()) continue;
+    if (group.size() == 1) {
+      *group[0]->status = shared;
+      continue;
+    }
+    // What they share failed (memory, say): each alone, so that one member
+    // never fails another.
+    for (StepMember* m : group) {
+      *m->status = absl::OkStatus();
+      if (absl::Status s = RunGroup({m}, model, options); !s.ok()) *m->status = s;
+    }
+  }
+  return status;
+}
 
 absl::Status DecodeStep(const AttentionArgs& a, SequenceCache* cache, const ComputeOptions& options,
                         OutputBuffers* outputs) {
-  absl::StatusOr<DecodePlan> planned = PlanDecode(a, cache, options);
-  if (!planned.ok()) return planned.status();
-  const DecodePlan& plan = *planned;
-  if (!(plan.shape == cache->shape())) {
-    return absl::InternalError("DecodeStep: the cache was made for another shape");
-  }
-  if (options.check) {
-    if (absl::Status s = options.check(); !s.ok()) return s;
-  }
-  const int64_t held_before = cache->length();
-  absl::Status status = GuardStatus([&]() -> absl::Status {
-    const SequenceShape& s = plan.shape;
-    const int64_t T = plan.queries, Tk = plan.new_keys;
-    const int64_t qw = s.num_heads * s.head_dim, kw = s.num_kv_heads * s.head_dim,
-                  vw = s.num_kv_heads * s.value_dim;
-    std::vector<float> q_in, k_in, v_in, qp, kp, vp, heads;
-    const float* q = AsFloat32(a.query, q_in);
-    const float* k = a.self_attention ? q : a.key ? AsFloat32(*a.key, k_in) : nullptr;
-    const float* v = a.self_attention ? q : a.value ? AsFloat32(*a.value, v_in) : nullptr;
-    std::optional<ProjectionShape> ps;
-    std::optional<internal::CallProjection> projection;
-    if (s.projection != nullptr) {
-      ps = *ValidateProjection(*s.projection, "options.projection.");
-      projection.emplace(*s.projection, *ps);
-      qp.resize(T * qw);
-      kp.resize(Tk * kw);
-      vp.resize(Tk * vw);
-      projection->In(T, Tk, q, k, v, qp.data(), kp.data(), vp.data());
-      q = qp.data();
-      k = kp.data();
-      v = vp.data();
-    }
-    if (Tk > 0) cache->Append(Tk, k, kw, v, vw);
-    float* out = outputs->Output(plan.output_shape);
-    if (out == nullptr) return absl::InternalError("no output buffer");
-    float* target = out;
-    if (projection) {
-      heads.resize(T * s.num_heads * s.value_dim);
-      target = heads.data();
-    }
-    if (plan.length_after == 0) {  // nothing to attend: zeros, as everywhere
-      std::fill(target, target + T * s.num_heads * s.value_dim, 0.0f);
-      if (!plan.weights_shape.empty()) outputs->Weights(plan.weights_shape);  // no elements
-    } else if (UsesKernel(a, plan)) {
-      internal::DecodeKernelArgs k_args(
-          {s.num_heads, s.num_kv_heads, s.head_dim, s.value_dim, s.scale});
-      k_args.cache = cache;
-      k_args.length = cache->length();
-      k_args.queries = {q, s.head_dim, qw};
-      k_args.count = T;
-      k_args.held_before = held_before;
-      k_args.causal = a.causal;
-      k_args.out = {target, s.value_dim, s.num_heads * s.value_dim};
-      k_args.max_threads = options.max_threads;
-      internal::DecodeAttention(k_args);
-    } else if (absl::Status st =
-                   GatheredAttention(a, plan, *cache, held_before, q, options, target, outputs);
-               !st.ok()) {
-      return st;
-    }
-    if (projection) projection->Out(T, heads.data(), out);
-    return absl::OkStatus();
-  });
-  if (!status.ok()) cache->Truncate(held_before);
-  return status;
+  return DecodeSteps({DecodeMember{&a, cache, outputs}}, options)[0];
 }
 
 }  // namespace attention

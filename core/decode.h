@@ -143,6 +143,25 @@ absl::StatusOr<DecodePlan> PlanDecode(const AttentionArgs& args, const SequenceC
 absl::Status DecodeStep(const AttentionArgs& args, SequenceCache* cache,
                         const ComputeOptions& options, OutputBuffers* outputs);
 
+// One sequence's message in a batch of steps.
+struct DecodeMember {
+  const AttentionArgs* args = nullptr;  // as for DecodeStep
+  SequenceCache* cache = nullptr;       // distinct for each member
+  OutputBuffers* outputs = nullptr;
+};
+
+// The steps of many sequences at once (dynamic batching): the members that
+// use the same model have their in- and out-projections computed as one
+// product over all their rows (the weights read once for all), then each
+// one's attention over its own keys. Each member gets what DecodeStep would
+// give it alone (the rows of a product do not depend on the other rows) and
+// its own status, in the members' order: one member's refusal or failure
+// never fails another (a failure of the shared products recomputes each
+// alone), and a failed member's sequence is as it was. options.check is
+// asked once, before anything changes.
+std::vector<absl::Status> DecodeSteps(const std::vector<DecodeMember>& members,
+                                      const ComputeOptions& options);
+
 }  // namespace attention
 
 #endif  // CORE_DECODE_H_

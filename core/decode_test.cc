@@ -243,6 +243,106 @@ TEST(Decode, Bfloat16StorageErrsNoMoreThanPyTorchBfloat16) {
   }
 }
 
+// Steps of many sequences computed as one batch (DecodeSteps) give each
+// sequence exactly what its steps alone give: sequences of one model with
+// different splits, one keeping bfloat16 keys, one asking for weights, a
+// plain sequence and a refused message in the same batches.
+TEST(Decode, BatchedStepsEqualEachSequenceAlone) {
+  absl::StatusOr<std::unique_ptr<testing::Fixture>> f =
+      LoadFixture(SourcePath("tests/fixtures/bf16/bf16_mha_self_e128_h8_causal.safetensors"));
+  ASSERT_TRUE(f.ok()) << f.status();
+  const AttentionArgs model = (*f)->args;
+  ASSERT_NE(model.projection, nullptr);
+  const int64_t B = model.query.shape[0], L = model.query.shape[1], E = model.query.shape[2];
+  const std::vector<float> q = testing::ToFloats(model.query);
+  struct Sequence {
+    AttentionArgs args;
+    std::vector<float> input;
+    std::vector<int64_t> split;
+    Decoded alone, batched;
+    std::unique_ptr<SequenceCache> cache;
+    int64_t done = 0;
+  };
+  std::vector<Sequence> seqs(B + 2);  // B of the model, one more in bfloat16, one plain
+  for (int64_t b = 0; b < B + 2; ++b) {
+    Sequence& s = seqs[b];
+    s.args = model;
+    s.args.weights = b == 1 ? WeightsMode::kAveraged : WeightsMode::kNone;
+    s.args.precision = b == B ? Precision::kBFloat16 : Precision::kFloat32;
+    s.split = {3 + 2 * b, 1};
+    const int64_t from = b < B ? b : 0;
+    s.input.assign(q.begin() + from * L * E, q.begin() + (from + 1) * L * E);
+    if (b == B + 1) {  // plain attention over the same tokens
+      s.args.projection = nullptr;
+      s.args.num_heads = 4;
+    }
+    s.alone = Decode(s.args, s.input, {}, {}, L, s.split);
+  }
+  const std::vector<float> wrong(3 * (E + 1), 0.5f);
+  for (bool more = true; more;) {
+    more = false;
+    std::vector<AttentionArgs> args;
+    std::vector<Sequence*> who;
+    args.reserve(seqs.size() + 1);
+    for (Sequence& s : seqs) {
+      if (s.done == L) continue;
+      const size_t m = s.batched.output.size() == 0 ? 0 : 1;
+      const int64_t n = std::min(s.split[m], L - s.done);
+      args.push_back(s.args);
+      args.back().query = Rows(s.input, E, s.done, n);
+      if (!s.cache) {
+        absl::StatusOr<DecodePlan> plan = PlanDecode(args.back(), nullptr, {});
+        ASSERT_TRUE(plan.ok()) << plan.status();
+        s.cache = std::make_unique<SequenceCache>(plan->shape);
+      }
+      who.push_back(&s);
+    }
+    if (who.empty()) break;
+    more = true;
+    std::vector<VectorOutputs> outs(who.size() + 1);
+    std::vector<DecodeMember> members;
+    for (size_t i = 0; i < who.size(); ++i) {
+      members.push_back({&args[i], who[i]->cache.get(), &outs[i]});
+    }
+    // A message for the first sequence's model that is one wider: refused
+    // alone (its own sequence untouched), the others computed.
+    AttentionArgs bad = seqs[0].args;
+    bad.query = Rows(wrong, E + 1, 0, 3);
+    SequenceCache bad_cache(who[0]->cache->shape());
+    members.push_back({&bad, &bad_cache, &outs.back()});
+    ComputeOptions options;
+    options.max_threads = 2;
+    const std::vector<absl::Status> status = DecodeSteps(members, options);
+    ASSERT_EQ(status.size(), members.size());
+    EXPECT_EQ(status.back().code(), absl::StatusCode::kInvalidArgument) << status.back();
+    EXPECT_EQ(bad_cache.length(), 0);
+    for (size_t i = 0; i < who.size(); ++i) {
+      ASSERT_TRUE(status[i].ok()) << status[i];
+      Sequence& s = *who[i];
+      const int64_t n = args[i].query.shape[0];
+      s.batched.output.insert(s.batched.output.end(), outs[i].output.data.begin(),
+                              outs[i].output.data.end());
+      if (s.args.weights != WeightsMode::kNone) {
+        for (int64_t r = 0; r < n; ++r) {
+          const float* row = outs[i].weights.data.data() + r * (s.done + n);
+          s.batched.weights.insert(s.batched.weights.end(), row, row + s.done + n);
+          s.batched.weights.insert(s.batched.weights.end(), L - s.done - n, 0.0f);
+        }
+      }
+      s.done += n;
+      EXPECT_EQ(s.cache->length(), s.done);
+    }
+  }
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    SCOPED_TRACE(b);
+    ASSERT_EQ(seqs[b].batched.output.size(), static_cast<size_t>(L * E));
+    EXPECT_EQ(seqs[b].batched.output, seqs[b].alone.output);  // bit for bit
+    EXPECT_EQ(seqs[b].batched.weights, seqs[b].alone.weights);
+  }
+  EXPECT_NE(seqs[0].alone.output, seqs[B].alone.output);      // float32 vs bfloat16 keys
+  EXPECT_NE(seqs[0].alone.output, seqs[B + 1].alone.output);  // the model vs plain
+}
+
 // Cross-attention over a memory sent once: the first message carries the
 // memory (and queries), later ones queries alone.
 TEST(Decode, QueriesOverAMemorySentOnce) {

@@ -144,6 +144,14 @@ absl::Status Batcher::ComputeMerged(const std::vector<const AttentionArgs*>& mem
   return absl::OkStatus();
 }
 
+bool Batcher::Joins(const Group& group, const Request& request) {
+  if (group.decode || request.sequence != nullptr) {
+    return group.decode && request.sequence != nullptr &&
+           group.key.projection == request.args->projection;
+  }
+  return Compatible(group.key, *request.args);
+}
+
 bool Batcher::Submit(Request request) {
   auto pending = std::make_shared<Pending>();
   pending->request = std::move(request);
@@ -152,7 +160,7 @@ bool Batcher::Submit(Request request) {
     absl::MutexLock lock(&mu_);
     const AttentionArgs& args = *pending->request.args;
     auto group = std::find_if(groups_.begin(), groups_.end(),
-                              [&](const auto& g) { return Compatible(g->key, args); });
+                              [&](const auto& g) { return Joins(*g, pending->request); });
     if (group == groups_.end()) {
       // Kinds nobody waits for go before a new one is added, so a stream of
       // ever different shapes does not grow the list.
@@ -162,6 +170,7 @@ bool Batcher::Submit(Request request) {
           groups_.end());
       groups_.push_back(std::make_unique<Group>());
       groups_.back()->key = args;
+      groups_.back()->decode = pending->request.sequence != nullptr;
       group = groups_.end() - 1;
     }
     (*group)->pending.push_back(pending);
@@ -255,6 +264,17 @@ void Batcher::Run(const std::shared_ptr<Pending>& own) {
   Forget(batch);
 }
 
+std::function<absl::Status()> Batcher::AnyAlive(const std::vector<Request*>& live) {
+  return [&live] {
+    absl::Status last;
+    for (Request* r : live) {
+      last = r->check ? r->check() : absl::OkStatus();
+      if (last.ok()) return last;
+    }
+    return last;
+  };
+}
+
 void Batcher::ComputeBatch(const std::vector<std::shared_ptr<Pending>>& batch) const {
   const Clock::time_point start = Clock::now();
   if (options_.on_batch) options_.on_batch(static_cast<int>(batch.size()));
@@ -273,6 +293,10 @@ void Batcher::ComputeBatch(const std::vector<std::shared_ptr<Pending>>& batch) c
     }
   }
   if (live.empty()) return;
+  if (live[0]->sequence != nullptr) {
+    ComputeSteps(live);
+    return;
+  }
   ComputeOptions options;
   options.max_threads = options_.max_threads;
   const auto alone = [this](Request* r) {
@@ -298,15 +322,7 @@ void Batcher::ComputeBatch(const std::vector<std::shared_ptr<Pending>>& batch) c
       options_.max_request_memory_bytes > std::numeric_limits<int64_t>::max() / n
           ? std::numeric_limits<int64_t>::max()
           : options_.max_request_memory_bytes * n;
-  // Aborted only when no member is left to answer.
-  options.check = [&live] {
-    absl::Status last;
-    for (Request* r : live) {
-      last = r->check ? r->check() : absl::OkStatus();
-      if (last.ok()) return last;
-    }
-    return last;
-  };
+  options.check = AnyAlive(live);
   const absl::Status merged = GuardStatus(
       [&] { return ComputeMerged(args, options, outputs, options_.budget); }, "out of memory");
   for (Request* r : live) {
@@ -317,6 +333,24 @@ void Batcher::ComputeBatch(const std::vector<std::shared_ptr<Pending>>& batch) c
       r->done(alive);
     }
   }
+}
+
+void Batcher::ComputeSteps(const std::vector<Request*>& live) const {
+  ComputeOptions options;
+  options.max_threads = options_.max_threads;
+  options.max_memory_bytes = options_.max_request_memory_bytes;  // each member's, as alone
+  options.check = AnyAlive(live);
+  std::vector<DecodeMember> members;
+  members.reserve(live.size());
+  for (Request* r : live) members.push_back({r->args, r->sequence, r->outputs});
+  std::vector<absl::Status> status(live.size());
+  const absl::Status guarded = GuardStatus(
+      [&] {
+        status = DecodeSteps(members, options);
+        return absl::OkStatus();
+      },
+      "out of memory computing the message");
+  for (size_t i = 0; i < live.size(); ++i) live[i]->done(guarded.ok() ? status[i] : guarded);
 }
 
 }  // namespace server

@@ -2,6 +2,8 @@
 // entries (same model or no projection, same shapes past the batch
 // dimension, same options) are merged along B into one ComputeAttention
 // call, and the results are split back into each request's OutputBuffers.
+// StreamDecode's steps of one model are merged likewise (Request::sequence:
+// their projections as one product, core/decode.h's DecodeSteps).
 // One product over many rows reads the weights once instead of once per
 // request, which is most of the cost of small requests.
 //
@@ -50,6 +52,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "core/attention.h"
+#include "core/decode.h"
 #include "core/executor.h"
 #include "server/memory_budget.h"
 
@@ -74,7 +77,13 @@ class Batcher {
   };
 
   struct Request {
-    const AttentionArgs* args = nullptr;            // valid until done; validated alone
+    const AttentionArgs* args = nullptr;  // valid until done; validated alone
+    // Set for a StreamDecode message (args as DecodeStep takes them): merged
+    // with other messages of the same model (whatever their options) by
+    // DecodeSteps (core/decode.h), never with calls. Each gets its own
+    // status; `check` is not asked again after the computation (the
+    // message's sequence has changed: the status says so).
+    SequenceCache* sequence = nullptr;
     OutputBuffers* outputs = nullptr;               // valid until done
     std::function<absl::Status()> check;            // non-OK: answer this status instead
     std::function<void()> started;                  // optional: its computation begins
@@ -126,7 +135,8 @@ class Batcher {
   };
   // Guarded by mu_ as a whole (which ABSL_GUARDED_BY cannot name from here).
   struct Group {
-    AttentionArgs key;  // a member's args: shapes and options only (data never read)
+    AttentionArgs key;    // a member's args: shapes and options only (data never read)
+    bool decode = false;  // of decode steps (merged by model only)
     std::vector<std::shared_ptr<Pending>> pending;  // in arrival order
     int last_batch = 0;                             // size of the last batch taken
     int waiting = 0;                                // workers waiting for company
@@ -139,7 +149,12 @@ class Batcher {
   // Moves pending requests of `group` into `batch` until it holds max_size.
   void Take(Group* group, std::vector<std::shared_ptr<Pending>>* batch) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static bool Joins(const Group& group, const Request& request);
+  // The check of a merged computation: OK while any member's caller is left
+  // to answer (`live` must outlive it).
+  static std::function<absl::Status()> AnyAlive(const std::vector<Request*>& live);
   void ComputeBatch(const std::vector<std::shared_ptr<Pending>>& batch) const;
+  void ComputeSteps(const std::vector<Request*>& live) const;
 
   Executor* const executor_;
   const Options options_;

@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <exception>
 #include <new>
+#include <set>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -28,8 +31,8 @@ DecodeSequences::DecodeSequences(DecodeLimits limits, MemoryBudget* budget, Serv
 
 DecodeSequences::~DecodeSequences() { Clear(); }
 
-void DecodeSequences::Free(Map::iterator it, bool expired) {
-  metrics_->DecodeHeld(-1, -it->second.held.bytes());
+void DecodeSequences::Free(Map::iterator it, bool expired, bool reported) {
+  if (reported) metrics_->DecodeHeld(-1, -it->second.held.bytes());
   if (expired) {
     metrics_->DecodeExpired();
     expired_.push_back(std::hash<std::string>()(it->first));
@@ -48,15 +51,13 @@ void DecodeSequences::Clear() {
   while (!sequences_.empty()) Free(sequences_.begin(), false);
 }
 
-bool DecodeSequences::ExpireIdle(absl::Time now) {
-  if (!mu_.TryLock()) return false;
+void DecodeSequences::ExpireIdle(absl::Time now) {
+  absl::MutexLock lock(&mu_);
   for (auto it = sequences_.begin(); it != sequences_.end();) {
     auto next = std::next(it);
-    if (now - it->second.used >= limits_.idle) Free(it, true);
+    if (!it->second.busy && now - it->second.used >= limits_.idle) Free(it, true);
     it = next;
   }
-  mu_.Unlock();
-  return true;
 }
 
 int DecodeSequences::sequences() const {
@@ -80,50 +81,72 @@ int64_t DecodeSequences::held_bytes() const {
 absl::Status DecodeSequences::Serve(const v1::DecodeRequest& request, const ModelRegistry& models,
                                     const ComputeOptions& options, Reservation* step,
                                     grpc::ByteBuffer* response) {
-  absl::MutexLock lock(&mu_);
+  absl::StatusOr<std::unique_ptr<Message>> message = Begin(request, models, options, step);
+  if (!message.ok()) return message.status();
+  absl::Status computed;
+  if ((*message)->computes()) {
+    computed = DecodeStep((*message)->args(), (*message)->cache(), options, (*message)->outputs());
+  }
+  return End(*std::move(message), computed, response);
+}
+
+absl::Status DecodeSequences::CheckPosition(const v1::DecodeRequest& request,
+                                            Map::iterator it) const {
   const std::string& name = request.sequence();
-  auto it = sequences_.find(name);
-  if (it != sequences_.end() && absl::Now() - it->second.used >= limits_.idle) {
+  if (it != sequences_.end() && it->second.busy) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        Quoted(name), ": a message of it is computing; send the next once it is answered"));
+  }
+  const int64_t held = it == sequences_.end() ? 0 : it->second.cache->length();
+  if (request.position() == held) return absl::OkStatus();
+  if (it == sequences_.end() && WasExpired(name)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        Quoted(name), ": freed after ", absl::FormatDuration(limits_.idle),
+        " untouched (--sequence-idle-seconds); start it again at position 0 with its tokens"));
+  }
+  if (it == sequences_.end()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("position: ", request.position(), ", but this stream holds no ", Quoted(name),
+                     " (a sequence starts at position 0); nothing was changed"));
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("position: ", request.position(), ", but ", Quoted(name), " holds ", held,
+                   " keys; nothing was changed (was a message lost, repeated or reordered?)"));
+}
+
+absl::StatusOr<std::unique_ptr<DecodeSequences::Message>> DecodeSequences::Begin(
+    const v1::DecodeRequest& request, const ModelRegistry& models, const ComputeOptions& options,
+    Reservation* step) {
+  absl::MutexLock lock(&mu_);
+  auto it = sequences_.find(request.sequence());
+  if (it != sequences_.end() && !it->second.busy && absl::Now() - it->second.used >= limits_.idle) {
     Free(it, true);
     it = sequences_.end();
   }
-  const int64_t held = it == sequences_.end() ? 0 : it->second.cache->length();
-  if (request.position() != held) {
-    if (it == sequences_.end() && WasExpired(name)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          Quoted(name), ": freed after ", absl::FormatDuration(limits_.idle),
-          " untouched (--sequence-idle-seconds); start it again at position 0 with its tokens"));
-    }
-    if (it == sequences_.end()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("position: ", request.position(), ", but this stream holds no ",
-                       Quoted(name), " (a sequence starts at position 0); nothing was changed"));
-    }
-    return absl::FailedPreconditionError(
-        absl::StrCat("position: ", request.position(), ", but ", Quoted(name), " holds ", held,
-                     " keys; nothing was changed (was a message lost, repeated or reordered?)"));
-  }
+  if (absl::Status s = CheckPosition(request, it); !s.ok()) return s;
   // Nothing may escape: the stream's next messages wait for this one's answer.
-  try {
-    return Step(request, models, options, it, step, response);
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError("out of memory computing the message");
-  } catch (const std::exception& e) {
-    return absl::InternalError(e.what());
-  }
+  std::unique_ptr<Message> message;
+  absl::Status s = GuardStatus([&] {
+    message.reset(new Message(DType::kFloat32));
+    return Plan(request, models, options, it, step, message.get());
+  });
+  if (!s.ok()) return s;
+  return message;
 }
 
-absl::Status DecodeSequences::Step(const v1::DecodeRequest& request, const ModelRegistry& models,
+absl::Status DecodeSequences::Plan(const v1::DecodeRequest& request, const ModelRegistry& models,
                                    const ComputeOptions& options, Map::iterator it,
-                                   Reservation* step, grpc::ByteBuffer* response) {
-  PreparedCall call;
+                                   Reservation* step, Message* message) {
+  PreparedCall& call = message->call_;
   if (absl::Status s = PrepareCall(request, models, &call); !s.ok()) return s;
+  message->outputs_ = ResponseOutputs(call.output_dtype);
+  message->sequence_ = request.sequence();
+  message->id_ = request.id();
+  message->end_ = request.end();
   const bool fresh = it == sequences_.end();
   if (!request.has_input() && !request.has_query() && !request.has_key() &&
       !request.has_value()) {  // only ends the sequence (PrepareCall refused it without `end`)
-    if (!fresh) Free(it, false);
-    ResponseOutputs none(DType::kFloat32);
-    *response = none.Encode(request.id());
+    if (!fresh) it->second.busy = true;
     return absl::OkStatus();
   }
   if (fresh && static_cast<int>(sequences_.size()) >= limits_.max_sequences_per_stream) {
@@ -156,32 +179,58 @@ absl::Status DecodeSequences::Step(const v1::DecodeRequest& request, const Model
              .emplace(request.sequence(), Sequence{std::make_unique<SequenceCache>(plan->shape),
                                                    Reservation(budget_), absl::Now()})
              .first;
-    metrics_->DecodeHeld(1, 0);
+  }
+  if (absl::Status s = it->second.held.Add(plan->append_bytes); !s.ok()) {
+    if (fresh) Free(it, false, /*reported=*/false);
+    return s;
+  }
+  message->fresh_ = fresh;
+  it->second.busy = true;
+  message->cache_ = it->second.cache.get();
+  message->plan_ = *std::move(plan);
+  return absl::OkStatus();
+}
+
+absl::Status DecodeSequences::End(std::unique_ptr<Message> message, absl::Status computed,
+                                  grpc::ByteBuffer* response) {
+  absl::MutexLock lock(&mu_);
+  auto it = sequences_.find(message->sequence_);
+  if (it == sequences_.end()) {  // an end-only message for a sequence it did not hold
+    return GuardStatus([&] {
+      *response = message->outputs_.Encode(message->id_);
+      return absl::OkStatus();
+    });
   }
   Sequence& seq = it->second;
-  absl::Status s = seq.held.Add(plan->append_bytes);
-  ResponseOutputs outputs(call.output_dtype);
-  if (s.ok()) s = DecodeStep(call.args, seq.cache.get(), options, &outputs);
-  if (!s.ok()) {
-    if (fresh) {
-      seq.held.Reset();  // never reported as held
-      Free(it, false);
+  seq.busy = false;
+  if (!message->computes()) {  // only ends the sequence
+    Free(it, false);
+    return GuardStatus([&] {
+      *response = message->outputs_.Encode(message->id_);
+      return absl::OkStatus();
+    });
+  }
+  if (!computed.ok()) {
+    if (message->fresh_) {
+      Free(it, false, /*reported=*/false);
     } else {
       seq.held.Shrink(seq.held.bytes() - seq.cache->bytes());  // what the append did not keep
     }
-    return s;
+    return computed;
   }
-  metrics_->DecodeHeld(0, plan->append_bytes);
-  metrics_->DecodeAppended(plan->new_keys);
+  if (message->fresh_) metrics_->DecodeHeld(1, 0);
+  metrics_->DecodeHeld(0, message->plan_.append_bytes);
+  metrics_->DecodeAppended(message->plan_.new_keys);
   seq.used = absl::Now();
   int64_t length = seq.cache->length();
-  if (request.end()) {
+  if (message->end_) {
     Free(it, false);
     length = 0;
   }
-  const Precision precision = plan->shape.bfloat16 ? Precision::kBFloat16 : Precision::kFloat32;
+  const Precision precision =
+      message->plan_.shape.bfloat16 ? Precision::kBFloat16 : Precision::kFloat32;
   return GuardStatus([&] {
-    *response = outputs.Encode(request.id(), precision, length);
+    *response = message->outputs_.Encode(message->id_, precision, length);
     return absl::OkStatus();
   });
 }
@@ -293,6 +342,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     v1::DecodeRequest request;
     CallRecord call;
     Reservation held;  // the message, then its step's memory and response
+    std::unique_ptr<DecodeSequences::Message> message;  // begun, until answered
   };
 
   static DecodeLimits Limits(const ServiceLimits& l) {
@@ -324,22 +374,46 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   void IssueRead() override { StartRead(&incoming_); }
   void IssueWrite(const Slot& slot) override { StartWrite(&slot.response); }
 
-  // One message at a time: the next waits for the one computing.
+  // A message computes once no earlier message of its sequence waits or
+  // computes; one that starts a sequence (position 0) waits for every
+  // earlier message (the stream's count of sequences is then what its
+  // client sent before it), and the messages after it wait for it.
   bool IssueCompute(const std::shared_ptr<Slot>& slot) override {
     auto item = std::static_pointer_cast<Item>(slot);
     service_->metrics()->Enqueued(&item->call);
-    absl::MutexLock lock(&chain_mu_);
-    if (running_) {
-      chain_.push_back(std::move(item));
-      return true;
+    {
+      absl::MutexLock lock(&chain_mu_);
+      waiting_.push_back(item);
+      if (!Ready(waiting_.size() - 1)) return true;
+      waiting_.pop_back();
+      Starting(*item);
     }
-    if (!Submit(item)) {
-      item->held.Reset();
-      item->response = Refused(item.get());
-      return false;
+    if (Submit(item)) return true;
+    Stopped(*item);
+    item->held.Reset();
+    item->response = Refused(item.get());
+    return false;
+  }
+
+  // Whether waiting_[index] may start.
+  bool Ready(size_t index) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(chain_mu_) {
+    const v1::DecodeRequest& r = waiting_[index]->request;
+    if (r.position() == 0 && (running_ > 0 || index > 0)) return false;
+    if (busy_.count(r.sequence()) > 0) return false;
+    for (size_t i = 0; i < index; ++i) {
+      const v1::DecodeRequest& earlier = waiting_[i]->request;
+      if (earlier.position() == 0 || earlier.sequence() == r.sequence()) return false;
     }
-    running_ = true;
     return true;
+  }
+  void Starting(const Item& item) ABSL_EXCLUSIVE_LOCKS_REQUIRED(chain_mu_) {
+    busy_.insert(item.request.sequence());
+    ++running_;
+  }
+  void Stopped(const Item& item) ABSL_LOCKS_EXCLUDED(chain_mu_) {
+    absl::MutexLock lock(&chain_mu_);
+    busy_.erase(item.request.sequence());
+    --running_;
   }
 
   bool Submit(const std::shared_ptr<Item>& item) {
@@ -357,19 +431,61 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     return answer;
   }
 
-  // Computes `item`, then starts the next message, then answers `item`:
-  // Computed is always reached (the stream cannot finish while a computation
-  // is pending). Where even an error's answer cannot be allocated, the stream
-  // is cancelled instead.
+  // Begins `item`'s message and computes it: here, or with other streams'
+  // messages through the decode batcher. Answered is always reached (the
+  // stream cannot finish while a computation is pending).
   void Compute(const std::shared_ptr<Item>& item) {
+    Batcher* batcher = service_->decode_batcher_.get();
+    Batcher::Request batched;
+    absl::Status s;
+    try {
+      service_->metrics()->ComputeBegins(&item->call);
+      const ComputeOptions options = service_->Options(context_, cut());
+      if (cut()->load()) return Answered(item, absl::CancelledError("the stream was cancelled"));
+      absl::StatusOr<std::unique_ptr<DecodeSequences::Message>> begun =
+          sequences_.Begin(item->request, *service_->models_, options, &item->held);
+      if (!begun.ok()) return Answered(item, begun.status());
+      item->message = *std::move(begun);
+      DecodeSequences::Message& m = *item->message;
+      if (m.computes() && batcher != nullptr) {
+        batched.args = &m.args();
+        batched.sequence = m.cache();
+        batched.outputs = m.outputs();
+        batched.check = options.check;
+        batched.done = [self = shared_from_this(), item](const absl::Status& status) {
+          self->Answered(item, status);
+        };
+      } else if (m.computes()) {
+        s = DecodeStep(m.args(), m.cache(), options, m.outputs());
+      }
+    } catch (...) {
+      context_->TryCancel();
+      return Answered(item, absl::InternalError("the message could not be computed"));
+    }
+    if (!batched.done) return Answered(item, s);
+    bool queued = false;
+    try {
+      queued = batcher->Submit(std::move(batched));
+    } catch (...) {
+      context_->TryCancel();
+    }
+    if (!queued) {
+      Answered(item, absl::ResourceExhaustedError(absl::StrCat(
+                         "server is saturated: ", service_->Waiting(),
+                         " requests already wait for compute; retry later or add replicas")));
+    }
+  }
+
+  // `item` computed with `computed` (its message ended here): answers it,
+  // then starts what waited for it.
+  void Answered(const std::shared_ptr<Item>& item, const absl::Status& computed) {
     grpc::ByteBuffer answer;
     try {
       ServiceMetrics* metrics = service_->metrics();
-      metrics->ComputeBegins(&item->call);
-      absl::Status s = cut()->load() ? absl::CancelledError("the stream was cancelled")
-                                     : sequences_.Serve(item->request, *service_->models_,
-                                                        service_->Options(context_, cut()),
-                                                        &item->held, &answer);
+      absl::Status s = computed;
+      if (item->message != nullptr) {
+        s = sequences_.End(std::move(item->message), computed, &answer);
+      }
       metrics->ComputeEnds(&item->call, s);
       if (!s.ok()) {
         if (absl::StartsWith(s.message(), "memory budget")) {
@@ -382,32 +498,43 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     } catch (...) {
       context_->TryCancel();
     }
-    StartNext();
+    Stopped(*item);
+    StartReady();
     Computed(item, answer);
   }
 
-  // The next message of the chain, if any: submitted, or answered as refused.
-  void StartNext() {
+  // Starts the waiting messages that may start now; those the executor
+  // refuses are answered so.
+  void StartReady() {
     while (true) {
-      std::shared_ptr<Item> next;
+      std::vector<std::shared_ptr<Item>> ready;
       {
         absl::MutexLock lock(&chain_mu_);
-        if (chain_.empty()) {
-          running_ = false;
-          return;
+        for (size_t i = 0; i < waiting_.size();) {
+          if (!Ready(i)) {
+            ++i;
+            continue;
+          }
+          Starting(*waiting_[i]);
+          ready.push_back(std::move(waiting_[i]));
+          waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
         }
-        next = std::move(chain_.front());
-        chain_.pop_front();
       }
-      grpc::ByteBuffer refused;
-      try {
-        if (Submit(next)) return;
-        next->held.Reset();
-        refused = Refused(next.get());
-      } catch (...) {
-        context_->TryCancel();
+      bool refused_any = false;
+      for (const std::shared_ptr<Item>& next : ready) {
+        grpc::ByteBuffer refused;
+        try {
+          if (Submit(next)) continue;
+          next->held.Reset();
+          refused = Refused(next.get());
+        } catch (...) {
+          context_->TryCancel();
+        }
+        Stopped(*next);
+        refused_any = true;
+        Computed(next, refused);
       }
-      Computed(next, refused);
+      if (!refused_any) return;
     }
   }
 
@@ -430,8 +557,10 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   int64_t messages_ = 0;                 // read so far (one read at a time)
   grpc::ByteBuffer incoming_;
   absl::Mutex chain_mu_;
-  std::deque<std::shared_ptr<Item>> chain_ ABSL_GUARDED_BY(chain_mu_);
-  bool running_ ABSL_GUARDED_BY(chain_mu_) = false;
+  // Messages read, waiting for an earlier one (in the order read).
+  std::deque<std::shared_ptr<Item>> waiting_ ABSL_GUARDED_BY(chain_mu_);
+  std::set<std::string> busy_ ABSL_GUARDED_BY(chain_mu_);  // sequences of those computing
+  int running_ ABSL_GUARDED_BY(chain_mu_) = 0;             // messages computing
 };
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionServiceImpl::StreamDecode(

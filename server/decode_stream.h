@@ -35,6 +35,8 @@
 #include "grpcpp/support/byte_buffer.h"
 #include "server/memory_budget.h"
 #include "server/model_registry.h"
+#include "server/prepared_call.h"
+#include "server/response.h"
 #include "server/service_metrics.h"
 
 namespace attention {
@@ -47,31 +49,69 @@ struct DecodeLimits {
   int64_t max_message_bytes = int64_t{256} << 20;  // the largest response
 };
 
-// The sequences of one stream. Thread-safe: the stream computes one message
-// at a time, the idle sweep runs beside it.
+// The sequences of one stream. Thread-safe: messages of different sequences
+// may compute at once, the idle sweep runs beside them.
+//
+// A message is begun (Begin: checked, planned, its memory reserved, its
+// sequence marked in use), computed (DecodeStep, or DecodeSteps with other
+// streams' messages: the decode batcher), then ended (End: the bookkeeping
+// and the response). Serve does all three.
 class DecodeSequences {
  public:
+  // A message between Begin and End. Views point into the request, which must
+  // outlive it.
+  class Message {
+   public:
+    // False: the message only ends its sequence (nothing to compute).
+    bool computes() const { return cache_ != nullptr; }
+    const AttentionArgs& args() const { return call_.args; }
+    SequenceCache* cache() const { return cache_; }
+    OutputBuffers* outputs() { return &outputs_; }
+
+   private:
+    friend class DecodeSequences;
+    explicit Message(DType output_dtype) : outputs_(output_dtype) {}
+    std::string sequence_, id_;
+    bool fresh_ = false, end_ = false;
+    PreparedCall call_;
+    DecodePlan plan_;
+    SequenceCache* cache_ = nullptr;
+    ResponseOutputs outputs_;
+  };
+
   // `budget` (may be null: no budget) and `metrics` must outlive this.
   DecodeSequences(DecodeLimits limits, MemoryBudget* budget, ServiceMetrics* metrics);
   ~DecodeSequences();  // frees every sequence
   DecodeSequences(const DecodeSequences&) = delete;
   DecodeSequences& operator=(const DecodeSequences&) = delete;
 
-  // One message: checks its position against its sequence, validates it,
-  // reserves what the append adds (the sequence's share) and the step's own
-  // memory (`step`: the message's share, given back once its response is
-  // written), computes, and encodes the response into `response`. A refused
-  // or failed message changes nothing. Errors: FAILED_PRECONDITION (position,
-  // an expired sequence), INVALID_ARGUMENT, NOT_FOUND (model),
-  // RESOURCE_EXHAUSTED (limits, budget), CANCELLED (options.check).
+  // One message, begun, computed and ended (see the class comment).
   absl::Status Serve(const v1::DecodeRequest& request, const ModelRegistry& models,
                      const ComputeOptions& options, Reservation* step, grpc::ByteBuffer* response)
       ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Frees the sequences untouched since `now - idle`; skipped (false) while
-  // a message is being computed (its sequences are in use).
-  bool ExpireIdle(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
-  // Frees every sequence.
+  // Checks the message's position against its sequence, validates it,
+  // reserves what the append adds (the sequence's share) and the step's own
+  // memory (`step`: the message's share, given back once its response is
+  // written), and marks its sequence in use until End. A refused message
+  // changes nothing. Errors: FAILED_PRECONDITION (position, an expired
+  // sequence, a message of the sequence computing already), INVALID_ARGUMENT,
+  // NOT_FOUND (model), RESOURCE_EXHAUSTED (limits, budget).
+  absl::StatusOr<std::unique_ptr<Message>> Begin(const v1::DecodeRequest& request,
+                                                 const ModelRegistry& models,
+                                                 const ComputeOptions& options, Reservation* step)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Ends a begun message whose computation returned `computed` (OK for one
+  // that computes nothing): on success, counts it, frees its sequence when
+  // it asked to, and encodes the response into `response`; on failure, the
+  // sequence is as before Begin (a sequence it made is freed). Returns the
+  // message's status.
+  absl::Status End(std::unique_ptr<Message> message, absl::Status computed,
+                   grpc::ByteBuffer* response) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Frees the sequences untouched since `now - idle` (not those in use).
+  void ExpireIdle(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  // Frees every sequence (none may be in use).
   void Clear() ABSL_LOCKS_EXCLUDED(mu_);
 
   int sequences() const ABSL_LOCKS_EXCLUDED(mu_);
@@ -84,14 +124,20 @@ class DecodeSequences {
     std::unique_ptr<SequenceCache> cache;
     Reservation held;  // the cache's blocks
     absl::Time used;
+    bool busy = false;  // a message of it is between Begin and End
   };
   using Map = std::map<std::string, Sequence>;
 
-  void Free(Map::iterator it, bool expired) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Frees a sequence; `reported`: its bytes and itself are in the metrics
+  // (a sequence is reported once its first message succeeded).
+  void Free(Map::iterator it, bool expired, bool reported = true)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool WasExpired(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status Step(const v1::DecodeRequest& request, const ModelRegistry& models,
+  absl::Status CheckPosition(const v1::DecodeRequest& request, Map::iterator it) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Plan(const v1::DecodeRequest& request, const ModelRegistry& models,
                     const ComputeOptions& options, Map::iterator it, Reservation* step,
-                    grpc::ByteBuffer* response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                    Message* message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const DecodeLimits limits_;
   MemoryBudget* const budget_;

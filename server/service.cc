@@ -293,7 +293,10 @@ AttentionServiceImpl::AttentionServiceImpl(const ModelRegistry* models, Executor
     options.budget = limits_.memory_budget;
     options.on_batch = [metrics](int size) { metrics->BatchStarted(size); };
     options.on_wait = [metrics](double seconds) { metrics->BatchWaited(seconds); };
+    Batcher::Options decode = options;
+    decode.on_batch = [metrics](int size) { metrics->DecodeBatchStarted(size); };
     batcher_ = std::make_unique<Batcher>(executor_, std::move(options));
+    decode_batcher_ = std::make_unique<Batcher>(executor_, std::move(decode));
   }
   ServeAsStream<v1::AttentionRequest>(kAttentionMethod, "Attention");
   ServeAsStream<v1::SelfAttentionRequest>(kSelfAttentionMethod, "SelfAttention");

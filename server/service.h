@@ -234,7 +234,9 @@ class AttentionServiceImpl final : public ServiceBase {
   // requests a batch already answered.
   size_t Waiting() const {
     const size_t queued = executor_->queued();
-    return queued - (batcher_ ? std::min(queued, batcher_->answered_queued()) : 0);
+    size_t answered = batcher_ ? batcher_->answered_queued() : 0;
+    if (decode_batcher_) answered += decode_batcher_->answered_queued();
+    return queued - std::min(queued, answered);
   }
 
   const ModelRegistry* models_;
@@ -244,6 +246,7 @@ class AttentionServiceImpl final : public ServiceBase {
   ConnectionShares shares_;           // a quarter of --max-queue each, once 3/4 of it is queued
   ReceiveGate receive_gate_;          // unary requests being received
   std::unique_ptr<Batcher> batcher_;  // null when batching is off
+  std::unique_ptr<Batcher> decode_batcher_;  // StreamDecode's steps; null likewise
   std::atomic<int> active_calls_{0};
   int test_compute_delay_ms_ = 0;
   // Last: its sweep may hold the last reference to a stream, whose end

@@ -96,7 +96,14 @@ ServiceMetrics::DecodeMetrics::DecodeMetrics(Registry* registry)
       expired(registry
                   ->AddCounter("attention_decode_sequences_expired_total",
                                "Sequences freed after --sequence-idle-seconds untouched.")
-                  .Labels({})) {}
+                  .Labels({})),
+      batch_size(registry
+                     ->AddHistogram("attention_decode_batch_size",
+                                    "StreamDecode messages computed together (their "
+                                    "projections as one product; --batch-delay-us above 0; "
+                                    "1 = computed alone).",
+                                    {}, {1, 2, 4, 8, 16, 32, 64, 128})
+                     .Labels({})) {}
 
 ServiceMetrics::ServiceMetrics(Registry* registry, Options options, AccessLog* access_log)
     : models_(options.models.begin(), options.models.end()),
@@ -282,6 +289,7 @@ void ServiceMetrics::DecodeAppended(int64_t tokens) {
 }
 
 void ServiceMetrics::DecodeExpired() { decode_.expired.Inc(); }
+void ServiceMetrics::DecodeBatchStarted(int size) { decode_.batch_size.Observe(size); }
 
 void ServiceMetrics::StreamOpened(const char* rpc) { streams_open_.Labels({rpc}).Inc(); }
 void ServiceMetrics::StreamClosed(const char* rpc) { streams_open_.Labels({rpc}).Dec(); }

@@ -91,6 +91,8 @@ class ServiceMetrics {
   void DecodeHeld(int64_t sequences, int64_t bytes);
   void DecodeAppended(int64_t tokens);
   void DecodeExpired();
+  // Decode messages batched (server/batcher.h): `size` computed together.
+  void DecodeBatchStarted(int size);
 
   void StreamOpened(const char* rpc);
   void StreamClosed(const char* rpc);
@@ -125,6 +127,7 @@ class ServiceMetrics {
     Gauge& bytes;
     Counter& tokens;
     Counter& expired;
+    Histogram& batch_size;
   };
   DecodeMetrics decode_;
 };

@@ -6,12 +6,14 @@
 #include <signal.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_join.h"
 #include "client/client.h"
 #include "core/model.h"
 #include "core/reference.h"
@@ -245,6 +247,112 @@ TEST_F(DecodeE2E, ACancelledStreamsBytesGoBack) {
   EXPECT_EQ(HeldBytes(*server_), 0);
 }
 
+// Decodes `sequences` sequences of the demo model on `server`, each on a
+// stream of its own from a thread of its own (a prefill of 9 tokens, then one
+// token a message): each sequence's outputs, concatenated.
+std::vector<std::vector<float>> DecodeConcurrently(ServerProcess& server, int sequences,
+                                                   int64_t tokens) {
+  std::vector<std::vector<float>> got(sequences);
+  std::vector<std::thread> threads;
+  for (int s = 0; s < sequences; ++s) {
+    threads.emplace_back([&, s] {
+      std::mt19937 rng(100 + s);
+      const FloatTensor x = RandomTensor({tokens, 64}, rng);
+      AttentionClient c(AttentionClient::Connect(server.target()));
+      DecodeStream stream(&c);
+      for (int64_t done = 0; done < tokens;) {
+        const int64_t n = done == 0 ? 9 : 1;
+        absl::StatusOr<v1::AttentionResponse> r =
+            stream.Append(Step("s", Rows(x.data, 64, done, n), "demo"));
+        ASSERT_TRUE(r.ok()) << r.status();
+        const std::vector<float> out = Floats(r->output());
+        got[s].insert(got[s].end(), out.begin(), out.end());
+        done += n;
+      }
+      EXPECT_TRUE(stream.Close().ok());
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  return got;
+}
+
+// --batch-delay-us merges decode steps of many streams (their projections as
+// one product): every output equals, bit for bit, what a server without
+// batching computes, and the batch size metric shows steps computed together.
+TEST(DecodeBatching, BatchedStepsEqualUnbatchedOnes) {
+  std::vector<std::string> flags = ModelFlags();
+  flags.push_back("--admin-listen=127.0.0.1:0");
+  ServerProcess alone(flags);
+  ASSERT_TRUE(alone.ok()) << alone.Output();
+  flags.push_back("--batch-delay-us=3000");
+  ServerProcess batching(flags);
+  ASSERT_TRUE(batching.ok()) << batching.Output();
+  constexpr int kSequences = 6;
+  constexpr int64_t kTokens = 40;
+  const std::vector<std::vector<float>> want = DecodeConcurrently(alone, kSequences, kTokens);
+  const std::vector<std::vector<float>> got = DecodeConcurrently(batching, kSequences, kTokens);
+  for (int s = 0; s < kSequences; ++s) {
+    ASSERT_EQ(want[s].size(), static_cast<size_t>(kTokens * 64));
+    EXPECT_EQ(got[s], want[s]) << "sequence " << s;
+  }
+  std::string text;
+  ASSERT_EQ(HttpGet(AdminPort(batching), "/metrics", &text), 200);
+  const double batches = Sample(text, "attention_decode_batch_size_count");
+  const double steps = Sample(text, "attention_decode_batch_size_sum");
+  EXPECT_EQ(steps, kSequences * (kTokens - 8));  // every message computed, once
+  EXPECT_LT(batches, steps) << "no two steps were computed together";
+  ASSERT_EQ(HttpGet(AdminPort(alone), "/metrics", &text), 200);
+  EXPECT_EQ(Sample(text, "attention_decode_batch_size_count"), 0);
+  EXPECT_EQ(batching.Stop(SIGTERM, 15), 0) << batching.Output();
+  EXPECT_EQ(alone.Stop(SIGTERM, 15), 0) << alone.Output();
+}
+
+// Messages of different sequences sent on one stream without waiting for
+// answers may compute at once (and batch); the answers come in the order
+// sent, each equal to its sequence decoded alone.
+TEST_F(DecodeE2E, PipelinedSequencesOnOneStreamAnswerInOrder) {
+  constexpr int kSequences = 3;
+  constexpr int64_t kTokens = 12;
+  std::vector<FloatTensor> x;
+  std::vector<std::vector<float>> want(kSequences), got(kSequences);
+  AttentionClient c = Client();
+  for (int s = 0; s < kSequences; ++s) {
+    std::mt19937 rng(200 + s);
+    x.push_back(RandomTensor({kTokens, 64}, rng));
+    DecodeStream alone(&c);
+    for (int64_t t = 0; t < kTokens; ++t) {
+      absl::StatusOr<v1::AttentionResponse> r =
+          alone.Append(Step("s", Rows(x[s].data, 64, t, 1), "demo"));
+      ASSERT_TRUE(r.ok()) << r.status();
+      const std::vector<float> out = Floats(r->output());
+      want[s].insert(want[s].end(), out.begin(), out.end());
+    }
+    ASSERT_TRUE(alone.Close().ok());
+  }
+  grpc::ClientContext context;
+  auto stream = c.stub()->StreamDecode(&context);
+  for (int64_t t = 0; t < kTokens; ++t) {
+    for (int s = 0; s < kSequences; ++s) {  // a round of messages, then its answers
+      v1::DecodeRequest r = Step(absl::StrCat("seq", s), Rows(x[s].data, 64, t, 1), "demo");
+      r.set_position(t);
+      r.set_id(absl::StrCat(t, "/", s));
+      ASSERT_TRUE(stream->Write(r));
+    }
+    for (int s = 0; s < kSequences; ++s) {
+      v1::AttentionResponse resp;
+      ASSERT_TRUE(stream->Read(&resp));
+      ASSERT_EQ(resp.id(), absl::StrCat(t, "/", s));
+      ASSERT_FALSE(resp.has_error()) << resp.error().message();
+      EXPECT_EQ(resp.sequence_length(), t + 1);
+      const std::vector<float> out = Floats(resp.output());
+      got[s].insert(got[s].end(), out.begin(), out.end());
+    }
+  }
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+  for (int s = 0; s < kSequences; ++s) EXPECT_EQ(got[s], want[s]) << "sequence " << s;
+}
+
 // Held keys count in --max-memory-mb: a sequence that would not fit is
 // refused and keeps what it held.
 TEST(DecodeLimits, TheBudgetRefusesAnAppendAndKeepsTheSequence) {
@@ -333,6 +441,104 @@ TEST(DecodeLimits, DrainEndsDecodeStreamsWithUnavailable) {
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("draining"));
   EXPECT_EQ(server.Stop(0, 15), 0);
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(8));  // not the deadline
+}
+
+// Decodes two sequences on one stream of `c` for `tokens` tokens (a prefill
+// of 10, then one token a message): "a" of the demo model, "b" plain
+// attention with its own keys and values. `fault(t)` runs before token t.
+// Returns each sequence's outputs.
+std::vector<std::vector<float>> DecodeTwo(AttentionClient& c, int retries, int64_t tokens,
+                                          const std::function<void(int64_t)>& fault, int* retried) {
+  std::mt19937 rng(21);
+  const FloatTensor x = RandomTensor({tokens, 64}, rng);
+  const FloatTensor kv = RandomTensor({tokens, 32}, rng);
+  std::vector<std::vector<float>> got(2);
+  DecodeStream stream(&c, {0, retries});
+  for (int64_t done = 0; done < tokens;) {
+    fault(done);
+    const int64_t n = done == 0 ? 10 : 1;
+    absl::StatusOr<v1::AttentionResponse> r =
+        stream.Append(Step("a", Rows(x.data, 64, done, n), "demo"));
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return {};
+    std::vector<float> out = Floats(r->output());
+    got[0].insert(got[0].end(), out.begin(), out.end());
+    v1::DecodeRequest b;
+    b.set_sequence("b");
+    *b.mutable_query() = Rows(kv.data, 32, done, n);
+    *b.mutable_key() = Rows(kv.data, 32, done, n);
+    *b.mutable_value() = Rows(x.data, 64, done, n);
+    b.mutable_options()->set_num_heads(4);
+    b.mutable_options()->set_causal(true);
+    r = stream.Append(b);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return {};
+    out = Floats(r->output());
+    got[1].insert(got[1].end(), out.begin(), out.end());
+    done += n;
+  }
+  EXPECT_TRUE(stream.Close().ok());
+  *retried = stream.retries();
+  return got;
+}
+
+// With retries, a decode stream survives its replica killed (SIGKILL) and
+// then the next one drained (SIGTERM): the stream is reopened on a live
+// replica, both sequences are rebuilt from the tokens the client sent, and
+// every output equals an uninterrupted decode's, bit for bit.
+TEST(DecodeRetries, AStreamSurvivesItsReplicaKilledThenDrained) {
+  std::vector<std::unique_ptr<ServerProcess>> servers;
+  std::vector<std::string> targets;
+  for (int i = 0; i < 3; ++i) {
+    std::vector<std::string> flags = ModelFlags();
+    flags.push_back("--admin-listen=127.0.0.1:0");
+    servers.push_back(std::make_unique<ServerProcess>(flags));
+    ASSERT_TRUE(servers.back()->ok()) << servers.back()->Output();
+    targets.push_back(servers.back()->target());
+  }
+  constexpr int64_t kTokens = 60;
+  int retried = 0;
+  AttentionClient one(AttentionClient::Connect(targets[0]));
+  const std::vector<std::vector<float>> want = DecodeTwo(
+      one, 0, kTokens, [](int64_t) {}, &retried);
+  ASSERT_EQ(want.size(), 2u);
+  absl::StatusOr<std::string> all = client::ChannelTarget(absl::StrJoin(targets, ","));
+  ASSERT_TRUE(all.ok()) << all.status();
+  AttentionClient c(AttentionClient::Connect(*all, int64_t{256} << 20, /*round_robin=*/true));
+  // The replica holding the stream's sequences.
+  auto holder = [&]() -> int {
+    for (size_t i = 0; i < servers.size(); ++i) {
+      std::string text;
+      if (servers[i] && HttpGet(AdminPort(*servers[i]), "/metrics", &text) == 200 &&
+          Sample(text, "attention_decode_sequences") == 2) {
+        return static_cast<int>(i);
+      }
+    }
+    return -1;
+  };
+  int killed = -1, drained = -1;
+  const std::vector<std::vector<float>> got = DecodeTwo(
+      c, 5, kTokens,
+      [&](int64_t t) {
+        if (t == 20) {
+          killed = holder();
+          ASSERT_GE(killed, 0);
+          servers[killed]->Stop(SIGKILL, 5);
+          servers[killed].reset();
+        } else if (t == 40) {
+          drained = holder();
+          ASSERT_GE(drained, 0);
+          ASSERT_EQ(kill(servers[drained]->pid(), SIGTERM), 0);
+        }
+      },
+      &retried);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_NE(killed, drained);
+  EXPECT_GE(retried, 2);
+  EXPECT_EQ(got[0], want[0]);
+  EXPECT_EQ(got[1], want[1]);
+  ASSERT_GE(drained, 0);
+  EXPECT_EQ(servers[drained]->Stop(0, 15), 0) << servers[drained]->Output();
 }
 
 }  // namespace
