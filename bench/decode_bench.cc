@@ -7,7 +7,10 @@
 //     whole key/value),
 //   - with --target: a StreamDecode step through the server against the
 //     stateless Attention call carrying the whole key/value, and the bytes
-//     each sends.
+//     each sends,
+//   - with --model-file and --sequences K: in process, one step of each of K
+//     sequences of that model computed as one batch (DecodeSteps: the
+//     projections as one product) against the K steps one by one.
 #include <omp.h>
 
 #include <algorithm>
@@ -25,6 +28,7 @@
 #include "client/client.h"
 #include "core/attention.h"
 #include "core/decode.h"
+#include "core/model.h"
 
 namespace attention {
 namespace {
@@ -37,6 +41,7 @@ constexpr char kUsage[] =
 
 usage: decode-bench --context S[,S...] --embed E --heads H [--kv-heads G]
                     [--threads N] [--min-time SECONDS] [--target HOST:PORT]
+       decode-bench --context S[,S...] --model-file M.safetensors --sequences K
 
   --context      keys held when the step runs (comma-separated: one row each)
   --embed        H x head dim of queries (plain attention: no projection)
@@ -45,6 +50,8 @@ usage: decode-bench --context S[,S...] --embed E --heads H [--kv-heads G]
   --min-time X   seconds of timing per figure (default 1)
   --target       also through this server: a StreamDecode step against the stateless
                  Attention call with the whole key/value (plain attention)
+  --model-file   a model (nn.MultiheadAttention weights): K sequences of it, a step of
+  --sequences K  each batched (projections as one product) against the K steps one by one
 )";
 
 std::vector<float> Random(size_t n, std::mt19937& rng) {
@@ -200,6 +207,62 @@ int ThroughServer(const Shape& s, const std::string& target, double min_time) {
   return stream.Close().ok() ? 0 : 1;
 }
 
+// K sequences of `model` holding `context` keys each: a step of each as one
+// batch (DecodeSteps) against the K steps one by one (DecodeStep).
+int Batched(const Model& model, int64_t context, int k, int threads, double min_time) {
+  const int64_t E = model.info().embed_dim;
+  std::mt19937 rng(3);
+  const std::vector<float> tokens = Random((context + 1) * E, rng);
+  ComputeOptions options;
+  options.max_threads = threads;
+  std::vector<AttentionArgs> steps(k);
+  std::vector<std::unique_ptr<SequenceCache>> caches;
+  for (int i = 0; i < k; ++i) {
+    AttentionArgs prefill;
+    prefill.self_attention = true;
+    prefill.causal = true;
+    prefill.num_heads = model.info().num_heads;
+    prefill.projection = &model.weights();
+    prefill.query = {
+        DType::kFloat32, {context, E}, tokens.data(), static_cast<size_t>(context * E) * 4};
+    caches.push_back(std::make_unique<SequenceCache>(PlanDecode(prefill, nullptr, {})->shape));
+    VectorOutputs out;
+    if (!DecodeStep(prefill, caches.back().get(), options, &out).ok()) return 1;
+    steps[i] = prefill;
+    steps[i].query = {
+        DType::kFloat32, {1, E}, tokens.data() + context * E, static_cast<size_t>(E) * 4};
+  }
+  // Each round appends a token to every sequence, then drops it.
+  std::vector<VectorOutputs> outs(k);
+  auto undo = [&] {
+    for (auto& c : caches) c->Truncate(context);
+  };
+  auto one_by_one = [&] {
+    bool ok = true;
+    for (int i = 0; i < k; ++i) ok &= DecodeStep(steps[i], caches[i].get(), options, &outs[i]).ok();
+    undo();
+    return ok;
+  };
+  auto batched = [&] {
+    std::vector<DecodeMember> members;
+    for (int i = 0; i < k; ++i) members.push_back({&steps[i], caches[i].get(), &outs[i]});
+    bool ok = true;
+    for (const absl::Status& s : DecodeSteps(members, options)) ok &= s.ok();
+    undo();
+    return ok;
+  };
+  const bench::Turns vs = InTurns(one_by_one, batched, min_time);
+  if (vs.turns == 0) return 1;
+  const bench::Timing alone = TimeIt(one_by_one, min_time / 2);
+  std::printf(
+      "context %6lld  model E %lld H %lld, %d sequences: a step of each one by one %.3f ms, "
+      "batched %.3f ms: %.2fx the steps per second (%.2f-%.2f)\n",
+      static_cast<long long>(context), static_cast<long long>(E),
+      static_cast<long long>(model.info().num_heads), k, alone.median_ms,
+      alone.median_ms * vs.median, 1 / vs.median, 1 / vs.high, 1 / vs.low);
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   absl::StatusOr<client::CliArgs> parsed = client::ParseArgs(argc, argv, {"help"});
   if (!parsed.ok() || parsed->switches.count("help") || !parsed->Has("context")) {
@@ -213,7 +276,23 @@ int Main(int argc, char** argv) {
   const double min_time = *a.GetDouble("min-time", 1);
   const double bandwidth = ReadBandwidth(threads, size_t{1} << 30);
   std::printf("read bandwidth: %.1f GB/s (%d threads, a sum over 1 GiB)\n", bandwidth, threads);
+  std::unique_ptr<const Model> model;
+  if (a.Has("model-file")) {
+    absl::StatusOr<std::unique_ptr<const Model>> m = LoadModel("bench", a.Get("model-file"));
+    if (!m.ok()) {
+      std::fprintf(stderr, "decode-bench: %s\n", m.status().ToString().c_str());
+      return 1;
+    }
+    model = *std::move(m);
+  }
   for (absl::string_view c : absl::StrSplit(a.Get("context"), ',')) {
+    if (model) {
+      int64_t context = 0;
+      if (!absl::SimpleAtoi(c, &context) || context < 1) return 2;
+      const int k = static_cast<int>(*a.GetInt("sequences", 32));
+      if (int rc = Batched(*model, context, k, threads, min_time); rc != 0) return rc;
+      continue;
+    }
     Shape s = base;
     if (!absl::SimpleAtoi(c, &s.context) || s.context < 2) {
       std::fprintf(stderr, "decode-bench: --context: expected numbers of at least 2\n");

@@ -5,6 +5,7 @@
 //   load_recorder.h   the ledger: every request settled once, latency histograms
 //   load_drivers.h    closed loop (unary, streams) and open loop
 //   load_streams.h    the closed loop over streams
+//   load_decode.h     --rpc decode: sequences decoded over StreamDecode
 //   load_report.h     the terminal summary and the JSON, CSV and HTML reports
 #include "client/load.h"
 
@@ -19,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "client/args.h"
 #include "client/load_calls.h"
+#include "client/load_decode.h"
 #include "client/load_drivers.h"
 #include "client/load_report.h"
 #include "client/load_workload.h"
@@ -33,7 +35,7 @@ namespace {
 const OptionTable& LoadOptions() {
   static const OptionTable kTable = {{
       {"what to send (random data unless .npy files are given)",
-       {{{"rpc"}, "--rpc attention|self-attention|health", "(default self-attention)"},
+       {{{"rpc"}, "--rpc attention|self-attention|health|decode", "(default self-attention)"},
         {{"batch", "seq", "kv-seq", "embed", "heads", "kv-heads"},
          "--batch B --seq L [--kv-seq S] --embed E --heads H [--kv-heads G]",
          "shapes (defaults: 1, 128, L, the model's or 512, the model's or 8)"},
@@ -53,7 +55,12 @@ const OptionTable& LoadOptions() {
          "arithmetic of the products (default float32)"},
         {{"input", "query", "key", "value"},
          "--input x.npy | --query q.npy --key k.npy --value v.npy",
-         "send these tensors instead"}}},
+         "send these tensors instead"},
+        {{"context", "sequences", "steps"},
+         "--rpc decode --model NAME --context N --sequences K --steps M",
+         "K sequences on streams of their own, each prefilled with N tokens, then M one-token "
+         "steps each sent when the last is answered (defaults 128, 1, 100); a request = a "
+         "step; --retries rebuilds a sequence on a live replica"}}},
       {"how to send",
        {{{"concurrency"},
          "--concurrency N[,N...]",
@@ -176,6 +183,16 @@ absl::StatusOr<LoadFlags> ParseFlags(const CliArgs& args) {
   if (s.stream && s.open_loop) {
     return absl::InvalidArgumentError("--stream runs a closed loop: use --concurrency");
   }
+  if (*rpc == RpcKind::kDecode && (args.Has("concurrency") || args.Has("rate") || s.stream ||
+                                   args.Has("requests") || args.Has("duration"))) {
+    return absl::InvalidArgumentError(
+        "--rpc decode runs --sequences closed loops of --steps steps: no --concurrency, --rate, "
+        "--stream, --requests or --duration");
+  }
+  if (*rpc != RpcKind::kDecode &&
+      (args.Has("context") || args.Has("sequences") || args.Has("steps"))) {
+    return absl::InvalidArgumentError("--context, --sequences and --steps are for --rpc decode");
+  }
   if (s.stream && *rpc == RpcKind::kHealth) {
     return absl::InvalidArgumentError("--stream does not apply to --rpc health");
   }
@@ -202,6 +219,12 @@ absl::StatusOr<LoadFlags> ParseFlags(const CliArgs& args) {
 // The report's line of settings.
 std::string SettingsLine(const LoadFlags& f) {
   const RunSettings& s = f.run;
+  if (f.rpc == RpcKind::kDecode) {
+    return absl::StrCat("a closed loop per sequence, each on a stream of its own, prefills not ",
+                        "measured, ", f.connections, " connection(s) per address, timeout ",
+                        s.timeout, " s per stream, retries ", f.retries, ", verify ", f.verify,
+                        "%");
+  }
   return absl::StrCat(
       s.open_loop
           ? absl::StrCat("open loop, ", s.arrival, " arrivals, max outstanding ", s.max_outstanding)
@@ -216,6 +239,15 @@ std::string SettingsLine(const LoadFlags& f) {
 // Runs every level (each after its warmup), printing its figures.
 void RunLevels(const Workload& w, Channels& ch, const LoadFlags& f, LoadReport* report) {
   RunSettings s = f.run;
+  if (w.rpc == RpcKind::kDecode) {  // one level: its prefills are its warmup
+    LoadResult r = RunDecodeLevel(w, ch, s, f.verify);
+    r.level = static_cast<double>(w.sequences);
+    r.request_bytes = w.request_bytes;
+    r.flops_per_request = w.flops;
+    PrintResult(r, stdout);
+    report->results.push_back(std::move(r));
+    return;
+  }
   for (double level : f.levels) {
     s.level = level;
     const std::string label =
@@ -280,7 +312,9 @@ int RunLoad(const CliArgs& args) {
   }
   ch.retries = f.retries;
   AttentionClient probe(ch.channels[0]);
-  absl::StatusOr<Workload> w = MakeWorkload(args, f.rpc, probe, f.verify);
+  absl::StatusOr<Workload> w = f.rpc == RpcKind::kDecode
+                                   ? MakeDecodeWorkload(args, probe, f.verify)
+                                   : MakeWorkload(args, f.rpc, probe, f.verify);
   if (!w.ok()) {
     std::fprintf(stderr, "attention-client load: %s: %s\n",
                  absl::StatusCodeToString(w.status().code()).c_str(),

@@ -44,6 +44,7 @@ std::string MethodOf(RpcKind rpc) {
     case RpcKind::kAttention:
       return absl::StrCat("/", v1::AttentionService::service_full_name(), "/Attention");
     case RpcKind::kSelfAttention:
+    case RpcKind::kDecode:  // streams only (client/load_decode.h)
       break;
   }
   return absl::StrCat("/", v1::AttentionService::service_full_name(), "/SelfAttention");

@@ -125,13 +125,8 @@ absl::Status ComputeReferences(const CliArgs& args, Workload* w) {
   const std::string model = args.Get("model");
   std::unique_ptr<const Model> weights_model;
   if (!model.empty()) {
-    const std::string path = args.Get("model-file", "models/" + model + ".safetensors");
-    absl::StatusOr<std::unique_ptr<const Model>> m = LoadModel(model, path);
-    if (!m.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--verify needs the model's weights: ", m.status().message(),
-                       " (give --model-file PATH)"));
-    }
+    absl::StatusOr<std::unique_ptr<const Model>> m = LoadModelToVerify(args, model);
+    if (!m.ok()) return m.status();
     weights_model = std::move(*m);
   }
   const ProjectionWeights* pw = weights_model ? &weights_model->weights() : nullptr;
@@ -172,12 +167,24 @@ void EncodePool(Workload* w) {
 
 }  // namespace
 
+absl::StatusOr<std::unique_ptr<const Model>> LoadModelToVerify(const CliArgs& args,
+                                                               const std::string& model) {
+  const std::string path = args.Get("model-file", "models/" + model + ".safetensors");
+  absl::StatusOr<std::unique_ptr<const Model>> m = LoadModel(model, path);
+  if (!m.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--verify needs the model's weights: ", m.status().message(), " (give --model-file PATH)"));
+  }
+  return m;
+}
+
 absl::StatusOr<RpcKind> ParseRpcKind(absl::string_view value) {
   if (value == "attention") return RpcKind::kAttention;
   if (value == "self-attention") return RpcKind::kSelfAttention;
   if (value == "health") return RpcKind::kHealth;
+  if (value == "decode") return RpcKind::kDecode;
   return absl::InvalidArgumentError(
-      absl::StrCat("--rpc ", value, ": expected attention, self-attention or health"));
+      absl::StrCat("--rpc ", value, ": expected attention, self-attention, health or decode"));
 }
 
 const char* RpcKindName(RpcKind kind) {
@@ -186,6 +193,8 @@ const char* RpcKindName(RpcKind kind) {
       return "attention";
     case RpcKind::kSelfAttention:
       return "self-attention";
+    case RpcKind::kDecode:
+      return "decode";
     case RpcKind::kHealth:
       break;
   }

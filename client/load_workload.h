@@ -12,6 +12,7 @@
 #ifndef CLIENT_LOAD_WORKLOAD_H_
 #define CLIENT_LOAD_WORKLOAD_H_
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,7 @@
 #include "absl/strings/string_view.h"
 #include "client/args.h"
 #include "client/client.h"
+#include "core/model.h"
 #include "core/reference.h"
 #include "grpcpp/support/byte_buffer.h"
 
@@ -30,9 +32,10 @@ enum class RpcKind {
   kAttention,      // AttentionService/Attention (or StreamAttention)
   kSelfAttention,  // AttentionService/SelfAttention (or StreamSelfAttention)
   kHealth,         // grpc.health.v1.Health/Check
+  kDecode,         // AttentionService/StreamDecode (client/load_decode.h)
 };
 
-// --rpc: "attention", "self-attention" or "health"; InvalidArgument naming
+// --rpc: "attention", "self-attention", "health" or "decode"; InvalidArgument naming
 // the flag otherwise.
 absl::StatusOr<RpcKind> ParseRpcKind(absl::string_view value);
 // The --rpc spelling of `kind`.
@@ -51,14 +54,31 @@ struct Workload {
   double flops = 0;                             // per request (bench/README.md's formula)
   std::string description;                      // one line for the report
 
+  // --rpc decode (client/load_decode.h): the pool's token sequences, each
+  // [context + steps, E] float32 row-major; the references (when verifying)
+  // are per step: entry i's step j at i * steps + j.
+  std::vector<std::vector<float>> tokens;
+  int64_t context = 0, steps = 0, sequences = 0, embed = 0;
+  DType wire = DType::kFloat32;
+  v1::AttentionOptions decode_options;
+
   // Entries in the pool (>= 1 once made): request i sends entry i % size().
-  size_t size() const { return rpc == RpcKind::kAttention ? attention.size() : self.size(); }
+  size_t size() const {
+    return rpc == RpcKind::kAttention ? attention.size()
+           : rpc == RpcKind::kDecode  ? tokens.size()
+                                      : self.size();
+  }
 };
 
 // Pool entry `index` as a stream message with `id`: the entry's bytes
 // (shared, not copied) followed by the serialized id field. A parser merges
 // concatenated messages, so the server reads the entry with this id.
 grpc::ByteBuffer EncodedWithId(const Workload& w, size_t index, const std::string& id);
+
+// The weights of `model` for --verify's references, from --model-file (default
+// models/NAME.safetensors); InvalidArgument saying so when they cannot be read.
+absl::StatusOr<std::unique_ptr<const Model>> LoadModelToVerify(const CliArgs& args,
+                                                               const std::string& model);
 
 // Builds the workload of `args` (shapes, --model, --weights, --wire-dtype,
 // .npy inputs). With --model it asks the server (through `probe`) for the

@@ -1,5 +1,7 @@
 #include "core/decode.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -531,19 +533,37 @@ absl::Status RunGroup(const std::vector<StepMember*>& group, const ProjectionWei
     // or into its rows of `heads` for the out-projection.
     std::vector<float> heads;
     if (projection != nullptr) heads.resize(static_cast<size_t>(q_rows * ps->embed_dim));
+    std::vector<float*> targets;
     int64_t row = 0;
     for (StepMember* m : group) {
-      float* target = projection != nullptr ? heads.data() + row * ps->embed_dim
-                                            : m->member->outputs->Output(m->plan.output_shape);
+      targets.push_back(projection != nullptr ? heads.data() + row * ps->embed_dim
+                                              : m->member->outputs->Output(m->plan.output_shape));
       row += m->plan.queries;
-      absl::Status s = target == nullptr
+    }
+    auto attend = [&](size_t i, const ComputeOptions& o) {
+      StepMember* m = group[i];
+      absl::Status s = targets[i] == nullptr
                            ? absl::InternalError("no output buffer")
-                           : GuardStatus([&] { return Attend(*m, m->q, options, target); });
+                           : GuardStatus([&] { return Attend(*m, m->q, o, targets[i]); });
       if (!s.ok()) {
         m->member->cache->Truncate(m->held_before);
         *m->status = s;
       }
+    };
+    // Many members on the decode kernel: one thread each, in one parallel
+    // region (a region per member would start and stop the threads as many
+    // times); the others alone, each with every thread.
+    std::vector<size_t> kernel, alone;
+    for (size_t i = 0; i < group.size(); ++i) {
+      const StepMember& m = *group[i];
+      (group.size() > 1 && UsesKernel(*m.member->args, m.plan) ? kernel : alone).push_back(i);
     }
+    ComputeOptions one = options;
+    one.max_threads = 1;
+    const int threads = options.max_threads > 0 ? options.max_threads : omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (size_t k = 0; k < kernel.size(); ++k) attend(kernel[k], one);
+    for (size_t i : alone) attend(i, options);
     if (projection == nullptr) return absl::OkStatus();
     // The out-projection of every member's rows as one product, then each
     // member's rows to its output.

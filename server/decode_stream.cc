@@ -343,7 +343,14 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     CallRecord call;
     Reservation held;  // the message, then its step's memory and response
     std::unique_ptr<DecodeSequences::Message> message;  // begun, until answered
+    bool computing = false;                             // in the metrics' computing requests
+    bool saturated = false;                             // refused for a full queue
   };
+
+  void ComputeBegins(Item* item) {
+    service_->metrics()->ComputeBegins(&item->call);
+    item->computing = true;
+  }
 
   static DecodeLimits Limits(const ServiceLimits& l) {
     DecodeLimits d;
@@ -388,11 +395,9 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       waiting_.pop_back();
       Starting(*item);
     }
-    if (Submit(item)) return true;
-    Stopped(*item);
-    item->held.Reset();
-    item->response = Refused(item.get());
-    return false;
+    // Answered at once (refused, or nothing to compute): no later message
+    // waits for it yet.
+    return Launch(item, &item->response);
   }
 
   // Whether waiting_[index] may start.
@@ -416,69 +421,89 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     --running_;
   }
 
-  bool Submit(const std::shared_ptr<Item>& item) {
-    return service_->executor_->TrySubmit(
-        [self = shared_from_this(), item] { self->Compute(item); });
-  }
-
-  grpc::ByteBuffer Refused(Item* item) {
-    service_->metrics()->EnqueueFailed(&item->call);
-    const absl::Status s = absl::ResourceExhaustedError(
+  absl::Status Saturated() const {
+    return absl::ResourceExhaustedError(
         absl::StrCat("server is saturated: ", service_->Waiting(),
                      " requests already wait for compute; retry later or add replicas"));
-    grpc::ByteBuffer answer = EncodeError(item->request.id(), s);
-    service_->metrics()->Finish(item->call, s, answer.Length());
-    return answer;
   }
 
-  // Begins `item`'s message and computes it: here, or with other streams'
-  // messages through the decode batcher. Answered is always reached (the
-  // stream cannot finish while a computation is pending).
-  void Compute(const std::shared_ptr<Item>& item) {
+  // Starts `item` (marked Starting): without batching, a task that begins
+  // and computes it (Compute); with batching, its message begun here and
+  // queued in the decode batcher (one hop fewer). True when it will be
+  // answered through Answered; false when it is answered already into
+  // `answer` (refused, or nothing to compute), its sequence released.
+  bool Launch(const std::shared_ptr<Item>& item, grpc::ByteBuffer* answer) {
     Batcher* batcher = service_->decode_batcher_.get();
-    Batcher::Request batched;
     absl::Status s;
     try {
-      service_->metrics()->ComputeBegins(&item->call);
+      if (batcher == nullptr) {
+        if (service_->executor_->TrySubmit(
+                [self = shared_from_this(), item] { self->Compute(item); })) {
+          return true;
+        }
+        service_->metrics()->EnqueueFailed(&item->call);
+        item->saturated = true;
+        s = Saturated();
+      } else {
+        ComputeBegins(item.get());
+        const ComputeOptions options = service_->Options(context_, cut());
+        s = BeginMessage(item, options);
+        if (s.ok() && item->message->computes()) {
+          Batcher::Request r;
+          r.args = &item->message->args();
+          r.sequence = item->message->cache();
+          r.outputs = item->message->outputs();
+          r.check = options.check;
+          r.done = [self = shared_from_this(), item](const absl::Status& status) {
+            self->Answered(item, status);
+          };
+          if (batcher->Submit(std::move(r))) return true;
+          item->saturated = true;
+          s = Saturated();
+        }
+      }
+    } catch (...) {
+      context_->TryCancel();
+      s = absl::InternalError("the message could not be started");
+    }
+    *answer = Conclude(item.get(), s);
+    Stopped(*item);
+    return false;
+  }
+
+  // Begins `item`'s message (DecodeSequences::Begin) unless the stream was
+  // cancelled.
+  absl::Status BeginMessage(const std::shared_ptr<Item>& item, const ComputeOptions& options) {
+    if (cut()->load()) return absl::CancelledError("the stream was cancelled");
+    absl::StatusOr<std::unique_ptr<DecodeSequences::Message>> begun =
+        sequences_.Begin(item->request, *service_->models_, options, &item->held);
+    if (!begun.ok()) return begun.status();
+    item->message = *std::move(begun);
+    return absl::OkStatus();
+  }
+
+  // On the executor (no batching): begins and computes `item`, then answers it.
+  void Compute(const std::shared_ptr<Item>& item) {
+    absl::Status s;
+    try {
+      ComputeBegins(item.get());
       const ComputeOptions options = service_->Options(context_, cut());
-      if (cut()->load()) return Answered(item, absl::CancelledError("the stream was cancelled"));
-      absl::StatusOr<std::unique_ptr<DecodeSequences::Message>> begun =
-          sequences_.Begin(item->request, *service_->models_, options, &item->held);
-      if (!begun.ok()) return Answered(item, begun.status());
-      item->message = *std::move(begun);
-      DecodeSequences::Message& m = *item->message;
-      if (m.computes() && batcher != nullptr) {
-        batched.args = &m.args();
-        batched.sequence = m.cache();
-        batched.outputs = m.outputs();
-        batched.check = options.check;
-        batched.done = [self = shared_from_this(), item](const absl::Status& status) {
-          self->Answered(item, status);
-        };
-      } else if (m.computes()) {
+      s = BeginMessage(item, options);
+      if (s.ok() && item->message->computes()) {
+        DecodeSequences::Message& m = *item->message;
         s = DecodeStep(m.args(), m.cache(), options, m.outputs());
       }
     } catch (...) {
       context_->TryCancel();
-      return Answered(item, absl::InternalError("the message could not be computed"));
+      s = absl::InternalError("the message could not be computed");
     }
-    if (!batched.done) return Answered(item, s);
-    bool queued = false;
-    try {
-      queued = batcher->Submit(std::move(batched));
-    } catch (...) {
-      context_->TryCancel();
-    }
-    if (!queued) {
-      Answered(item, absl::ResourceExhaustedError(absl::StrCat(
-                         "server is saturated: ", service_->Waiting(),
-                         " requests already wait for compute; retry later or add replicas")));
-    }
+    Answered(item, s);
   }
 
-  // `item` computed with `computed` (its message ended here): answers it,
-  // then starts what waited for it.
-  void Answered(const std::shared_ptr<Item>& item, const absl::Status& computed) {
+  // `item`'s computation ended with `computed` (or it was refused): ends its
+  // message (DecodeSequences::End) and returns its answer, the call recorded.
+  // Where even an error's answer cannot be made, the stream is cancelled.
+  grpc::ByteBuffer Conclude(Item* item, const absl::Status& computed) {
     grpc::ByteBuffer answer;
     try {
       ServiceMetrics* metrics = service_->metrics();
@@ -486,9 +511,11 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       if (item->message != nullptr) {
         s = sequences_.End(std::move(item->message), computed, &answer);
       }
-      metrics->ComputeEnds(&item->call, s);
+      if (item->computing) metrics->ComputeEnds(&item->call, s);
       if (!s.ok()) {
-        if (absl::StartsWith(s.message(), "memory budget")) {
+        if (item->saturated) {
+          item->call.refusal = CallRecord::Refusal::kQueueFull;
+        } else if (absl::StartsWith(s.message(), "memory budget")) {
           item->call.refusal = CallRecord::Refusal::kMemoryBudget;
         }
         item->held.Reset();
@@ -498,13 +525,19 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     } catch (...) {
       context_->TryCancel();
     }
+    return answer;
+  }
+
+  // `item` computed: answers it, then starts what waited for it.
+  void Answered(const std::shared_ptr<Item>& item, const absl::Status& computed) {
+    const grpc::ByteBuffer answer = Conclude(item.get(), computed);
     Stopped(*item);
     StartReady();
     Computed(item, answer);
   }
 
-  // Starts the waiting messages that may start now; those the executor
-  // refuses are answered so.
+  // Starts the waiting messages that may start now; those answered at once
+  // are answered so.
   void StartReady() {
     while (true) {
       std::vector<std::shared_ptr<Item>> ready;
@@ -520,21 +553,14 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
           waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
         }
       }
-      bool refused_any = false;
+      bool answered_any = false;
       for (const std::shared_ptr<Item>& next : ready) {
-        grpc::ByteBuffer refused;
-        try {
-          if (Submit(next)) continue;
-          next->held.Reset();
-          refused = Refused(next.get());
-        } catch (...) {
-          context_->TryCancel();
-        }
-        Stopped(*next);
-        refused_any = true;
-        Computed(next, refused);
+        grpc::ByteBuffer answer;
+        if (Launch(next, &answer)) continue;
+        answered_any = true;
+        Computed(next, answer);
       }
-      if (!refused_any) return;
+      if (!answered_any) return;
     }
   }
 

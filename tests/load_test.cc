@@ -6,11 +6,15 @@
 // usage errors.
 #include <signal.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <sstream>
+#include <thread>
+#include <vector>
 
 #include "core/safetensors.h"
 #include "gmock/gmock.h"
@@ -183,6 +187,107 @@ TEST_F(LoadTest, VerifyFailsAgainstAWrongReference) {
   EXPECT_THAT(r["verify"]["first_mismatch"].get<std::string>(),
               HasSubstr("differs from the reference"));
   EXPECT_THAT(out, HasSubstr("10 mismatches"));
+}
+
+// --rpc decode: every step counted once and checked against the reference
+// of the causal forward; a wrong model's reference fails them; flags that do
+// not apply are usage errors.
+TEST_F(LoadTest, DecodeStepsBalanceAndAreVerified) {
+  ServerProcess server(ModelFlags());
+  ASSERT_TRUE(server.ok()) << server.Output();
+  nlohmann::json r;
+  std::string out;
+  const std::vector<std::string> decode = {
+      "--rpc", "decode", "--model", "demo", "--context", "20", "--steps", "15", "--sequences", "5"};
+  std::vector<std::string> args = decode;
+  args.insert(args.end(),
+              {"--verify", "100", "--model-file", SourcePath("models/demo.safetensors")});
+  ASSERT_EQ(Load(server, args, &r, &out), 0) << out;
+  ExpectBalanced(r);
+  EXPECT_EQ(r["sent"], 75);
+  EXPECT_EQ(r["ok"], 75);
+  EXPECT_EQ(r["verify"]["checked"], 75);
+  EXPECT_EQ(r["verify"]["mismatches"], 0);
+  EXPECT_EQ(r["concurrency"], 5);
+  std::mt19937 rng(3);
+  FloatTensor in = RandomTensor({192, 64}, rng, 0.1f), out_w = RandomTensor({64, 64}, rng, 0.1f);
+  const std::string wrong = (dir_ / "wrong.safetensors").string();
+  std::ofstream(wrong, std::ios::binary) << SerializeSafetensors(
+      {{"in_proj_weight", in.view()}, {"out_proj.weight", out_w.view()}}, {{"num_heads", "4"}});
+  args = decode;
+  args.insert(args.end(), {"--verify", "20", "--model-file", wrong});
+  EXPECT_EQ(Load(server, args, &r, &out), 1) << out;
+  EXPECT_EQ(r["verify"]["checked"], 15);
+  EXPECT_EQ(r["verify"]["mismatches"], 15);
+  for (const char* extra : {"--concurrency", "--requests", "--duration"}) {
+    args = decode;
+    args.insert(args.end(), {extra, "2"});
+    EXPECT_EQ(Load(server, args, &r, &out), 2) << extra << ": " << out;
+    EXPECT_THAT(out, HasSubstr("--rpc decode runs --sequences closed loops"));
+  }
+  EXPECT_EQ(Load(server, {"--rpc", "self-attention", "--steps", "3"}, &r, &out), 2) << out;
+  EXPECT_EQ(server.Stop(SIGTERM, 15), 0);
+}
+
+// --rpc decode --retries through replicas killed mid-decode: no failed step,
+// every step still equal to the reference, the reopenings counted apart.
+TEST_F(LoadTest, DecodeSurvivesAKilledReplicaWithRetries) {
+  std::vector<std::unique_ptr<ServerProcess>> servers;
+  std::vector<std::string> targets;
+  std::vector<std::string> flags = ModelFlags();
+  flags.push_back("--admin-listen=127.0.0.1:0");
+  for (int i = 0; i < 2; ++i) {
+    servers.push_back(std::make_unique<ServerProcess>(flags));
+    ASSERT_TRUE(servers.back()->ok()) << servers.back()->Output();
+    targets.push_back(servers.back()->target());
+  }
+  const std::string path = (dir_ / "r.json").string();
+  std::string out;
+  std::thread killer([&] {  // once the first replica holds sequences, and a little after
+    const int admin = AdminPort(*servers[0]);
+    for (int i = 0; i < 3000; ++i) {
+      std::string text;
+      if (HttpGet(admin, "/metrics", &text) == 200 &&
+          Sample(text, "attention_decode_sequences") > 0) {
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    servers[0]->Stop(SIGKILL, 5);
+  });
+  const int code = RunCommand({ClientBinary(),
+                               "--target",
+                               targets[0] + "," + targets[1],
+                               "load",
+                               "--quiet",
+                               "--json",
+                               path,
+                               "--rpc",
+                               "decode",
+                               "--model",
+                               "demo",
+                               "--context",
+                               "30",
+                               "--steps",
+                               "2000",
+                               "--sequences",
+                               "4",
+                               "--retries",
+                               "5",
+                               "--verify",
+                               "10",
+                               "--model-file",
+                               SourcePath("models/demo.safetensors")},
+                              &out, 120);
+  killer.join();
+  ASSERT_EQ(code, 0) << out;
+  std::ifstream in(path);
+  const nlohmann::json r = nlohmann::json::parse(in, nullptr, false);
+  ExpectBalanced(r);
+  EXPECT_EQ(r["ok"], 8000);
+  EXPECT_EQ(r["verify"]["mismatches"], 0);
+  EXPECT_GT(r["retries"].get<int64_t>(), 0) << "the killed replica held no stream";
 }
 
 TEST_F(LoadTest, OpenLoopCorrectsForAStalledServer) {
