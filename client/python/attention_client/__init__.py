@@ -4,6 +4,9 @@
 >>> client = attention_client.Client("localhost:50051")
 >>> out, weights = client.self_attention(x, model="demo", weights="average")
 
+``client.decoder(model=...)`` is a ``Decoder``: incremental decoding over one
+``StreamDecode`` stream (``append`` a sequence's next tokens, ``end`` it).
+
 ``attention_client.torch.RemoteMultiheadAttention`` is an ``nn.Module`` that
 computes ``nn.MultiheadAttention``'s forward on the service (needs torch).
 
@@ -23,6 +26,7 @@ except ImportError as e:  # the stubs are generated, not committed
 
 from ._tensors import bfloat16_bits_to_float32, float32_to_bfloat16_bits
 from .client import Client, Error
+from .decoder import Decoder
 
-__all__ = ["Client", "Error", "bfloat16_bits_to_float32", "float32_to_bfloat16_bits"]
+__all__ = ["Client", "Decoder", "Error", "bfloat16_bits_to_float32", "float32_to_bfloat16_bits"]
 __version__ = "0.1.0"

@@ -402,8 +402,13 @@ class Client:
         reconnect."""
         if error.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self._retries:
             raise _error_from_rpc(error, self._tls) from None
-        time.sleep(min(0.1 * 2 ** attempt, 1.0) * random.uniform(0.75, 1.0))
+        self._retry_pause(attempt)
         self._reconnect(stubs)
+
+    @staticmethod
+    def _retry_pause(attempt):
+        """The backoff before retry number `attempt` (0 the first)."""
+        time.sleep(min(0.1 * 2 ** attempt, 1.0) * random.uniform(0.75, 1.0))
 
     def _unary(self, service, method, request, timeout):
         deadline = _Deadline(timeout)
@@ -559,6 +564,44 @@ class Client:
         Otherwise as ``stream_attention``."""
         return self._stream("StreamSelfAttention", requests, _self_attention_request,
                             timeout)
+
+    def decoder(self, model="", heads=0, kv_heads=0, precision="float32", *, scale=None,
+                retries=None, timeout=None, wire_dtype=None):
+        """A ``StreamDecode`` stream for incremental decoding: the server keeps
+        each sequence's keys and values while the stream is open, so a step
+        sends only its new tokens.
+
+        Parameters
+        ----------
+        model : str, optional
+            A model the server preloaded (its projections); else plain
+            attention with ``heads`` (and ``kv_heads``).
+        heads, kv_heads : int, optional
+            Query heads and key/value heads (0: the model's).
+        precision : {"float32", "bfloat16"}, optional
+            ``"bfloat16"`` keeps the keys and values in bfloat16 on the server.
+        scale : float, optional
+            Score scale (default 1/sqrt(head dim)).
+        retries : int, optional
+            Survive a broken stream this many times per message (default the
+            client's ``retries``): the stream is reopened, each held sequence
+            rebuilt from the tokens sent, the pending message sent again.
+        timeout : float, optional
+            Seconds the stream may stay open (default none).
+        wire_dtype : {"float32", "float16", "bfloat16"}, optional
+            Dtype of tensors on the wire (default: each input's own).
+
+        Returns
+        -------
+        attention_client.Decoder
+            ``append(sequence, input=None, query=None, key=None, value=None,
+            causal=True, weights="none") -> (output, weights)``,
+            ``end(sequence)``, ``close()``; a context manager.
+        """
+        from .decoder import Decoder
+
+        return Decoder(self, model=model, heads=heads, kv_heads=kv_heads, precision=precision,
+                       scale=scale, retries=retries, timeout=timeout, wire_dtype=wire_dtype)
 
     def _list_models(self, timeout):
         return self._unary(0, "ListModels", pb.ListModelsRequest(), timeout)

@@ -89,6 +89,8 @@ class RemoteMultiheadAttention(nn.Module):
             name: _numpy(t) for name, t in projection.items() if t is not None}
         self._client = client
         self._client_options = client_options
+        self._decoder = None  # decode's stream, once started
+        self._decode_batch = 0
 
     @classmethod
     def from_module(cls, mha, target, name=None, **kwargs):
@@ -132,6 +134,7 @@ class RemoteMultiheadAttention(nn.Module):
         # cannot copy a gRPC channel: a copy makes its own client when needed.
         state = dict(self.__dict__)
         state["_client"] = None
+        state["_decoder"] = None
         return state
 
     def extra_repr(self):
@@ -196,6 +199,69 @@ class RemoteMultiheadAttention(nn.Module):
         if w is not None:
             w = torch.from_numpy(w).to(device=query.device, dtype=query.dtype)
         return output, w
+
+
+    def decode(self, x, *, precision="float32"):
+        """Incremental (causal) self-attention on the service: appends ``x``'s
+        tokens to this module's sequences and returns their outputs, as one
+        causal forward over all the tokens appended so far would give them.
+
+        The first call starts one sequence per batch entry (its prompt, the
+        prefill); each later call appends more tokens (one per step in a
+        generation loop). The keys and values stay on the server, on one
+        ``StreamDecode`` stream of this module, so a step sends only its new
+        tokens. ``end_decode()`` frees them (the next ``decode`` starts over).
+
+        >>> attn = RemoteMultiheadAttention.from_module(mha, "localhost:50051", "layer0")
+        >>> y = attn.decode(prompt)             # [B, P, E]: the prefill
+        >>> for _ in range(new_tokens):
+        ...     y = attn.decode(x_t)            # [B, 1, E]: each sequence's next token
+        >>> attn.end_decode()
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[B, T, E]`` when ``batch_first`` (``[T, B, E]`` otherwise), or
+            ``[T, E]`` for one sequence. B stays the same until
+            ``end_decode()``.
+        precision : {"float32", "bfloat16"}, optional
+            The first call's choice holds: ``"bfloat16"`` keeps the keys and
+            values in bfloat16 on the server.
+
+        Returns
+        -------
+        torch.Tensor
+            The outputs of ``x``'s tokens, shaped as ``x``, in its dtype and
+            on its device.
+
+        Notes
+        -----
+        Needs a model the server serves (``from_module(mha, target, name)``):
+        decode streams take no inline weights. With the client's ``retries``,
+        a stream that breaks is rebuilt on a live replica (see
+        ``attention_client.Decoder``).
+        """
+        if not self.model:
+            raise ValueError("decode needs a model the server serves (from_module(mha, target, "
+                             "name)): decode streams take no inline weights")
+        unbatched = x.dim() == 2
+        batch = x.unsqueeze(0) if unbatched else x if self.batch_first else x.transpose(0, 1)
+        if self._decoder is None:
+            self._decoder = self.client.decoder(model=self.model, precision=precision,
+                                                timeout=self.timeout, wire_dtype=self.wire_dtype)
+            self._decode_batch = batch.shape[0]
+        elif batch.shape[0] != self._decode_batch:
+            raise ValueError(f"decode: batch {batch.shape[0]} where the sequences started with "
+                             f"{self._decode_batch} (end_decode() first)")
+        outs = [self._decoder.append(str(b), input=batch[b])[0] for b in range(batch.shape[0])]
+        out = torch.from_numpy(np.stack(outs)).to(device=x.device, dtype=x.dtype)
+        return out[0] if unbatched else out if self.batch_first else out.transpose(0, 1)
+
+    def end_decode(self):
+        """Frees the sequences ``decode`` started (closes their stream)."""
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
 
 
 def _numpy(t):

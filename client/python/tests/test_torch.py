@@ -80,6 +80,22 @@ class RemoteMultiheadAttentionTest(unittest.TestCase):
         else:
             close(self, got[1], expected[1], "weights")
 
+    def test_incremental_decode_equals_the_causal_forward(self):
+        mha = SERVER.modules["e64h4"]
+        x = torch.randn(3, 16, 64)
+        causal = torch.triu(torch.ones(16, 16, dtype=torch.bool), 1)
+        expected = local(mha, x, x, x, attn_mask=causal, need_weights=False)[0]
+        remote = Remote.from_module(mha, SERVER.target, "e64h4")
+        steps = [remote.decode(x[:, :6])] + [remote.decode(x[:, t:t + 1]) for t in range(6, 16)]
+        close(self, torch.cat(steps, dim=1), expected)
+        remote.end_decode()
+        close(self, remote.decode(x[0, :4]), expected[0, :4])  # starts over, unbatched
+        with self.assertRaises(ValueError):
+            remote.decode(x[:, :1])  # another batch size mid-decode
+        remote.end_decode()
+        with self.assertRaises(ValueError):
+            Remote.from_module(mha, SERVER.target).decode(x)  # inline weights
+
     def test_served_and_inline_weights_match_the_module(self):
         mha = SERVER.modules["e64h4"]
         x = torch.randn(2, 10, 64)

@@ -61,6 +61,12 @@ class Server:
         self._process.wait()
         self._process.stdout.close()
 
+    def drain(self, timeout=30):
+        """SIGTERM (the server drains, then exits); waits for the exit."""
+        self._process.terminate()
+        self._process.wait(timeout)
+        self._process.stdout.close()
+
 
 def free_port():
     """A port nothing listens on now (for tests that start a server later)."""
