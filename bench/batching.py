@@ -40,9 +40,10 @@ CASES = [
 ]
 
 
-def make_models(build, tmp):
+def make_models(build, tmp, models=None):
+    """Random models {name: (E, H)} (default MODELS) in `tmp`: {name: path}."""
     paths = {}
-    for name, (e, h) in MODELS.items():
+    for name, (e, h) in (models or MODELS).items():
         path = os.path.join(tmp, name + ".safetensors")
         exported = subprocess.run(
             ["/usr/bin/python3", os.path.join(ROOT, "scripts/export_model.py"), "--embed-dim",

@@ -88,8 +88,8 @@ class Sequence {
     v1::DecodeRequest r;
     r.set_sequence(name_);
     *r.mutable_options() = w_.decode_options;
-    *r.mutable_input() = MakeTensor({rows, w_.embed},
-                                    w_.tokens[entry_].data() + first * w_.embed, w_.wire);
+    *r.mutable_input() =
+        MakeTensor({rows, w_.embed}, w_.tokens[entry_].data() + first * w_.embed, w_.wire);
     return r;
   }
 
@@ -129,7 +129,8 @@ absl::StatusOr<Workload> MakeDecodeWorkload(const CliArgs& args, AttentionClient
   for (const v1::ModelInfo& m : models->models()) {
     if (m.name() == model) info = &m;
   }
-  if (info == nullptr) return absl::NotFoundError(absl::StrCat("--model ", model, ": not on the server"));
+  if (info == nullptr)
+    return absl::NotFoundError(absl::StrCat("--model ", model, ": not on the server"));
   w.context = *context;
   w.steps = *steps;
   w.sequences = *sequences;

@@ -9,7 +9,10 @@
 # During each run one replica is killed with SIGKILL (and started again) and
 # another drained with SIGTERM and restarted. It passes when the client sees
 # no failed call, every answer is verified, and sent = ok (the ledger exact);
-# it prints retries and latency (the faults dominate the tail).
+# it prints retries and latency (the faults dominate the tail). Then the same
+# two ways, decoding (load --rpc decode --retries, 6 sequences): the replica
+# holding the most sequences is killed, then the next drained; every step must
+# succeed and equal the reference (streams rebuilt on live replicas).
 #   3. HTTP/2 attacks (scripts/h2_attack.py: rapid reset, header and CONTINUATION
 #      floods, PING and SETTINGS floods, a slow reader, 1000 idle connections),
 #      each for ATTACK_SECONDS (whole seconds, at least 3; default 5; rapid reset
@@ -212,8 +215,81 @@ sys.exit(0 if ok else 1)
 PY
 }
 
+held() {  # index: decode sequences the replica holds now (0 when it does not answer)
+  curl -sf "http://${addresses[$1]}:$admin_port/metrics" 2> /dev/null |
+    awk '/^attention_decode_sequences / { n = $NF } END { print n + 0 }'
+}
+busiest() {  # the replica holding the most decode sequences (-1: none holds any)
+  local best=-1 most=0 n
+  for i in 0 1 2; do
+    n="$(held "$i")"
+    if ((n > most)); then best=$i most=$n; fi
+  done
+  echo "$best"
+}
+# Decoding through faults: `attention-client load --rpc decode` (decode_sequences
+# sequences on streams of their own, decode_steps steps each, every step
+# verified, --retries) against `target`; once its streams hold sequences, the
+# replica holding the most is killed with SIGKILL (and restarted), then the one
+# holding the most then is drained (and restarted). Passes with no failed step,
+# every step verified, and at least one reopened stream per fault.
+decode_sequences=6
+decode_steps="${DECODE_STEPS:-4000}"
+decode_run() {
+  local label="$1 decode" target="$2"
+  local json="$work/$1-decode.json" victim code
+  "$client" --target "$target" load --rpc decode --model demo --model-file "$model" \
+    --context 32 --sequences "$decode_sequences" --steps "$decode_steps" --verify 100 \
+    --retries "$retries" --timeout 60 --quiet --json "$json" > "$work/$1-decode.out" 2>&1 &
+  local load=$!
+  for fault in SIGKILL SIGTERM; do
+    victim=-1
+    for _ in $(seq 300); do
+      victim="$(busiest)"
+      ((victim >= 0)) && break
+      sleep 0.05
+    done
+    if ((victim < 0)) || ! kill -0 "$load" 2> /dev/null; then
+      echo "deployment: $label: FAILED: no replica held a sequence before $fault (the decode" \
+        "ended or never started: raise DECODE_STEPS)" >&2
+      failed=1
+      wait "$load" || true
+      return
+    fi
+    echo "deployment: $label: $fault ${addresses[$victim]}, which holds $(held "$victim") sequences"
+    kill -s "${fault#SIG}" "${pids[$victim]}"
+    code=0
+    wait "${pids[$victim]}" 2> /dev/null || code=$?
+    [[ "$fault" == SIGTERM ]] && echo "deployment: $label: ${addresses[$victim]} exited $code after its drain"
+    start_replica "$victim"
+    wait_ready "$victim"
+    sleep 0.5  # the streams settle on their new replicas
+  done
+  local load_code=0
+  wait "$load" || load_code=$?
+  /usr/bin/python3 - "$label" "$json" "$load_code" "$((decode_sequences * decode_steps))" << 'PY' || failed=1
+import json, sys
+label, path, code, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+r = json.load(open(path))
+lat = r["latency_ms"]
+errors = sum(r["errors"].values())
+print(f"deployment: {label}: steps sent {r['sent']} ok {r['ok']} errors {errors} {r['errors'] or ''}"
+      f" verified {r['verify']['checked']} mismatches {r['verify']['mismatches']}"
+      f" streams reopened {r['retries']}; step ms p50 {lat['p50']:.2f} p99 {lat['p99']:.2f}"
+      f" max {lat['max']:.2f}")
+ok = (code == 0 and errors == 0 and r["sent"] == steps and r["ok"] == steps
+      and r["verify"]["checked"] == steps and r["verify"]["mismatches"] == 0
+      and r["retries"] >= 2)
+if not ok:
+    print(f"deployment: {label}: FAILED (exit {code}): {r['first_errors']}", file=sys.stderr)
+sys.exit(0 if ok else 1)
+PY
+}
+
 run "$proxy" "127.0.0.1:$proxy_port" 0 1
 run client-side "$(IFS=,; echo "${addresses[*]/%/:$port}")" 2 0
+decode_run "$proxy" "127.0.0.1:$proxy_port"
+decode_run client-side "$(IFS=,; echo "${addresses[*]/%/:$port}")"
 
 if ((failed)); then
   echo "deployment: FAILED" >&2
@@ -222,7 +298,7 @@ if ((failed)); then
   grep -v -e ' ---- ' -e '^<' "$work/proxy.log" | tail -20 >&2
   exit 1
 fi
-summary="$proxy; rate $rate/s for $duration s, each run through a SIGKILL and a drain"
+summary="$proxy; rate $rate/s for $duration s, each run through a SIGKILL and a drain; decoding through both too"
 if [[ "$attacks" == none ]]; then
   echo "deployment: passed ($summary)"
   exit 0
