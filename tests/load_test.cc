@@ -362,7 +362,7 @@ TEST_F(LoadTest, BadFlagValuesAreRejected) {
       {{"--weights", "avarage", "--weights avarage: expected none, average or per-head"},
        {"--wire-dtype", "float64", "--wire-dtype float64: expected float32, float16 or bfloat16"},
        {"--rpc", "selfattention",
-        "--rpc selfattention: expected attention, self-attention or health"},
+        "--rpc selfattention: expected attention, self-attention, health or decode"},
        {"--anything", "3", "unknown option --anything"}});
 }
 
