@@ -5,12 +5,14 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/guard.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/wire_format_lite.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "proto/convert.h"
+#include "proto/infer_convert.h"
 #include "server/response.h"
 
 namespace attention {
@@ -64,18 +66,17 @@ absl::Status Prepare(const Request& r, const ModelRegistry& models, PreparedCall
 
 std::string MiB(double bytes) { return absl::StrCat(std::ceil(bytes / (1 << 20))); }
 
-template <typename Request>
-absl::StatusOr<int64_t> Plan(const Request& r, const ModelRegistry& models,
-                             const ComputeOptions& options, int64_t max_message_bytes) {
-  PreparedCall call;
-  if (absl::Status s = Prepare(r, models, &call); !s.ok()) return s;
+// The memory a prepared call's computation and response take (see PlanCall).
+absl::StatusOr<int64_t> PlanPrepared(const PreparedCall& call, const ComputeOptions& options,
+                                     size_t id_bytes, int64_t max_message_bytes) {
   absl::StatusOr<AttentionPlanInfo> plan = PlanAttention(call.args, options);
   if (!plan.ok()) return plan.status();
   const double output = ShapeProduct<double>(plan->output_shape);
   const double weights =
       plan->weights_shape.empty() ? 0 : ShapeProduct<double>(plan->weights_shape);
   // The tensors and the framing around them (id, dtypes, shapes).
-  const double message = output * DTypeSize(call.output_dtype) + 4 * weights + r.id().size() + 256;
+  const double message =
+      output * DTypeSize(call.output_dtype) + 4 * weights + static_cast<double>(id_bytes) + 256;
   if (message > static_cast<double>(max_message_bytes)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "response would be ", MiB(message), " MiB (output ", ShapeString(plan->output_shape),
@@ -87,6 +88,39 @@ absl::StatusOr<int64_t> Plan(const Request& r, const ModelRegistry& models,
   // float32 and converted into a buffer of its own.
   const double wire_output = call.output_dtype == DType::kFloat32 ? 0 : output * 2;
   return plan->memory_bytes + static_cast<int64_t>(wire_output);
+}
+
+template <typename Request>
+absl::StatusOr<int64_t> Plan(const Request& r, const ModelRegistry& models,
+                             const ComputeOptions& options, int64_t max_message_bytes) {
+  PreparedCall call;
+  if (absl::Status s = Prepare(r, models, &call); !s.ok()) return s;
+  return PlanPrepared(call, options, r.id().size(), max_message_bytes);
+}
+
+// The core's and attention.v1's field names in an error about an Open
+// Inference Protocol request, as the protocol names them: self-attention's
+// `input` is the request's `query`, the options are inputs or parameters.
+absl::Status InProtocolTerms(const absl::Status& s) {
+  if (s.ok()) return s;
+  static constexpr std::pair<absl::string_view, absl::string_view> kNames[] = {
+      {"input", "query"},
+      {"options.attn_mask", "attn_mask"},
+      {"options.key_padding_mask", "key_padding_mask"},
+      {"options.num_heads", "parameter num_heads"},
+      {"options.num_kv_heads", "parameter num_kv_heads"},
+      {"options.scale", "parameter scale"},
+      {"options.weights", "parameter weights"},
+      {"options.precision", "parameter precision"},
+  };
+  const absl::string_view m = s.message();
+  for (const auto& [from, to] : kNames) {
+    if (absl::StartsWith(m, from) && m.size() > from.size() &&
+        (m[from.size()] == ':' || m[from.size()] == '.' || m[from.size()] == ' ')) {
+      return absl::Status(s.code(), absl::StrCat(to, m.substr(from.size())));
+    }
+  }
+  return s;
 }
 
 using google::protobuf::Descriptor;
@@ -135,7 +169,8 @@ absl::Status ScanPackedShape(CodedInputStream* in, uint32_t length, const std::s
 // is refused first. Malformed bytes are left for the parser to refuse.
 absl::Status ScanShapes(CodedInputStream* in, const Descriptor* type, const std::string& path,
                         ShapeCounts* counts) {
-  const bool tensor = type == v1::Tensor::descriptor();
+  const bool tensor = type == v1::Tensor::descriptor() ||
+                      type == inference::ModelInferRequest::InferInputTensor::descriptor();
   while (const uint32_t tag = in->ReadTag()) {
     const FieldDescriptor* field = type->FindFieldByNumber(static_cast<int>(tag >> 3));
     const bool shape = tensor && field != nullptr && field->name() == "shape";
@@ -238,6 +273,51 @@ absl::Status PrepareCall(const v1::DecodeRequest& r, const ModelRegistry& models
   return Prepare(r, models, call);
 }
 
+absl::Status PrepareCall(const inference::ModelInferRequest& r, const ModelRegistry& models,
+                         PreparedCall* call) {
+  if (r.id().size() > kMaxIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("id: ", r.id().size(), " bytes; at most ", kMaxIdBytes));
+  }
+  if (r.model_name().size() > kMaxModelNameBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("model_name: a name of ", r.model_name().size(),
+                                                   " bytes; at most ", kMaxModelNameBytes));
+  }
+  const Model* m = models.Find(r.model_name());
+  const bool builtin = m == nullptr && r.model_name() == kBuiltinModel;
+  if (m == nullptr && !builtin) {
+    return absl::NotFoundError(absl::StrCat("model_name: no model '", r.model_name(),
+                                            "' on this server (it has: ", models.Names(),
+                                            ", and the built-in '", kBuiltinModel, "')"));
+  }
+  if (!r.model_version().empty() && r.model_version() != "1") {
+    return absl::NotFoundError(absl::StrCat("model_version: '", r.model_version().substr(0, 64),
+                                            "' of model '", r.model_name(),
+                                            "' does not exist (it has version 1)"));
+  }
+  convert::InferCall infer;
+  if (absl::Status s = convert::FromInfer(r, builtin, &infer); !s.ok()) return s;
+  call->args = infer.args;
+  call->output_dtype = call->args.query.dtype;
+  if (m != nullptr) {
+    call->args.num_heads = m->info().num_heads;
+    call->args.projection = &m->weights();
+  }
+  call->infer = InferFraming{r.model_name(), "1", r.id(), infer.send_output, infer.send_weights};
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> PlanCall(const inference::ModelInferRequest& request,
+                                 const ModelRegistry& models, const ComputeOptions& options,
+                                 int64_t max_message_bytes) {
+  PreparedCall call;
+  if (absl::Status s = PrepareCall(request, models, &call); !s.ok()) return s;
+  absl::StatusOr<int64_t> planned = PlanPrepared(
+      call, options, request.id().size() + request.model_name().size(), max_message_bytes);
+  if (!planned.ok()) return InProtocolTerms(planned.status());
+  return planned;
+}
+
 absl::StatusOr<int64_t> PlanCall(const v1::AttentionRequest& request, const ModelRegistry& models,
                                  const ComputeOptions& options, int64_t max_message_bytes) {
   return Plan(request, models, options, max_message_bytes);
@@ -261,20 +341,23 @@ absl::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::DecodeRequest* requ
   return Parse(bytes, request);
 }
 
-std::string PeekRequestId(const grpc::ByteBuffer& bytes) {
+absl::Status ParseRequest(const grpc::ByteBuffer& bytes, inference::ModelInferRequest* request) {
+  return Parse(bytes, request);
+}
+
+std::string PeekRequestId(const grpc::ByteBuffer& bytes, int id_field) {
   grpc::ByteBuffer shared(bytes);  // the same slices, not a copy
   grpc::ProtoBufferReader reader(&shared);
   CodedInputStream in(&reader);
   std::string id;
-  // Both request types keep `id` in field 1; the last occurrence wins, as
-  // in a parse.
+  // The last occurrence of the id field wins, as in a parse.
   while (const uint32_t tag = in.ReadTag()) {
     const int wire_type = WireFormatLite::GetTagWireType(tag);
     uint32_t length = 0;
     uint64_t varint = 0;
     if (wire_type == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
       if (!in.ReadVarint32(&length)) return "";
-      if (tag >> 3 == 1) {
+      if (tag >> 3 == static_cast<uint32_t>(id_field)) {
         if (length > kMaxIdBytes || !in.ReadString(&id, static_cast<int>(length))) return "";
       } else if (!in.Skip(static_cast<int>(length))) {
         return "";
@@ -297,11 +380,40 @@ std::string PeekRequestId(const grpc::ByteBuffer& bytes) {
 absl::Status ComputeResponse(const PreparedCall& call, const ComputeOptions& options,
                              const std::string& id, grpc::ByteBuffer* response) {
   ResponseOutputs outputs(call.output_dtype);
-  if (absl::Status s = ComputeAttention(call.args, options, &outputs); !s.ok()) return s;
+  if (absl::Status s = ComputeAttention(call.args, options, &outputs); !s.ok()) {
+    return call.infer ? InProtocolTerms(s) : s;
+  }
   if (options.check) {  // before converting and framing the results
     if (absl::Status s = options.check(); !s.ok()) return s;
   }
-  return Encode(&outputs, id, EffectivePrecision(call.args.precision), response);
+  return Encode(&outputs, call, id, response);
+}
+
+absl::Status Encode(ResponseOutputs* outputs, const PreparedCall& call, const std::string& id,
+                    grpc::ByteBuffer* response) {
+  if (!call.infer) return Encode(outputs, id, EffectivePrecision(call.args.precision), response);
+  return GuardStatus(
+      [&] {
+        *response = outputs->EncodeInfer(*call.infer);
+        return absl::OkStatus();
+      },
+      "out of memory encoding the response");
+}
+
+grpc::ByteBuffer StreamAnswer(const v1::AttentionRequest& request, const absl::Status& status,
+                              grpc::ByteBuffer response) {
+  return status.ok() ? std::move(response) : EncodeError(request.id(), status);
+}
+
+grpc::ByteBuffer StreamAnswer(const v1::SelfAttentionRequest& request, const absl::Status& status,
+                              grpc::ByteBuffer response) {
+  return status.ok() ? std::move(response) : EncodeError(request.id(), status);
+}
+
+grpc::ByteBuffer StreamAnswer(const inference::ModelInferRequest& request,
+                              const absl::Status& status, grpc::ByteBuffer response) {
+  return status.ok() ? WrapStreamInfer(response)
+                     : EncodeStreamInferError(request.id(), request.model_name(), status);
 }
 
 absl::Status Encode(ResponseOutputs* outputs, const std::string& id, Precision precision,

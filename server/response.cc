@@ -3,9 +3,13 @@
 #include <algorithm>
 #include <cstdlib>
 #include <new>
+#include <tuple>
 
+#include "absl/strings/str_cat.h"
 #include "attention/v1/attention.pb.h"
+#include "inference/grpc_service.pb.h"
 #include "proto/convert.h"
+#include "proto/infer_convert.h"
 #include "server/grpc_status.h"
 
 namespace attention {
@@ -110,6 +114,65 @@ grpc::ByteBuffer ResponseOutputs::Encode(const std::string& id, Precision precis
   }
   if (!head.empty() || slices.empty()) slices.emplace_back(head);
   return grpc::ByteBuffer(slices.data(), slices.size());
+}
+
+grpc::ByteBuffer ResponseOutputs::EncodeInfer(const InferFraming& framing) {
+  using Response = inference::ModelInferResponse;
+  if (output_.bytes.size() > 0 && !staging_.empty()) {
+    ConvertFromFloat32(staging_.data(), output_.bytes.size() / DTypeSize(dtype_), dtype_,
+                       output_.data);
+  }
+  // The head: the names and shapes (a small message serialized as usual);
+  // then each output's bytes as a raw_output_contents field of its own slice.
+  Response head;
+  head.set_model_name(framing.model_name);
+  head.set_model_version(framing.model_version);
+  head.set_id(framing.id);
+  std::vector<const SliceTensor*> sent;
+  for (const auto& [name, wanted, tensor] :
+       {std::tuple<const char*, bool, const SliceTensor*>{"output", framing.output, &output_},
+        {"weights", framing.weights, &weights_}}) {
+    if (!wanted || !tensor->present) continue;
+    Response::InferOutputTensor* o = head.add_outputs();
+    o->set_name(name);
+    o->set_datatype(convert::ToDatatype(tensor->dtype));
+    o->mutable_shape()->Assign(tensor->shape.begin(), tensor->shape.end());
+    sent.push_back(tensor);
+  }
+  std::string bytes = head.SerializeAsString();
+  std::vector<grpc::Slice> slices;
+  for (const SliceTensor* t : sent) {
+    AppendFieldHeader(Response::kRawOutputContentsFieldNumber, t->bytes.size(), &bytes);
+    slices.emplace_back(bytes);
+    bytes.clear();
+    if (t->bytes.size() > 0) slices.push_back(t->bytes);
+  }
+  if (!bytes.empty() || slices.empty()) slices.emplace_back(bytes);
+  return grpc::ByteBuffer(slices.data(), slices.size());
+}
+
+grpc::ByteBuffer WrapStreamInfer(const grpc::ByteBuffer& response) {
+  std::vector<grpc::Slice> slices;
+  std::string head;
+  AppendFieldHeader(inference::ModelStreamInferResponse::kInferResponseFieldNumber,
+                    response.Length(), &head);
+  slices.emplace_back(head);
+  std::vector<grpc::Slice> body;
+  (void)response.Dump(&body);  // references to the same slices
+  slices.insert(slices.end(), body.begin(), body.end());
+  return grpc::ByteBuffer(slices.data(), slices.size());
+}
+
+grpc::ByteBuffer EncodeStreamInferError(const std::string& id, const std::string& model,
+                                        const absl::Status& status) {
+  inference::ModelStreamInferResponse r;
+  const grpc::Status g = ToGrpcStatus(status);
+  r.set_error_message(
+      absl::StrCat(absl::StatusCodeToString(status.code()), ": ", g.error_message()));
+  r.mutable_infer_response()->set_id(id);
+  r.mutable_infer_response()->set_model_name(model);
+  grpc::Slice bytes(r.SerializeAsString());
+  return grpc::ByteBuffer(&bytes, 1);
 }
 
 grpc::ByteBuffer EncodeError(const std::string& id, const absl::Status& status) {

@@ -49,6 +49,14 @@ struct SliceTensor {
   void Encode(int field, std::string* head, std::vector<grpc::Slice>* slices) const;
 };
 
+// How an Open Inference Protocol answer is framed: an
+// inference.ModelInferResponse naming the model and echoing the id, with the
+// outputs asked for (`output`, `weights`) as raw_output_contents.
+struct InferFraming {
+  std::string model_name, model_version, id;
+  bool output = true, weights = false;
+};
+
 // The core's OutputBuffers for one response.
 class ResponseOutputs final : public OutputBuffers {
  public:
@@ -64,6 +72,9 @@ class ResponseOutputs final : public OutputBuffers {
   // message) is framed when not negative.
   grpc::ByteBuffer Encode(const std::string& id, Precision precision = Precision::kFloat32,
                           int64_t sequence_length = -1);
+  // The same results as an inference.ModelInferResponse (the output in its
+  // wire dtype, the weights FP32), the tensors as raw_output_contents slices.
+  grpc::ByteBuffer EncodeInfer(const InferFraming& framing);
 
  private:
   DType dtype_;
@@ -75,6 +86,14 @@ class ResponseOutputs final : public OutputBuffers {
 // An AttentionResponse carrying only `id` and `status` as its error (stream
 // messages that failed); the code and message as ToGrpcStatus gives them.
 grpc::ByteBuffer EncodeError(const std::string& id, const absl::Status& status);
+
+// An inference.ModelStreamInferResponse: `response` (a ModelInferResponse's
+// bytes) wrapped as its infer_response, not copied.
+grpc::ByteBuffer WrapStreamInfer(const grpc::ByteBuffer& response);
+// An inference.ModelStreamInferResponse for a refused request: error_message
+// "CODE: message", and infer_response with the id and model (to match it).
+grpc::ByteBuffer EncodeStreamInferError(const std::string& id, const std::string& model,
+                                        const absl::Status& status);
 
 }  // namespace server
 }  // namespace attention

@@ -33,6 +33,7 @@
 #include "server/allocator.h"
 #include "server/flags.h"
 #include "server/health_service.h"
+#include "server/infer_service.h"
 #include "server/memory_budget.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
@@ -44,6 +45,8 @@ namespace server {
 namespace {
 
 constexpr char kServiceName[] = "attention.v1.AttentionService";
+// The version ServerMetadata reports (the project's, from CMake).
+constexpr char kServerVersion[] = ATTENTION_VERSION;
 // Access log lines that may wait for the writer (about 300 bytes each).
 constexpr size_t kAccessLogBuffer = 8192;
 
@@ -213,7 +216,8 @@ struct Server::State {
   std::unique_ptr<ServiceMetrics> metrics;
   std::unique_ptr<AttentionServiceImpl> service;
   grpc::ResourceQuota quota;
-  std::unique_ptr<HealthService> health;  // outlives grpc_server, which serves it
+  std::unique_ptr<HealthService> health;        // outlives grpc_server, which serves it
+  std::unique_ptr<InferenceServiceImpl> infer;  // likewise
   // gRPC serves TLS from the watcher's copies: outlives grpc_server.
   std::shared_ptr<CertificateWatcher> certificates;
   std::unique_ptr<grpc::Server> grpc_server;
@@ -271,6 +275,8 @@ struct Server::State {
     metrics = std::make_unique<ServiceMetrics>(&registry, metrics_options, access_log.get());
     service =
         std::make_unique<AttentionServiceImpl>(models.get(), executor.get(), limits, metrics.get());
+    infer = std::make_unique<InferenceServiceImpl>(service.get(), models.get(), metrics.get(),
+                                                   kServerVersion, limits.batch_delay_us);
     service->TEST_SetComputeDelayMs(test_compute_delay_ms);
   }
 
@@ -299,6 +305,7 @@ struct Server::State {
     builder.SetResourceQuota(quota);
     SetConnectionLimits(options, &builder);
     builder.RegisterService(service.get());
+    builder.RegisterService(infer.get());
     builder.RegisterService(health.get());
     grpc_server = builder.BuildAndStart();
     return grpc_server == nullptr ? 0 : port;
@@ -306,6 +313,7 @@ struct Server::State {
 
   void SetServing(bool serving) {
     health->SetServing(serving);
+    infer->SetReady(serving);
     phase = serving ? Phase::kServing : Phase::kDraining;
   }
 };

@@ -218,7 +218,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       const absl::Status admitted = service_->Admit(rpc_, peer_, messages_++, &incoming_, &a);
       if (!admitted.ok()) {  // answered like any failed message, its memory given back
         a.Release();
-        item->response = EncodeError(a.request.id(), admitted);
+        item->response = StreamAnswer(a.request, admitted, {});
         item->answered = true;
         service_->metrics()->Finish(a.call, admitted, item->response.Length());
       }
@@ -243,19 +243,18 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     auto item = std::static_pointer_cast<Item>(slot);
     Admission& a = item->admission;
     auto response = std::make_shared<grpc::ByteBuffer>();
-    const bool queued =
-        service_->Submit(std::shared_ptr<const Request>(item, &a.request), context_, cut(), &a.call,
-                         response.get(), [this, item, response](const absl::Status& s) {
-                           Admission& done = item->admission;
-                           grpc::ByteBuffer answer =
-                               s.ok() ? std::move(*response) : EncodeError(done.request.id(), s);
-                           service_->metrics()->Finish(done.call, s, answer.Length());
-                           Computed(item, answer);
-                         });
+    const bool queued = service_->Submit(
+        std::shared_ptr<const Request>(item, &a.request), context_, cut(), &a.call, response.get(),
+        [this, item, response](const absl::Status& s) {
+          Admission& done = item->admission;
+          grpc::ByteBuffer answer = StreamAnswer(done.request, s, std::move(*response));
+          service_->metrics()->Finish(done.call, s, answer.Length());
+          Computed(item, answer);
+        });
     if (!queued) {
       a.Release();
       const absl::Status saturated = Saturated(service_->Waiting());
-      item->response = EncodeError(a.request.id(), saturated);
+      item->response = StreamAnswer(a.request, saturated, {});
       service_->metrics()->Finish(a.call, saturated, item->response.Length());
     }
     return queued;
@@ -370,10 +369,9 @@ std::optional<bool> AttentionServiceImpl::SubmitBatched(
   r.check = [context, cancelled] { return CheckAlive(context, cancelled); };
   r.started = [this, call] { metrics_->ComputeBegins(call); };
   r.done = [this, call, state, response, done](const absl::Status& computed) {
-    const absl::Status s = computed.ok()
-                               ? Encode(&*state->outputs, state->request->id(),
-                                        EffectivePrecision(state->call.args.precision), response)
-                               : computed;
+    const absl::Status s =
+        computed.ok() ? Encode(&*state->outputs, state->call, state->request->id(), response)
+                      : computed;
     metrics_->ComputeEnds(call, s);
     done(s);
   };
@@ -406,7 +404,7 @@ absl::Status AttentionServiceImpl::Admit(const char* rpc, const std::string& pee
   absl::Status s = admission->held.Add(2 * bytes);
   if (!s.ok()) {
     call.refusal = CallRecord::Refusal::kMemoryBudget;
-    admission->request.set_id(PeekRequestId(*received));  // for the answer
+    admission->request.set_id(PeekRequestId(*received, kIdField<Request>));  // for the answer
   }
   if (s.ok()) s = ParseRequest(*received, &admission->request);
   // Once parsed, the received bytes are not needed: a queued request is held
@@ -506,6 +504,16 @@ AttentionServiceImpl::StreamSelfAttention(grpc::CallbackServerContext* context) 
   return new StreamReactor<v1::SelfAttentionRequest>(this, context, "StreamSelfAttention");
 }
 
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionServiceImpl::InferCall(
+    grpc::CallbackServerContext* context) {
+  return new UnaryCallReactor<inference::ModelInferRequest>(this, context, "ModelInfer");
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionServiceImpl::InferStream(
+    grpc::CallbackServerContext* context) {
+  return new StreamReactor<inference::ModelInferRequest>(this, context, "ModelStreamInfer");
+}
+
 grpc::ServerUnaryReactor* AttentionServiceImpl::ListModels(grpc::CallbackServerContext* context,
                                                            const v1::ListModelsRequest*,
                                                            v1::ListModelsResponse* response) {
@@ -540,6 +548,8 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ListModels(grpc::CallbackServerC
 template absl::Status AttentionServiceImpl::TEST_ServeUnary<v1::AttentionRequest>(
     const char*, grpc::ByteBuffer, grpc::ByteBuffer*);
 template absl::Status AttentionServiceImpl::TEST_ServeUnary<v1::SelfAttentionRequest>(
+    const char*, grpc::ByteBuffer, grpc::ByteBuffer*);
+template absl::Status AttentionServiceImpl::TEST_ServeUnary<inference::ModelInferRequest>(
     const char*, grpc::ByteBuffer, grpc::ByteBuffer*);
 
 }  // namespace server

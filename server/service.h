@@ -107,6 +107,15 @@ class AttentionServiceImpl final : public ServiceBase {
                                        const v1::ListModelsRequest* request,
                                        v1::ListModelsResponse* response) override;
 
+  // The Open Inference Protocol's inference methods (server/infer_service.h),
+  // served by this service's machinery: ModelInfer (unary for clients, served
+  // as a stream of one message each way, as Attention is) and
+  // ModelStreamInfer.
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* InferCall(
+      grpc::CallbackServerContext* context);
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* InferStream(
+      grpc::CallbackServerContext* context);
+
   // Calls being served (the attention methods and ListModels), each from its
   // handler until gRPC is done with it (OnDone): once this is 0 after
   // shutdown began, nothing is left but idle connections.

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 
+#include "absl/strings/match.h"
 #include "nlohmann/json.hpp"
 
 #ifndef ATTENTION_VERSION
@@ -76,6 +77,17 @@ void DescribeRequest(const v1::DecodeRequest& request, CallRecord* call) {
   if (request.has_key()) AddShape("key", request.key(), call);
   if (request.has_value()) AddShape("value", request.value(), call);
   DescribeOptions(request.options(), call);
+}
+
+void DescribeRequest(const inference::ModelInferRequest& request, CallRecord* call) {
+  call->model = request.model_name().substr(0, 128);
+  for (const auto& input : request.inputs()) {
+    if (call->shapes.size() >= 5) break;  // the model's inputs; more are refused anyway
+    call->shapes.emplace_back(
+        input.name().substr(0, 64),
+        std::vector<int64_t>(input.shape().begin(),
+                             input.shape().begin() + std::min(input.shape_size(), 8)));
+  }
 }
 
 ServiceMetrics::DecodeMetrics::DecodeMetrics(Registry* registry)
@@ -227,6 +239,7 @@ void ServiceMetrics::ComputeEnds(CallRecord* call, const absl::Status& status) {
 
 std::string ServiceMetrics::ModelLabel(const std::string& requested) const {
   if (requested.empty()) return kNoModel;
+  if (requested == kBuiltinModelName) return requested;  // the Open Inference Protocol's
   return models_.count(requested) > 0 ? requested : kUnknownModel;
 }
 
@@ -252,6 +265,46 @@ void ServiceMetrics::Finish(const CallRecord& call, const absl::Status& status, 
                  std::string(status.message()).c_str());
   }
   if (access_log_ != nullptr) Log(call, status, bytes_out);
+  if (absl::StartsWith(call.rpc, "Model") &&
+      (models_.count(call.model) > 0 || call.model == kBuiltinModelName)) {
+    CountInference(call, status);
+  }
+}
+
+void ServiceMetrics::CountInference(const CallRecord& call, const absl::Status& status) {
+  auto ns = [](CallRecord::Clock::duration d) {
+    return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+  };
+  int64_t batch = 1;
+  for (const auto& [name, dims] : call.shapes) {
+    if (name == "query" && dims.size() >= 3) batch = dims[0];
+  }
+  absl::MutexLock lock(&infer_mu_);
+  InferStatistics& st = infer_stats_[call.model];
+  const uint64_t total = ns(CallRecord::Clock::now() - call.begin);
+  if (status.ok()) {
+    ++st.success_count;
+    st.success_ns += total;
+    ++st.execution_count;
+    st.inference_count += static_cast<uint64_t>(std::max<int64_t>(batch, 0));
+    st.last_inference_ms = static_cast<uint64_t>(absl::ToUnixMillis(absl::Now()));
+  } else {
+    ++st.fail_count;
+    st.fail_ns += total;
+  }
+  if (Reached(call.compute_begin)) {
+    ++st.queue_count;
+    st.queue_ns += ns(call.compute_begin - call.enqueued);
+  }
+  if (status.ok() && Reached(call.compute_end)) {
+    ++st.compute_count;
+    st.compute_ns += ns(call.compute_end - call.compute_begin);
+  }
+}
+
+std::map<std::string, ServiceMetrics::InferStatistics> ServiceMetrics::InferStats() const {
+  absl::MutexLock lock(&infer_mu_);
+  return infer_stats_;
 }
 
 void ServiceMetrics::Log(const CallRecord& call, const absl::Status& status,

@@ -19,14 +19,18 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "attention/v1/attention.pb.h"
+#include "inference/grpc_service.pb.h"
 #include "server/access_log.h"
 #include "server/metrics.h"
 
@@ -60,6 +64,7 @@ struct CallRecord {
 void DescribeRequest(const v1::AttentionRequest& request, CallRecord* call);
 void DescribeRequest(const v1::SelfAttentionRequest& request, CallRecord* call);
 void DescribeRequest(const v1::DecodeRequest& request, CallRecord* call);
+void DescribeRequest(const inference::ModelInferRequest& request, CallRecord* call);
 
 class ServiceMetrics {
  public:
@@ -102,8 +107,24 @@ class ServiceMetrics {
   void BatchStarted(int size);
   void BatchWaited(double seconds);
 
+  // The Open Inference Protocol's statistics of one model (ModelStatistics):
+  // its inference calls (ModelInfer, and each ModelStreamInfer message)
+  // answered and failed, with their times in nanoseconds.
+  struct InferStatistics {
+    uint64_t success_count = 0, success_ns = 0, fail_count = 0, fail_ns = 0;
+    uint64_t queue_count = 0, queue_ns = 0, compute_count = 0, compute_ns = 0;
+    uint64_t inference_count = 0;  // batch entries of the successful calls
+    uint64_t execution_count = 0;  // successful calls
+    uint64_t last_inference_ms = 0;
+  };
+  // By model name (loaded models and the built-in one; others are not kept).
+  std::map<std::string, InferStatistics> InferStats() const ABSL_LOCKS_EXCLUDED(infer_mu_);
+  static constexpr char kBuiltinModelName[] = "attention";
+
  private:
   std::string ModelLabel(const std::string& requested) const;
+  void CountInference(const CallRecord& call, const absl::Status& status)
+      ABSL_LOCKS_EXCLUDED(infer_mu_);
   void Log(const CallRecord& call, const absl::Status& status, int64_t bytes_out) const;
 
   const std::set<std::string> models_;
@@ -130,6 +151,8 @@ class ServiceMetrics {
     Histogram& batch_size;
   };
   DecodeMetrics decode_;
+  mutable absl::Mutex infer_mu_;
+  std::map<std::string, InferStatistics> infer_stats_ ABSL_GUARDED_BY(infer_mu_);
 };
 
 }  // namespace server

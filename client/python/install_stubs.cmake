@@ -1,5 +1,6 @@
 # Copies protoc's Python output from GEN_DIR (laid out as the protos are:
-# attention/v1/attention_pb2.py, grpc/health/v1/health_pb2.py, ...) into the
+# attention/v1/attention_pb2.py, grpc/health/v1/health_pb2.py,
+# inference/grpc_service_pb2.py (the Open Inference Protocol), ...) into the
 # flat package STUB_DIR (attention_client._proto), turning the stubs'
 # absolute imports (`from attention.v1 import attention_pb2`) into relative
 # ones. A package-relative import keeps the generated `grpc/health/...` tree
@@ -7,7 +8,9 @@
 # Usage: cmake -DGEN_DIR=... -DSTUB_DIR=... -P install_stubs.cmake
 file(MAKE_DIRECTORY ${STUB_DIR})
 foreach(module attention/v1/attention_pb2 attention/v1/attention_pb2_grpc
-               grpc/health/v1/health_pb2 grpc/health/v1/health_pb2_grpc)
+               grpc/health/v1/health_pb2 grpc/health/v1/health_pb2_grpc
+               inference/grpc_service_pb2 inference/grpc_service_pb2_grpc
+               inference/model_config_pb2)
   file(READ ${GEN_DIR}/${module}.py text)
   string(REGEX REPLACE "\nfrom [a-z_.0-9]+ import ([a-z_0-9]+_pb2) as" "\nfrom . import \\1 as"
          text "${text}")
