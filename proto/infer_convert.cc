@@ -43,9 +43,9 @@ absl::StatusOr<TensorView> ViewOf(const inference::ModelInferRequest& r, int i, 
     if (d < 0) return Bad(name, absl::StrCat("shape has a negative dimension (", d, ")"));
   }
   if (!in.parameters().empty()) {
-    return Bad(name, absl::StrCat("input parameters are not served (got '",
-                                  in.parameters().begin()->first,
-                                  "'; shared memory is not supported: send the tensor's bytes)"));
+    return Bad(
+        name, absl::StrCat("input parameters are not served (got '", in.parameters().begin()->first,
+                           "'; shared memory is not supported: send the tensor's bytes)"));
   }
   TensorView v{*dtype, {in.shape().begin(), in.shape().end()}, nullptr, 0};
   const inference::InferTensorContents& c = in.contents();
@@ -125,7 +125,8 @@ absl::Status Parameters(const inference::ModelInferRequest& r, bool builtin, Inf
       } else if (mode == "none") {
         a.weights = WeightsMode::kNone;
       } else {
-        return Bad("parameter weights", absl::StrCat("'", mode, "' (expected average or per-head)"));
+        return Bad("parameter weights",
+                   absl::StrCat("'", mode, "' (expected average or per-head)"));
       }
     } else if (name == "precision") {
       std::string precision;
@@ -144,7 +145,8 @@ absl::Status Parameters(const inference::ModelInferRequest& r, bool builtin, Inf
         scale = p.double_param();
       } else if (p.parameter_choice_case() != inference::InferParameter::kStringParam ||
                  !absl::SimpleAtod(p.string_param(), &scale)) {
-        return Bad("parameter scale", "expected a double_param, or a string_param holding a number");
+        return Bad("parameter scale",
+                   "expected a double_param, or a string_param holding a number");
       }
       if (!std::isfinite(scale)) return Bad("parameter scale", "not a finite number");
       a.scale = static_cast<float>(scale);
@@ -161,7 +163,8 @@ absl::Status Parameters(const inference::ModelInferRequest& r, bool builtin, Inf
     }
   }
   if (builtin && a.num_heads <= 0) {
-    return Bad("parameter num_heads", "required by the built-in model 'attention' (an int64_param)");
+    return Bad("parameter num_heads",
+               "required by the built-in model 'attention' (an int64_param)");
   }
   return absl::OkStatus();
 }
@@ -173,7 +176,8 @@ absl::StatusOr<DType> FromDatatype(absl::string_view datatype, absl::string_view
   if (datatype == "FP16") return DType::kFloat16;
   if (datatype == "BF16") return DType::kBFloat16;
   if (datatype == "BOOL") return DType::kBool;
-  return Bad(input, absl::StrCat("datatype '", datatype, "' is not served (FP32, FP16, BF16, BOOL)"));
+  return Bad(input,
+             absl::StrCat("datatype '", datatype, "' is not served (FP32, FP16, BF16, BOOL)"));
 }
 
 const char* ToDatatype(DType dtype) {

@@ -51,8 +51,7 @@ struct InferCall {
 // input, more than 8 dimensions, an unknown parameter or one of the wrong
 // type, an unknown output, output or input parameters (shared memory,
 // classification: not served). Shapes and sizes are the core's to check.
-absl::Status FromInfer(const inference::ModelInferRequest& request, bool builtin,
-                       InferCall* call);
+absl::Status FromInfer(const inference::ModelInferRequest& request, bool builtin, InferCall* call);
 
 }  // namespace convert
 }  // namespace attention

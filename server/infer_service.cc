@@ -26,8 +26,8 @@ void AddTensor(const char* name, const char* datatype, std::vector<int64_t> shap
   t->mutable_shape()->Assign(shape.begin(), shape.end());
 }
 
-void AddInput(const char* name, inference::DataType type, std::vector<int64_t> dims,
-              bool optional, inference::ModelConfig* config) {
+void AddInput(const char* name, inference::DataType type, std::vector<int64_t> dims, bool optional,
+              inference::ModelConfig* config) {
   inference::ModelInput* in = config->add_input();
   in->set_name(name);
   in->set_data_type(type);

@@ -46,8 +46,7 @@ class InferenceServiceImpl final : public InferServiceBase {
   // must outlive this. `batch_delay_us`: the server's --batch-delay-us (what
   // ModelConfig says of dynamic batching).
   InferenceServiceImpl(AttentionServiceImpl* attention, const ModelRegistry* models,
-                       ServiceMetrics* metrics, std::string server_version,
-                       int64_t batch_delay_us);
+                       ServiceMetrics* metrics, std::string server_version, int64_t batch_delay_us);
 
   // Readiness, as ServerReady and ModelReady report it: set once serving,
   // cleared when draining.

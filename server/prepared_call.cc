@@ -1,5 +1,6 @@
 #include "server/prepared_call.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <utility>
@@ -163,6 +164,10 @@ absl::Status ScanPackedShape(CodedInputStream* in, uint32_t length, const std::s
   return CountDims(path, n, counts);
 }
 
+// Entries of a repeated message field (inputs, outputs, parameters) a
+// request may carry: more are refused before they are parsed.
+constexpr int kMaxRepeatedMessages = 64;
+
 // Walks the wire bytes of a message of type `type` without parsing them:
 // every Tensor.shape on the way is counted (packed or not), so that a shape
 // of millions of entries, which a parse would expand eightfold into memory,
@@ -171,6 +176,9 @@ absl::Status ScanShapes(CodedInputStream* in, const Descriptor* type, const std:
                         ShapeCounts* counts) {
   const bool tensor = type == v1::Tensor::descriptor() ||
                       type == inference::ModelInferRequest::InferInputTensor::descriptor();
+  // Each element of a repeated message field is a tensor of its own; a
+  // singular field that appears twice is merged (its shapes add up).
+  std::vector<std::pair<int, int>> repeats;  // field number, elements seen
   while (const uint32_t tag = in->ReadTag()) {
     const FieldDescriptor* field = type->FindFieldByNumber(static_cast<int>(tag >> 3));
     const bool shape = tensor && field != nullptr && field->name() == "shape";
@@ -195,7 +203,17 @@ absl::Status ScanShapes(CodedInputStream* in, const Descriptor* type, const std:
           if (absl::Status s = ScanPackedShape(in, length, path, counts); !s.ok()) return s;
         } else if (field != nullptr && field->type() == FieldDescriptor::TYPE_MESSAGE) {
           const CodedInputStream::Limit limit = in->PushLimit(static_cast<int>(length));
-          const std::string inner = path.empty() ? field->name() : path + "." + field->name();
+          std::string inner = path.empty() ? field->name() : path + "." + field->name();
+          if (field->is_repeated()) {
+            auto seen = std::find_if(repeats.begin(), repeats.end(),
+                                     [&](const auto& r) { return r.first == field->number(); });
+            if (seen == repeats.end()) seen = repeats.insert(repeats.end(), {field->number(), 0});
+            if (seen->second == kMaxRepeatedMessages) {
+              return absl::InvalidArgumentError(absl::StrCat(
+                  inner, ": more than ", kMaxRepeatedMessages, " entries (a model has 5 inputs)"));
+            }
+            absl::StrAppend(&inner, "[", seen->second++, "]");
+          }
           if (absl::Status s = ScanShapes(in, field->message_type(), inner, counts); !s.ok()) {
             return s;
           }
