@@ -35,7 +35,10 @@ namespace {
 const OptionTable& LoadOptions() {
   static const OptionTable kTable = {{
       {"what to send (random data unless .npy files are given)",
-       {{{"rpc"}, "--rpc attention|self-attention|health|decode", "(default self-attention)"},
+       {{{"rpc"},
+         "--rpc attention|self-attention|health|decode|model-infer",
+         "(default self-attention; model-infer: the self-attention requests as the Open "
+         "Inference Protocol's ModelInfer)"},
         {{"batch", "seq", "kv-seq", "embed", "heads", "kv-heads"},
          "--batch B --seq L [--kv-seq S] --embed E --heads H [--kv-heads G]",
          "shapes (defaults: 1, 128, L, the model's or 512, the model's or 8)"},
@@ -192,6 +195,9 @@ absl::StatusOr<LoadFlags> ParseFlags(const CliArgs& args) {
   if (*rpc != RpcKind::kDecode &&
       (args.Has("context") || args.Has("sequences") || args.Has("steps"))) {
     return absl::InvalidArgumentError("--context, --sequences and --steps are for --rpc decode");
+  }
+  if (s.stream && *rpc == RpcKind::kModelInfer) {
+    return absl::InvalidArgumentError("--stream: not with --rpc model-infer (unary calls only)");
   }
   if (s.stream && *rpc == RpcKind::kHealth) {
     return absl::InvalidArgumentError("--stream does not apply to --rpc health");

@@ -43,6 +43,8 @@ std::string MethodOf(RpcKind rpc) {
       return absl::StrCat("/", grpc::health::v1::Health::service_full_name(), "/Check");
     case RpcKind::kAttention:
       return absl::StrCat("/", v1::AttentionService::service_full_name(), "/Attention");
+    case RpcKind::kModelInfer:
+      return "/inference.GRPCInferenceService/ModelInfer";
     case RpcKind::kSelfAttention:
     case RpcKind::kDecode:  // streams only (client/load_decode.h)
       break;

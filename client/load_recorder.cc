@@ -74,10 +74,40 @@ void Recorder::Done(const grpc::Status& s, const v1::AttentionResponse* response
          t);
 }
 
+v1::AttentionResponse FromModelInfer(const inference::ModelInferResponse& r) {
+  v1::AttentionResponse a;
+  a.set_id(r.id());
+  for (int i = 0; i < r.outputs_size() && i < r.raw_output_contents_size(); ++i) {
+    const auto& out = r.outputs(i);
+    v1::Tensor* t = out.name() == "weights" ? a.mutable_weights() : a.mutable_output();
+    t->set_dtype(out.datatype() == "FP16"   ? v1::FLOAT16
+                 : out.datatype() == "BF16" ? v1::BFLOAT16
+                                            : v1::FLOAT32);
+    t->mutable_shape()->CopyFrom(out.shape());
+    t->set_data(r.raw_output_contents(i));
+  }
+  return a;
+}
+
 void Recorder::DoneSerialized(const grpc::Status& s, grpc::ByteBuffer* response, size_t index,
                               const RequestTimes& t) {
   if (!s.ok() || response == nullptr) return Settle(s, 0, false, std::nullopt, t);
   const double bytes = static_cast<double>(response->Length());
+  if (w_.rpc == RpcKind::kModelInfer) {  // errors come as the call's status: nothing in band
+    const bool checked = ShouldCheck();
+    std::optional<std::string> mismatch;
+    if (checked) {
+      inference::ModelInferResponse parsed;
+      if (grpc::Status read = grpc::SerializationTraits<inference::ModelInferResponse>::Deserialize(
+              response, &parsed);
+          !read.ok()) {
+        mismatch = "the response does not parse: " + read.error_message();
+      } else {
+        mismatch = Check(FromModelInfer(parsed), w_.references[index]);
+      }
+    }
+    return Settle(s, bytes, checked, mismatch, t);
+  }
   const ResponseHead head = ReadResponseHead(response);
   const grpc::Status status =
       head.parsed ? head.status

@@ -47,6 +47,9 @@ struct ResponseHead {
 };
 ResponseHead ReadResponseHead(grpc::ByteBuffer* response);
 
+// A ModelInferResponse's outputs as an AttentionResponse (for the checks).
+v1::AttentionResponse FromModelInfer(const inference::ModelInferResponse& response);
+
 class Recorder {
  public:
   // An open-loop request sent more than this late counts as behind schedule.

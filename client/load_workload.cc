@@ -82,7 +82,7 @@ absl::Status FillPool(const CliArgs& args, const Shape& sh, const v1::AttentionO
     return FromNpy(*a, wire);
   };
   for (int i = 0; i < pool; ++i) {
-    if (w->rpc == RpcKind::kSelfAttention) {
+    if (w->rpc == RpcKind::kSelfAttention || w->rpc == RpcKind::kModelInfer) {
       v1::SelfAttentionRequest r;
       if (npy) {
         absl::StatusOr<v1::Tensor> t = from_npy("input");
@@ -134,7 +134,7 @@ absl::Status ComputeReferences(const CliArgs& args, Workload* w) {
   for (size_t i = 0; i < w->size(); ++i) {
     AttentionArgs a;  // views of the request: exactly what the server reads
     ProjectionWeights no_inline;
-    absl::Status read = w->rpc == RpcKind::kSelfAttention
+    absl::Status read = w->rpc != RpcKind::kAttention
                             ? convert::FromWire(w->self[i], &a, &no_inline)
                             : convert::FromWire(w->attention[i], &a, &no_inline);
     if (!read.ok()) return read;
@@ -162,7 +162,13 @@ void EncodePool(Workload* w) {
   };
   if (w->rpc == RpcKind::kHealth) return encode(grpc::health::v1::HealthCheckRequest());
   for (const v1::AttentionRequest& r : w->attention) encode(r);
-  for (const v1::SelfAttentionRequest& r : w->self) encode(r);
+  for (const v1::SelfAttentionRequest& r : w->self) {
+    if (w->rpc == RpcKind::kModelInfer) {
+      encode(ToModelInfer(r));
+    } else {
+      encode(r);
+    }
+  }
 }
 
 }  // namespace
@@ -183,8 +189,9 @@ absl::StatusOr<RpcKind> ParseRpcKind(absl::string_view value) {
   if (value == "self-attention") return RpcKind::kSelfAttention;
   if (value == "health") return RpcKind::kHealth;
   if (value == "decode") return RpcKind::kDecode;
-  return absl::InvalidArgumentError(
-      absl::StrCat("--rpc ", value, ": expected attention, self-attention, health or decode"));
+  if (value == "model-infer") return RpcKind::kModelInfer;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--rpc ", value, ": expected attention, self-attention, health, decode or model-infer"));
 }
 
 const char* RpcKindName(RpcKind kind) {
@@ -195,10 +202,49 @@ const char* RpcKindName(RpcKind kind) {
       return "self-attention";
     case RpcKind::kDecode:
       return "decode";
+    case RpcKind::kModelInfer:
+      return "model-infer";
     case RpcKind::kHealth:
       break;
   }
   return "health";
+}
+
+inference::ModelInferRequest ToModelInfer(const v1::SelfAttentionRequest& r) {
+  inference::ModelInferRequest m;
+  m.set_id(r.id());
+  const v1::AttentionOptions& o = r.options();
+  const bool builtin = o.model().empty();
+  m.set_model_name(builtin ? "attention" : o.model());
+  auto input = [&m](const char* name, const v1::Tensor& t) {
+    auto* in = m.add_inputs();
+    in->set_name(name);
+    in->set_datatype(t.dtype() == v1::BOOL       ? "BOOL"
+                     : t.dtype() == v1::FLOAT16  ? "FP16"
+                     : t.dtype() == v1::BFLOAT16 ? "BF16"
+                                                 : "FP32");
+    in->mutable_shape()->CopyFrom(t.shape());
+    m.add_raw_input_contents(t.data());
+  };
+  input("query", r.input());
+  if (builtin) {
+    input("key", r.input());
+    input("value", r.input());
+    (*m.mutable_parameters())["num_heads"].set_int64_param(o.num_heads());
+    if (o.num_kv_heads() > 0) {
+      (*m.mutable_parameters())["num_kv_heads"].set_int64_param(o.num_kv_heads());
+    }
+  }
+  if (o.has_attn_mask()) input("attn_mask", o.attn_mask());
+  if (o.has_key_padding_mask()) input("key_padding_mask", o.key_padding_mask());
+  auto& p = *m.mutable_parameters();
+  if (o.causal()) p["causal"].set_bool_param(true);
+  if (o.has_scale()) p["scale"].set_double_param(o.scale());
+  if (o.weights() != v1::WEIGHTS_NONE) {
+    p["weights"].set_string_param(o.weights() == v1::WEIGHTS_PER_HEAD ? "per-head" : "average");
+  }
+  if (o.precision() == v1::PRECISION_BFLOAT16) p["precision"].set_string_param("bfloat16");
+  return m;
 }
 
 grpc::ByteBuffer EncodedWithId(const Workload& w, size_t index, const std::string& id) {
@@ -251,7 +297,7 @@ absl::StatusOr<Workload> MakeWorkload(const CliArgs& args, RpcKind rpc, Attentio
   EncodePool(&w);
 
   const std::string model = args.Get("model");
-  const double b = sh->B, l = sh->L, s = rpc == RpcKind::kSelfAttention ? sh->L : sh->S;
+  const double b = sh->B, l = sh->L, s = rpc != RpcKind::kAttention ? sh->L : sh->S;
   const double E = sh->E;
   w.flops = 4.0 * b * l * s * E * (options.causal() ? 0.5 : 1.0);
   if (!model.empty()) w.flops += 2.0 * b * E * (2 * l * E + s * (sh->kdim + sh->vdim));

@@ -23,6 +23,7 @@
 #include "core/model.h"
 #include "core/reference.h"
 #include "grpcpp/support/byte_buffer.h"
+#include "inference/grpc_service.pb.h"
 
 namespace attention {
 namespace client {
@@ -33,9 +34,13 @@ enum class RpcKind {
   kSelfAttention,  // AttentionService/SelfAttention (or StreamSelfAttention)
   kHealth,         // grpc.health.v1.Health/Check
   kDecode,         // AttentionService/StreamDecode (client/load_decode.h)
+  // inference.GRPCInferenceService/ModelInfer (the Open Inference Protocol):
+  // the self-attention pool, each request sent as a ModelInferRequest.
+  kModelInfer,
 };
 
-// --rpc: "attention", "self-attention", "health" or "decode"; InvalidArgument naming
+// --rpc: "attention", "self-attention", "health", "decode" or "model-infer";
+// InvalidArgument naming
 // the flag otherwise.
 absl::StatusOr<RpcKind> ParseRpcKind(absl::string_view value);
 // The --rpc spelling of `kind`.
@@ -47,7 +52,8 @@ struct Workload {
   RpcKind rpc = RpcKind::kSelfAttention;
   std::vector<v1::AttentionRequest> attention;  // the pool when rpc is kAttention
   std::vector<v1::SelfAttentionRequest> self;   // the pool otherwise (one empty entry for health)
-  std::vector<grpc::ByteBuffer> encoded;        // each pool entry serialized (health: empty)
+  std::vector<grpc::ByteBuffer> encoded;        // each pool entry serialized (health: empty;
+                                                // model-infer: as a ModelInferRequest)
   std::vector<ReferenceResult> references;      // per pool entry, when verifying; else empty
   double tolerance = 1e-4;                      // relative max error a check allows (wire dtype)
   double request_bytes = 0;                     // serialized size of one request
@@ -69,6 +75,12 @@ struct Workload {
                                       : self.size();
   }
 };
+
+// A self-attention request as the Open Inference Protocol's ModelInferRequest:
+// model_name its model (or the built-in "attention", its input then sent as
+// query, key and value), the input as `query` (raw bytes), the options as
+// parameters and the masks as inputs.
+inference::ModelInferRequest ToModelInfer(const v1::SelfAttentionRequest& request);
 
 // Pool entry `index` as a stream message with `id`: the entry's bytes
 // (shared, not copied) followed by the serialized id field. A parser merges

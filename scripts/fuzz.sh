@@ -7,12 +7,14 @@
 #                                made from parsed files, through the core
 #   fuzz_self_attention_request  the request path as the server sees it: the
 #   fuzz_attention_request       bytes of a serialized request -> parse ->
-#                                validate -> compute on tiny shapes -> response
+#   fuzz_infer_request           validate -> compute on tiny shapes -> response
+#                                (the last: the Open Inference Protocol's
+#                                ModelInferRequest)
 #   fuzz_decode                  StreamDecode: a series of messages on one
 #                                stream's sequences (positions, shapes,
 #                                options, the budget)
 #
-#   scripts/fuzz.sh [--grow] [SECONDS] [FUZZER...]   default: 120 s each, all three
+#   scripts/fuzz.sh [--grow] [SECONDS] [FUZZER...]   default: 120 s each, all five
 #
 # Each starts from its committed corpus, tests/fuzz/corpus/FUZZER (fuzz_inputs
 # also from the PyTorch fixtures and models), and keeps what it finds in
@@ -30,7 +32,7 @@ if [ "${1:-}" = "--grow" ]; then grow=true; shift; fi
 seconds="${1:-120}"
 [ $# -gt 0 ] && shift
 fuzzers=("$@")
-[ ${#fuzzers[@]} -eq 0 ] && fuzzers=(fuzz_inputs fuzz_self_attention_request fuzz_attention_request fuzz_decode)
+[ ${#fuzzers[@]} -eq 0 ] && fuzzers=(fuzz_inputs fuzz_self_attention_request fuzz_attention_request fuzz_infer_request fuzz_decode)
 
 scripts/install-deps.sh
 build_dir="${BUILD_DIR:-build-asan}"

@@ -419,17 +419,17 @@ absl::Status Encode(ResponseOutputs* outputs, const PreparedCall& call, const st
 }
 
 grpc::ByteBuffer StreamAnswer(const v1::AttentionRequest& request, const absl::Status& status,
-                              grpc::ByteBuffer response) {
-  return status.ok() ? std::move(response) : EncodeError(request.id(), status);
+                              const grpc::ByteBuffer& response) {
+  return status.ok() ? response : EncodeError(request.id(), status);
 }
 
 grpc::ByteBuffer StreamAnswer(const v1::SelfAttentionRequest& request, const absl::Status& status,
-                              grpc::ByteBuffer response) {
-  return status.ok() ? std::move(response) : EncodeError(request.id(), status);
+                              const grpc::ByteBuffer& response) {
+  return status.ok() ? response : EncodeError(request.id(), status);
 }
 
 grpc::ByteBuffer StreamAnswer(const inference::ModelInferRequest& request,
-                              const absl::Status& status, grpc::ByteBuffer response) {
+                              const absl::Status& status, const grpc::ByteBuffer& response) {
   return status.ok() ? WrapStreamInfer(response)
                      : EncodeStreamInferError(request.id(), request.model_name(), status);
 }

@@ -115,11 +115,11 @@ absl::Status ComputeResponse(const PreparedCall& call, const ComputeOptions& opt
 // or inference.ModelStreamInferResponse (the ModelInferResponse wrapped; an
 // error as error_message).
 grpc::ByteBuffer StreamAnswer(const v1::AttentionRequest& request, const absl::Status& status,
-                              grpc::ByteBuffer response);
+                              const grpc::ByteBuffer& response);
 grpc::ByteBuffer StreamAnswer(const v1::SelfAttentionRequest& request, const absl::Status& status,
-                              grpc::ByteBuffer response);
+                              const grpc::ByteBuffer& response);
 grpc::ByteBuffer StreamAnswer(const inference::ModelInferRequest& request,
-                              const absl::Status& status, grpc::ByteBuffer response);
+                              const absl::Status& status, const grpc::ByteBuffer& response);
 
 // Encodes results the core already wrote into `outputs` (ComputeResponse's last
 // step, for callers that run the core themselves), saying `precision` was

@@ -243,14 +243,14 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     auto item = std::static_pointer_cast<Item>(slot);
     Admission& a = item->admission;
     auto response = std::make_shared<grpc::ByteBuffer>();
-    const bool queued = service_->Submit(
-        std::shared_ptr<const Request>(item, &a.request), context_, cut(), &a.call, response.get(),
-        [this, item, response](const absl::Status& s) {
-          Admission& done = item->admission;
-          grpc::ByteBuffer answer = StreamAnswer(done.request, s, std::move(*response));
-          service_->metrics()->Finish(done.call, s, answer.Length());
-          Computed(item, answer);
-        });
+    const bool queued =
+        service_->Submit(std::shared_ptr<const Request>(item, &a.request), context_, cut(), &a.call,
+                         response.get(), [this, item, response](const absl::Status& s) {
+                           Admission& done = item->admission;
+                           grpc::ByteBuffer answer = StreamAnswer(done.request, s, *response);
+                           service_->metrics()->Finish(done.call, s, answer.Length());
+                           Computed(item, answer);
+                         });
     if (!queued) {
       a.Release();
       const absl::Status saturated = Saturated(service_->Waiting());

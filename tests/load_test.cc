@@ -189,6 +189,45 @@ TEST_F(LoadTest, VerifyFailsAgainstAWrongReference) {
   EXPECT_THAT(out, HasSubstr("10 mismatches"));
 }
 
+// --rpc model-infer: the self-attention pool over the Open Inference
+// Protocol's ModelInfer, every answer counted once and checked; a refused
+// request is one error with its code.
+TEST_F(LoadTest, ModelInferBalancesAndIsVerified) {
+  ServerProcess server(ModelFlags());
+  ASSERT_TRUE(server.ok()) << server.Output();
+  nlohmann::json r;
+  std::string out;
+  ASSERT_EQ(Load(server,
+                 {"--rpc", "model-infer", "--model", "demo", "--causal", "--weights", "average",
+                  "--concurrency", "2", "--requests", "60", "--warmup", "0", "--verify", "100",
+                  "--model-file", SourcePath("models/demo.safetensors")},
+                 &r, &out),
+            0)
+      << out;
+  ExpectBalanced(r);
+  EXPECT_EQ(r["ok"], 60);
+  EXPECT_EQ(r["verify"]["checked"], 60);
+  EXPECT_EQ(r["verify"]["mismatches"], 0);
+  ASSERT_EQ(Load(server,
+                 {"--rpc", "model-infer", "--heads", "4", "--embed", "32", "--seq", "8", "--rate",
+                  "100", "--duration", "1", "--warmup", "0", "--verify", "50"},
+                 &r, &out),
+            0)
+      << out;  // the built-in model
+  ExpectBalanced(r);
+  EXPECT_GT(r["verify"]["checked"].get<int64_t>(), 20);
+  EXPECT_EQ(r["verify"]["mismatches"], 0);
+  ASSERT_EQ(Load(server,
+                 {"--rpc", "model-infer", "--model", "demo", "--embed", "32", "--requests", "10",
+                  "--warmup", "0"},
+                 &r, &out),
+            0)
+      << out;
+  ExpectBalanced(r);
+  EXPECT_EQ(r["errors"]["INVALID_ARGUMENT"], 10);
+  EXPECT_EQ(server.Stop(SIGTERM, 15), 0);
+}
+
 // --rpc decode: every step counted once and checked against the reference
 // of the causal forward; a wrong model's reference fails them; flags that do
 // not apply are usage errors.
@@ -362,7 +401,7 @@ TEST_F(LoadTest, BadFlagValuesAreRejected) {
       {{"--weights", "avarage", "--weights avarage: expected none, average or per-head"},
        {"--wire-dtype", "float64", "--wire-dtype float64: expected float32, float16 or bfloat16"},
        {"--rpc", "selfattention",
-        "--rpc selfattention: expected attention, self-attention, health or decode"},
+        "--rpc selfattention: expected attention, self-attention, health, decode or model-infer"},
        {"--anything", "3", "unknown option --anything"}});
 }
 

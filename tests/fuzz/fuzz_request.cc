@@ -1,7 +1,9 @@
 // libFuzzer target for the request path as the server sees it: the input is
 // the bytes of one serialized attention.v1.SelfAttentionRequest (the target
-// fuzz_self_attention_request) or AttentionRequest (fuzz_attention_request,
-// built with ATTENTION_FUZZ_CROSS=1), as gRPC hands them to the service. They
+// fuzz_self_attention_request), AttentionRequest (fuzz_attention_request,
+// built with ATTENTION_FUZZ_CROSS=1) or the Open Inference Protocol's
+// inference.ModelInferRequest (fuzz_infer_request, ATTENTION_FUZZ_INFER=1),
+// as gRPC hands them to the service. They
 // go through the service's own steps, under small limits of the server's own
 // kinds (tests/fuzz/fuzz_limits.h):
 //   AttentionServiceImpl::TEST_ServeUnary, which runs the admission that every
@@ -41,6 +43,7 @@
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/slice.h"
 #include "proto/convert.h"
+#include "proto/infer_convert.h"
 #include "server/access_log.h"
 #include "server/grpc_status.h"
 #include "server/memory_budget.h"
@@ -58,7 +61,10 @@ namespace {
 
 using server::AttentionServiceImpl;
 
-#if ATTENTION_FUZZ_CROSS
+#if ATTENTION_FUZZ_INFER
+using Request = inference::ModelInferRequest;
+constexpr char kRpc[] = "ModelInfer";
+#elif ATTENTION_FUZZ_CROSS
 using Request = v1::AttentionRequest;
 constexpr char kRpc[] = "Attention";
 const v1::Tensor& Query(const Request& r) { return r.query(); }
@@ -144,18 +150,28 @@ void CheckTensor(const v1::Tensor& t, v1::DataType dtype, const char* name) {
 }
 
 // What a refused request gets, unary and streamed.
-void CheckRefusal(const absl::Status& s, const std::string& id) {
+void CheckRefusal(const absl::Status& s, const Request& request) {
+  const std::string& id = request.id();
   if (s.code() != absl::StatusCode::kInvalidArgument && s.code() != absl::StatusCode::kNotFound &&
       s.code() != absl::StatusCode::kResourceExhausted) {
     Fail("a request refused with a code the contract does not give: " + s.ToString());
   }
   const grpc::Status sent = server::ToGrpcStatus(s);
   if (sent.error_message().size() > server::kMaxStatusMessageBytes) Fail("a long message");
+#if ATTENTION_FUZZ_INFER
+  inference::ModelStreamInferResponse streamed;
+  if (!streamed.ParseFromString(Flatten(server::StreamAnswer(request, s, {}))) ||
+      streamed.error_message().find(sent.error_message()) == std::string::npos ||
+      streamed.infer_response().id() != id) {
+    Fail("a stream's error message that says something else");
+  }
+#else
   const v1::AttentionResponse streamed = ParseResponse(Flatten(server::EncodeError(id, s)));
   if (streamed.error().code() != static_cast<int>(s.code()) ||
       streamed.error().message() != sent.error_message() || streamed.id() != id) {
     Fail("a stream's error message that says something else");
   }
+#endif
 }
 
 // FNV-1a: how the second computation runs.
@@ -216,12 +232,30 @@ int TestOneInput(const uint8_t* data, size_t size) {
   }
 
   if (!status.ok()) {
-    CheckRefusal(status, request.id());
+    CheckRefusal(status, request);
     return 0;
   }
   if (static_cast<int64_t>(bytes.size()) > kMaxMessageBytes) {
     Fail("a response over --max-message-mb was computed");
   }
+#if ATTENTION_FUZZ_INFER
+  inference::ModelInferResponse answer;
+  if (!answer.ParseFromString(bytes)) Fail("a response that is not a ModelInferResponse");
+  if (answer.id() != request.id() || answer.model_name() != request.model_name()) {
+    Fail("a response for another request");
+  }
+  if (answer.outputs_size() != answer.raw_output_contents_size()) Fail("outputs without bytes");
+  for (int i = 0; i < answer.outputs_size(); ++i) {
+    const auto& out = answer.outputs(i);
+    const absl::StatusOr<DType> d = convert::FromDatatype(out.datatype(), out.name());
+    const std::vector<int64_t> shape(out.shape().begin(), out.shape().end());
+    if (!d.ok() || shape.empty() ||
+        ShapeProduct<double>(shape) * DTypeSize(*d) != answer.raw_output_contents(i).size()) {
+      Fail(out.name() + ": shape and bytes disagree");
+    }
+    if (out.name() != "output" && out.name() != "weights") Fail("an output nobody asked for");
+  }
+#else
   const v1::AttentionResponse answer = ParseResponse(bytes);
   if (answer.id() != request.id() || answer.has_error()) Fail("a response for another request");
   CheckTensor(answer.output(), Query(request).dtype(), "output");
@@ -229,6 +263,7 @@ int TestOneInput(const uint8_t* data, size_t size) {
     Fail("weights not as asked");
   }
   if (answer.has_weights()) CheckTensor(answer.weights(), v1::FLOAT32, "weights");
+#endif
   CheckAgain(request, *s->models, Hash(data, size), bytes);
   return 0;
 }
