@@ -139,6 +139,14 @@ absl::Status DecodeSequences::Plan(const v1::DecodeRequest& request, const Model
                                    Reservation* step, Message* message) {
   PreparedCall& call = message->call_;
   if (absl::Status s = PrepareCall(request, models, &call); !s.ok()) return s;
+  // A sequence keeps the model version it started with (a model replaced
+  // meanwhile serves new sequences): a message repeating the model's name
+  // gets the sequence's version.
+  if (it != sequences_.end() && call.model != nullptr && it->second.model != nullptr &&
+      call.model->info().name == it->second.model->info().name) {
+    call.model = it->second.model;
+    call.args.projection = &call.model->weights();
+  }
   message->outputs_ = ResponseOutputs(call.output_dtype);
   message->sequence_ = request.sequence();
   message->id_ = request.id();
@@ -176,8 +184,9 @@ absl::Status DecodeSequences::Plan(const v1::DecodeRequest& request, const Model
   }
   if (fresh) {
     it = sequences_
-             .emplace(request.sequence(), Sequence{std::make_unique<SequenceCache>(plan->shape),
-                                                   Reservation(budget_), absl::Now()})
+             .emplace(request.sequence(),
+                      Sequence{std::make_unique<SequenceCache>(plan->shape), Reservation(budget_),
+                               absl::Now(), false, call.model})
              .first;
   }
   if (absl::Status s = it->second.held.Add(plan->append_bytes); !s.ok()) {

@@ -125,6 +125,9 @@ class DecodeSequences {
     Reservation held;  // the cache's blocks
     absl::Time used;
     bool busy = false;  // a message of it is between Begin and End
+    // Its model (the version it started with; its weights are the cache
+    // shape's projection): null for plain attention.
+    std::shared_ptr<const Model> model;
   };
   using Map = std::map<std::string, Sequence>;
 

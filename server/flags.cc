@@ -47,6 +47,15 @@ std::vector<Flag> ServingFlags() {
       {"model", "listening", "NAME=PATH", [](ServerOptions* o) { return &o->model_specs; }, 0, 0,
        "a safetensors model (nn.MultiheadAttention weights, written by scripts/export_model.py); "
        "repeat the flag, or separate with commas, to load several"},
+      {"model-dir", "listening", "DIR", [](ServerOptions* o) { return &o->model_dir; }, 0, 0,
+       "every NAME.safetensors in DIR is model NAME, loaded at start and again when its file "
+       "changes (replaced by a rename, say): checked every --model-poll-seconds and on SIGHUP; "
+       "a file removed unloads its model. A new version replaces the old atomically (calls in "
+       "flight and decode sequences keep theirs); one that fails to load leaves the old "
+       "serving. Empty: none"},
+      {"model-poll-seconds", "listening", "N",
+       [](ServerOptions* o) { return &o->model_poll_seconds; }, 0, 86400,
+       "how often --model-dir is checked for changes (0: only at start and on SIGHUP)"},
       {"threads", "compute", "N", [](ServerOptions* o) { return &o->threads; }, 0, 4096,
        "compute threads in all (0 = every core)"},
       {"workers", "compute", "N", [](ServerOptions* o) { return &o->workers; }, 1, 4096,

@@ -58,24 +58,35 @@ InferenceServiceImpl::InferenceServiceImpl(AttentionServiceImpl* attention,
 absl::StatusOr<InferenceServiceImpl::Shape> InferenceServiceImpl::Find(
     const std::string& name, const std::string& version) const {
   Shape shape;
-  const Model* m = models_->Find(name);
-  if (m == nullptr && name != kBuiltinModel) {
+  const ModelRegistry::Entry e = models_->FindEntry(name);
+  if (e.model == nullptr && name != kBuiltinModel) {
     return absl::NotFoundError(absl::StrCat("name: no model '", name.substr(0, 256),
                                             "' on this server (it has: ", models_->Names(),
                                             ", and the built-in '", kBuiltinModel, "')"));
   }
-  if (!version.empty() && version != "1") {
-    return absl::NotFoundError(absl::StrCat("version: '", version.substr(0, 64), "' of model '",
-                                            name, "' does not exist (it has version 1)"));
+  shape.version = e.model == nullptr ? "1" : absl::StrCat(e.version);
+  if (!version.empty() && version != shape.version) {
+    return absl::NotFoundError(
+        absl::StrCat("version: '", version.substr(0, 64), "' of model '", name,
+                     "' is not served (its version now: ", shape.version, ")"));
   }
-  if (m == nullptr) {
+  if (e.model == nullptr) {
     shape.builtin = true;
     return shape;
   }
-  shape.embed = m->info().embed_dim;
-  shape.kdim = m->info().kdim;
-  shape.vdim = m->info().vdim;
+  shape.embed = e.model->info().embed_dim;
+  shape.kdim = e.model->info().kdim;
+  shape.vdim = e.model->info().vdim;
   return shape;
+}
+
+std::vector<InferenceServiceImpl::Served> InferenceServiceImpl::Models() const {
+  std::vector<Served> served;
+  for (const ModelRegistry::Entry& e : models_->All()) {
+    served.push_back({e.name, absl::StrCat(e.version)});
+  }
+  if (models_->Find(kBuiltinModel) == nullptr) served.push_back({kBuiltinModel, "1"});
+  return served;
 }
 
 grpc::ServerUnaryReactor* InferenceServiceImpl::Answer(grpc::CallbackServerContext* context,
@@ -125,7 +136,7 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelMetadata(
   const absl::StatusOr<Shape> shape = Find(request->name(), request->version());
   if (shape.ok()) {
     r->set_name(request->name());
-    r->add_versions("1");
+    r->add_versions(shape->version);
     r->set_platform("attention");
     // Batched [B, L, E]; the server also takes unbatched [L, E] (and the
     // built-in rank 4 [B, H, L, D]). Tensors may also be FP16 or BF16.
@@ -179,24 +190,24 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelConfig(
 grpc::ServerUnaryReactor* InferenceServiceImpl::ModelStatistics(
     grpc::CallbackServerContext* context, const inference::ModelStatisticsRequest* request,
     inference::ModelStatisticsResponse* r) {
-  std::vector<std::string> names;
+  std::vector<Served> names;
   absl::Status status;
   if (!request->name().empty()) {
-    status = Find(request->name(), request->version()).status();
-    names.push_back(request->name());
+    const absl::StatusOr<Shape> shape = Find(request->name(), request->version());
+    status = shape.status();
+    if (shape.ok()) names.push_back({request->name(), shape->version});
   } else {
-    for (const Model* m : models_->All()) names.push_back(m->info().name);
-    if (models_->Find(kBuiltinModel) == nullptr) names.emplace_back(kBuiltinModel);
+    names = Models();
   }
   if (status.ok()) {
     const auto all = metrics_->InferStats();
-    for (const std::string& name : names) {
+    for (const auto& [name, version] : names) {
       auto it = all.find(name);
       const ServiceMetrics::InferStatistics st =
           it == all.end() ? ServiceMetrics::InferStatistics{} : it->second;
       inference::ModelStatistics* m = r->add_model_stats();
       m->set_name(name);
-      m->set_version("1");
+      m->set_version(version);
       m->set_last_inference(st.last_inference_ms);
       m->set_inference_count(st.inference_count);
       m->set_execution_count(st.execution_count);
@@ -223,14 +234,11 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::RepositoryIndex(
                                               request->repository_name().substr(0, 64),
                                               "' is not a repository of this server (send \"\")"));
   } else {
-    std::vector<std::string> names;
-    for (const Model* m : models_->All()) names.push_back(m->info().name);
-    if (models_->Find(kBuiltinModel) == nullptr) names.emplace_back(kBuiltinModel);
-    for (const std::string& name : names) {
+    for (const auto& [name, version] : Models()) {
       if (request->ready() && !ready_) continue;
       auto* m = r->add_models();
       m->set_name(name);
-      m->set_version("1");
+      m->set_version(version);
       m->set_state(ready_ ? "READY" : "UNAVAILABLE");
     }
   }

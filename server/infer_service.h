@@ -15,12 +15,14 @@
 //
 // Models: every loaded model NAME, and the built-in `attention` (plain
 // attention with query, key and value; heads as parameters) unless a loaded
-// model takes that name. Version: "" or "1"; anything else NOT_FOUND.
+// model takes that name. Version: "" or the model's version now (the
+// registry's counter; "1" for the built-in); anything else NOT_FOUND.
 #ifndef SERVER_INFER_SERVICE_H_
 #define SERVER_INFER_SERVICE_H_
 
 #include <atomic>
 #include <string>
+#include <vector>
 
 #include "inference/grpc_service.grpc.pb.h"
 #include "server/model_registry.h"
@@ -87,7 +89,14 @@ class InferenceServiceImpl final : public InferServiceBase {
   struct Shape {
     int64_t embed = -1, kdim = -1, vdim = -1;
     bool builtin = false;
+    std::string version;  // the one served now
   };
+  // A model served now: its name and version.
+  struct Served {
+    std::string name, version;
+  };
+  // Every model served now (the loaded ones, then the built-in).
+  std::vector<Served> Models() const;
   // The model `name` at `version`: NotFound naming what is wrong.
   absl::StatusOr<Shape> Find(const std::string& name, const std::string& version) const;
   // Answers a metadata call with `status` (counted in the metrics as `rpc`).

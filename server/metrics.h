@@ -129,6 +129,11 @@ class Family final : public FamilyBase {
     }
     return *it->second.metric;
   }
+  // Drops the child of these label values (its series leaves the exposition).
+  void Remove(const std::vector<std::string>& values) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    children_.erase(values);
+  }
 
  private:
   struct Child {

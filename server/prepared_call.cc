@@ -23,12 +23,13 @@ namespace {
 // Resolves options.model (NotFound when unknown) after convert::FromWire filled
 // everything else.
 absl::Status ResolveModel(const v1::AttentionOptions& o, const ModelRegistry& models,
-                          AttentionArgs& args) {
+                          PreparedCall* call) {
+  AttentionArgs& args = call->args;
   if (o.model().empty()) return absl::OkStatus();
   if (o.has_projection()) {
     return absl::InvalidArgumentError("options: give a model or projection weights, not both");
   }
-  const Model* m = models.Find(o.model());
+  std::shared_ptr<const Model> m = models.Find(o.model());
   if (m == nullptr) {
     return absl::NotFoundError(absl::StrCat("options.model: no model '", o.model(),
                                             "' on this server (it has: ", models.Names(), ")"));
@@ -41,6 +42,7 @@ absl::Status ResolveModel(const v1::AttentionOptions& o, const ModelRegistry& mo
                      "' (", m->info().num_heads, " heads); send 0 or ", m->info().num_heads));
   }
   args.projection = &m->weights();
+  call->model = std::move(m);  // this version, for as long as the call lives
   return absl::OkStatus();
 }
 
@@ -62,7 +64,7 @@ absl::Status Prepare(const Request& r, const ModelRegistry& models, PreparedCall
   }
   if (absl::Status s = convert::FromWire(r, &call->args, &call->projection); !s.ok()) return s;
   call->output_dtype = call->args.query.dtype;
-  return ResolveModel(r.options(), models, call->args);
+  return ResolveModel(r.options(), models, call);
 }
 
 std::string MiB(double bytes) { return absl::StrCat(std::ceil(bytes / (1 << 20))); }
@@ -301,17 +303,19 @@ absl::Status PrepareCall(const inference::ModelInferRequest& r, const ModelRegis
     return absl::InvalidArgumentError(absl::StrCat("model_name: a name of ", r.model_name().size(),
                                                    " bytes; at most ", kMaxModelNameBytes));
   }
-  const Model* m = models.Find(r.model_name());
+  ModelRegistry::Entry entry = models.FindEntry(r.model_name());
+  std::shared_ptr<const Model> m = std::move(entry.model);
   const bool builtin = m == nullptr && r.model_name() == kBuiltinModel;
+  const std::string version = builtin ? "1" : absl::StrCat(entry.version);
   if (m == nullptr && !builtin) {
     return absl::NotFoundError(absl::StrCat("model_name: no model '", r.model_name(),
                                             "' on this server (it has: ", models.Names(),
                                             ", and the built-in '", kBuiltinModel, "')"));
   }
-  if (!r.model_version().empty() && r.model_version() != "1") {
+  if (!r.model_version().empty() && r.model_version() != version) {
     return absl::NotFoundError(absl::StrCat("model_version: '", r.model_version().substr(0, 64),
                                             "' of model '", r.model_name(),
-                                            "' does not exist (it has version 1)"));
+                                            "' is not served (its version now: ", version, ")"));
   }
   convert::InferCall infer;
   if (absl::Status s = convert::FromInfer(r, builtin, &infer); !s.ok()) return s;
@@ -320,8 +324,10 @@ absl::Status PrepareCall(const inference::ModelInferRequest& r, const ModelRegis
   if (m != nullptr) {
     call->args.num_heads = m->info().num_heads;
     call->args.projection = &m->weights();
+    call->model = std::move(m);
   }
-  call->infer = InferFraming{r.model_name(), "1", r.id(), infer.send_output, infer.send_weights};
+  call->infer =
+      InferFraming{r.model_name(), version, r.id(), infer.send_output, infer.send_weights};
   return absl::OkStatus();
 }
 

@@ -15,6 +15,7 @@
 #ifndef SERVER_PREPARED_CALL_H_
 #define SERVER_PREPARED_CALL_H_
 
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -40,6 +41,10 @@ struct PreparedCall {
   // Set for an Open Inference Protocol request: the response is a
   // ModelInferResponse framed so (server/response.h).
   std::optional<InferFraming> infer;
+  // The model the call resolved (args.projection points into it): held, so
+  // that a model replaced meanwhile (server/model_directory.h) stays whole
+  // until the call is done.
+  std::shared_ptr<const Model> model;
 };
 
 // Validates what the core does not see (the sizes of `id` and of the model's

@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -36,6 +37,7 @@
 #include "server/infer_service.h"
 #include "server/memory_budget.h"
 #include "server/metrics.h"
+#include "server/model_directory.h"
 #include "server/model_registry.h"
 #include "server/service.h"
 #include "server/service_metrics.h"
@@ -221,6 +223,9 @@ struct Server::State {
   // gRPC serves TLS from the watcher's copies: outlives grpc_server.
   std::shared_ptr<CertificateWatcher> certificates;
   std::unique_ptr<grpc::Server> grpc_server;
+  // --model-dir: polls until destroyed, first (it tells the metrics and puts
+  // models in the registry).
+  std::unique_ptr<ModelDirectory> model_dir;
   std::string security;       // DescribeSecurity, for the summary
   std::string budget_origin;  // where the memory budget came from, for the summary
 
@@ -268,7 +273,7 @@ struct Server::State {
                          "counter",
                          [] { return static_cast<double>(CertificateReloadFailures()); });
     ServiceMetrics::Options metrics_options;
-    for (const Model* model : models->All()) metrics_options.models.push_back(model->info().name);
+    for (const ModelRegistry::Entry& e : models->All()) metrics_options.models.push_back(e.name);
     metrics_options.max_request_memory_bytes = limits.max_request_memory_bytes;
     metrics_options.max_message_bytes = limits.max_message_bytes;
     metrics_options.max_queue = limits.max_queue;
@@ -361,7 +366,30 @@ absl::Status Server::Start() {
   absl::StatusOr<std::unique_ptr<ModelRegistry>> models = ModelRegistry::Load(options_.model_specs);
   if (!models.ok()) return models.status();
   state->models = std::move(*models);
+  if (!options_.model_dir.empty()) {
+    // Loaded before serving (readiness waits for them); the metrics hear of
+    // later changes.
+    std::set<std::string> reserved;
+    for (const ModelRegistry::Entry& e : state->models->All()) reserved.insert(e.name);
+    State* s = state.get();
+    state->model_dir = std::make_unique<ModelDirectory>(
+        ModelDirectory::Options{options_.model_dir, absl::Seconds(options_.model_poll_seconds),
+                                &state->budget},
+        state->models.get(), std::move(reserved),
+        [s](const std::string& name, const std::string& result, int64_t version, int64_t previous) {
+          if (s->metrics == nullptr) return;  // at start: counted below
+          if (result == "loaded") {
+            s->metrics->ModelLoaded(name, version, previous);
+          } else if (result == "removed") {
+            s->metrics->ModelRemoved(name, version);
+          } else {
+            s->metrics->ModelLoadFailed(name, result);
+          }
+        });
+    if (absl::Status st = state->model_dir->Scan(); !st.ok()) return st;
+  }
   state->BuildService(options_, test_compute_delay_ms_);
+  if (state->model_dir != nullptr) state->model_dir->StartPolling();
   const int port = state->StartGrpc(options_, security->credentials);
   if (port == 0) {
     if (state->grpc_server != nullptr) state->grpc_server->Shutdown();
@@ -390,6 +418,10 @@ std::string Server::Summary() const {
       (s.memory.transport_bytes + s.memory.served_bytes) >> 20, s.budget_origin,
       s.memory.transport_bytes >> 20, s.memory.served_bytes >> 20, s.limits.max_receive_bytes >> 20,
       s.limits.receive_slots, ResidentBytes() >> 20, AllocatorName());
+}
+
+void Server::ReloadModels() {
+  if (state_ != nullptr && state_->model_dir != nullptr) state_->model_dir->Wake();
 }
 
 void Server::Drain() {
@@ -461,6 +493,13 @@ int RunServer(const ServerOptions& options) {
   std::fflush(stdout);
   int signal = 0;
   while (sigwait(&signals, &signal) == 0 && signal != SIGINT && signal != SIGTERM) {
+    if (signal == SIGHUP && !options.model_dir.empty()) {
+      std::printf("attention-server: SIGHUP: checking --model-dir %s now\n",
+                  options.model_dir.c_str());
+      std::fflush(stdout);
+      server.ReloadModels();
+      continue;
+    }
     std::printf("attention-server: %s ignored (%s)\n", strsignal(signal),
                 signal == SIGHUP ? "certificates and tokens are re-read when their files change"
                                  : "SIGTERM or SIGINT drains and stops");

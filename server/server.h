@@ -39,10 +39,12 @@ namespace server {
 struct ServerOptions {
   std::string listen = "0.0.0.0:50051";
   std::vector<std::string> model_specs;  // NAME=PATH
-  int threads = 0;                       // compute threads in all; 0 = every core
-  int workers = 1;                       // requests computed at once
-  bool pin_threads = true;               // see Executor::Options::pin_threads
-  int max_queue = 64;                    // requests waiting for compute
+  std::string model_dir;                 // --model-dir (empty: none)
+  int model_poll_seconds = 10;
+  int threads = 0;          // compute threads in all; 0 = every core
+  int workers = 1;          // requests computed at once
+  bool pin_threads = true;  // see Executor::Options::pin_threads
+  int max_queue = 64;       // requests waiting for compute
   int64_t max_message_mb = 256;
   int64_t max_request_memory_mb = 2048;
   int64_t max_request_gflop = 1000;  // AttentionPlanInfo::work, GFLOP; 0 = none
@@ -99,6 +101,8 @@ class Server {
   // drain_seconds to finish (then they are cancelled); returns once the ports
   // are closed and compute has stopped. Idempotent.
   void Drain();
+  // SIGHUP: checks --model-dir for changed models now (nothing without one).
+  void ReloadModels();
 
   // Test seam: every computation first sleeps `ms` (a stalled computation
   // for the drain and deadline tests). Call before Start.

@@ -517,8 +517,10 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionServiceImp
 grpc::ServerUnaryReactor* AttentionServiceImpl::ListModels(grpc::CallbackServerContext* context,
                                                            const v1::ListModelsRequest*,
                                                            v1::ListModelsResponse* response) {
-  for (const Model* m : models_->All()) {
+  for (const ModelRegistry::Entry& e : models_->All()) {
+    const Model* m = e.model.get();
     v1::ModelInfo* info = response->add_models();
+    info->set_version(e.version);
     info->set_name(m->info().name);
     info->set_embed_dim(m->info().embed_dim);
     info->set_num_heads(m->info().num_heads);

@@ -119,6 +119,15 @@ ServiceMetrics::DecodeMetrics::DecodeMetrics(Registry* registry)
 
 ServiceMetrics::ServiceMetrics(Registry* registry, Options options, AccessLog* access_log)
     : models_(options.models.begin(), options.models.end()),
+      model_info_(registry->AddGauge("attention_model_info",
+                                     "A model the server serves, with its version (value 1).",
+                                     {"model", "version"})),
+      model_loads_(registry->AddCounter(
+          "attention_model_loads_total",
+          "Loads of --model-dir's models while serving, by result: loaded, error (a file that "
+          "does not validate: the old version serves on), over_budget (--max-memory-mb could not "
+          "hold it), removed.",
+          {"model", "result"})),
       access_log_(access_log),
       requests_(registry->AddCounter(
           "attention_requests_total",
@@ -169,9 +178,7 @@ ServiceMetrics::ServiceMetrics(Registry* registry, Options options, AccessLog* a
                                      {}, LatencyBuckets())
                       .Labels({})),
       decode_(registry) {
-  Family<Gauge>& info = registry->AddGauge("attention_model_info",
-                                           "A model the server has loaded (value 1).", {"model"});
-  for (const std::string& m : options.models) info.Labels({m}).Set(1);
+  for (const std::string& m : options.models) model_info_.Labels({m, "1"}).Set(1);
   registry
       ->AddGauge("attention_build_info", "The server's version and the gRPC library's (value 1).",
                  {"version", "grpc_version"})
@@ -237,10 +244,34 @@ void ServiceMetrics::ComputeEnds(CallRecord* call, const absl::Status& status) {
   }
 }
 
+bool ServiceMetrics::IsModel(const std::string& name) const {
+  absl::MutexLock lock(&models_mu_);
+  return models_.count(name) > 0;
+}
+
 std::string ServiceMetrics::ModelLabel(const std::string& requested) const {
   if (requested.empty()) return kNoModel;
   if (requested == kBuiltinModelName) return requested;  // the Open Inference Protocol's
-  return models_.count(requested) > 0 ? requested : kUnknownModel;
+  return IsModel(requested) ? requested : kUnknownModel;
+}
+
+void ServiceMetrics::ModelLoaded(const std::string& name, int64_t version, int64_t previous) {
+  {
+    absl::MutexLock lock(&models_mu_);
+    models_.insert(name);
+  }
+  if (previous > 0) model_info_.Remove({name, absl::StrCat(previous)});
+  model_info_.Labels({name, absl::StrCat(version)}).Set(1);
+  model_loads_.Labels({name, "loaded"}).Inc();
+}
+
+void ServiceMetrics::ModelLoadFailed(const std::string& name, const std::string& result) {
+  model_loads_.Labels({name, result}).Inc();
+}
+
+void ServiceMetrics::ModelRemoved(const std::string& name, int64_t version) {
+  model_info_.Remove({name, absl::StrCat(version)});
+  model_loads_.Labels({name, "removed"}).Inc();
 }
 
 void ServiceMetrics::Finish(const CallRecord& call, const absl::Status& status, int64_t bytes_out) {
@@ -266,7 +297,7 @@ void ServiceMetrics::Finish(const CallRecord& call, const absl::Status& status, 
   }
   if (access_log_ != nullptr) Log(call, status, bytes_out);
   if (absl::StartsWith(call.rpc, "Model") &&
-      (models_.count(call.model) > 0 || call.model == kBuiltinModelName)) {
+      (call.model == kBuiltinModelName || IsModel(call.model))) {
     CountInference(call, status);
   }
 }

@@ -107,6 +107,15 @@ class ServiceMetrics {
   void BatchStarted(int size);
   void BatchWaited(double seconds);
 
+  // Models loaded while serving (--model-dir, server/model_directory.h):
+  // `name` now serves `version` (replacing `previous`, 0 for none); a load
+  // that failed (`result`: "error" or "over_budget": the old version, if
+  // any, serves on); a model removed.
+  void ModelLoaded(const std::string& name, int64_t version, int64_t previous)
+      ABSL_LOCKS_EXCLUDED(models_mu_);
+  void ModelLoadFailed(const std::string& name, const std::string& result);
+  void ModelRemoved(const std::string& name, int64_t version) ABSL_LOCKS_EXCLUDED(models_mu_);
+
   // The Open Inference Protocol's statistics of one model (ModelStatistics):
   // its inference calls (ModelInfer, and each ModelStreamInfer message)
   // answered and failed, with their times in nanoseconds.
@@ -122,12 +131,18 @@ class ServiceMetrics {
   static constexpr char kBuiltinModelName[] = "attention";
 
  private:
-  std::string ModelLabel(const std::string& requested) const;
+  std::string ModelLabel(const std::string& requested) const ABSL_LOCKS_EXCLUDED(models_mu_);
+  bool IsModel(const std::string& name) const ABSL_LOCKS_EXCLUDED(models_mu_);
   void CountInference(const CallRecord& call, const absl::Status& status)
       ABSL_LOCKS_EXCLUDED(infer_mu_);
   void Log(const CallRecord& call, const absl::Status& status, int64_t bytes_out) const;
 
-  const std::set<std::string> models_;
+  mutable absl::Mutex models_mu_;
+  // Names that label series as themselves (others: "unknown"): every model
+  // ever served, so that a label never changes meaning.
+  std::set<std::string> models_ ABSL_GUARDED_BY(models_mu_);
+  Family<Gauge>& model_info_;
+  Family<Counter>& model_loads_;
   AccessLog* const access_log_;
   Family<Counter>& requests_;
   Family<Histogram>& duration_;

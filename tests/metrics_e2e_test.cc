@@ -160,7 +160,7 @@ TEST(MetricsE2E, CountersReadTheCallsMadePromtoolAndPrometheusAgreeAndTheAccessL
   EXPECT_EQ(Sample(text, "attention_request_compute_seconds_count" + demo + "}"), kCalls);
   EXPECT_GT(Sample(text, "attention_request_bytes_total" + demo + "}"), kCalls * 4 * 64 * 4);
   EXPECT_GT(Sample(text, "attention_response_bytes_total" + demo + "}"), kCalls * 4 * 64 * 4);
-  EXPECT_EQ(Sample(text, "attention_model_info{model=\"demo\"}"), 1);
+  EXPECT_EQ(Sample(text, "attention_model_info{model=\"demo\",version=\"1\"}"), 1);
   EXPECT_EQ(Sample(text, "attention_streams_open{rpc=\"StreamSelfAttention\"}"), 0);
   EXPECT_EQ(Sample(text, "attention_requests_queued"), 0);
   EXPECT_GT(Sample(text, "process_resident_memory_bytes"), 1 << 20);

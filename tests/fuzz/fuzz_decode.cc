@@ -54,7 +54,7 @@ struct Parts {
     if (!loaded.ok()) Fail(loaded.status().ToString());
     models = std::move(*loaded);
     server::ServiceMetrics::Options m;
-    for (const Model* model : models->All()) m.models.push_back(model->info().name);
+    for (const server::ModelRegistry::Entry& e : models->All()) m.models.push_back(e.name);
     metrics = std::make_unique<server::ServiceMetrics>(&registry, m, nullptr);
   }
 };

@@ -113,7 +113,7 @@ struct Server {
     limits.max_request_memory_bytes = kMaxRequestMemoryBytes;
     limits.memory_budget = &budget;
     server::ServiceMetrics::Options m;
-    for (const Model* model : models->All()) m.models.push_back(model->info().name);
+    for (const server::ModelRegistry::Entry& e : models->All()) m.models.push_back(e.name);
     m.max_request_memory_bytes = limits.max_request_memory_bytes;
     m.max_message_bytes = limits.max_message_bytes;
     m.max_queue = limits.max_queue;
