@@ -125,11 +125,18 @@ absl::StatusOr<std::unique_ptr<DecodeSequences::Message>> DecodeSequences::Begin
   }
   if (absl::Status s = CheckPosition(request, it); !s.ok()) return s;
   // Nothing may escape: the stream's next messages wait for this one's answer.
+  // (No GuardStatus lambda here: it would hide mu_ from the thread-safety
+  // analysis.)
   std::unique_ptr<Message> message;
-  absl::Status s = GuardStatus([&] {
+  absl::Status s;
+  try {
     message.reset(new Message(DType::kFloat32));
-    return Plan(request, models, options, it, step, message.get());
-  });
+    s = Plan(request, models, options, it, step, message.get());
+  } catch (const std::bad_alloc&) {
+    s = absl::ResourceExhaustedError("out of memory planning the message");
+  } catch (const std::exception& e) {
+    s = absl::InternalError(e.what());
+  }
   if (!s.ok()) return s;
   return message;
 }

@@ -245,5 +245,43 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::RepositoryIndex(
   return Answer(context, "RepositoryIndex", status, r);
 }
 
+namespace {
+
+// What a repository request names: a model of --model-dir.
+template <typename Request>
+absl::Status CheckRepositoryRequest(const Request& r, const ModelDirectory* dir) {
+  if (dir == nullptr) {
+    return absl::FailedPreconditionError(
+        "model_repository: this server has no --model-dir (its models are fixed at start)");
+  }
+  if (!r.repository_name().empty()) {
+    return absl::NotFoundError(absl::StrCat("repository_name: '", r.repository_name().substr(0, 64),
+                                            "' is not a repository of this server (send \"\")"));
+  }
+  if (!r.parameters().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parameters: '", r.parameters().begin()->first.substr(0, 64), "' is not taken here"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* InferenceServiceImpl::RepositoryModelLoad(
+    grpc::CallbackServerContext* context, const inference::RepositoryModelLoadRequest* request,
+    inference::RepositoryModelLoadResponse* r) {
+  absl::Status status = CheckRepositoryRequest(*request, dir_);
+  if (status.ok()) status = dir_->LoadNow(request->model_name());
+  return Answer(context, "RepositoryModelLoad", status, r);
+}
+
+grpc::ServerUnaryReactor* InferenceServiceImpl::RepositoryModelUnload(
+    grpc::CallbackServerContext* context, const inference::RepositoryModelUnloadRequest* request,
+    inference::RepositoryModelUnloadResponse* r) {
+  absl::Status status = CheckRepositoryRequest(*request, dir_);
+  if (status.ok()) status = dir_->Unload(request->model_name());
+  return Answer(context, "RepositoryModelUnload", status, r);
+}
+
 }  // namespace server
 }  // namespace attention

@@ -11,7 +11,8 @@
 // around the core's result buffers. The other methods answer from the model
 // registry and the metrics: readiness (false while starting or draining),
 // server and model metadata, a model configuration in Triton's terms,
-// per-model statistics, the repository index.
+// per-model statistics, the repository index, and loading or unloading a
+// model of --model-dir on request (RepositoryModelLoad/Unload).
 //
 // Models: every loaded model NAME, and the built-in `attention` (plain
 // attention with query, key and value; heads as parameters) unless a loaded
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "inference/grpc_service.grpc.pb.h"
+#include "server/model_directory.h"
 #include "server/model_registry.h"
 #include "server/service.h"
 #include "server/service_metrics.h"
@@ -35,12 +37,13 @@ namespace server {
 // Typed callbacks, but raw bytes for the two inference methods (their
 // responses are framed around the core's buffers, server/response.h).
 using Infer = inference::GRPCInferenceService;
-using InferServiceBase = Infer::WithCallbackMethod_ServerLive<
-    Infer::WithCallbackMethod_ServerReady<Infer::WithCallbackMethod_ModelReady<
-        Infer::WithCallbackMethod_ServerMetadata<Infer::WithCallbackMethod_ModelMetadata<
-            Infer::WithRawCallbackMethod_ModelInfer<Infer::WithRawCallbackMethod_ModelStreamInfer<
-                Infer::WithCallbackMethod_ModelConfig<Infer::WithCallbackMethod_ModelStatistics<
-                    Infer::WithCallbackMethod_RepositoryIndex<Infer::Service>>>>>>>>>>;
+using InferServiceBase = Infer::WithCallbackMethod_ServerLive<Infer::WithCallbackMethod_ServerReady<
+    Infer::WithCallbackMethod_ModelReady<Infer::WithCallbackMethod_ServerMetadata<
+        Infer::WithCallbackMethod_ModelMetadata<Infer::WithRawCallbackMethod_ModelInfer<
+            Infer::WithRawCallbackMethod_ModelStreamInfer<Infer::WithCallbackMethod_ModelConfig<
+                Infer::WithCallbackMethod_ModelStatistics<Infer::WithCallbackMethod_RepositoryIndex<
+                    Infer::WithCallbackMethod_RepositoryModelLoad<
+                        Infer::WithCallbackMethod_RepositoryModelUnload<Infer::Service>>>>>>>>>>>>;
 
 class InferenceServiceImpl final : public InferServiceBase {
  public:
@@ -49,6 +52,10 @@ class InferenceServiceImpl final : public InferServiceBase {
   // ModelConfig says of dynamic batching).
   InferenceServiceImpl(AttentionServiceImpl* attention, const ModelRegistry* models,
                        ServiceMetrics* metrics, std::string server_version, int64_t batch_delay_us);
+
+  // The --model-dir the repository requests act on (null: none); set before
+  // serving, must outlive this.
+  void SetModelDirectory(ModelDirectory* dir) { dir_ = dir; }
 
   // Readiness, as ServerReady and ModelReady report it: set once serving,
   // cleared when draining.
@@ -80,6 +87,12 @@ class InferenceServiceImpl final : public InferServiceBase {
   grpc::ServerUnaryReactor* RepositoryIndex(grpc::CallbackServerContext* context,
                                             const inference::RepositoryIndexRequest* request,
                                             inference::RepositoryIndexResponse* response) override;
+  grpc::ServerUnaryReactor* RepositoryModelLoad(
+      grpc::CallbackServerContext* context, const inference::RepositoryModelLoadRequest* request,
+      inference::RepositoryModelLoadResponse* response) override;
+  grpc::ServerUnaryReactor* RepositoryModelUnload(
+      grpc::CallbackServerContext* context, const inference::RepositoryModelUnloadRequest* request,
+      inference::RepositoryModelUnloadResponse* response) override;
 
  private:
   // The method's index in grpc_service.proto's service.
@@ -109,6 +122,7 @@ class InferenceServiceImpl final : public InferServiceBase {
   ServiceMetrics* const metrics_;
   const std::string version_;
   const int64_t batch_delay_us_;
+  ModelDirectory* dir_ = nullptr;
   std::atomic<bool> ready_{false};
 };
 

@@ -81,15 +81,13 @@ absl::Status ModelDirectory::Scan() {
       }
       continue;
     }
-    struct stat st {};
-    if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;  // gone meanwhile
+    absl::StatusOr<std::pair<std::string, Stamp>> found = FileOf(name);
+    if (!found.ok()) continue;  // gone meanwhile
     present.insert(name);
-    const Stamp stamp{static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec,
-                      static_cast<int64_t>(st.st_size), static_cast<int64_t>(st.st_ino),
-                      static_cast<int64_t>(st.st_dev)};
+    if (unloaded_.count(name) > 0) continue;  // until loaded on request
     auto known = known_.find(name);
-    if (known != known_.end() && known->second.stamp == stamp) continue;  // tried already
-    Load(name, path, stamp);
+    if (known != known_.end() && known->second.stamp == found->second) continue;  // tried
+    Load(name, path, found->second).IgnoreError();                                // logged, counted
   }
   for (auto it = known_.begin(); it != known_.end();) {
     if (present.count(it->first) > 0) {
@@ -106,7 +104,46 @@ absl::Status ModelDirectory::Scan() {
   return absl::OkStatus();
 }
 
-void ModelDirectory::Load(const std::string& name, const std::string& path, const Stamp& stamp) {
+absl::StatusOr<std::pair<std::string, ModelDirectory::Stamp>> ModelDirectory::FileOf(
+    const std::string& name) const {
+  const std::string path = absl::StrCat(options_.dir, "/", name, kSuffix);
+  struct stat st {};
+  if (!ValidName(name) || reserved_.count(name) > 0 || stat(path.c_str(), &st) != 0 ||
+      !S_ISREG(st.st_mode)) {
+    return absl::NotFoundError(
+        absl::StrCat("model_name: no file ", path.substr(0, 300), " in --model-dir"));
+  }
+  return std::make_pair(
+      path, Stamp{static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec,
+                  static_cast<int64_t>(st.st_size), static_cast<int64_t>(st.st_ino),
+                  static_cast<int64_t>(st.st_dev)});
+}
+
+absl::Status ModelDirectory::LoadNow(const std::string& name) {
+  absl::MutexLock lock(&scan_mu_);
+  absl::StatusOr<std::pair<std::string, Stamp>> found = FileOf(name);
+  if (!found.ok()) return found.status();
+  unloaded_.erase(name);
+  return Load(name, found->first, found->second);
+}
+
+absl::Status ModelDirectory::Unload(const std::string& name) {
+  absl::MutexLock lock(&scan_mu_);
+  auto known = known_.find(name);
+  if (known == known_.end() || known->second.version == 0 || !models_->Remove(name)) {
+    return absl::NotFoundError(
+        absl::StrCat("model_name: '", name.substr(0, 256), "' is not served from --model-dir"));
+  }
+  Log(absl::StrCat("model ", name, ": unloaded on request (version ", known->second.version,
+                   "; calls in flight finish on it)"));
+  if (observer_) observer_(name, "removed", known->second.version, 0);
+  known->second.version = 0;
+  unloaded_.insert(name);
+  return absl::OkStatus();
+}
+
+absl::Status ModelDirectory::Load(const std::string& name, const std::string& path,
+                                  const Stamp& stamp) {
   Known& known = known_[name];
   known.stamp = stamp;
   const std::string keeps = known.version > 0
@@ -118,22 +155,26 @@ void ModelDirectory::Load(const std::string& name, const std::string& path, cons
     Log(absl::StrCat("model ", name, ": ", path, ": needs about ", (bytes >> 20) + 1,
                      " MiB loaded, over what --max-memory-mb has free (", s.message(), ")", keeps));
     if (observer_) observer_(name, "over_budget", known.version, 0);
-    return;
+    return absl::ResourceExhaustedError(
+        absl::StrCat("model ", name, ": needs about ", (bytes >> 20) + 1,
+                     " MiB loaded, more than --max-memory-mb has free", keeps));
   }
   absl::StatusOr<std::unique_ptr<const Model>> m = LoadModel(name, path);
   if (!m.ok()) {
     Log(absl::StrCat("model ", name, ": ", path, ": ", m.status().message(), keeps));
     if (observer_) observer_(name, "error", known.version, 0);
-    return;
+    return absl::Status(m.status().code(), absl::StrCat(path, ": ", m.status().message(), keeps));
   }
   held->model = std::move(*m);
   const int64_t previous = known.version;
   known.version = models_->Put(name, std::shared_ptr<const Model>(held, held->model.get()));
   Log(absl::StrCat("model ", name, ": version ", known.version, " loaded from ", path,
-                   previous > 0 ? absl::StrCat(" (version ", previous, " serves its calls in "
+                   previous > 0 ? absl::StrCat(" (version ", previous,
+                                               " serves its calls in "
                                                "flight, then goes)")
                                 : ""));
   if (observer_) observer_(name, "loaded", known.version, previous);
+  return absl::OkStatus();
 }
 
 void ModelDirectory::StartPolling() {

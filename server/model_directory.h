@@ -33,9 +33,11 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/memory_budget.h"
@@ -67,6 +69,14 @@ class ModelDirectory {
   // Loads what is new or changed, unloads what is gone. Errors: the directory
   // cannot be read (nothing changes then). One scan at a time.
   absl::Status Scan() ABSL_LOCKS_EXCLUDED(scan_mu_);
+  // The Open Inference Protocol's repository requests: loads `name` from
+  // its file now (NotFound without one; the load's error otherwise, the old
+  // version then serving on), or unloads it (NotFound when not served from
+  // the directory). A model unloaded so stays unloaded, whatever the scans
+  // see, until it is loaded on request again.
+  absl::Status LoadNow(const std::string& name) ABSL_LOCKS_EXCLUDED(scan_mu_);
+  absl::Status Unload(const std::string& name) ABSL_LOCKS_EXCLUDED(scan_mu_);
+
   // Scans every Options::poll on a thread of its own (and on Wake).
   void StartPolling() ABSL_LOCKS_EXCLUDED(mu_);
   // Scans now: on the polling thread when polling, else on the caller's.
@@ -85,13 +95,16 @@ class ModelDirectory {
     }
   };
   struct Known {
-    Stamp stamp;    // of the file last tried
-    bool loaded;    // that file serves (else it failed)
+    Stamp stamp;  // of the file last tried
+    bool loaded;  // that file serves (else it failed)
     int64_t version = 0;
   };
 
-  void Load(const std::string& name, const std::string& path, const Stamp& stamp)
+  // Loads `path` as `name`; its status (the old version serves on when not OK).
+  absl::Status Load(const std::string& name, const std::string& path, const Stamp& stamp)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(scan_mu_);
+  // The file of model `name` and its stamp; NotFound when there is none.
+  absl::StatusOr<std::pair<std::string, Stamp>> FileOf(const std::string& name) const;
   void Poll() ABSL_LOCKS_EXCLUDED(mu_);
 
   const Options options_;
@@ -100,7 +113,8 @@ class ModelDirectory {
   const Observer observer_;
   absl::Mutex scan_mu_;
   std::map<std::string, Known> known_ ABSL_GUARDED_BY(scan_mu_);
-  std::set<std::string> skipped_ ABSL_GUARDED_BY(scan_mu_);  // logged once
+  std::set<std::string> skipped_ ABSL_GUARDED_BY(scan_mu_);   // logged once
+  std::set<std::string> unloaded_ ABSL_GUARDED_BY(scan_mu_);  // by request
   absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool wake_ ABSL_GUARDED_BY(mu_) = false;

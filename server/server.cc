@@ -216,6 +216,9 @@ struct Server::State {
   std::unique_ptr<Executor> executor;
   ServiceLimits limits;
   std::unique_ptr<ServiceMetrics> metrics;
+  // --model-dir: polls until destroyed; goes before the metrics and the
+  // registry it tells, after the gRPC server and the service that call it.
+  std::unique_ptr<ModelDirectory> model_dir;
   std::unique_ptr<AttentionServiceImpl> service;
   grpc::ResourceQuota quota;
   std::unique_ptr<HealthService> health;        // outlives grpc_server, which serves it
@@ -223,9 +226,6 @@ struct Server::State {
   // gRPC serves TLS from the watcher's copies: outlives grpc_server.
   std::shared_ptr<CertificateWatcher> certificates;
   std::unique_ptr<grpc::Server> grpc_server;
-  // --model-dir: polls until destroyed, first (it tells the metrics and puts
-  // models in the registry).
-  std::unique_ptr<ModelDirectory> model_dir;
   std::string security;       // DescribeSecurity, for the summary
   std::string budget_origin;  // where the memory budget came from, for the summary
 
@@ -282,6 +282,7 @@ struct Server::State {
         std::make_unique<AttentionServiceImpl>(models.get(), executor.get(), limits, metrics.get());
     infer = std::make_unique<InferenceServiceImpl>(service.get(), models.get(), metrics.get(),
                                                    kServerVersion, limits.batch_delay_us);
+    infer->SetModelDirectory(model_dir.get());
     service->TEST_SetComputeDelayMs(test_compute_delay_ms);
   }
 

@@ -48,7 +48,8 @@ std::string ModelBytes(uint32_t seed, int64_t embed = kE) {
 class ModelDir : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() / ("attention_models_" + std::to_string(getpid()));
+    dir_ =
+        std::filesystem::temp_directory_path() / ("attention_models_" + std::to_string(getpid()));
     std::filesystem::create_directories(dir_);
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
@@ -62,8 +63,7 @@ class ModelDir : public ::testing::Test {
   }
 
   std::unique_ptr<ServerProcess> Start(std::vector<std::string> extra = {}) {
-    std::vector<std::string> flags = {"--model-dir=" + dir_.string(),
-                                      "--admin-listen=127.0.0.1:0"};
+    std::vector<std::string> flags = {"--model-dir=" + dir_.string(), "--admin-listen=127.0.0.1:0"};
     flags.insert(flags.end(), extra.begin(), extra.end());
     return std::make_unique<ServerProcess>(flags);
   }
@@ -191,7 +191,8 @@ TEST_F(ModelDir, BrokenAndOverBudgetFilesLeaveTheOldVersionServing) {
   std::string text;
   for (int i = 0; i < 200; ++i) {
     ASSERT_EQ(HttpGet(AdminPort(*server), "/metrics", &text), 200);
-    if (Sample(text, "attention_model_loads_total{model=\"big\",result=\"over_budget\"}") == 1) break;
+    if (Sample(text, "attention_model_loads_total{model=\"big\",result=\"over_budget\"}") == 1)
+      break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_EQ(Sample(text, "attention_model_loads_total{model=\"m\",result=\"error\"}"), 1);

@@ -132,6 +132,7 @@ std::string Flatten(const grpc::ByteBuffer& buffer) {
   return bytes;
 }
 
+#if !ATTENTION_FUZZ_INFER
 v1::AttentionResponse ParseResponse(const std::string& bytes) {
   v1::AttentionResponse response;
   if (!response.ParseFromString(bytes)) Fail("a response that is not an AttentionResponse");
@@ -148,6 +149,7 @@ void CheckTensor(const v1::Tensor& t, v1::DataType dtype, const char* name) {
     Fail(std::string(name) + ": shape and bytes disagree");
   }
 }
+#endif
 
 // What a refused request gets, unary and streamed.
 void CheckRefusal(const absl::Status& s, const Request& request) {

@@ -303,6 +303,63 @@ class StatisticsTest(unittest.TestCase):
             self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
 
 
+class RepositoryTest(unittest.TestCase):
+    """--model-dir through the protocol: versions as the registry counts them, and
+    RepositoryModelLoad / RepositoryModelUnload."""
+
+    def test_versions_load_and_unload(self):
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+
+        def put(source):  # written beside, renamed into place
+            shutil.copy(os.path.join(SOURCE_DIR, source), os.path.join(tmp, ".m.tmp"))
+            os.rename(os.path.join(tmp, ".m.tmp"), os.path.join(tmp, "m.safetensors"))
+
+        put("models/demo.safetensors")
+        server = Server(["--model-dir", tmp, "--model-poll-seconds", "0"])
+        self.addCleanup(server.stop)
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            index = {m.name: m.version for m in
+                     stub.RepositoryIndex(pb.RepositoryIndexRequest()).models}
+            self.assertEqual(index["m"], "1")
+            put("tests/fixtures/models/mha_e32_h4.safetensors")  # another model, E = 32
+            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="m"))
+            meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="m"))
+            self.assertEqual(list(meta.versions), ["2"])
+            self.assertEqual(list(meta.inputs[0].shape), [-1, -1, 32])
+            self.assertTrue(stub.ModelReady(pb.ModelReadyRequest(name="m", version="2")).ready)
+            with self.assertRaises(grpc.RpcError) as e:
+                stub.ModelReady(pb.ModelReadyRequest(name="m", version="1"))
+            self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+            r = pb.ModelInferRequest(model_name="m")
+            add_input(r, "query", np.ones((1, 3, 32), np.float32))
+            self.assertEqual(stub.ModelInfer(r).model_version, "2")
+            stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="m"))
+            with self.assertRaises(grpc.RpcError) as e:
+                stub.ModelInfer(r)
+            self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+            with self.assertRaises(grpc.RpcError) as e:  # unloaded already
+                stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="m"))
+            self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="m"))
+            self.assertEqual(stub.ModelInfer(r).model_version, "3")
+            with self.assertRaises(grpc.RpcError) as e:
+                stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="zz"))
+            self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+            with open(os.path.join(tmp, "m.safetensors"), "r+b") as f:  # broken in place
+                f.truncate(100)
+            with self.assertRaises(grpc.RpcError) as e:
+                stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="m"))
+            self.assertIn("version 3 keeps serving", e.exception.details())
+            self.assertEqual(stub.ModelInfer(r).model_version, "3")
+        with grpc.insecure_channel(SERVER.target) as channel:  # no --model-dir
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            with self.assertRaises(grpc.RpcError) as e:
+                stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="demo"))
+            self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+
+
 class ProtocolTest(unittest.TestCase):
     def test_names_and_numbers_are_the_protocols(self):
         """Field numbers of the published protocol (the KServe specification's and
@@ -364,8 +421,10 @@ class SecurityTest(unittest.TestCase):
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             response = stub.ModelInfer(r, metadata=(("authorization", "Bearer infer-token"),))
             self.assertEqual(outputs_of(response)["output"].shape, (1, 2, 64))
-            for call in (lambda: stub.ModelInfer(r), lambda: stub.ServerReady(
-                    pb.ServerReadyRequest())):
+            for call in (lambda: stub.ModelInfer(r),
+                         lambda: stub.ServerReady(pb.ServerReadyRequest()),
+                         lambda: stub.RepositoryModelLoad(
+                             pb.RepositoryModelLoadRequest(model_name="demo"))):
                 with self.assertRaises(grpc.RpcError) as e:
                     call()
                 self.assertEqual(e.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
