@@ -1,7 +1,10 @@
 #include "server/model_directory.h"
 
 #include <dirent.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <memory>
@@ -187,6 +190,10 @@ void ModelDirectory::StartPolling() {
 void ModelDirectory::Wake() {
   {
     absl::MutexLock lock(&mu_);
+    if (!polling_ && options_.poll <= absl::ZeroDuration()) {  // a thread for the wakes
+      polling_ = true;
+      poller_ = std::thread([this] { Poll(); });
+    }
     if (polling_) {
       wake_ = true;
       return;
@@ -196,11 +203,17 @@ void ModelDirectory::Wake() {
 }
 
 void ModelDirectory::Poll() {
+  // Loads yield the CPU to the calls (nice 10 for this thread alone; not
+  // SCHED_IDLE, which starves it while it holds the kernel's memory-map lock
+  // that the calls' page faults then wait for).
+  setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10);
   while (true) {
     {
       absl::MutexLock lock(&mu_);
       auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || wake_; };
-      mu_.AwaitWithTimeout(absl::Condition(&woken), options_.poll);
+      mu_.AwaitWithTimeout(absl::Condition(&woken), options_.poll > absl::ZeroDuration()
+                                                        ? options_.poll
+                                                        : absl::InfiniteDuration());
       if (stop_) return;
       wake_ = false;
     }

@@ -79,7 +79,8 @@ class ModelDirectory {
 
   // Scans every Options::poll on a thread of its own (and on Wake).
   void StartPolling() ABSL_LOCKS_EXCLUDED(mu_);
-  // Scans now: on the polling thread when polling, else on the caller's.
+  // Scans soon, on the directory's thread (started by the first Wake
+  // without polling), which runs at nice 10: loads yield the CPU to calls.
   void Wake() ABSL_LOCKS_EXCLUDED(mu_);
 
   // The estimated bytes a model file of `file_bytes` takes loaded: its
