@@ -154,7 +154,9 @@ struct DecodeMember {
 // use the same model have their in- and out-projections computed as one
 // product over all their rows (the weights read once for all), then each
 // one's attention over its own keys. Each member gets what DecodeStep would
-// give it alone (the rows of a product do not depend on the other rows) and
+// give it alone, to float32 rounding (a matrix kernel may round a row of a
+// larger product differently: bit for bit on AVX-512, within a few ulps on
+// AVX2), and
 // its own status, in the members' order: one member's refusal or failure
 // never fails another (a failure of the shared products recomputes each
 // alone), and a failed member's sequence is as it was. options.check is

@@ -4,6 +4,8 @@
 // double-precision reference, and the core's own one-shot forward.
 #include "core/decode.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -333,11 +335,23 @@ TEST(Decode, BatchedStepsEqualEachSequenceAlone) {
       EXPECT_EQ(s.cache->length(), s.done);
     }
   }
+  // Equal to float32 rounding: the products' kernels may round a row of a
+  // larger product differently (bit for bit on AVX-512; a few ulps on AVX2,
+  // ONEDNN_MAX_CPU_ISA=AVX2 shows it).
+  auto same = [](const std::vector<float>& got, const std::vector<float>& want) {
+    if (got.size() != want.size()) return false;
+    float top = 0, diff = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      top = std::max(top, std::abs(want[i]));
+      diff = std::max(diff, std::abs(got[i] - want[i]));
+    }
+    return diff <= 1e-5f * std::max(top, 1e-30f);
+  };
   for (size_t b = 0; b < seqs.size(); ++b) {
     SCOPED_TRACE(b);
     ASSERT_EQ(seqs[b].batched.output.size(), static_cast<size_t>(L * E));
-    EXPECT_EQ(seqs[b].batched.output, seqs[b].alone.output);  // bit for bit
-    EXPECT_EQ(seqs[b].batched.weights, seqs[b].alone.weights);
+    EXPECT_TRUE(same(seqs[b].batched.output, seqs[b].alone.output));
+    EXPECT_TRUE(same(seqs[b].batched.weights, seqs[b].alone.weights));
   }
   EXPECT_NE(seqs[0].alone.output, seqs[B].alone.output);      // float32 vs bfloat16 keys
   EXPECT_NE(seqs[0].alone.output, seqs[B + 1].alone.output);  // the model vs plain

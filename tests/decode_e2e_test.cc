@@ -5,8 +5,11 @@
 // stream's bytes back in the budget, and a drain with sequences held.
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -52,6 +55,17 @@ std::vector<float> Floats(const v1::Tensor& t) {
   absl::StatusOr<FloatTensor> f = client::ToFloat(t, "output");
   EXPECT_TRUE(f.ok()) << f.status();
   return f.ok() ? f->data : std::vector<float>{};
+}
+
+// max |got - want| / max |want| (infinity when the sizes differ).
+double MaxRelativeDifference(const std::vector<float>& got, const std::vector<float>& want) {
+  if (got.size() != want.size() || want.empty()) return std::numeric_limits<double>::infinity();
+  double top = 0, diff = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    top = std::max(top, static_cast<double>(std::abs(want[i])));
+    diff = std::max(diff, static_cast<double>(std::abs(got[i] - want[i])));
+  }
+  return diff / std::max(top, 1e-30);
 }
 
 int64_t HeldBytes(ServerProcess& server) {
@@ -277,8 +291,9 @@ std::vector<std::vector<float>> DecodeConcurrently(ServerProcess& server, int se
 }
 
 // --batch-delay-us merges decode steps of many streams (their projections as
-// one product): every output equals, bit for bit, what a server without
-// batching computes, and the batch size metric shows steps computed together.
+// one product): every output equals, to float32 rounding (bit for bit on
+// AVX-512), what a server without batching computes, and the batch size
+// metric shows steps computed together.
 TEST(DecodeBatching, BatchedStepsEqualUnbatchedOnes) {
   std::vector<std::string> flags = ModelFlags();
   flags.push_back("--admin-listen=127.0.0.1:0");
@@ -293,7 +308,7 @@ TEST(DecodeBatching, BatchedStepsEqualUnbatchedOnes) {
   const std::vector<std::vector<float>> got = DecodeConcurrently(batching, kSequences, kTokens);
   for (int s = 0; s < kSequences; ++s) {
     ASSERT_EQ(want[s].size(), static_cast<size_t>(kTokens * 64));
-    EXPECT_EQ(got[s], want[s]) << "sequence " << s;
+    EXPECT_LE(MaxRelativeDifference(got[s], want[s]), 1e-5) << "sequence " << s;
   }
   std::string text;
   ASSERT_EQ(HttpGet(AdminPort(batching), "/metrics", &text), 200);
@@ -485,7 +500,8 @@ std::vector<std::vector<float>> DecodeTwo(AttentionClient& c, int retries, int64
 // With retries, a decode stream survives its replica killed (SIGKILL) and
 // then the next one drained (SIGTERM): the stream is reopened on a live
 // replica, both sequences are rebuilt from the tokens the client sent, and
-// every output equals an uninterrupted decode's, bit for bit.
+// every output equals an uninterrupted decode's (to float32 rounding: the
+// rebuilt keys come from one product over many rows).
 TEST(DecodeRetries, AStreamSurvivesItsReplicaKilledThenDrained) {
   std::vector<std::unique_ptr<ServerProcess>> servers;
   std::vector<std::string> targets;
@@ -535,8 +551,8 @@ TEST(DecodeRetries, AStreamSurvivesItsReplicaKilledThenDrained) {
   ASSERT_EQ(got.size(), 2u);
   EXPECT_NE(killed, drained);
   EXPECT_GE(retried, 2);
-  EXPECT_EQ(got[0], want[0]);
-  EXPECT_EQ(got[1], want[1]);
+  EXPECT_LE(MaxRelativeDifference(got[0], want[0]), 1e-5);
+  EXPECT_LE(MaxRelativeDifference(got[1], want[1]), 1e-5);
   ASSERT_GE(drained, 0);
   EXPECT_EQ(servers[drained]->Stop(0, 15), 0) << servers[drained]->Output();
 }
