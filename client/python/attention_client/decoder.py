@@ -26,7 +26,7 @@ import numpy as np
 from ._proto import attention_pb2 as pb
 from ._tensors import _to_numpy, bfloat16_bits_to_float32, check_wire_dtype, natural_wire_dtype
 from ._tensors import to_wire
-from .client import Error, _error_from_rpc, _options, _result
+from ._messages import Error, _error_from_rpc, _options, _result
 
 _END = object()  # closes a stream's request side
 
