@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The server in a memory cgroup (1 GiB by default, as a container or a
 # systemd unit with MemoryMax= gives it) with default flags, flooded by one
-# client with each shape in turn: for each, the calls answered and refused,
+# client with each shape in turn (decode caches too): for each, the calls answered and refused,
 # the group's peak memory against the budget plus the fixed part (both from
 # the server's start line), and the goodput (MB/s of answered calls) against
 # the same request sent one at a time to the same server, unflooded.
@@ -37,7 +37,7 @@ else
 fi
 
 . "$(dirname "$0")/lib.sh"
-SERVER_CGROUP=$group start_server "$build"
+SERVER_CGROUP=$group start_server "$build" --model "demo=$(dirname "$0")/../models/demo.safetensors"
 budget=$(sed -n 's/.*memory budget \([0-9]*\) MiB.*/\1/p' "$work/server.log")
 fixed=$(sed -n 's/.*fixed part \([0-9]*\) MiB.*/\1/p' "$work/server.log")
 echo "server in a ${limit_mib} MiB cgroup ($group): budget $budget MiB, fixed part $fixed MiB"
@@ -50,7 +50,9 @@ printf '%-38s %9s %-34s %9s %13s %22s\n' shape ok/sent refusals "peak MiB" "budg
 run() {
   local name=$1
   shift
-  load "$@" --concurrency 1 --in-flight 1 --requests 8 --json "$work/alone.json" >/dev/null 2>&1 || true
+  local alone=(--concurrency 1 --in-flight 1 --requests 8)
+  [[ " $* " == *" --rpc decode "* ]] && alone=(--sequences 1)
+  load "$@" "${alone[@]}" --json "$work/alone.json" >/dev/null 2>&1 || true
   echo 0 >"$peak_file" 2>/dev/null || true  # v1: resets the peak; v2 keeps the lifetime peak
   load "$@" --json "$work/flood.json" >/dev/null 2>&1 || true
   kill -0 "$server_pid" 2>/dev/null || { echo "$name: the server died (OOM kills: $(oom))"; exit 1; }
@@ -60,13 +62,5 @@ run() {
     $(($(cat "$peak_file") >> 20)) $((budget + fixed)) \
     "$(field "$work/flood.json" '"%.0f" % d["mb_per_s"]') ($(field "$work/alone.json" '"%.0f" % d["mb_per_s"]'))"
 }
-self=(--rpc self-attention)
-run "large uploads: 48 x 50 MiB at once" "${self[@]}" --batch 100 --seq 128 --embed 1024 --heads 8 \
-  --concurrency 48 --connections 4 --requests 96
-run "small uploads over 50 connections" "${self[@]}" --batch 1 --seq 64 --embed 256 --heads 4 \
-  --concurrency 200 --connections 50 --requests 4000
-run "streams of 4 MiB messages" "${self[@]}" --batch 16 --seq 128 --embed 512 --heads 8 --stream \
-  --in-flight 4 --concurrency 32 --connections 4 --requests 400
-run "per-head weights (32 MiB out each)" "${self[@]}" --batch 1 --seq 1024 --embed 64 --heads 8 \
-  --weights per-head --concurrency 32 --connections 8 --requests 200
+each_flood_shape run
 echo "OOM kills: $(oom)"

@@ -1,15 +1,21 @@
 #include "core/workspace.h"
 
+#include <atomic>
 #include <new>
 #include <stdexcept>
 
 namespace attention {
 namespace internal {
 
+namespace {
+std::atomic<int64_t> kept_bytes_all_threads{0};
+}  // namespace
+
 struct Workspace::Kept {
   Block block;
   int64_t floats = 0;
   bool in_use = false;
+  ~Kept() { kept_bytes_all_threads -= floats * 4; }
 };
 
 Workspace::Workspace(int64_t floats) {
@@ -17,9 +23,11 @@ Workspace::Workspace(int64_t floats) {
   if (!kept.in_use && floats * 4 <= kKeptWorkspaceBytes) {
     if (kept.floats < floats) {
       kept.block.reset();  // the old block goes before the larger one comes
-      kept.floats = 0;     // (and none is kept if that allocation throws)
+      kept_bytes_all_threads -= kept.floats * 4;
+      kept.floats = 0;  // (and none is kept if that allocation throws)
       kept.block = Allocate(floats);
       kept.floats = floats;
+      kept_bytes_all_threads += floats * 4;
     }
     kept.in_use = true;
     kept_ = &kept;
@@ -44,6 +52,8 @@ float* Workspace::Take(int64_t n) {
 }
 
 int64_t Workspace::KeptFloats() { return ThisThread().floats; }
+
+int64_t Workspace::KeptBytesAllThreads() { return kept_bytes_all_threads.load(); }
 
 // 64-byte aligned, like the pieces Take hands out. Throws std::bad_alloc.
 Workspace::Block Workspace::Allocate(int64_t floats) {

@@ -54,6 +54,9 @@ class Workspace {
 
   // Floats in the calling thread's kept block (0: none), for tests.
   static int64_t KeptFloats();
+  // Bytes in every thread's kept block: memory no request accounts for once
+  // its computation is over (the server's fixed part).
+  static int64_t KeptBytesAllThreads();
 
  private:
   struct Free {

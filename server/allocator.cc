@@ -2,6 +2,7 @@
 
 #include <malloc.h>
 
+#include <cstdint>
 #include <string>
 
 #if defined(ATTENTION_WITH_JEMALLOC)
@@ -29,6 +30,16 @@ void ReturnFreeMemory() {
   mallctl(kPurgeAll.c_str(), nullptr, nullptr, nullptr, 0);
 }
 
+int64_t AllocatedBytes() {
+  uint64_t epoch = 1;
+  size_t size = sizeof(epoch);
+  mallctl("epoch", &epoch, &size, &epoch, size);  // refreshes the statistics
+  size_t allocated = 0;
+  size = sizeof(allocated);
+  if (mallctl("stats.allocated", &allocated, &size, nullptr, 0) != 0) return -1;
+  return static_cast<int64_t>(allocated);
+}
+
 std::string AllocatorName() {
   const char* version = nullptr;
   size_t size = sizeof(version);
@@ -50,6 +61,8 @@ constexpr int kMmapThresholdBytes = 1 << 20;
 void ConfigureAllocator() { mallopt(M_MMAP_THRESHOLD, kMmapThresholdBytes); }
 
 void ReturnFreeMemory() { malloc_trim(0); }
+
+int64_t AllocatedBytes() { return -1; }
 
 std::string AllocatorName() { return "glibc"; }
 

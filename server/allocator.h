@@ -18,6 +18,7 @@
 #ifndef SERVER_ALLOCATOR_H_
 #define SERVER_ALLOCATOR_H_
 
+#include <cstdint>
 #include <string>
 
 namespace attention {
@@ -30,6 +31,11 @@ void ConfigureAllocator();
 // Gives the memory the allocator keeps free back to the system now
 // (jemalloc: purges every arena; glibc: malloc_trim).
 void ReturnFreeMemory();
+
+// Bytes the program has allocated and not freed (jemalloc's
+// stats.allocated: the transport's buffers too), refreshed now; -1 where the
+// allocator does not say (glibc, the sanitizer build).
+int64_t AllocatedBytes();
 
 // "jemalloc 5.3.0" or "glibc", for the start line.
 std::string AllocatorName();

@@ -80,7 +80,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
                             public std::enable_shared_from_this<DecodeReactor> {
  public:
   DecodeReactor(AttentionServiceImpl* service, grpc::CallbackServerContext* context)
-      : StreamFlow(service->limits().max_stream_in_flight),
+      : StreamFlow(service->limits().max_stream_in_flight, service->limits().read_guard),
         scope_(service),
         service_(service),
         context_(context),
@@ -97,6 +97,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   }
 
   void OnReadDone(bool ok) override {
+    const auto bytes = ok ? static_cast<int64_t>(incoming_.Length()) : 0;
     std::shared_ptr<Item> item;
     if (ok) {
       item = std::make_shared<Item>(service_->limits().memory_budget);
@@ -107,7 +108,7 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
         service_->metrics()->Finish(item->call, s, item->response.Length());
       }
     }
-    ReadDone(item);
+    ReadDone(item, bytes);
   }
   void OnWriteDone(bool ok) override { WriteDone(ok); }
   void OnCancel() override { Cancelled(); }
@@ -349,7 +350,9 @@ class DecodeReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
 
   void IssueFinish(bool cut) override {
     sequences_.Clear();  // their memory back at once
-    Finish(cut ? grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled")
+    if (ended_by_guard()) service_->metrics()->StreamEndedByGuard(kRpc);
+    Finish(ended_by_guard() ? EndedByGuard()
+           : cut            ? grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled")
            : draining()
                ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
                               "the server is draining: open a new stream (another replica) and "

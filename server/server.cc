@@ -28,6 +28,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "core/executor.h"
+#include "core/workspace.h"
 #include "google/protobuf/stubs/logging.h"
 #include "server/access_log.h"
 #include "server/admin_http.h"
@@ -41,6 +42,8 @@
 #include "server/model_registry.h"
 #include "server/service.h"
 #include "server/service_metrics.h"
+#include "server/stream_flow.h"
+#include "server/stream_read_guard.h"
 
 namespace attention {
 namespace server {
@@ -167,6 +170,9 @@ void SetConnectionLimits(const ServerOptions& options, grpc::ServerBuilder* buil
   builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20 * kMs);
 }
 
+// The part of the transport's share for unary uploads (receive slots).
+int64_t UploadsShare(const MemoryShares& memory) { return memory.transport_bytes / 4 * 3; }
+
 // The service's limits from the options and the memory shares.
 ServiceLimits LimitsOf(const ServerOptions& options, const MemoryShares& memory,
                        MemoryBudget* budget) {
@@ -176,10 +182,14 @@ ServiceLimits LimitsOf(const ServerOptions& options, const MemoryShares& memory,
   // received whole, so the receive limit is at most that share (the start
   // line and ListModels say it). gRPC checks the size only once a message has
   // arrived, so such a request is usually cut by the quota before.
-  limits.max_receive_bytes = std::min(limits.max_message_bytes, memory.transport_bytes);
-  // Each upload may be the largest: at most as many as fit in the share.
+  // Three quarters of the share are the unary uploads'; the rest is kept for
+  // stream messages in transit, which cannot wait for a slot (the read guard
+  // bounds them: server/stream_read_guard.h).
+  const int64_t uploads_bytes = UploadsShare(memory);
+  limits.max_receive_bytes = std::min(limits.max_message_bytes, uploads_bytes);
+  // Each upload may be the largest: at most as many as fit in their share.
   limits.receive_slots =
-      static_cast<int>(std::max<int64_t>(1, memory.transport_bytes / limits.max_receive_bytes));
+      static_cast<int>(std::max<int64_t>(1, uploads_bytes / limits.max_receive_bytes));
   limits.max_request_memory_bytes = options.max_request_memory_mb << 20;
   limits.max_request_work = static_cast<double>(options.max_request_gflop) * 1e9;
   limits.max_stream_in_flight = options.max_stream_in_flight;
@@ -219,6 +229,8 @@ struct Server::State {
   // --model-dir: polls until destroyed; goes before the metrics and the
   // registry it tells, after the gRPC server and the service that call it.
   std::unique_ptr<ModelDirectory> model_dir;
+  // Outlives the service and gRPC, whose streams it watches.
+  std::unique_ptr<StreamReadGuard> read_guard;
   std::unique_ptr<AttentionServiceImpl> service;
   grpc::ResourceQuota quota;
   std::unique_ptr<HealthService> health;        // outlives grpc_server, which serves it
@@ -255,6 +267,26 @@ struct Server::State {
     return absl::OkStatus();
   }
 
+  // The bound on stream messages in transit (server/stream_read_guard.h):
+  // what the heap holds beyond what it held now (the models loaded), the
+  // budget's reservations, the compute threads' kept workspaces and the open
+  // streams' own state may reach the transport's share. None where the
+  // allocator cannot say what it holds (the sanitizer build).
+  std::unique_ptr<StreamReadGuard> MakeReadGuard() {
+    StreamReadGuard::Options o;
+    const int64_t baseline = AllocatedBytes();
+    if (baseline >= 0) {
+      o.allowance_bytes = memory.transport_bytes;
+      o.max_message_bytes = limits.max_receive_bytes;
+      o.untracked = [this, baseline] {
+        return AllocatedBytes() - baseline - budget.used() -
+               internal::Workspace::KeptBytesAllThreads() -
+               int64_t{read_guard->pending()} * kStreamStateBytes;
+      };
+    }
+    return std::make_unique<StreamReadGuard>(std::move(o));
+  }
+
   // The executor, the metrics and the service over the loaded models.
   void BuildService(const ServerOptions& options, int test_compute_delay_ms) {
     const int threads = options.threads > 0 ? options.threads : omp_get_num_procs();
@@ -262,6 +294,13 @@ struct Server::State {
         Executor::Options{options.workers, std::max(1, threads / options.workers),
                           static_cast<size_t>(options.max_queue), options.pin_threads});
     limits = LimitsOf(options, memory, &budget);
+    read_guard = MakeReadGuard();
+    limits.read_guard = read_guard.get();
+    registry.AddCallback(
+        "attention_stream_reads_deferred",
+        "Stream reads the read guard holds back while the transport's share of "
+        "--max-memory-mb is used up (their clients' messages wait in the clients).",
+        "gauge", [this] { return static_cast<double>(read_guard->deferred()); });
     registry.AddCallback("attention_memory_budget_limit_bytes",
                          "The share of --max-memory-mb for requests being served.", "gauge",
                          [this] { return static_cast<double>(budget.limit()); });

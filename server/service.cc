@@ -36,12 +36,6 @@ absl::Status CheckAlive(grpc::CallbackServerContext* context, const std::atomic<
   return absl::OkStatus();
 }
 
-// What an open stream holds of its own (gRPC's call and HTTP/2 stream, the
-// reactor): 17 KB measured (tests/hardening_test.cc). Counted as freed when
-// it closes, so that the memory of many closed streams goes back to the
-// system (the budget trims after large releases).
-constexpr int64_t kStreamBytes = 16 << 10;
-
 }  // namespace
 
 // ListModels' reactor, counted as active until gRPC is done with it.
@@ -194,7 +188,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
  public:
   StreamReactor(AttentionServiceImpl* service, grpc::CallbackServerContext* context,
                 const char* rpc)
-      : StreamFlow(service->limits().max_stream_in_flight),
+      : StreamFlow(service->limits().max_stream_in_flight, service->limits().read_guard),
         scope_(service),
         service_(service),
         context_(context),
@@ -205,12 +199,13 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   }
   ~StreamReactor() override {
     service_->metrics()->StreamClosed(rpc_);
-    if (MemoryBudget* budget = service_->limits().memory_budget) budget->Freed(kStreamBytes);
+    if (MemoryBudget* budget = service_->limits().memory_budget) budget->Freed(kStreamStateBytes);
   }
 
   void OnReadDone(bool ok) override {
     // The flow starts no other read before this one is reported, so incoming_
     // is parsed (it may be --max-message-mb large) outside the flow's lock.
+    const auto bytes = ok ? static_cast<int64_t>(incoming_.Length()) : 0;
     std::shared_ptr<Item> item;
     if (ok) {
       item = std::make_shared<Item>(service_->limits().memory_budget);
@@ -223,7 +218,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
         service_->metrics()->Finish(a.call, admitted, item->response.Length());
       }
     }
-    ReadDone(item);
+    ReadDone(item, bytes);
   }
   void OnWriteDone(bool ok) override { WriteDone(ok); }
   void OnCancel() override { Cancelled(); }
@@ -260,8 +255,10 @@ class StreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     return queued;
   }
   void IssueFinish(bool cut) override {
-    this->Finish(cut ? grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled")
-                     : grpc::Status::OK);
+    if (ended_by_guard()) service_->metrics()->StreamEndedByGuard(rpc_);
+    this->Finish(ended_by_guard() ? EndedByGuard()
+                 : cut            ? grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled")
+                                  : grpc::Status::OK);
   }
 
   AttentionServiceImpl::CallScope scope_;

@@ -34,6 +34,7 @@
 #include "server/prepared_call.h"
 #include "server/receive_gate.h"
 #include "server/service_metrics.h"
+#include "server/stream_read_guard.h"
 
 namespace attention {
 namespace server {
@@ -57,6 +58,9 @@ struct ServiceLimits {
   // The server's budget for what it holds for requests (--max-memory-mb);
   // null: none. Not owned.
   MemoryBudget* memory_budget = nullptr;
+  // Ends streams whose messages overshoot the transport's share
+  // (server/stream_read_guard.h); null: none. Not owned.
+  StreamReadGuard* read_guard = nullptr;
   // Dynamic batching (server/batcher.h): 0 = off.
   int64_t batch_delay_us = 0;
   int batch_max_size = 32;

@@ -157,7 +157,8 @@ ServiceMetrics::ServiceMetrics(Registry* registry, Options options, AccessLog* a
           "memory_budget (the server's "
           "--max-memory-mb was in use), connection_share (the caller's connection held a quarter "
           "of "
-          "--max-queue while three quarters of it were queued).",
+          "--max-queue while three quarters of it were queued), stream_receive (a stream ended "
+          "while reading: stream messages overshot the transport's share of --max-memory-mb).",
           {"rpc", "reason"})),
       queued_(
           registry->AddGauge("attention_requests_queued", "Requests waiting for a compute worker.")
@@ -377,6 +378,9 @@ void ServiceMetrics::DecodeBatchStarted(int size) { decode_.batch_size.Observe(s
 
 void ServiceMetrics::StreamOpened(const char* rpc) { streams_open_.Labels({rpc}).Inc(); }
 void ServiceMetrics::StreamClosed(const char* rpc) { streams_open_.Labels({rpc}).Dec(); }
+void ServiceMetrics::StreamEndedByGuard(const char* rpc) {
+  refusals_.Labels({rpc, "stream_receive"}).Inc();
+}
 
 void ServiceMetrics::BatchStarted(int size) { batch_size_.Observe(size); }
 void ServiceMetrics::BatchWaited(double seconds) { batch_wait_.Observe(seconds); }

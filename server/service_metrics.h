@@ -101,6 +101,9 @@ class ServiceMetrics {
 
   void StreamOpened(const char* rpc);
   void StreamClosed(const char* rpc);
+  // The read guard ended a stream (server/stream_read_guard.h): a refusal,
+  // reason "stream_receive".
+  void StreamEndedByGuard(const char* rpc);
 
   // Dynamic batching (server/batcher.h): a computation of `size` requests
   // starts; a request waited `seconds` in the batcher before it.

@@ -5,15 +5,17 @@
 namespace attention {
 namespace server {
 
-StreamFlow::StreamFlow(int max_in_flight) : max_in_flight_(max_in_flight < 1 ? 1 : max_in_flight) {}
+StreamFlow::StreamFlow(int max_in_flight, StreamReadGuard* guard)
+    : max_in_flight_(max_in_flight < 1 ? 1 : max_in_flight), guard_(guard) {}
 
 void StreamFlow::Begin() {
   absl::MutexLock lock(&mu_);
   ReadNext();
 }
 
-void StreamFlow::ReadDone(const std::shared_ptr<Slot>& slot) {
-  mu_.Lock();  // FinishIfDone releases it
+void StreamFlow::ReadDone(const std::shared_ptr<Slot>& slot, int64_t bytes) {
+  if (guard_ != nullptr) guard_->ReadOver(this, bytes);  // before the lock: the guard may take it
+  mu_.Lock();                                            // FinishIfDone releases it
   reading_ = false;
   if (slot == nullptr) reads_done_ = true;
   // Nobody hears an answer once a write failed or the client cancelled: the
@@ -64,10 +66,34 @@ void StreamFlow::Drain() {
   FinishIfDone();
 }
 
+void StreamFlow::StartDeferredRead() {
+  absl::MutexLock lock(&mu_);
+  read_deferred_ = false;
+  // Not when the stream ends meanwhile (its finish then waits in Forget).
+  const bool start = !finished_ && !cut_ && !draining_;
+  if (!start) reading_ = false;
+  guard_->Started(this, start);  // under the lock, as in EndWhileReading
+  if (start) IssueRead();
+}
+
+void StreamFlow::EndWhileReading() {
+  mu_.Lock();  // FinishIfDone releases it
+  ended_by_guard_ = true;
+  cut_ = true;
+  // Under the lock: the read's completion (waiting in ReadOver until now)
+  // takes it after this, so the stream cannot finish and go meanwhile.
+  guard_->Ending(this);
+  FinishIfDone();
+}
+
 void StreamFlow::ReadNext() {
   if (reading_ || reads_done_ || cut_ || draining_) return;
   if (static_cast<int>(slots_.size()) >= max_in_flight_) return;
   reading_ = true;
+  if (guard_ != nullptr && !guard_->Reading(this)) {
+    read_deferred_ = true;  // StartDeferredRead issues it
+    return;
+  }
   IssueRead();
 }
 
@@ -78,8 +104,10 @@ void StreamFlow::WriteNext() {
 }
 
 void StreamFlow::FinishIfDone() {
-  // A draining stream does not wait for the client's next message.
-  if (finished_ || (reading_ && !draining_) || writing_ || computing_ > 0) {
+  // A draining stream, or one the read guard ended, does not wait for the
+  // client's next message; nor does any for a read the guard has not started.
+  const bool read_pending = reading_ && !read_deferred_;
+  if (finished_ || (read_pending && !draining_ && !ended_by_guard_) || writing_ || computing_ > 0) {
     mu_.Unlock();
     return;
   }
@@ -93,7 +121,18 @@ void StreamFlow::FinishIfDone() {
   finished_ = true;
   slots_.clear();
   mu_.Unlock();
+  // The guard may be about to start or end this stream's read: it does so
+  // (seeing finished_) before Forget returns.
+  if (guard_ != nullptr) guard_->Forget(this);
   IssueFinish(cut);  // may delete this object: the lock is not taken back
+}
+
+grpc::Status EndedByGuard() {
+  return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                      "memory budget: stream messages were arriving faster than the server "
+                      "could take them into --max-memory-mb, and this stream was reading one; "
+                      "it was ended (its unread message dropped): retry later, or send smaller "
+                      "messages");
 }
 
 }  // namespace server

@@ -27,17 +27,26 @@
 #define SERVER_STREAM_FLOW_H_
 
 #include <atomic>
+#include <cstdint>
 #include <deque>
 #include <memory>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/status.h"
+#include "server/stream_read_guard.h"
 
 namespace attention {
 namespace server {
 
-class StreamFlow {
+// What an open stream holds of its own (gRPC's call and HTTP/2 stream, the
+// reactor): 17 KB measured (tests/hardening_test.cc). Counted as freed when
+// it closes, so that the memory of many closed streams goes back to the
+// system (the budget trims after large releases).
+inline constexpr int64_t kStreamStateBytes = 16 << 10;
+
+class StreamFlow : private StreamReadGuard::Reader {
  public:
   // One message between read and written. A reactor derives its own (with
   // the parsed request) and fills `response` when the message is answered.
@@ -47,7 +56,10 @@ class StreamFlow {
     bool answered = false;      // guarded by the flow's lock once the flow has the slot
   };
 
-  explicit StreamFlow(int max_in_flight);
+  // `guard` (may be null; must outlive the flow) sees each read: it may
+  // defer it, and end the stream while it is pending
+  // (server/stream_read_guard.h).
+  explicit StreamFlow(int max_in_flight, StreamReadGuard* guard = nullptr);
   virtual ~StreamFlow() = default;
   StreamFlow(const StreamFlow&) = delete;
   StreamFlow& operator=(const StreamFlow&) = delete;
@@ -55,11 +67,12 @@ class StreamFlow {
   // Events.
   // The stream opened: starts the first read.
   void Begin();
-  // The pending read completed. `slot` is the message read (ok); null when
+  // The pending read completed (`bytes`: its message's size on the wire, for
+  // the guard). `slot` is the message read (ok); null when
   // the read failed (the client's writes are done, or the call is over). A
   // slot already answered (say, with a parse error) is written as it is;
   // otherwise it is computed (IssueCompute).
-  void ReadDone(const std::shared_ptr<Slot>& slot);
+  void ReadDone(const std::shared_ptr<Slot>& slot, int64_t bytes = 0);
   // The pending write completed; `ok` false when the client is gone.
   void WriteDone(bool ok);
   // The computation of `slot` ended with `response`.
@@ -76,6 +89,9 @@ class StreamFlow {
   // failed): computations poll it and stop early.
   const std::atomic<bool>* cut() const { return &cut_; }
   bool draining() const { return draining_; }
+  // True once the read guard ended the stream (IssueFinish then finishes it
+  // with RESOURCE_EXHAUSTED: EndedByGuard()).
+  bool ended_by_guard() const { return ended_by_guard_; }
 
  protected:
   // Actions.
@@ -93,6 +109,11 @@ class StreamFlow {
   virtual void IssueFinish(bool cancelled) ABSL_LOCKS_EXCLUDED(mu_) = 0;
 
  private:
+  // StreamReadGuard::Reader: the guard starts a read it deferred; it ends
+  // the stream though a read is pending (it is cut, and finishes without
+  // waiting for the read).
+  void StartDeferredRead() override;
+  void EndWhileReading() override;
   void ReadNext() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WriteNext() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Called last by every event, with the lock held: releases it, then
@@ -101,11 +122,13 @@ class StreamFlow {
   void FinishIfDone() ABSL_UNLOCK_FUNCTION(mu_);
 
   const int max_in_flight_;
+  StreamReadGuard* const guard_;
   absl::Mutex mu_;
   // Read, not yet written, in order.
   std::deque<std::shared_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);
   int computing_ ABSL_GUARDED_BY(mu_) = 0;
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_deferred_ ABSL_GUARDED_BY(mu_) = false;  // reading_, not started: the guard's
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
@@ -113,7 +136,11 @@ class StreamFlow {
   // more is read, computed or written.
   std::atomic<bool> cut_{false};
   std::atomic<bool> draining_{false};
+  std::atomic<bool> ended_by_guard_{false};
 };
+
+// The status of a stream the read guard ended.
+grpc::Status EndedByGuard();
 
 }  // namespace server
 }  // namespace attention

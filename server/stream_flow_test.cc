@@ -1,5 +1,6 @@
 #include "server/stream_flow.h"
 
+#include <atomic>
 #include <memory>
 #include <random>
 #include <string>
@@ -34,7 +35,8 @@ class RecordingStream final : public StreamFlow {
     int index = 0;
   };
 
-  explicit RecordingStream(int max_in_flight) : StreamFlow(max_in_flight), max_(max_in_flight) {}
+  explicit RecordingStream(int max_in_flight, StreamReadGuard* guard = nullptr)
+      : StreamFlow(max_in_flight, guard), max_(max_in_flight) {}
 
   // A message read: answered at once when `malformed` (as a parse error is).
   static std::shared_ptr<Slot> NewMessage(int index, bool malformed) {
@@ -62,10 +64,10 @@ class RecordingStream final : public StreamFlow {
     ++writes_done_;
     WriteDone(ok);
   }
-  void EndRead(const std::shared_ptr<Slot>& slot) {
+  void EndRead(const std::shared_ptr<Slot>& slot, int64_t bytes = 0) {
     read_pending_ = false;
     if (slot != nullptr) ++reads_;
-    ReadDone(slot);
+    ReadDone(slot, bytes);
   }
 
   bool read_pending() const { return read_pending_; }
@@ -111,7 +113,8 @@ class RecordingStream final : public StreamFlow {
   }
   void IssueFinish(bool cut) override {
     if (finishes_ > 0) Violate("Finish twice");
-    if ((read_pending_ && !draining()) || write_pending_ || !computing_.empty()) {
+    if ((read_pending_ && !draining() && !ended_by_guard()) || write_pending_ ||
+        !computing_.empty()) {
       Violate("Finish with a read, write or computation pending");
     }
     ++finishes_;
@@ -314,6 +317,85 @@ TEST(StreamFlow, EveryOrderOfEventsKeepsTheRulesAndEnds) {
   EXPECT_GT(cancels_after_finish, 0);
   EXPECT_GT(refusals_heard, 0);
   EXPECT_GT(bad_heard, 0);
+}
+
+// A read guard with an allowance of 100 bytes, checked by the test itself.
+StreamReadGuard::Options GuardOptions(std::atomic<int64_t>* untracked) {
+  StreamReadGuard::Options o;
+  o.allowance_bytes = 100;
+  o.untracked = [untracked] { return untracked->load(); };
+  o.period = absl::Hours(1);
+  o.settle = absl::Hours(1);
+  return o;
+}
+
+// The read guard ends a stream whose read is pending (its messages overshoot
+// the transport's share): it finishes at once, after the computation in
+// progress, without waiting for the read; the message that completes the
+// read then is not computed, and the read leaves the guard.
+TEST(StreamFlow, TheReadGuardEndsAStreamWithoutWaitingForItsRead) {
+  std::atomic<int64_t> untracked{0};
+  StreamReadGuard guard(GuardOptions(&untracked));
+  RecordingStream oldest(1, &guard);  // its read pending first: never ended
+  oldest.Begin();
+  RecordingStream s(4, &guard);
+  s.Begin();
+  s.EndRead(RecordingStream::NewMessage(0, false));
+  EXPECT_EQ(s.computing(), 1u);
+  EXPECT_TRUE(s.read_pending());
+  EXPECT_EQ(guard.pending(), 2);
+  guard.Check();  // within the allowance
+  EXPECT_EQ(s.finishes(), 0);
+  untracked = 1000;
+  guard.Check();
+  EXPECT_TRUE(s.ended_by_guard());
+  EXPECT_EQ(s.finishes(), 0);  // the computation first (it stops early: cut)
+  s.Compute(0);
+  EXPECT_EQ(s.finishes(), 1);
+  EXPECT_TRUE(s.finished_cut());
+  EXPECT_TRUE(s.heard().empty());
+  s.EndRead(RecordingStream::NewMessage(1, false));  // gRPC's read completes after Finish
+  EXPECT_EQ(s.computations_issued(), 1);
+  EXPECT_EQ(guard.pending(), 1);
+  EXPECT_EQ(guard.ended(), 1);
+  EXPECT_EQ(s.violation(), "");
+  EXPECT_EQ(oldest.finishes(), 0);
+  oldest.EndRead(nullptr);  // the client's writes are done: it finishes OK
+  EXPECT_EQ(oldest.finishes(), 1);
+  EXPECT_FALSE(oldest.finished_cut());
+  EXPECT_EQ(guard.pending(), 0);
+}
+
+// While the guard defers reads, the stream starts none; the guard starts it
+// later. A stream cancelled while its read is deferred finishes at once (no
+// read is pending at gRPC) and the guard forgets it.
+TEST(StreamFlow, AReadTheGuardDefersStartsLaterOrNever) {
+  std::atomic<int64_t> untracked{90};
+  StreamReadGuard guard(GuardOptions(&untracked));
+  guard.Check();  // 90 of 100: the room is used up
+  RecordingStream s(4, &guard), t(4, &guard);
+  s.Begin();
+  t.Begin();
+  EXPECT_FALSE(s.read_pending());
+  EXPECT_FALSE(t.read_pending());
+  EXPECT_EQ(guard.deferred(), 2);
+  t.Cancelled();
+  EXPECT_EQ(t.finishes(), 1);
+  EXPECT_TRUE(t.finished_cut());
+  EXPECT_EQ(guard.deferred(), 1);
+  untracked = 0;
+  guard.Check();
+  EXPECT_TRUE(s.read_pending());
+  s.EndRead(RecordingStream::NewMessage(0, false), 10);
+  EXPECT_EQ(s.computing(), 1u);
+  s.Compute(0);
+  s.EndWrite(true);
+  s.EndRead(nullptr);
+  EXPECT_EQ(s.finishes(), 1);
+  EXPECT_FALSE(s.finished_cut());
+  EXPECT_EQ(guard.pending(), 0);
+  EXPECT_EQ(s.violation(), "");
+  EXPECT_EQ(t.violation(), "");
 }
 
 }  // namespace

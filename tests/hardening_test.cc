@@ -234,11 +234,12 @@ TEST(Hardening, HostileShapesAndNamesGetShortErrors) {
   EXPECT_EQ((*s)[1].error().code(), grpc::StatusCode::NOT_FOUND);
 }
 
-// With a small --max-memory-mb the transport's quarter of it, not
-// --max-message-mb, bounds what can be received: ListModels says so.
+// With a small --max-memory-mb the uploads' part of the transport's quarter
+// of it (three quarters of that quarter), not --max-message-mb, bounds what
+// can be received: ListModels says so.
 TEST(Hardening, ListModelsTellsTheReceiveLimitOfASmallMemoryBudget) {
   for (const auto& [flags, want_mib] :
-       {std::pair<std::vector<std::string>, int64_t>{{"--max-memory-mb=64"}, 16},
+       {std::pair<std::vector<std::string>, int64_t>{{"--max-memory-mb=64"}, 12},
         {{"--max-memory-mb=64", "--max-message-mb=8"}, 8},
         {{"--max-memory-mb=4096"}, 256}}) {
     ServerProcess server(flags);
@@ -750,15 +751,14 @@ TEST(Hardening, HealthWatchStreamsAreLimited) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5)) << server.Output();
 }
 
-// With one receive slot (a 64 MiB budget: requests up to its 16 MiB transport
-// share, one at a time), a client that starts a request and never sends it
-// would hold every other upload: after --receive-timeout-seconds its call is
-// cancelled and the others go on. (With 0, no timeout, the honest call below
-// waits until its deadline.)
+// With one receive slot (a 64 MiB budget: requests up to 12 MiB, three
+// quarters of its 16 MiB transport share, one at a time), a client that starts a request and never
+// sends it would hold every other upload: after --receive-timeout-seconds its call is cancelled and
+// the others go on. (With 0, no timeout, the honest call below waits until its deadline.)
 TEST(Hardening, AnUploadThatNeverArrivesDoesNotHoldTheOthers) {
   ServerProcess server({"--max-memory-mb=64", "--receive-timeout-seconds=1"});
   ASSERT_TRUE(server.ok()) << server.Output();
-  ASSERT_THAT(server.Output(), HasSubstr("requests up to 16 MiB, 1 received at once"));
+  ASSERT_THAT(server.Output(), HasSubstr("requests up to 12 MiB, 1 received at once"));
   // The unary method opened as a stream that never sends its message.
   grpc::GenericStub stub(grpc::CreateChannel(server.target(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext stalled_context;
