@@ -57,10 +57,12 @@ survived=0
 attacks_lost=0
 for run in $(seq "$runs"); do
   podman rm -f "$name" >/dev/null 2>&1 || true
-  podman run -d --name "$name" --runtime runc --network host --memory "$limit" \
+  # From $work: conmon writes a file named `oom` into its working directory when the
+  # container is OOM-killed.
+  (cd "$work" && podman run -d --name "$name" --runtime runc --network host --memory "$limit" \
     --memory-swap "$limit" --ulimit nofile=20000:20000 --ulimit nproc=32768:32768 "$image" \
     --listen "$target" --admin-listen 127.0.0.1:0 \
-    --model demo=/opt/attention/models/demo.safetensors >/dev/null
+    --model demo=/opt/attention/models/demo.safetensors >/dev/null)
   for _ in $(seq 100); do
     podman logs "$name" 2>&1 | grep -q "listening on" && break
     sleep 0.1

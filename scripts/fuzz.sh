@@ -23,7 +23,7 @@
 # counts), cut to 2 KiB, so that it stays small: commit them. A crash, a sanitizer report or a broken promise of the
 # contract stops the script with exit code 1; the input is saved in
 # BUILD_DIR/artifacts. Reproduce with: BUILD_DIR/tests/fuzz/FUZZER INPUT.
-# scripts/test.sh runs this for 30 s each (FUZZ_SECONDS).
+# scripts/test.sh runs this for 20 s each (FUZZ_SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -12,7 +12,7 @@
 #   3. the same tests built with AddressSanitizer and UndefinedBehaviorSanitizer
 #      and clang's -Wthread-safety (scripts/test-sanitizers.sh: clang, in
 #      build-asan);
-#   4. a fuzz smoke: each fuzzer for FUZZ_SECONDS (default 30) from its
+#   4. a fuzz smoke: each fuzzer for FUZZ_SECONDS (default 20) from its
 #      committed corpus (scripts/fuzz.sh, in the same build-asan).
 # On 2 cores from a clean checkout: about 7, 4, 6 and 2 minutes (19 in all).
 #   scripts/test.sh           all of them (what CI runs)
@@ -44,4 +44,4 @@ $quick && exit 0
 stage "README blocks" scripts/test-readme.sh
 stage "lint" scripts/lint.sh
 stage "sanitizer build and tests" env BUILD_DIR=build-asan scripts/test-sanitizers.sh
-stage "fuzz smoke" env BUILD_DIR=build-asan scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+stage "fuzz smoke" env BUILD_DIR=build-asan scripts/fuzz.sh "${FUZZ_SECONDS:-20}"

@@ -372,6 +372,8 @@ TEST(StreamFlow, TheReadGuardEndsAStreamWithoutWaitingForItsRead) {
 TEST(StreamFlow, AReadTheGuardDefersStartsLaterOrNever) {
   std::atomic<int64_t> untracked{90};
   StreamReadGuard guard(GuardOptions(&untracked));
+  RecordingStream idle(1, &guard);  // reading all along (the guard samples)
+  idle.Begin();
   guard.Check();  // 90 of 100: the room is used up
   RecordingStream s(4, &guard), t(4, &guard);
   s.Begin();
@@ -393,6 +395,7 @@ TEST(StreamFlow, AReadTheGuardDefersStartsLaterOrNever) {
   s.EndRead(nullptr);
   EXPECT_EQ(s.finishes(), 1);
   EXPECT_FALSE(s.finished_cut());
+  idle.EndRead(nullptr);
   EXPECT_EQ(guard.pending(), 0);
   EXPECT_EQ(s.violation(), "");
   EXPECT_EQ(t.violation(), "");

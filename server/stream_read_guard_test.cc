@@ -51,6 +51,27 @@ StreamReadGuard::Options Options(std::atomic<int64_t>* untracked,
   return o;
 }
 
+// With no stream reading the guard does not sample (it costs); a read then
+// asks with the last sample's answer.
+TEST(StreamReadGuard, NoSampleWithoutReaders) {
+  int samples = 0;
+  StreamReadGuard::Options o;
+  o.allowance_bytes = 100;
+  o.untracked = [&samples] {
+    ++samples;
+    return int64_t{0};
+  };
+  o.period = absl::Hours(1);
+  StreamReadGuard guard(std::move(o));
+  guard.Check();
+  EXPECT_EQ(samples, 0);
+  FakeReader a(&guard);
+  EXPECT_TRUE(guard.Reading(&a));
+  guard.Check();
+  EXPECT_EQ(samples, 1);
+  guard.ReadOver(&a, 0);
+}
+
 TEST(StreamReadGuard, NothingEndsWithinTheAllowance) {
   std::atomic<int64_t> untracked{100};
   StreamReadGuard guard(Options(&untracked));
@@ -169,8 +190,9 @@ TEST(StreamReadGuard, ReadsWaitWhileTheRoomIsUsedUpThenStartInOrder) {
   StreamReadGuard::Options o = Options(&untracked);
   o.allowance_bytes = 100 * kMiB;  // from 75 MiB the room is used up
   StreamReadGuard guard(std::move(o));
-  FakeReader first(&guard);
+  FakeReader first(&guard), idle(&guard);
   ASSERT_TRUE(guard.Reading(&first));
+  ASSERT_TRUE(guard.Reading(&idle));  // a stream reading all along (the guard samples)
   guard.ReadOver(&first, 20 * kMiB);  // the largest message lately
   untracked = 75 * kMiB;
   guard.Check();
@@ -211,6 +233,7 @@ TEST(StreamReadGuard, ReadsWaitWhileTheRoomIsUsedUpThenStartInOrder) {
   EXPECT_TRUE(guard.Reading(&now));  // nothing waits: it starts at once
   guard.ReadOver(&late, 0);
   guard.ReadOver(&now, 0);
+  guard.ReadOver(&idle, 0);
   EXPECT_EQ(guard.pending(), 0);
 }
 
@@ -220,6 +243,8 @@ TEST(StreamReadGuard, ReadsWaitWhileTheRoomIsUsedUpThenStartInOrder) {
 TEST(StreamReadGuard, ReadsTrickleWhileTheRoomStaysUsedUp) {
   std::atomic<int64_t> untracked{80};
   StreamReadGuard guard(Options(&untracked, absl::Hours(1), absl::Milliseconds(20)));
+  FakeReader idle(&guard);
+  ASSERT_TRUE(guard.Reading(&idle));  // a stream reading all along (the guard samples)
   guard.Check();
   FakeReader a(&guard), b(&guard);
   EXPECT_FALSE(guard.Reading(&a));
@@ -234,6 +259,7 @@ TEST(StreamReadGuard, ReadsTrickleWhileTheRoomStaysUsedUp) {
   EXPECT_TRUE(b.started);
   guard.ReadOver(&a, 0);
   guard.ReadOver(&b, 0);
+  guard.ReadOver(&idle, 0);
 }
 
 // A stream finishing while the guard is about to start its deferred read:
@@ -259,6 +285,8 @@ TEST(StreamReadGuard, ForgetWaitsForAStartUnderWay) {
   };
   std::atomic<int64_t> untracked{80};
   StreamReadGuard guard(Options(&untracked));
+  FakeReader idle(&guard);
+  ASSERT_TRUE(guard.Reading(&idle));  // a stream reading all along (the guard samples)
   guard.Check();
   absl::Notification in_start;
   std::atomic<bool> forgot{false};
@@ -273,6 +301,7 @@ TEST(StreamReadGuard, ForgetWaitsForAStartUnderWay) {
   guard.Check();
   finishing.join();
   EXPECT_TRUE(forgot);
+  guard.ReadOver(&idle, 0);
   EXPECT_EQ(guard.pending(), 0);
 }
 
