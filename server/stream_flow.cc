@@ -78,8 +78,11 @@ void StreamFlow::StartDeferredRead() {
 
 void StreamFlow::EndWhileReading() {
   mu_.Lock();  // FinishIfDone releases it
-  ended_by_guard_ = true;
-  cut_ = true;
+  // A stream finishing already (its Forget waits for Ending) keeps its status.
+  if (!finished_) {
+    ended_by_guard_ = true;
+    cut_ = true;
+  }
   // Under the lock: the read's completion (waiting in ReadOver until now)
   // takes it after this, so the stream cannot finish and go meanwhile.
   guard_->Ending(this);
